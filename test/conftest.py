@@ -1,0 +1,46 @@
+"""Shared test set-up: real data paths, and a private, host-local DDS world for tests that use rclpy."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KITTI_OBJECT = ROOT / "test" / "data" / "kitti_object"
+
+# Before rclpy is imported anywhere: DDS stays on this host, in a domain of its own (concurrent runs do not
+# see each other), and rclpy's log files go to a temporary directory.
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_localhost.xml"))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(10, 100)))
+os.environ.setdefault("ROS_HOME", tempfile.mkdtemp(prefix="ep2p-ros-home-"))
+
+
+@pytest.fixture(scope="session")
+def kitti_reference() -> dict:
+    """Published per-frame projection counts of the shipped KITTI frames (test/data/kitti_object/README.md)."""
+    return json.loads((KITTI_OBJECT / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def kitti_frames():
+    from ep2p_loc_ros.datasets.kitti_object import iter_frames
+
+    return list(iter_frames(KITTI_OBJECT))
+
+
+@pytest.fixture
+def rclpy_context():
+    """An initialised rclpy context, shut down after the test."""
+    rclpy = pytest.importorskip("rclpy")
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
