@@ -53,6 +53,5 @@ setup(
     maintainer_email="ep2p-loc-ros@example.com",
     description="EP2P-Loc: camera localization in a prebuilt LiDAR map from one image, as a ROS 2 lifecycle node.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={"console_scripts": ["ep2p-loc = ep2p_loc_ros.cli:main"]},
 )

@@ -62,7 +62,8 @@ echo "setup: installing pinned Python packages (first run: about a minute)"
   || { echo "error: the Python packages did not install correctly (see pip output above)" >&2; exit 1; }
 
 VENV="$VENV" bash "$ROOT/scripts/build_tf2_msgs.sh" 2>&1 | grep -v "^WARNING: Location"
-"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
+"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" >"$VENV/.ep2p-editable-install.log" 2>&1 \
+  || { cat "$VENV/.ep2p-editable-install.log" >&2; echo "error: pip install -e . failed" >&2; exit 1; }
 "$VENV/bin/ep2p-loc" --help >/dev/null || { echo "error: ep2p-loc did not install" >&2; exit 1; }
 
 echo "$WANT" > "$STAMP"
