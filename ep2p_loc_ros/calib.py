@@ -124,7 +124,7 @@ def read_kitti_raw_calib(cam_to_cam: str | Path, velo_to_cam: str | Path, cam: i
     vc = read_kv_file(v2c)
     w, h = _get(cc, f"S_rect_{cam:02d}", 2, c2c)
     key = f"P_rect_{cam:02d}"
-    camera, T_cam_rect0 = _camera_from_P(_get(cc, key, 12, c2c), int(round(w)), int(round(h)), key, c2c)
+    camera, T_cam_rect0 = _camera_from_P(_get(cc, key, 12, c2c), round(w), round(h), key, c2c)
     R_rect = make_T(_get(cc, "R_rect_00", 9, c2c).reshape(3, 3), np.zeros(3))
     T_cam0_velo = _rigid(
         np.hstack([_get(vc, "R", 9, v2c).reshape(3, 3), _get(vc, "T", 3, v2c).reshape(3, 1)]), "R|T", v2c

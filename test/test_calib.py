@@ -73,8 +73,11 @@ def test_kitti_raw_calib(tmp_path: Path):
         f"S_rect_02: 1.242000e+03 3.750000e+02\nR_rect_00:{kv['R0_rect']}\nP_rect_02:{kv['P2']}\n"
     )
     (tmp_path / "calib_velo_to_cam.txt").write_text(
-        "calib_time: 15-Mar-2012 11:37:16\nR: " + " ".join(map(str, Tr[:, :3].ravel()))
-        + "\nT: " + " ".join(map(str, Tr[:, 3])) + "\ndelta_f: 0 0\ndelta_c: 0 0\n"
+        "calib_time: 15-Mar-2012 11:37:16\nR: "
+        + " ".join(map(str, Tr[:, :3].ravel()))
+        + "\nT: "
+        + " ".join(map(str, Tr[:, 3]))
+        + "\ndelta_f: 0 0\ndelta_c: 0 0\n"
     )
     raw = read_kitti_raw_calib(tmp_path / "calib_cam_to_cam.txt", tmp_path / "calib_velo_to_cam.txt")
     obj = read_kitti_object_calib(KITTI_OBJECT / "calib" / "000000.txt", (1242, 375))

@@ -19,7 +19,10 @@ def _make_sequence(root: Path, n: int = 3) -> np.ndarray:
     for d in ("image_2", "velodyne"):
         (root / d).mkdir(parents=True)
     obj = KITTI_OBJECT / "calib" / "000001.txt"
-    kv = {k: np.array(v.split(), float) for k, v in (line.split(":", 1) for line in obj.read_text().splitlines() if line.strip())}
+    kv = {
+        k: np.array(v.split(), float)
+        for k, v in (line.split(":", 1) for line in obj.read_text().splitlines() if line.strip())
+    }
     R0 = make_T(kv["R0_rect"].reshape(3, 3), np.zeros(3))
     Tr = R0 @ np.vstack([kv["Tr_velo_to_cam"].reshape(3, 4), [0, 0, 0, 1]])
     write_calib(root / "calib.txt", [kv[f"P{i}"].reshape(3, 4) for i in range(4)], Tr)

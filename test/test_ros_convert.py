@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from ep2p_loc_ros.geometry import rotvec_to_matrix  # noqa: E402
-from ep2p_loc_ros.ros.convert import (  # noqa: E402
+from ep2p_loc_ros.geometry import rotvec_to_matrix
+from ep2p_loc_ros.ros.convert import (
     ConversionError,
     camera_info_to_camera,
     image_to_rgb,
@@ -80,7 +80,7 @@ def test_ros_convert_rgb_to_image_roundtrip():
         (lambda m: setattr(m, "step", 10), "step 10 < width"),
         (lambda m: setattr(m, "height", 8), "expected step"),
         (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "expected step"),
-        (lambda m: (setattr(m, "width", 0)), "empty image"),
+        (lambda m: setattr(m, "width", 0), "empty image"),
     ],
 )
 def test_ros_convert_bad_images_raise_clear_errors(mutate, match):

@@ -38,7 +38,9 @@ def test_ros_tf_fallback_publishes_dynamic_and_latched_static(rclpy_context):
         # A subscriber created after the static transforms were sent still gets them (transient local).
         got_static, got_dynamic = [], []
         sub_node.create_subscription(
-            TFMessage, "/tf_static", got_static.append,
+            TFMessage,
+            "/tf_static",
+            got_static.append,
             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL),
         )
         sub_node.create_subscription(TFMessage, "/tf", got_dynamic.append, 100)

@@ -10,8 +10,9 @@ import numpy as np
 from PIL import Image
 
 from ..calib import CameraLidarCalib, read_kitti_object_calib, read_velodyne_bin
+from ..errors import DataError
 
-__all__ = ["KittiObjectFrame", "frame_ids", "load_frame", "load_image_rgb", "iter_frames"]
+__all__ = ["KittiObjectFrame", "frame_ids", "iter_frames", "load_frame", "load_image_rgb"]
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ __all__ = [
     "ConversionError",
     "camera_info_to_camera",
     "image_to_rgb",
-    "pointcloud2_to_xyz",
-    "pose_to_matrix",
     "matrix_to_pose",
     "matrix_to_transform",
+    "pointcloud2_to_xyz",
+    "pose_to_matrix",
     "rgb_to_image",
     "xyz_to_pointcloud2",
 ]
@@ -146,8 +146,9 @@ def camera_info_to_camera(msg: CameraInfo, rectified: bool = True) -> PinholeCam
 _XYZI = ("x", "y", "z", "intensity")
 
 
-def xyz_to_pointcloud2(xyz: np.ndarray, intensity: np.ndarray | None = None, frame_id: str = "map",
-                       stamp=None) -> PointCloud2:
+def xyz_to_pointcloud2(
+    xyz: np.ndarray, intensity: np.ndarray | None = None, frame_id: str = "map", stamp=None
+) -> PointCloud2:
     """(N, 3) points (+ optional intensity) -> ``PointCloud2`` of float32 x, y, z, intensity."""
     xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
     n = xyz.shape[0]
@@ -156,8 +157,15 @@ def xyz_to_pointcloud2(xyz: np.ndarray, intensity: np.ndarray | None = None, fra
     if intensity is not None:
         data[:, 3] = np.asarray(intensity, dtype=np.float32).reshape(n)
     fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, name in enumerate(_XYZI)]
-    msg = PointCloud2(height=1, width=n, fields=fields, is_bigendian=False, point_step=16, row_step=16 * n,
-                      is_dense=bool(np.all(np.isfinite(xyz))))
+    msg = PointCloud2(
+        height=1,
+        width=n,
+        fields=fields,
+        is_bigendian=False,
+        point_step=16,
+        row_step=16 * n,
+        is_dense=bool(np.all(np.isfinite(xyz))),
+    )
     msg.header.frame_id = frame_id
     if stamp is not None:
         msg.header.stamp = stamp
@@ -165,8 +173,16 @@ def xyz_to_pointcloud2(xyz: np.ndarray, intensity: np.ndarray | None = None, fra
     return msg
 
 
-_PF_DTYPES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
-              PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}
+_PF_DTYPES = {
+    PointField.INT8: "i1",
+    PointField.UINT8: "u1",
+    PointField.INT16: "i2",
+    PointField.UINT16: "u2",
+    PointField.INT32: "i4",
+    PointField.UINT32: "u4",
+    PointField.FLOAT32: "f4",
+    PointField.FLOAT64: "f8",
+}
 
 
 def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
@@ -186,8 +202,14 @@ def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
     for f in fields:
         if f.datatype not in _PF_DTYPES or f.count != 1:
             raise ConversionError(f"pointcloud2: field {f.name!r} has unsupported datatype {f.datatype}")
-    dt = np.dtype({"names": list("xyz"), "formats": [order + _PF_DTYPES[f.datatype] for f in fields],
-                   "offsets": [f.offset for f in fields], "itemsize": int(msg.point_step)})
+    dt = np.dtype(
+        {
+            "names": list("xyz"),
+            "formats": [order + _PF_DTYPES[f.datatype] for f in fields],
+            "offsets": [f.offset for f in fields],
+            "itemsize": int(msg.point_step),
+        }
+    )
     rows = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8).reshape(int(msg.height), int(msg.row_step))
     rows = np.ascontiguousarray(rows[:, : int(msg.point_step) * int(msg.width)])
     pts = rows.view(dt).reshape(n)

@@ -43,8 +43,9 @@ class TransformPublisher:
 
             self._msg_type = TFMessage
             self._tf_pub = node.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
-            static_qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                    reliability=ReliabilityPolicy.RELIABLE)
+            static_qos = QoSProfile(
+                depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+            )
             self._static_pub = node.create_publisher(TFMessage, "/tf_static", static_qos)
 
     def send(self, transforms: list[TransformStamped]) -> None:
