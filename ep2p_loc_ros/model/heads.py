@@ -1,0 +1,98 @@
+"""Coarse-to-fine 2D matching of 3D points: patch classification, then the pixel inside the patch.
+
+No keypoint detector: every visible map point gets a 2D match.
+1. **Patch classification.** A point's feature is compared with every patch feature (cosine similarity /
+   temperature); one extra learned class stands for "not in this image" (outside the frustum or hidden).
+2. **Pixel refinement.** Inside the chosen patch, an MLP scores each of the ``stride²`` pixel positions from
+   their positional encoding, conditioned on the point's and the patch's features; the softmax-weighted mean
+   position (soft-argmax) is the sub-pixel match, differentiable for the pose loss.
+
+Pixel coordinates here are those of the network image (pixel centres at integers): patch ``(row, col)`` covers
+``u ∈ [col·s − 0.5, col·s + s − 0.5)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+__all__ = ["MatchingHead", "patch_centers", "positional_encoding"]
+
+
+def positional_encoding(xy: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """NeRF-style encoding of coordinates in [-1, 1]: (..., 2) -> (..., 2 + 4·frequencies)."""
+    scales = (2.0 ** torch.arange(frequencies, dtype=xy.dtype, device=xy.device)) * math.pi
+    angles = xy[..., None] * scales  # (..., 2, F)
+    return torch.cat([xy, torch.sin(angles).flatten(-2), torch.cos(angles).flatten(-2)], -1)
+
+
+def patch_centers(config: ModelConfig) -> torch.Tensor:
+    """(P, 2) network-image pixel (u, v) of each patch's centre, patches in row-major order."""
+    rows, cols = config.grid_size
+    s = config.patch_stride
+    v, u = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([u.flatten(), v.flatten()], 1).float() * s + (s - 1) / 2
+
+
+class MatchingHead(nn.Module):
+    """Point-to-patch classifier and in-patch pixel regressor."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, h, s = config.feature_dim, config.refine_hidden, config.patch_stride
+        self.outside = nn.Parameter(torch.randn(d) / math.sqrt(d))
+        self.logit_scale = 1.0 / config.temperature
+        # In-patch pixel offsets (row-major over the s x s positions), and their encoding in [-1, 1].
+        dy, dx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        offsets = torch.stack([dx.flatten(), dy.flatten()], 1).float()
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.register_buffer(
+            "offset_pe", positional_encoding(offsets / (s - 1) * 2 - 1, config.pe_frequencies), persistent=False
+        )
+        self.pe_proj = nn.Linear(self.offset_pe.shape[1], h)
+        self.feat_proj = nn.Linear(2 * d, h)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
+
+    def patch_logits(self, point_features: torch.Tensor, patch_features: torch.Tensor) -> torch.Tensor:
+        """(M, D) x (D, rows, cols) -> (M, P + 1) logits; the last column is "not in this image"."""
+        patches = patch_features.flatten(1)  # (D, P)
+        outside = nn.functional.normalize(self.outside, dim=0)[:, None]
+        return torch.cat([point_features @ patches, point_features @ outside], 1) * self.logit_scale
+
+    def pixel_logits(self, point_features: torch.Tensor, patch_features_at: torch.Tensor) -> torch.Tensor:
+        """(M, D), (M, D) features of each point's patch -> (M, stride²) scores of the in-patch positions."""
+        cond = self.feat_proj(torch.cat([point_features, patch_features_at], 1))  # (M, H)
+        hidden = cond[:, None, :] + self.pe_proj(self.offset_pe)[None]  # (M, s², H)
+        return self.mlp(hidden)[..., 0]
+
+    def refine(
+        self, point_features: torch.Tensor, patch_features: torch.Tensor, patch_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sub-pixel (u, v) in the network image for each point in its patch ``patch_index`` (M,) in [0, P).
+
+        Returns the soft-argmax pixels (M, 2) and the in-patch logits (M, stride²).
+        """
+        cols = self.config.grid_size[1]
+        s = self.config.patch_stride
+        feats_at = patch_features.flatten(1).T[patch_index]  # (M, D)
+        logits = self.pixel_logits(point_features, feats_at)
+        offset = torch.softmax(logits, 1) @ self.offsets  # (M, 2) in [0, s-1]
+        corner = torch.stack([patch_index % cols, patch_index // cols], 1).to(offset.dtype) * s
+        return corner + offset, logits
+
+    @torch.no_grad()
+    def match(
+        self, point_features: torch.Tensor, patch_features: torch.Tensor, min_confidence: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run-time matching: indices of matched points, their network-image pixels (K, 2), confidences (K,)."""
+        prob = torch.softmax(self.patch_logits(point_features, patch_features), 1)
+        conf, best = prob.max(1)
+        keep = (best < prob.shape[1] - 1) & (conf >= min_confidence)
+        idx = torch.nonzero(keep)[:, 0]
+        pixels, _ = self.refine(point_features[idx], patch_features, best[idx])
+        return idx, pixels, conf[idx]
