@@ -13,6 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KITTI_OBJECT = ROOT / "test" / "data" / "kitti_object"
 
+# One OpenMP thread: torch's spinning worker threads stall when other processes (the node under test, DDS,
+# or open3d's own OpenMP runtime) share the two cores; the suite is faster and steadier this way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Before rclpy is imported anywhere: DDS stays on this host, in a domain of its own (concurrent runs do not
 # see each other), and rclpy's log files go to a temporary directory.
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_localhost.xml"))
