@@ -14,7 +14,7 @@ def _files(pattern: str) -> list[str]:
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(exclude=["test", "test.*", "bench", "tools"]),
+    packages=find_packages(include=["ep2p_loc_ros", "ep2p_loc_ros.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

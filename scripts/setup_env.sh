@@ -52,6 +52,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/pip" --disable-pip-version-check -q)
+# A current pip: the venv's bundled pip (23.x) falls back to the deprecated `setup.py develop` for -e installs.
+"${PIP[@]}" install "pip==26.3" 2>&1 | grep -v "^WARNING: Location" || true
 # Exactly one onnxruntime build may be present: drop the other one when switching.
 if [ "$GPU" = "1" ]; then OTHER=onnxruntime; else OTHER=onnxruntime-gpu; fi
 "$VENV/bin/pip" --disable-pip-version-check -q uninstall -y "$OTHER" >/dev/null 2>&1 || true
