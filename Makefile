@@ -16,6 +16,7 @@ lint: setup
 bench: setup
 	.venv/bin/python bench/bench_ipr.py
 	.venv/bin/python bench/bench_pnp.py
+	.venv/bin/python bench/bench_map_memory.py
 
 clean:
 	rm -rf .venv reports .pytest_cache .ruff_cache build *.egg-info

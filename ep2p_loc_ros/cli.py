@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for noise and outliers")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table; no report")
     p.set_defaults(func=_cmd_check_kitti)
+
+    from .map.cli import register as register_map
+
+    register_map(sub)
     return parser
 
 

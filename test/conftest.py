@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +24,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_localhost.xml"))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(10, 100)))
-os.environ.setdefault("ROS_HOME", tempfile.mkdtemp(prefix="ep2p-ros-home-"))
+if "ROS_HOME" not in os.environ:
+    os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="ep2p-ros-home-")
+    atexit.register(shutil.rmtree, os.environ["ROS_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

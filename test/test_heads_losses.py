@@ -85,4 +85,4 @@ def test_heads_pose_loss_is_lower_for_correct_matches():
     loss_good = pose_loss(head, good, pf, X[keep], K, R, tr, MonteCarloPoseLoss(), scale, generator=g)
     loss_bad = pose_loss(head, bad, pf, X[keep], K, R, tr, MonteCarloPoseLoss(), scale, generator=g)
     assert loss_good is not None and loss_bad is not None
-    assert float(loss_good) < float(loss_bad)
+    assert float(loss_good.detach()) < float(loss_bad.detach())
