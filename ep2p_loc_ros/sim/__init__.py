@@ -1,0 +1,1 @@
+"""Procedural synthetic worlds with exact ground truth (``ep2p-loc sim``)."""
