@@ -104,11 +104,24 @@ def child(map_dir: str, n_extract: int, release: bool) -> None:
     st = _proc_status()
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so it would report the parent's RSS.
     peak = st["VmHWM"]
-    print(json.dumps({
-        "points": m.num_points, "submaps": S, "base": base, "after_load": after_load, "current": st["VmRSS"],
-        "anon": st["RssAnon"], "file": st["RssFile"], "peak": peak, "load_s": t_load,
-        "ms_per_submap": 1e3 * t_gather / n_extract, "points_per_submap": n_points / n_extract, "checksum": checksum,
-    }))
+    print(
+        json.dumps(
+            {
+                "points": m.num_points,
+                "submaps": S,
+                "base": base,
+                "after_load": after_load,
+                "current": st["VmRSS"],
+                "anon": st["RssAnon"],
+                "file": st["RssFile"],
+                "peak": peak,
+                "load_s": t_load,
+                "ms_per_submap": 1e3 * t_gather / n_extract,
+                "points_per_submap": n_points / n_extract,
+                "checksum": checksum,
+            }
+        )
+    )
 
 
 def measure(map_dir: Path, n_extract: int, release: bool) -> dict:
@@ -151,27 +164,37 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"# Map memory: load_map + {args.extract} submaps, fresh process each\n")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"Python {platform.python_version()}; page cache evicted for the map's files before each run (cold load)\n")
-    print("| map | release_pages | on disk (MiB) | points | submaps | pts/submap | write (s) | load+verify (s) | "
-          "ms/submap | RSS imports | RSS after load | RSS after gathers | peak RSS | RssAnon | RssFile |")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
+        f"Python {platform.python_version()}; page cache evicted for the map's files before each run (cold load)\n"
+    )
+    print(
+        "| map | release_pages | on disk (MiB) | points | submaps | pts/submap | write (s) | load+verify (s) | "
+        "ms/submap | RSS imports | RSS after load | RSS after gathers | peak RSS | RssAnon | RssFile |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['factor']}x | {'on' if r['release'] else 'off'} | {r['disk']:.0f} | {r['points']:,} | "
-              f"{r['submaps']} | {r['points_per_submap']:,.0f} | {r['build_s']:.1f} | {r['load_s']:.2f} | "
-              f"{r['ms_per_submap']:.2f} | {r['base']:.1f} | {r['after_load']:.1f} | {r['current']:.1f} | "
-              f"{r['peak']:.1f} | {r['anon']:.1f} | {r['file']:.1f} |")
+        print(
+            f"| {r['factor']}x | {'on' if r['release'] else 'off'} | {r['disk']:.0f} | {r['points']:,} | "
+            f"{r['submaps']} | {r['points_per_submap']:,.0f} | {r['build_s']:.1f} | {r['load_s']:.2f} | "
+            f"{r['ms_per_submap']:.2f} | {r['base']:.1f} | {r['after_load']:.1f} | {r['current']:.1f} | "
+            f"{r['peak']:.1f} | {r['anon']:.1f} | {r['file']:.1f} |"
+        )
     print("\nRSS in MiB. Ratio of the larger map to the 1x map:\n")
     print("| release_pages | peak RSS | peak RSS above imports | RSS after gathers | load time |")
     print("|---|---|---|---|---|")
     for release in (True, False):
         a = next(r for r in rows if r["factor"] == 1 and r["release"] == release)
         b = next(r for r in rows if r["factor"] == scale and r["release"] == release)
-        print(f"| {'on (default)' if release else 'off'} | {b['peak'] / a['peak']:.3f} | "
-              f"{(b['peak'] - b['base']) / (a['peak'] - a['base']):.3f} | {b['current'] / a['current']:.3f} | "
-              f"{b['load_s'] / a['load_s']:.1f} |")
-    goal = next(r for r in rows if r["factor"] == scale and r["release"])["peak"] / next(
-        r for r in rows if r["factor"] == 1 and r["release"])["peak"]
+        print(
+            f"| {'on (default)' if release else 'off'} | {b['peak'] / a['peak']:.3f} | "
+            f"{(b['peak'] - b['base']) / (a['peak'] - a['base']):.3f} | {b['current'] / a['current']:.3f} | "
+            f"{b['load_s'] / a['load_s']:.1f} |"
+        )
+    goal = (
+        next(r for r in rows if r["factor"] == scale and r["release"])["peak"]
+        / next(r for r in rows if r["factor"] == 1 and r["release"])["peak"]
+    )
     print(f"\n{scale}x map / 1x map peak RSS = {goal:.3f} (goal < 1.2: {'met' if goal < 1.2 else 'NOT met'})")
 
 

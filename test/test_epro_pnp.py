@@ -82,3 +82,18 @@ def test_epro_pnp_loss_teaches_weights_to_ignore_outliers():
     assert float(loss.detach()) < first
     w = log_w.detach().exp()[:, 0]
     assert float(w[~outlier].median()) > 3 * float(w[outlier].median())
+
+
+def test_epro_pnp_huber_kernel_resists_gross_outliers():
+    """30 % of the 2D points 100 px off: plain least squares is dragged away, the Huber LM is not."""
+    X, R, t, uv, g = _scene(n=200, seed=4)
+    x2d = uv + 0.5 * torch.randn(uv.shape, generator=g, dtype=torch.float64)
+    bad = torch.arange(200) % 10 < 3
+    x2d[bad] += 100.0
+    w = torch.ones_like(uv)
+    plain = lm_solve(X, x2d, w, K, R, t, iterations=50)
+    robust = lm_solve(X, x2d, w, K, R, t, iterations=50, huber_delta=2.0)
+    assert float(torch.linalg.norm(robust.t - t)) < 0.3 * float(torch.linalg.norm(plain.t - t))
+    assert float(torch.linalg.norm(robust.t - t)) < 0.05
+    cost_h = reprojection_cost(R, t, X, x2d, w, K, huber_delta=2.0)
+    assert float(cost_h) < float(reprojection_cost(R, t, X, x2d, w, K))

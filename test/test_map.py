@@ -355,13 +355,12 @@ def test_map_cli_build_map(
     loaded = load_map(out)
     assert loaded.params["spacing"] == 5.0 and loaded.params["sequence"] == str(sequence.resolve())
     assert loaded.feature_dim == 0 and loaded.params["feature_model"] is None
-    # --model goes through the model's hook; while there is none, a clear message and exit code 2.
-    monkeypatch.setattr(map_cli, "MODEL_HOOK", "ep2p_loc_ros.map:no_such_hook")
+    # --model loads the model first: a missing model is a DataError naming its config, and nothing is written.
     args = parser.parse_args(["build-map", str(sequence), "--out", str(tmp_path / "x"), "--model", "m", "--quiet"])
-    assert args.func(args) == 2
-    assert "model support arrives with the model (issue 5)" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"m/config\.json: cannot read model config"):
+        args.func(args)
     assert not (tmp_path / "x").exists()
-    monkeypatch.setattr(map_cli, "_load_feature_fn", lambda model_dir: _feature_fn)
+    monkeypatch.setattr(map_cli, "_load_feature_fn", lambda model_dir, seq_dir: _feature_fn)
     args = parser.parse_args(["build-map", str(sequence), "--out", str(out), "--model", "m", *opts])
     assert args.func(args) == 0
     loaded = load_map(out)  # replaced the map built without features

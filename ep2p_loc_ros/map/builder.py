@@ -118,9 +118,7 @@ class VoxelAccumulator:
         self._pending, self._pending_n = [], 0
         self.keys, inv = np.unique(keys, return_inverse=True)
         inv = inv.reshape(-1)
-        self.sums = np.column_stack(
-            [np.bincount(inv, weights=sums[:, j], minlength=len(self.keys)) for j in range(4)]
-        )
+        self.sums = np.column_stack([np.bincount(inv, weights=sums[:, j], minlength=len(self.keys)) for j in range(4)])
         self.counts = np.bincount(inv, weights=counts, minlength=len(self.keys)).astype(np.int64)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:

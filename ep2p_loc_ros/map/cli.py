@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,27 +14,13 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-MODEL_HOOK = "ep2p_loc_ros.model:submap_feature_fn"  # (model_dir) -> FeatureFn, provided by the model (issue 5)
 
+def _load_feature_fn(model_dir: Path, seq_dir: Path) -> FeatureFn:
+    """The trained point encoder as the builder's feature function (descriptor region: the sequence's camera)."""
+    from ..datasets.kitti_odometry import KittiOdometrySequence
+    from ..model.features import submap_feature_fn
 
-def _load_feature_fn(model_dir: Path) -> FeatureFn:
-    """The model's per-submap feature function, or a clear error while the model does not exist yet."""
-    import importlib
-
-    module_name, attr = MODEL_HOOK.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (module_name, module_name.rsplit(".", 1)[0]):
-            raise
-        module = None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise NotImplementedError(
-            f"--model {model_dir}: model support arrives with the model (issue 5): {MODEL_HOOK} does not exist "
-            "yet. Build without --model (features D = 0, descriptors Dg = 0) for now."
-        )
-    return factory(model_dir)
+    return submap_feature_fn(model_dir, KittiOdometrySequence(seq_dir).calib.camera)
 
 
 def _cmd_build_map(args: argparse.Namespace) -> int:
@@ -50,13 +35,7 @@ def _cmd_build_map(args: argparse.Namespace) -> int:
         max_range=args.max_range,
         scan_stride=args.scan_stride,
     )
-    feature_fn = None
-    if args.model is not None:
-        try:
-            feature_fn = _load_feature_fn(args.model)
-        except NotImplementedError as exc:
-            print(f"ep2p-loc build-map: error: {exc}", file=sys.stderr)
-            return 2
+    feature_fn = _load_feature_fn(args.model, args.seq_dir) if args.model is not None else None
     lidar_map = build_map(
         args.seq_dir,
         params,
@@ -85,8 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("seq_dir", type=Path, metavar="SEQ_DIR", help="sequence: velodyne/, image_2/, calib.txt, poses.txt")
     p.add_argument("--out", type=Path, required=True, metavar="MAP_DIR", help="map directory to write")
-    p.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
-                   help="model to compute per-point features and submap descriptors (arrives with issue 5)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help="model to compute per-point features and submap descriptors",
+    )
     p.add_argument("--voxel", type=float, default=0.2, help="voxel edge in metres (default: %(default)s)")
     p.add_argument("--spacing", type=float, default=10.0, help="metres of path between viewpoints (default: 10)")
     p.add_argument("--radius", type=float, default=40.0, help="submap radius in metres (default: %(default)s)")

@@ -33,9 +33,7 @@ def nearest_submaps(lidar_map: LidarMap, position: np.ndarray, k: int = 1) -> tu
     return ids, d[ids]
 
 
-def top_k_by_descriptor(
-    lidar_map: LidarMap, query_descriptor: np.ndarray, k: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
+def top_k_by_descriptor(lidar_map: LidarMap, query_descriptor: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` submaps whose global descriptors are most cosine-similar to ``query_descriptor``.
 
     Returns ``(ids (k',) int64, similarities (k',) float64 in [-1, 1])``, best first. A zero descriptor (query or

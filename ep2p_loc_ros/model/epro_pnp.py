@@ -57,12 +57,30 @@ def _project(R: torch.Tensor, t: torch.Tensor, X: torch.Tensor, K: torch.Tensor)
     return xy * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
 
 
+def _huber(sq: torch.Tensor, delta: float | None) -> torch.Tensor:
+    """Per-point cost from squared weighted residual norms: ½e² inside ``delta``, linear outside (None: ½e²)."""
+    if delta is None:
+        return 0.5 * sq
+    e = sq.clamp_min(1e-30).sqrt()
+    return torch.where(e <= delta, 0.5 * sq, delta * (e - 0.5 * delta))
+
+
 def reprojection_cost(
-    R: torch.Tensor, t: torch.Tensor, X: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: torch.Tensor
+    R: torch.Tensor,
+    t: torch.Tensor,
+    X: torch.Tensor,
+    x2d: torch.Tensor,
+    w2d: torch.Tensor,
+    K: torch.Tensor,
+    huber_delta: float | None = None,
 ) -> torch.Tensor:
-    """``f(y) = 1/2 Σ ||w ∘ r||²`` for each pose in the batch (...,)."""
+    """``f(y) = Σ ρ(||w ∘ r||)`` for each pose in the batch (...,); ρ = ½e² or Huber with ``huber_delta``.
+
+    The Huber kernel keeps wrong matches (hundreds of pixels off) from dominating the cost with their square,
+    as in EPro-PnP.
+    """
     r = (_project(R, t, X, K) - x2d) * w2d
-    return 0.5 * (r * r).sum((-1, -2))
+    return _huber((r * r).sum(-1), huber_delta).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -73,8 +91,12 @@ class PoseSolution:
     cost: torch.Tensor  # ()
 
 
-def _residual_jacobian(R, t, X, x2d, w2d, K):
-    """Weighted residuals (2N,) and their Jacobian (2N, 6) w.r.t. (δt, δr) with R ← Exp(δr) R."""
+def _residual_jacobian(R, t, X, x2d, w2d, K, huber_delta=None):
+    """Weighted residuals (2N,), their Jacobian (2N, 6) w.r.t. (δt, δr) with R ← Exp(δr) R, and the cost.
+
+    With a Huber kernel, residual and Jacobian rows are scaled by √(ρ'(e)/e) (iteratively reweighted least
+    squares), so Gauss–Newton on them minimises the Huber cost.
+    """
     RX = X @ R.T
     Xc = RX + t
     z = Xc[:, 2].clamp_min(1e-3)
@@ -91,7 +113,15 @@ def _residual_jacobian(R, t, X, x2d, w2d, K):
     )  # (N, 2, 3)
     dXc = torch.cat([torch.eye(3, dtype=X.dtype).expand(len(X), 3, 3), -_skew(RX)], 2)  # (N, 3, 6)
     J = (d_uv_dXc @ dXc) * w2d[:, :, None]
-    return res, J.reshape(-1, 6)
+    sq = (res.reshape(-1, 2) ** 2).sum(1)
+    cost = _huber(sq, huber_delta).sum()
+    if huber_delta is not None:
+        scale = torch.where(
+            sq <= huber_delta**2, torch.ones_like(sq), (huber_delta / sq.clamp_min(1e-30).sqrt()).sqrt()
+        )
+        res = (res.reshape(-1, 2) * scale[:, None]).reshape(-1)
+        J = J * scale[:, None, None]
+    return res, J.reshape(-1, 6), cost
 
 
 @torch.no_grad()
@@ -103,21 +133,20 @@ def lm_solve(
     R0: torch.Tensor,
     t0: torch.Tensor,
     iterations: int = 20,
+    huber_delta: float | None = None,
 ) -> PoseSolution:
-    """Levenberg–Marquardt on the weighted cost from ``(R0, t0)`` (float64; no autograd)."""
+    """Levenberg–Marquardt on the weighted (Huber) cost from ``(R0, t0)`` (float64; no autograd)."""
     X, x2d, w2d, K = (a.detach().double() for a in (X, x2d, w2d, K))
     R, t = R0.detach().double().clone(), t0.detach().double().clone()
     lam = 1e-3
-    res, J = _residual_jacobian(R, t, X, x2d, w2d, K)
-    cost = 0.5 * res @ res
+    res, J, cost = _residual_jacobian(R, t, X, x2d, w2d, K, huber_delta)
     for _ in range(iterations):
         H = J.T @ J
         g = J.T @ res
         step = -torch.linalg.solve(H + lam * torch.diag(torch.diagonal(H).clamp_min(1e-9)), g)
         R_new = rotvec_to_matrix_torch(step[3:]) @ R
         t_new = t + step[:3]
-        res_new, J_new = _residual_jacobian(R_new, t_new, X, x2d, w2d, K)
-        cost_new = 0.5 * res_new @ res_new
+        res_new, J_new, cost_new = _residual_jacobian(R_new, t_new, X, x2d, w2d, K, huber_delta)
         if cost_new < cost:
             R, t, res, J, cost = R_new, t_new, res_new, J_new, cost_new
             lam = max(lam / 10, 1e-9)
@@ -133,11 +162,14 @@ def lm_solve(
 class MonteCarloPoseLoss(torch.nn.Module):
     """KL loss between a Dirac at the true pose and the pose distribution of weighted correspondences."""
 
-    def __init__(self, num_samples: int = 256, wide_scale: float = 3.0, lm_iterations: int = 15) -> None:
+    def __init__(
+        self, num_samples: int = 256, wide_scale: float = 3.0, lm_iterations: int = 15, huber_delta: float | None = None
+    ) -> None:
         super().__init__()
         self.num_samples = num_samples
         self.wide_scale = wide_scale
         self.lm_iterations = lm_iterations
+        self.huber_delta = huber_delta
 
     def forward(
         self,
@@ -154,7 +186,14 @@ class MonteCarloPoseLoss(torch.nn.Module):
         """Loss for one image: X (N, 3) world points, x2d (N, 2) pixels, w2d (N, 2) > 0 weights; GT ``T_cam_world``."""
         dtype = x2d.dtype
         sol = lm_solve(
-            X, x2d, w2d, K, R_gt if R_init is None else R_init, t_gt if t_init is None else t_init, self.lm_iterations
+            X,
+            x2d,
+            w2d,
+            K,
+            R_gt if R_init is None else R_init,
+            t_gt if t_init is None else t_init,
+            self.lm_iterations,
+            self.huber_delta,
         )
         # Proposal: mixture of N(0, Σ) and N(0, s²Σ), Σ = H⁻¹ (regularised so a flat direction stays finite).
         H = sol.hessian + 1e-6 * torch.eye(6, dtype=sol.hessian.dtype) * sol.hessian.diagonal().mean().clamp_min(1.0)
@@ -172,7 +211,9 @@ class MonteCarloPoseLoss(torch.nn.Module):
         log_q = torch.logsumexp(torch.stack([log_n1, log_n2]), 0) - math.log(2.0)
         R_s = (rotvec_to_matrix_torch(delta[:, 3:]) @ sol.R).to(dtype)
         t_s = (sol.t + delta[:, :3]).to(dtype)
-        cost_samples = reprojection_cost(R_s, t_s, X.to(dtype), x2d, w2d, K.to(dtype))
+        cost_samples = reprojection_cost(R_s, t_s, X.to(dtype), x2d, w2d, K.to(dtype), self.huber_delta)
         log_z = torch.logsumexp(-cost_samples - log_q.to(dtype), 0) - math.log(n)
-        cost_gt = reprojection_cost(R_gt.to(dtype), t_gt.to(dtype), X.to(dtype), x2d, w2d, K.to(dtype))
+        cost_gt = reprojection_cost(
+            R_gt.to(dtype), t_gt.to(dtype), X.to(dtype), x2d, w2d, K.to(dtype), self.huber_delta
+        )
         return cost_gt + log_z, sol

@@ -36,17 +36,26 @@ def make_targets(uv: torch.Tensor, visible: torch.Tensor, config: ModelConfig) -
 
 
 def matching_losses(
-    head: MatchingHead, point_features: torch.Tensor, patch_features: torch.Tensor, targets: MatchTargets
+    head: MatchingHead,
+    point_features: torch.Tensor,
+    patch_features: torch.Tensor,
+    targets: MatchTargets,
+    max_pixel_points: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Cross-entropy of the patch class, and of the in-patch position at the true patch (teacher forcing)."""
+    """Cross-entropy of the patch class, and of the in-patch position at the true patch (teacher forcing).
+
+    The pixel loss uses at most ``max_pixel_points`` of the in-image points (the first ones: pass points in
+    random order); its MLP runs over stride² positions per point, the costliest part of a step.
+    """
     num_patches = head.config.num_patches
     logits = head.patch_logits(point_features, patch_features)
     losses = {"patch": nn.functional.cross_entropy(logits, targets.patch)}
     inside = targets.patch < num_patches
     if inside.any():
-        feats_at = patch_features.flatten(1).T[targets.patch[inside]]
-        pixel_logits = head.pixel_logits(point_features[inside], feats_at)
-        losses["pixel"] = nn.functional.cross_entropy(pixel_logits, targets.pixel[inside])
+        chosen = torch.nonzero(inside)[:, 0][:max_pixel_points]
+        feats_at = patch_features.flatten(1).T[targets.patch[chosen]]
+        pixel_logits = head.pixel_logits(point_features[chosen], feats_at)
+        losses["pixel"] = nn.functional.cross_entropy(pixel_logits, targets.pixel[chosen])
     else:
         losses["pixel"] = logits.sum() * 0.0
     with torch.no_grad():
@@ -83,8 +92,8 @@ def pose_loss(
 
     2D points: each point's most likely patch (a hard choice) refined by the differentiable soft-argmax;
     weights: that patch's probability times a learned global scale. ``points_cam_world`` are the points' 3D
-    coordinates in the frame the GT pose ``(R_gt, t_gt) = T_cam_world`` maps from. Returns None when fewer
-    than 6 points are predicted inside the image.
+    coordinates in the frame the GT pose ``(R_gt, t_gt) = T_cam_world`` maps from. The KL is divided by the
+    number of points used. Returns None when fewer than 6 points are available.
     """
     prob = torch.softmax(head.patch_logits(point_features, patch_features), 1)
     conf, best = prob[:, :-1].max(1)  # best in-image patch
@@ -96,4 +105,4 @@ def pose_loss(
     loss, _ = mc_loss(
         points_cam_world[order].to(pixels.dtype), pixels, weights, K.to(pixels.dtype), R_gt, t_gt, generator=generator
     )
-    return loss
+    return loss / len(order)  # per point: comparable across images with different match counts

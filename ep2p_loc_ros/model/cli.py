@@ -1,0 +1,73 @@
+"""``ep2p-loc train`` and ``ep2p-loc export``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from .config import ModelConfig
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .train import TrainConfig, train
+
+    torch.set_num_threads(max(1, args.threads))
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    cfg = TrainConfig(**overrides)
+    metrics = train(args.sequences, args.out, ModelConfig(), cfg, resume=args.resume, device=args.device)
+    print(json.dumps({"model_dir": str(args.out), "final": metrics}, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_image_encoder
+    from .network import ONNX_FILE, load_network
+
+    net, _ = load_network(args.model)
+    out = args.out or Path(args.model) / ONNX_FILE
+    export_image_encoder(net.image_encoder, net.config, out)
+    print(f"exported {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the EP2P-Loc network end to end on KITTI-layout sequences",
+        description="Patch classification + pixel refinement + retrieval + Monte-Carlo PnP pose loss. Writes a "
+        "model directory (config.json, model.safetensors, image_encoder.onnx); checkpoints and metrics.jsonl go "
+        "to OUT.training/. Runs under torchrun (DistributedDataParallel) too.",
+    )
+    p.add_argument("sequences", nargs="+", type=Path, help="KITTI odometry-layout sequence directories")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.training/checkpoint")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--steps", type=int, help="optimisation steps")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="frames per step")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, help="seed (data order, sampling, initialisation)")
+    p.add_argument("--pose-warmup", dest="pose_warmup", type=int, help="steps before the pose loss joins")
+    p.add_argument("--pose-weight", dest="pose_weight", type=float, help="weight of the Monte-Carlo pose loss")
+    p.add_argument(
+        "--no-pose-loss",
+        dest="use_pose_loss",
+        action="store_false",
+        default=None,
+        help="ablation: train without the differentiable PnP loss",
+    )
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "export",
+        help="export the image encoder of a model directory to ONNX",
+        description="Re-export MODEL/image_encoder.onnx from MODEL/model.safetensors.",
+    )
+    p.add_argument("--model", type=Path, default=Path("models"), help="model directory (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="ONNX file (default: MODEL/image_encoder.onnx)")
+    p.set_defaults(func=_cmd_export)

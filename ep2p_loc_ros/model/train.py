@@ -1,0 +1,288 @@
+"""End-to-end training: patch classification + pixel refinement + retrieval + Monte-Carlo pose loss.
+
+Runs on CPU or one GPU, and under ``torchrun`` with DistributedDataParallel (each rank takes its share of the
+frames; rank 0 logs and writes). Checkpoints are safetensors (weights and optimizer moments) plus a JSON state
+(step, RNG states), so training resumes exactly where it stopped; the final model directory is written
+atomically (config, weights, ONNX image encoder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DataError
+from .config import ModelConfig
+from .dataset import FrameSample, SequenceData
+from .epro_pnp import MonteCarloPoseLoss
+from .losses import make_targets, matching_losses, pose_loss, retrieval_loss
+from .network import EP2PLocNet, save_model_dir
+
+__all__ = ["TrainConfig", "TrainingModel", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    match_points: int = 512  # visible in-image points per sample for the matching losses
+    other_points: int = 192  # hidden / outside points per sample (the "not in this image" class)
+    pixel_points: int = 192  # points per sample for the in-patch pixel loss
+    pose_points: int = 384  # most confident matches per sample for the pose loss
+    mc_samples: int = 128
+    huber_delta: float = 5.0  # Huber kernel of the pose loss, in weighted pixels
+    pose_weight: float = 0.2  # of the per-point KL pose loss
+    pose_warmup: int = 200  # steps before the pose loss joins (matches are random before that)
+    use_pose_loss: bool = True
+    retrieval_weight: float = 0.5
+    grad_clip: float = 5.0
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+
+class TrainingModel(nn.Module):
+    """Wraps the network so one ``forward`` computes every loss (what DistributedDataParallel needs)."""
+
+    def __init__(self, net: EP2PLocNet, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        self.mc_loss = MonteCarloPoseLoss(num_samples=cfg.mc_samples, huber_delta=cfg.huber_delta)
+
+    def forward(
+        self, batch: list[FrameSample], rng: np.random.Generator, use_pose: bool, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        cfg, mcfg = self.cfg, self.net.config
+        device = self.net.log_weight_scale.device
+        images = torch.from_numpy(np.stack([s.image for s in batch])).to(device)
+        patch_feats, img_desc = self.net.image_encoder(images)
+        terms: dict[str, list[torch.Tensor]] = {"patch": [], "pixel": [], "patch_acc": [], "pose": []}
+        sub_desc = []
+        for b, s in enumerate(batch):
+            out = self.net.point_encoder(
+                torch.from_numpy(s.points_local).to(device), torch.from_numpy(s.reflectance).to(device)
+            )
+            sub_desc.append(out.global_descriptor)
+            uv = torch.from_numpy(s.uv)
+            targets_all = make_targets(uv, torch.from_numpy(s.visible), mcfg)
+            inside = (targets_all.patch < mcfg.num_patches).numpy()
+            pos = np.flatnonzero(inside)
+            neg = np.flatnonzero(~inside)
+            idx = np.concatenate([rng.permutation(pos)[: cfg.match_points], rng.permutation(neg)[: cfg.other_points]])
+            if len(idx) == 0:
+                continue
+            sel = torch.from_numpy(idx)
+            feats = out.features[sel.to(device)]
+            targets = make_targets(uv[sel], torch.from_numpy(s.visible[idx]), mcfg)
+            losses = matching_losses(self.net.head, feats, patch_feats[b], targets, max_pixel_points=cfg.pixel_points)
+            for k in ("patch", "pixel", "patch_acc"):
+                terms[k].append(losses[k])
+            front = np.isfinite(s.uv[idx, 0])  # at run time IPR never offers points behind the camera
+            if use_pose and front.sum() >= 6:
+                T = torch.from_numpy(s.T_cam_map)
+                lp = pose_loss(
+                    self.net.head,
+                    feats[torch.from_numpy(front).to(device)],
+                    patch_feats[b],
+                    torch.from_numpy(s.points_map[idx[front]]),
+                    torch.from_numpy(s.camera.K),
+                    T[:3, :3],
+                    T[:3, 3],
+                    self.mc_loss,
+                    self.net.log_weight_scale,
+                    max_points=cfg.pose_points,
+                    generator=generator,
+                )
+                if lp is not None:
+                    terms["pose"].append(lp.float())
+        result = {k: torch.stack(v).mean() for k, v in terms.items() if v}
+        if len(batch) > 1:
+            result["retrieval"] = retrieval_loss(img_desc, torch.stack(sub_desc))
+        total = result["patch"] + result["pixel"]
+        if "retrieval" in result:
+            total = total + cfg.retrieval_weight * result["retrieval"]
+        if "pose" in result:
+            total = total + cfg.pose_weight * result["pose"]
+        result["total"] = total
+        return result
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(
+    path: Path,
+    model: TrainingModel,
+    opt: torch.optim.Optimizer,
+    step: int,
+    rng: np.random.Generator,
+    order: list,
+    cursor: int,
+) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    tensors[f"opt.{names[id(p)]}.{k}"] = v.detach().cpu().contiguous()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp.with_suffix(".safetensors")))
+    state = {
+        "step": step,
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state().tolist(),
+        "order": [list(map(int, o)) for o in order],
+        "cursor": cursor,
+    }
+    tmp.with_suffix(".json").write_text(json.dumps(state))
+    tmp.with_suffix(".safetensors").replace(path.with_suffix(".safetensors"))
+    tmp.with_suffix(".json").replace(path.with_suffix(".json"))
+
+
+def _load_checkpoint(path: Path, model: TrainingModel, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        state = json.loads(path.with_suffix(".json").read_text())
+    except Exception as exc:  # any fault in a checkpoint means: cannot resume from it
+        raise DataError(f"{path}: cannot resume from checkpoint ({exc})") from exc
+    model.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = dict(model.net.named_parameters())
+    for name, p in params.items():
+        st = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
+        if st:
+            opt.state[p] = st
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return state
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def train(
+    sequence_dirs: list[str | Path],
+    out_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    cfg: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train on the given KITTI-layout sequences; write the model directory ``out_dir``. Returns final metrics."""
+    from tqdm import tqdm
+
+    cfg = cfg or TrainConfig()
+    model_config = model_config or ModelConfig()
+    rank, world = _dist()
+    dev = torch.device(
+        device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    )
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".training")
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + rank)
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
+
+    data = [SequenceData(d, progress=progress and rank == 0) for d in sequence_dirs]
+    frames = [(si, fi) for si, sd in enumerate(data) for fi in range(len(sd))]
+    if not frames:
+        raise DataError("training needs at least one frame")
+    net = EP2PLocNet(model_config).to(dev)
+    model = TrainingModel(net, cfg)
+    ddp = model
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+    )
+
+    step, order, cursor = 0, [], 0
+    ckpt = work / "checkpoint"
+    if resume and ckpt.with_suffix(".json").exists():
+        state = _load_checkpoint(ckpt, model, opt)
+        step, order, cursor = state["step"], [tuple(o) for o in state["order"]], state["cursor"]
+        rng.bit_generator.state = state["rng"]
+        for _ in range(step):
+            sched.step()
+    log_path = work / "metrics.jsonl"
+    log = open(log_path, "a") if rank == 0 else None  # noqa: SIM115 - kept open for the whole run
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
+    last: dict[str, float] = {}
+    t_start = time.perf_counter()
+    net.train()
+    while step < cfg.steps:
+        batch = []
+        while len(batch) < cfg.batch_size:
+            if cursor >= len(order):
+                order = [frames[i] for i in rng.permutation(len(frames))][rank::world]
+                cursor = 0
+            si, fi = order[cursor]
+            cursor += 1
+            batch.append(data[si].sample(fi, model_config, rng))
+        use_pose = cfg.use_pose_loss and step >= cfg.pose_warmup
+        losses = ddp(batch, rng, use_pose, generator)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        last = {k: float(v.detach()) for k, v in losses.items()}
+        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            log.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "lr": sched.get_last_lr()[0],
+                        "elapsed_s": round(time.perf_counter() - t_start, 1),
+                        **last,
+                    }
+                )
+                + "\n"
+            )
+            log.flush()
+        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k in ("total", "patch_acc", "pose")})
+        bar.update(1)
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            _save_checkpoint(ckpt, model, opt, step, rng, order, cursor)
+    bar.close()
+    if log is not None:
+        log.close()
+    if rank == 0:
+        net.eval()
+        info = {
+            "train": asdict(cfg),
+            "sequences": [str(Path(d)) for d in sequence_dirs],
+            "final_metrics": last,
+            "train_time_s": round(time.perf_counter() - t_start, 1),
+        }
+        save_model_dir(net.cpu(), out_dir, info)
+    if world > 1:
+        torch.distributed.barrier()
+    return last
