@@ -15,6 +15,15 @@ from . import __version__
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KITTI = REPO_ROOT / "test" / "data" / "kitti_object"
+# Each module has ``register(subparsers)`` adding its subcommands (imports stay light: heavy ones are lazy).
+SUBCOMMAND_MODULES = (
+    ".sim.cli",  # sim
+    ".map.cli",  # build-map
+    ".model.cli",  # train, export
+    ".evaluation.cli",  # localize, evaluate
+    ".ros.cli",  # node
+    ".replay_cli",  # make-bag, replay, demo
+)
 
 
 def _cmd_check_kitti(args: argparse.Namespace) -> int:
@@ -57,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table; no report")
     p.set_defaults(func=_cmd_check_kitti)
 
-    from .map.cli import register as register_map
+    import importlib
 
-    register_map(sub)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module, __package__).register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Scoring localization: pose-error metrics, sequence evaluation, and reports."""

@@ -1,0 +1,270 @@
+"""The localization pipeline (ROS-free): image + intrinsics (+ optional prior) -> pose with covariance.
+
+retrieval top-k (or the submaps around a prior pose) -> IPR at the submap's viewpoint (or the prior) ->
+patch classification -> pixel refinement -> RANSAC PnP + LM. Each stage is timed; failures are statuses in
+the result, never exceptions, so a node can publish "no pose" and say why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .geometry import PinholeCamera, invert
+from .ipr import IPRConfig, visible_mask
+from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
+from .model.config import ModelConfig
+from .model.heads import MatchingHead
+from .model.preprocess import prepare_image
+from .pnp import PnPConfig, PoseEstimate, solve_pnp
+
+__all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig"]
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Run-time parameters (one home: CLI, evaluation and the node all read this, e.g. from YAML)."""
+
+    top_k: int = 3  # submaps tried from descriptor retrieval (best PnP wins)
+    prior_top_k: int = 1  # submaps tried around a prior pose (tracking)
+    min_confidence: float = 0.05  # patch probability below which a match is dropped
+    max_points: int = 6000  # visible submap points classified per submap (evenly thinned beyond this: speed)
+    max_matches: int = 4000  # most confident matches kept for PnP
+    use_ipr: bool = True  # ablation switch: match every submap point, visible or not
+    refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
+    ipr: IPRConfig = field(default_factory=IPRConfig)
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    threads: int = 2  # torch/onnxruntime intra-op threads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> LocalizerConfig:
+        """Nested dict (YAML) -> config; unknown keys and wrong types are errors that name the key."""
+        return _from_dict(cls, data or {}, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: (_to_dict(v) if is_dataclass(v := getattr(obj, f.name)) else v) for f in fields(obj)}
+
+
+def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise DataError(f"{source}: unknown parameter(s) {unknown} (known: {sorted(known)})")
+    defaults = cls()
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        key = f"{source}.{name}"
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, key)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise DataError(f"{key}: expected true/false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, (int, float, str)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise DataError(f"{key}: expected {type(default).__name__}, got {value!r}")
+            try:
+                kwargs[name] = type(default)(value)
+            except ValueError as exc:
+                raise DataError(f"{key}: expected {type(default).__name__}, got {value!r}") from exc
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{source}: {exc}") from exc
+
+
+class LocalizationStatus(str, Enum):
+    OK = "ok"
+    BAD_INPUT = "bad_input"  # image/intrinsics unusable
+    NO_SUBMAP = "no_submap"  # the map has nothing near the prior / no descriptors to retrieve with
+    NO_MATCHES = "no_matches"  # no visible points, or none matched confidently
+    PNP_FAILED = "pnp_failed"  # PnP found no reliable pose (see message)
+
+
+@dataclass(frozen=True)
+class LocalizationResult:
+    status: LocalizationStatus
+    message: str
+    T_map_cam: np.ndarray  # (4, 4); NaN unless ok
+    covariance: np.ndarray  # (6, 6) ROS order x, y, z, roll, pitch, yaw (see pnp.py); NaN unless ok
+    num_matches: int = 0
+    num_inliers: int = 0
+    submap_id: int = -1
+    retrieved: tuple[int, ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    matched_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (K, 3) map frame
+    matched_pixels: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (K, 2) image pixels
+    inlier_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (K,)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is LocalizationStatus.OK
+
+    @property
+    def inlier_ratio(self) -> float:
+        return self.num_inliers / self.num_matches if self.num_matches else 0.0
+
+
+def _failure(status: LocalizationStatus, message: str, **kw: Any) -> LocalizationResult:
+    return LocalizationResult(status, message, np.full((4, 4), np.nan), np.full((6, 6), np.nan), **kw)
+
+
+class Localizer:
+    """Localizes images in one map with one model. Not thread-safe: one call at a time."""
+
+    def __init__(
+        self,
+        lidar_map: LidarMap,
+        image_session: Any,
+        head: MatchingHead,
+        model_config: ModelConfig,
+        config: LocalizerConfig | None = None,
+    ) -> None:
+        self.map = lidar_map
+        self.session = image_session
+        self.head = head.eval()
+        self.model_config = model_config
+        self.config = config or LocalizerConfig()
+        self.last_descriptor: np.ndarray | None = None  # global descriptor of the last image (for evaluation)
+        if lidar_map.feature_dim != model_config.feature_dim:
+            where = lidar_map.path or "map"
+            raise DataError(
+                f"{where}: point features have {lidar_map.feature_dim} dims, the model needs "
+                f"{model_config.feature_dim}; build the map with this model (ep2p-loc build-map --model)"
+            )
+
+    @classmethod
+    def from_paths(
+        cls, map_dir: str | Path, model_dir: str | Path, config: LocalizerConfig | None = None, providers: str = "auto"
+    ) -> Localizer:
+        """Load and validate the map and the model; errors name the file and the fault."""
+        from .model.network import ONNX_FILE, load_network
+        from .runtime import ImageEncoderSession
+
+        config = config or LocalizerConfig()
+        torch.set_num_threads(max(1, config.threads))
+        net, _ = load_network(model_dir)
+        session = ImageEncoderSession(
+            Path(model_dir) / ONNX_FILE, net.config, providers=providers, intra_op_threads=config.threads
+        )
+        return cls(load_map(map_dir), session, net.head, net.config, config)
+
+    def localize(
+        self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None = None, source: str = "image"
+    ) -> LocalizationResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            image, cam_net = prepare_image(rgb, camera, self.model_config, source)
+        except DataError as exc:
+            return _failure(LocalizationStatus.BAD_INPUT, str(exc))
+        t1 = time.perf_counter()
+        timings["preprocess"] = (t1 - t0) * 1e3
+        patch_np, desc = self.session.run(image)
+        patch = torch.from_numpy(np.ascontiguousarray(patch_np[0]))
+        self.last_descriptor = np.asarray(desc[0], dtype=np.float32)
+        t2 = time.perf_counter()
+        timings["image_encoder"] = (t2 - t1) * 1e3
+
+        cfg = self.config
+        if T_map_cam_prior is not None:
+            prior = np.asarray(T_map_cam_prior, dtype=np.float64)
+            if prior.shape != (4, 4) or not np.isfinite(prior).all():
+                return _failure(LocalizationStatus.BAD_INPUT, "prior pose must be a finite 4x4 matrix")
+            ids, _ = nearest_submaps(self.map, prior, cfg.prior_top_k)
+            guesses = [prior] * len(ids)
+        else:
+            if self.map.descriptor_dim == 0:
+                return _failure(LocalizationStatus.NO_SUBMAP, "map has no global descriptors and no prior was given")
+            ids, _ = top_k_by_descriptor(self.map, desc[0], cfg.top_k)
+            guesses = [np.asarray(self.map.T_map_viewpoint[i], dtype=np.float64) for i in ids]
+        t3 = time.perf_counter()
+        timings["retrieval"] = (t3 - t2) * 1e3
+        if len(ids) == 0:
+            return _failure(LocalizationStatus.NO_SUBMAP, "map has no submaps", timings_ms=timings)
+
+        best: tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None = None
+        stage = {"ipr": 0.0, "matching": 0.0, "pnp": 0.0}
+        total_matches = 0
+        for sid, guess in zip(ids, guesses, strict=True):
+            ta = time.perf_counter()
+            sub = self.map.submap(int(sid))
+            pts = sub.points.astype(np.float64)
+            keep = np.ones(len(pts), bool)
+            if cfg.use_ipr and len(pts):
+                keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
+            tb = time.perf_counter()
+            rows = np.flatnonzero(keep)
+            if len(rows) > cfg.max_points:  # deterministic, spatially even thinning (rows are voxel-ordered)
+                rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(np.int64)]
+            feats = torch.from_numpy(sub.features[rows].astype(np.float32))
+            pts = pts[rows]
+            if len(pts) == 0:
+                stage["ipr"] += (tb - ta) * 1e3
+                continue
+            idx, px_net, conf = self._match(feats, patch)
+            if len(idx) > cfg.max_matches:
+                top = torch.argsort(conf, descending=True)[: cfg.max_matches]
+                idx, px_net, conf = idx[top], px_net[top], conf[top]
+            # network-image pixels -> original image pixels (inverse of the per-axis resize)
+            sx, sy = cam_net.width / camera.width, cam_net.height / camera.height
+            px = (px_net.numpy().astype(np.float64) + 0.5) / [sx, sy] - 0.5
+            X = pts[idx.numpy()]
+            tc = time.perf_counter()
+            est = solve_pnp(X, px, camera, cfg.pnp, weights=conf.numpy().astype(np.float64))
+            td = time.perf_counter()
+            stage["ipr"] += (tb - ta) * 1e3
+            stage["matching"] += (tc - tb) * 1e3
+            stage["pnp"] += (td - tc) * 1e3
+            total_matches += len(idx)
+            if best is None or (est.ok, est.num_inliers) > (best[0].ok, best[0].num_inliers):
+                best = (est, int(sid), X, px)
+        timings.update(stage)
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        retrieved = tuple(int(i) for i in ids)
+        if best is None or len(best[2]) == 0:
+            return _failure(
+                LocalizationStatus.NO_MATCHES,
+                "no visible map point was matched",
+                timings_ms=timings,
+                retrieved=retrieved,
+            )
+        est, sid, X, px = best
+        common = dict(
+            num_matches=len(X),
+            num_inliers=est.num_inliers,
+            submap_id=sid,
+            retrieved=retrieved,
+            timings_ms=timings,
+            matched_points=X,
+            matched_pixels=px,
+            inlier_mask=est.inlier_mask,
+        )
+        if not est.ok:
+            return _failure(LocalizationStatus.PNP_FAILED, f"PnP: {est.status.value}: {est.message}", **common)
+        return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
+
+    def _match(self, feats: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx, px, conf = self.head.match(feats, patch, self.config.min_confidence)
+        if not self.config.refine_pixels:  # ablation: the centre of the chosen patch
+            from .model.heads import patch_centers
+
+            logits = self.head.patch_logits(feats[idx], patch)
+            px = patch_centers(self.model_config)[logits[:, :-1].argmax(1)]
+        return idx, px, conf
