@@ -72,6 +72,10 @@ class SimConfig:
             raise ValueError(f"rate must be > 0, got {self.rate_hz}")
         if self.range_noise < 0 or self.image_noise < 0:
             raise ValueError("noise levels must be >= 0")
+        if self.kind == "outdoor" and int(self.blocks) < 2:
+            raise ValueError(f"outdoor worlds need blocks >= 2, got {self.blocks}")
+        if not 0.01 <= self.azimuth_step_deg <= 5.0:
+            raise ValueError(f"LiDAR azimuth step must be in [0.01, 5] degrees, got {self.azimuth_step_deg}")
 
     def motion(self) -> MotionProfile:
         m = dict(KIND_MOTION[self.kind])
