@@ -1,9 +1,185 @@
-"""Subcommands of this module: scaffold until its issue lands (see cli.SUBCOMMAND_MODULES)."""
+"""``ep2p-loc localize`` (one image) and ``ep2p-loc evaluate`` (every image of a sequence) — in process."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..demo_data import DEFAULT_MODEL_DIR
+
+__all__ = ["register"]
+
+
+def _localizer_config(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from ..localizer import LocalizerConfig
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{args.config}: cannot read localizer config ({exc})") from exc
+    cfg = LocalizerConfig.from_dict(data, str(args.config or "config"))
+    names = ("top_k", "use_ipr", "refine_pixels")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if overrides:
+        cfg = LocalizerConfig.from_dict({**cfg.to_dict(), **overrides})
+    return cfg
+
+
+def _read_camera(calib: Path, size: tuple[int, int]) -> Any:
+    """Intrinsics of the left colour camera from a KITTI odometry ``calib.txt`` or object ``calib/*.txt``."""
+    from ..calib import read_kitti_object_calib, read_kitti_odometry_calib
+    from ..errors import DataError
+
+    try:
+        return read_kitti_odometry_calib(calib, size).camera
+    except DataError as first:
+        try:
+            return read_kitti_object_calib(calib, size).camera
+        except DataError:
+            raise first from None
+
+
+def _result_json(res: Any) -> dict[str, Any]:
+    from ..geometry import matrix_to_quaternion
+
+    out: dict[str, Any] = {
+        "status": res.status.value,
+        "message": res.message,
+        "num_matches": res.num_matches,
+        "num_inliers": res.num_inliers,
+        "inlier_ratio": res.inlier_ratio,
+        "submap_id": res.submap_id,
+        "retrieved": list(res.retrieved),
+        "timings_ms": {k: round(v, 3) for k, v in res.timings_ms.items()},
+    }
+    if res.ok:
+        out["T_map_cam"] = res.T_map_cam.tolist()
+        out["position"] = res.T_map_cam[:3, 3].tolist()
+        out["orientation_xyzw"] = matrix_to_quaternion(res.T_map_cam[:3, :3]).tolist()
+        out["covariance"] = res.covariance.tolist()
+    return out
+
+
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from ..datasets.kitti_object import load_image_rgb
+    from ..localizer import Localizer
+
+    cfg = _localizer_config(args)
+    loc = Localizer.from_paths(args.map, args.model, cfg, providers=args.providers)
+    rgb = load_image_rgb(args.image)
+    camera = _read_camera(args.calib, (rgb.shape[1], rgb.shape[0]))
+    prior = None
+    if args.prior is not None:
+        prior = np.array(json.loads(args.prior), dtype=np.float64)
+    res = loc.localize(rgb, camera, prior, source=str(args.image))
+    if args.json:
+        print(json.dumps(_result_json(res), indent=2))
+    else:
+        print(f"status: {res.status.value} ({res.message})")
+        print(f"matches {res.num_matches}, inliers {res.num_inliers}, submap {res.submap_id}")
+        if res.ok:
+            np.set_printoptions(precision=4, suppress=True)
+            print(f"T_map_cam:\n{res.T_map_cam}")
+            print(f"position std (m): {np.sqrt(np.diag(res.covariance)[:3])}")
+        print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings_ms.items()))
+    return 0 if res.ok else 1
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    rec = summary["recall"]
+    print("| frames | localized | R@0.25m,2° | R@0.5m,5° | R@5m,10° | median t (m) | median R (°) | inlier ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {summary['frames']} | {summary['localized']:.1%} | {rec['0.25m_2deg']:.1%} | {rec['0.5m_5deg']:.1%} | "
+        f"{rec['5m_10deg']:.1%} | {summary['median_translation_m']:.3f} | {summary['median_rotation_deg']:.2f} | "
+        f"{summary['inlier_ratio']:.2f} |"
+    )
+    rr = summary.get("retrieval_recall", {})
+    if rr:
+        print("retrieval recall: " + ", ".join(f"@{k} {v:.1%}" for k, v in rr.items()))
+    lat = summary.get("latency_ms", {})
+    if lat:
+        print("latency p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in lat.items()))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..localizer import Localizer
+    from .evaluate import evaluate_sequence
+
+    if args.sequence is None:
+        print("ep2p-loc evaluate: error: --sequence is required", file=sys.stderr)
+        return 2
+    cfg = _localizer_config(args)
+    loc = Localizer.from_paths(args.map, args.model, cfg, providers=args.providers)
+    ev = evaluate_sequence(
+        loc,
+        args.sequence,
+        stride=args.stride,
+        max_frames=args.max_frames,
+        use_prior=args.use_prior,
+        progress=not args.json,
+    )
+    summary = ev.summary()
+    summary["config"] = {"map": str(args.map), "model": str(args.model), "sequence": str(args.sequence)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--map", type=Path, required=True, help="map directory (ep2p-loc build-map --model)")
+    p.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields (nested ipr/pnp)")
+    p.add_argument("--top-k", dest="top_k", type=int, default=None, help="submaps tried from retrieval")
+    p.add_argument("--no-ipr", dest="use_ipr", action="store_false", default=None, help="ablation: skip IPR")
+    p.add_argument(
+        "--no-refine",
+        dest="refine_pixels",
+        action="store_false",
+        default=None,
+        help="ablation: patch centres instead of the pixel-refinement MLP",
+    )
+    p.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime providers")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Nothing registered yet."""
+    p = sub.add_parser(
+        "localize",
+        help="localize one image in a map",
+        description="Retrieval (or a prior) -> IPR -> patch classification -> pixel refinement -> RANSAC PnP + LM. "
+        "Exit code 0 when a pose was found, 1 when not (the status says why).",
+    )
+    _add_common(p)
+    p.add_argument("--image", type=Path, required=True, help="image file (PNG/JPEG)")
+    p.add_argument("--calib", type=Path, required=True, help="KITTI odometry calib.txt or object calib/*.txt")
+    p.add_argument("--prior", default=None, help="prior T_map_cam as a JSON 4x4 list (tracking mode)")
+    p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="localize every image of a KITTI-layout sequence and score it against its poses",
+        description="Recall at (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°), error statistics, inlier ratio, retrieval "
+        "recall@1/5, per-stage latency, NEES.",
+    )
+    _add_common(p)
+    p.add_argument("--sequence", type=Path, default=None, help="KITTI odometry-layout sequence directory")
+    p.add_argument("--stride", type=int, default=1, help="every n-th frame")
+    p.add_argument("--max-frames", dest="max_frames", type=int, default=None, help="at most this many frames")
+    p.add_argument(
+        "--use-prior", dest="use_prior", action="store_true", help="tracking mode: the true pose as the prior"
+    )
+    p.set_defaults(func=_cmd_evaluate)
