@@ -208,6 +208,27 @@ def test_sim_failed_generation_keeps_previous_output(indoor_seq: Path, tmp_path:
     assert _digests(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["seq"]  # temporary directory removed
 
+    # failing at the very last step (renaming the new sequence in): the previous one is put back
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if ".sim-tmp-" in self.name:
+            raise OSError("disk gone")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(writer.SequenceSetup, "render", real_render)
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk gone"):
+        generate_sequence(out, SimConfig(kind="indoor", frames=1, seed=11), progress=False)
+    assert _digests(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["seq"]
+    monkeypatch.setattr(Path, "rename", real_rename)
+    # and a successful run replaces it
+    generate_sequence(out, SimConfig(kind="indoor", frames=1, seed=11), progress=False)
+    assert len(KittiOdometrySequence(out)) == 1
+    assert json.loads((out / "sim.json").read_text())["seed"] == 11
+    assert [p.name for p in tmp_path.iterdir()] == ["seq"]
+
     # refuses to replace a directory that is not a synthetic sequence
     precious = tmp_path / "precious"
     precious.mkdir()

@@ -237,8 +237,15 @@ def generate_sequence(out: str | Path, config: SimConfig, progress: bool = True,
 def _swap_in(tmp: Path, out: Path) -> None:
     """Replace ``out`` by ``tmp``: rename the old one aside, rename the new one in, then delete the old one."""
     old = out.parent / f".{out.name}.sim-old-{os.getpid()}"
+    moved = False
     if out.exists():
         _check_out(out)
         out.rename(old)
-    tmp.rename(out)
+        moved = True
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if moved:  # put the previous sequence back
+            old.rename(out)
+        raise
     shutil.rmtree(old, ignore_errors=True)
