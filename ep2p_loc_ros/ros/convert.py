@@ -20,6 +20,7 @@ __all__ = [
     "IMAGE_ENCODINGS",
     "ConversionError",
     "camera_info_to_camera",
+    "compressed_image_to_rgb",
     "image_to_rgb",
     "matrix_to_pose",
     "matrix_to_transform",
@@ -246,3 +247,22 @@ def matrix_to_transform(T: np.ndarray) -> Transform:
     tf.translation.x, tf.translation.y, tf.translation.z = (float(v) for v in T[:3, 3])
     tf.rotation.x, tf.rotation.y, tf.rotation.z, tf.rotation.w = (float(v) for v in q)
     return tf
+
+
+def compressed_image_to_rgb(msg) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg/png, as image_transport's compressed plugin sends) -> uint8 RGB."""
+    import cv2
+
+    data = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8) if len(msg.data) else np.zeros(0, np.uint8)
+    if data.size == 0:
+        raise ConversionError("compressed image: no data")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ConversionError(f"compressed image: cannot decode {data.size} bytes (format {msg.format!r})")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img[..., ::-1])  # OpenCV decodes to BGR

@@ -1,0 +1,151 @@
+"""What the node does with a localization result before publishing it (ROS-free, unit-tested).
+
+- :class:`PoseGate`: the quality gate. A result is published only with enough inliers, a covariance small
+  enough to be useful, and no jump from the last accepted pose beyond what both covariances and the time
+  between them allow. Each refusal says why (for diagnostics).
+- :func:`rebase_pose`: the camera's pose and covariance -> the vehicle's (``base_link``), given the mount.
+- :func:`interpolate_transform`: a transform between two stamped ones (what a TF lookup at a stamp needs).
+
+Covariances follow ``pnp.py``: ROS order ``(x, y, z, roll, pitch, yaw)``; the position moves in the parent
+frame, the rotation is a small rotation about the parent frame's fixed axes (``R <- Exp(dtheta) R``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import make_T, matrix_to_rotvec, rotation_angle_deg, rotvec_to_matrix
+
+__all__ = ["GateConfig", "GateDecision", "PoseGate", "interpolate_transform", "rebase_pose"]
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the quality gate (node parameters ``gate.<field>``)."""
+
+    min_inliers: int = 30  # fewer PnP inliers: no pose
+    max_position_std_m: float = 2.0  # largest position standard deviation (sqrt of the covariance's eigenvalue)
+    max_rotation_std_deg: float = 5.0  # largest rotation standard deviation
+    max_jump_sigma: float = 5.0  # jump test: allowed move = sigma * combined std + speed * dt; 0 disables
+    max_speed_mps: float = 40.0  # how fast the camera may move between two accepted poses
+    max_angular_speed_dps: float = 120.0  # how fast it may turn
+    jump_timeout_s: float = 5.0  # last accepted pose older than this: no jump test (re-localization)
+    jump_reset_after: int = 5  # this many jump refusals in a row: the reference is dropped, the next pose anchors
+
+    def __post_init__(self) -> None:
+        if int(self.min_inliers) < 0:
+            raise ValueError(f"gate.min_inliers must be >= 0, got {self.min_inliers}")
+        for name in ("max_position_std_m", "max_rotation_std_deg", "max_speed_mps", "max_angular_speed_dps"):
+            value = getattr(self, name)
+            if not value > 0:  # also refuses NaN
+                raise ValueError(f"gate.{name} must be > 0, got {value}")
+        if not self.max_jump_sigma >= 0 or not self.jump_timeout_s >= 0:
+            raise ValueError("gate.max_jump_sigma and gate.jump_timeout_s must be >= 0")
+        if int(self.jump_reset_after) < 1:
+            raise ValueError(f"gate.jump_reset_after must be >= 1, got {self.jump_reset_after}")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    accepted: bool
+    reason: str  # "ok" or why not (one line, for diagnostics)
+    position_std_m: float = math.nan
+    rotation_std_deg: float = math.nan
+
+
+def _max_std(cov_block: np.ndarray) -> float:
+    return float(math.sqrt(max(float(np.linalg.eigvalsh(0.5 * (cov_block + cov_block.T)).max()), 0.0)))
+
+
+class PoseGate:
+    """Stateful gate: accepted poses become the reference of the jump test. Not thread-safe."""
+
+    def __init__(self, config: GateConfig | None = None) -> None:
+        self.config = config or GateConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the reference pose (new initial pose, time jump, re-activation)."""
+        self._last: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._jump_refusals = 0
+
+    def check(self, T_map_cam: np.ndarray, covariance: np.ndarray, num_inliers: int, stamp_s: float) -> GateDecision:
+        cfg = self.config
+        T = np.asarray(T_map_cam, dtype=np.float64)
+        cov = np.asarray(covariance, dtype=np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            return GateDecision(False, "pose is not a finite 4x4 matrix")
+        if num_inliers < cfg.min_inliers:
+            return GateDecision(False, f"too few inliers: {num_inliers} < gate.min_inliers {cfg.min_inliers}")
+        if cov.shape != (6, 6) or not np.isfinite(cov).all():
+            return GateDecision(False, "covariance is not a finite 6x6 matrix")
+        pos_std = _max_std(cov[:3, :3])
+        rot_std = math.degrees(_max_std(cov[3:, 3:]))
+        stds = dict(position_std_m=pos_std, rotation_std_deg=rot_std)
+        if pos_std > cfg.max_position_std_m:
+            return GateDecision(
+                False, f"covariance too large: position std {pos_std:.3f} m > {cfg.max_position_std_m} m", **stds
+            )
+        if rot_std > cfg.max_rotation_std_deg:
+            return GateDecision(
+                False, f"covariance too large: rotation std {rot_std:.2f} deg > {cfg.max_rotation_std_deg} deg", **stds
+            )
+        reason = "ok"
+        if self._last is not None and cfg.max_jump_sigma > 0:
+            T_last, cov_last, t_last = self._last
+            dt = stamp_s - t_last
+            if 0 <= dt <= cfg.jump_timeout_s:
+                jump = self._jump(T, cov, T_last, cov_last, dt)
+                if jump:
+                    self._jump_refusals += 1
+                    if self._jump_refusals < cfg.jump_reset_after:
+                        return GateDecision(False, jump, **stds)
+                    reason = f"ok (re-anchored after {self._jump_refusals} jump refusals in a row)"
+        self._last = (T, cov, float(stamp_s))
+        self._jump_refusals = 0
+        return GateDecision(True, reason, **stds)
+
+    def _jump(self, T: np.ndarray, cov: np.ndarray, T_last: np.ndarray, cov_last: np.ndarray, dt: float) -> str:
+        """A reason when ``T`` is too far from ``T_last``, else ''."""
+        cfg = self.config
+        dist = float(np.linalg.norm(T[:3, 3] - T_last[:3, 3]))
+        pos_sigma = math.sqrt(_max_std(cov[:3, :3]) ** 2 + _max_std(cov_last[:3, :3]) ** 2)
+        allowed = cfg.max_jump_sigma * pos_sigma + cfg.max_speed_mps * dt
+        if dist > allowed:
+            return f"jump: moved {dist:.2f} m in {dt:.2f} s from the last pose, allowed {allowed:.2f} m"
+        angle = rotation_angle_deg(T[:3, :3] @ T_last[:3, :3].T)
+        rot_sigma = math.degrees(math.sqrt(_max_std(cov[3:, 3:]) ** 2 + _max_std(cov_last[3:, 3:]) ** 2))
+        allowed_deg = cfg.max_jump_sigma * rot_sigma + cfg.max_angular_speed_dps * dt
+        if angle > allowed_deg:
+            return f"jump: turned {angle:.1f} deg in {dt:.2f} s from the last pose, allowed {allowed_deg:.1f} deg"
+        return ""
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def rebase_pose(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_base_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pose + covariance of the camera -> of the body it is mounted on (``T_base_cam``: the mount).
+
+    With ``p_base = p_cam + R_cam t_cb`` and ``R_base = R_cam R_cb``, a perturbation ``(dp, dtheta)`` of the
+    camera moves the base by ``dp - [R_cam t_cb]_x dtheta`` and turns it by ``dtheta``.
+    """
+    T_map_cam = np.asarray(T_map_cam, dtype=np.float64)
+    T_cam_base = np.linalg.inv(np.asarray(T_base_cam, dtype=np.float64))
+    T_map_base = T_map_cam @ T_cam_base
+    lever = T_map_cam[:3, :3] @ T_cam_base[:3, 3]
+    J = np.eye(6)
+    J[:3, 3:] = -_skew(lever)
+    cov = np.asarray(cov_cam, dtype=np.float64)
+    return T_map_base, J @ cov @ J.T
+
+
+def interpolate_transform(T0: np.ndarray, T1: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha`` in [0, 1] from ``T0`` to ``T1``: linear in translation, geodesic in rotation (as tf2 does)."""
+    R0, R1 = T0[:3, :3], T1[:3, :3]
+    R = R0 @ rotvec_to_matrix(alpha * matrix_to_rotvec(R0.T @ R1))
+    return make_T(R, (1.0 - alpha) * T0[:3, 3] + alpha * T1[:3, 3])

@@ -1,0 +1,534 @@
+"""``ep2p_loc``: the lifecycle node that localizes every camera frame in the LiDAR map.
+
+Thin on purpose: it converts messages, calls the same :class:`~ep2p_loc_ros.localizer.Localizer` (and the same
+:class:`~ep2p_loc_ros.localizer.LocalizerConfig`) as the CLI, gates the result
+(:mod:`ep2p_loc_ros.pose_gate`) and publishes it.
+
+Lifecycle
+    configure   declare + validate parameters, load the model and the (memory-mapped) map, create publishers.
+                A bad parameter or file fails the transition; the log names it. The node stays unconfigured.
+    activate    subscriptions (image, camera_info, /initialpose, /tf, /tf_static), the worker thread.
+    deactivate  subscriptions and worker go; cleanup: publishers and the localizer go; shutdown: everything.
+    Out-of-order transitions are refused by the lifecycle state machine; the node keeps running.
+
+Topics (relative names: namespaces and remaps apply)
+    in   image (sensor_msgs/Image; or image/compressed with image_transport:=compressed), camera_info,
+         /initialpose (PoseWithCovarianceStamped of base_frame in map_frame, as RViz's "2D Pose Estimate")
+    out  ~/pose (PoseWithCovarianceStamped, header.stamp = image stamp, header.frame_id = map_frame; the pose
+         is of base_frame when the base->camera mount is known, else of the camera's optical frame:
+         /diagnostics key ``pose_of`` says which), ~/visible_points (PointCloud2, map frame, intensity 1 for
+         PnP inliers), ~/debug_image (optional), /tf, /diagnostics.
+
+TF (REP-105, like nav2_amcl): map->odom when odom->base exists at the image stamp, else map->base (or
+map->camera when the mount is unknown); stamped image stamp + transform_tolerance.
+
+Frames are processed newest-first in one worker thread: a frame that arrives while the worker is busy
+replaces the waiting one, which counts as dropped. A frame with a bad message, a failed localization or a
+result refused by the quality gate publishes no pose; /diagnostics says why. Nothing a message contains
+stops the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from ..geometry import invert, make_T, quaternion_to_matrix
+from ..localizer import Localizer
+from ..pose_gate import PoseGate, rebase_pose
+from .convert import (
+    ConversionError,
+    camera_info_to_camera,
+    compressed_image_to_rgb,
+    image_to_rgb,
+    matrix_to_pose,
+    pose_to_matrix,
+    rgb_to_image,
+    xyz_to_pointcloud2,
+)
+from .diagnostics import Level, make_diagnostics
+from .params import NodeParams, ParamError, declare_params, read_params
+from .tf import TransformPublisher, make_transform_stamped
+from .tf_listener import TransformCache
+
+__all__ = ["NODE_NAME", "LocalizationNode"]
+
+NODE_NAME = "ep2p_loc"
+
+
+def _stamp_s(stamp) -> float:
+    return int(stamp.sec) + int(stamp.nanosec) * 1e-9
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _stamp_str(stamp) -> str:
+    return f"{int(stamp.sec)}.{int(stamp.nanosec):09d}"
+
+
+def _add_seconds(stamp, seconds: float):
+    from builtin_interfaces.msg import Time
+
+    ns = _stamp_ns(stamp) + round(seconds * 1e9)
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+@dataclass
+class _Frame:
+    msg: Any  # Image or CompressedImage
+    received: float  # time.perf_counter() when the callback got it
+
+
+class LocalizationNode(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params: NodeParams | None = None
+        self.localizer: Localizer | None = None
+        self._pubs: dict[str, Any] = {}
+        self._diag_pub = None
+        self._tf_pub: TransformPublisher | None = None
+        self._tf: TransformCache | None = None
+        self._subs: list[Any] = []
+        self._diag_timer = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._pending: _Frame | None = None
+        self._camera_info: CameraInfo | None = None
+        self._camera_cache: tuple[int, Any] | None = None
+        self._reset_counters()
+        self._reset_tracking()
+        self._state_label = "unconfigured"
+        self.get_logger().info("ep2p_loc: created (unconfigured); configure + activate to localize")
+
+    # ------------------------------------------------------------------------------------------------------
+    # lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            errors = declare_params(self)
+            if errors:
+                for e in errors:
+                    self.get_logger().error(f"configure failed: bad parameter {e}")
+                return TransitionCallbackReturn.FAILURE
+            try:
+                params = read_params(self)
+            except ParamError as exc:
+                self.get_logger().error(f"configure failed: bad parameter {exc}")
+                return TransitionCallbackReturn.FAILURE
+            t0 = time.perf_counter()
+            try:
+                localizer = Localizer.from_paths(params.map_path, params.model_path, params.localizer, params.providers)
+            except (ValueError, OSError) as exc:  # DataError / MapFormatError name the file and the fault
+                self.get_logger().error(
+                    f"configure failed: cannot load map_path={params.map_path!r} / model_path={params.model_path!r}: "
+                    f"{exc}"
+                )
+                return TransitionCallbackReturn.FAILURE
+            self.params, self.localizer = params, localizer
+            self._gate = PoseGate(params.gate)
+            self._pubs = {
+                "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
+                "visible_points": self.create_lifecycle_publisher(PointCloud2, "~/visible_points", 2),
+                "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", 2),
+            }
+            self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            if self._tf_pub is None:  # kept across cleanup: its publishers live as long as the node
+                self._tf_pub = TransformPublisher(self)
+            self._state_label = "inactive"
+            self.get_logger().info(
+                f"configured in {time.perf_counter() - t0:.2f} s: map {params.map_path} "
+                f"({localizer.map.num_submaps} submaps, {localizer.map.num_points} points), "
+                f"model {params.model_path}, providers {params.providers}"
+            )
+            self._report(Level.OK, "configured", {})
+            return TransitionCallbackReturn.SUCCESS
+        except Exception as exc:  # never die in a transition
+            self.get_logger().error(f"configure failed: {exc}\n{traceback.format_exc()}")
+            self._release_all()
+            return TransitionCallbackReturn.FAILURE
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            p = self.params
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=p.qos_depth,
+                reliability=ReliabilityPolicy.BEST_EFFORT
+                if p.qos_reliability == "best_effort"
+                else ReliabilityPolicy.RELIABLE,
+            )
+            if p.image_transport == "compressed":
+                self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos))
+            else:
+                self._subs.append(self.create_subscription(Image, "image", self._on_image, qos))
+            self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos))
+            self._subs.append(
+                self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, 1)
+            )
+            self._tf = TransformCache(self)
+            self._reset_tracking()
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._work, name="ep2p_loc_worker", daemon=True)
+            self._worker.start()
+            self._diag_timer = self.create_timer(p.diagnostics_period, self._on_diag_timer)
+            self._state_label = "active"
+            self.get_logger().info(
+                f"active: image topic {self.resolve_topic_name('image')}, QoS {p.qos_reliability}/{p.qos_depth}"
+            )
+            return super().on_activate(state)
+        except Exception as exc:
+            self.get_logger().error(f"activate failed: {exc}\n{traceback.format_exc()}")
+            self._release_active()
+            return TransitionCallbackReturn.FAILURE
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_active()
+        self._state_label = "inactive"
+        self.get_logger().info("deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        self._state_label = "unconfigured"
+        self.get_logger().info("cleaned up: map and model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        self._state_label = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}: releasing everything, back to unconfigured")
+        self._release_all()
+        self._state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_active(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._pending = None
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs.clear()
+        if self._tf is not None:
+            self._tf.destroy()
+            self._tf = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+
+    def _release_all(self) -> None:
+        self._release_active()
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        self.localizer = None
+        self._camera_info = None
+        self._camera_cache = None
+
+    # ------------------------------------------------------------------------------------------------------
+    # callbacks (executor thread): keep the newest frame, never block
+    def _on_image(self, msg: Any) -> None:
+        frame = _Frame(msg, time.perf_counter())
+        with self._cond:
+            self._counters["frames_received"] += 1
+            if self._pending is not None:
+                self._counters["frames_dropped"] += 1
+            self._pending = frame
+            self._cond.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        try:
+            T_map_base = pose_to_matrix(msg.pose.pose)
+        except ConversionError as exc:
+            self.get_logger().warning(f"/initialpose ignored: {exc}")
+            return
+        if msg.header.frame_id and msg.header.frame_id.lstrip("/") != self.params.map_frame:
+            self.get_logger().warning(
+                f"/initialpose ignored: frame {msg.header.frame_id!r} is not map_frame {self.params.map_frame!r}"
+            )
+            return
+        with self._cond:
+            self._initial_pose = T_map_base
+        self.get_logger().info(f"initial pose received: x={T_map_base[0, 3]:.2f} y={T_map_base[1, 3]:.2f}")
+
+    def _on_diag_timer(self) -> None:
+        if self._last_diag_time is None or time.monotonic() - self._last_diag_time >= self.params.diagnostics_period:
+            if self._counters["frames_received"] == 0:
+                self._report(Level.WARN, "waiting for images", {})
+            else:
+                self._report(self._last_level, self._last_message, {})
+
+    # ------------------------------------------------------------------------------------------------------
+    # worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while self._pending is None and not self._stop.is_set():
+                    self._cond.wait(timeout=0.5)
+                if self._stop.is_set():
+                    return
+                frame, self._pending = self._pending, None
+            try:
+                self._process(frame)
+            except Exception as exc:  # a bug must not stop localization of the next frames
+                self.get_logger().error(f"frame failed: {exc}\n{traceback.format_exc()}")
+                self._reject(frame, Level.ERROR, "internal error", f"{type(exc).__name__}: {exc}", {})
+
+    def _reject(self, frame: _Frame, level: int, result: str, reason: str, extra: dict[str, Any]) -> None:
+        self._counters["frames_rejected"] += 1
+        values = {
+            "result": result,
+            "reason": reason,
+            "image_stamp": _stamp_str(frame.msg.header.stamp),
+            "latency_ms": (time.perf_counter() - frame.received) * 1e3,
+            **extra,
+        }
+        self._report(level, f"{result}: {reason}", values)
+
+    def _camera(self, image_frame: str):
+        """(PinholeCamera, camera frame id) from the newest camera_info. Raises ConversionError."""
+        info = self._camera_info
+        if info is None:
+            raise ConversionError("no camera_info received yet")
+        key = id(info)
+        if self._camera_cache is None or self._camera_cache[0] != key:
+            self._camera_cache = (key, camera_info_to_camera(info, rectified=self.params.rectified))
+        frame_id = info.header.frame_id or image_frame or self.params.camera_frame
+        return self._camera_cache[1], frame_id.lstrip("/")
+
+    def _process(self, frame: _Frame) -> None:
+        p, msg = self.params, frame.msg
+        stamp = msg.header.stamp
+        stamp_s = _stamp_s(stamp)
+        if self._last_stamp is not None and stamp_s <= self._last_stamp:
+            back = self._last_stamp - stamp_s
+            if back > p.time_jump_reset_s:
+                self.get_logger().warning(f"image stamps jumped back {back:.1f} s: restart, tracking state reset")
+                self._reset_tracking()
+            else:
+                self._reject(frame, Level.WARN, "bad input", f"stamp went back {back:.3f} s (not after the last)", {})
+                return
+        try:
+            rgb = compressed_image_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            camera, cam_frame = self._camera(msg.header.frame_id)
+            if (camera.width, camera.height) != (rgb.shape[1], rgb.shape[0]):
+                raise ConversionError(
+                    f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {camera.width}x{camera.height}"
+                )
+        except (ConversionError, ValueError) as exc:
+            self._reject(frame, Level.WARN, "bad input", str(exc), {})
+            return
+        self._last_stamp = stamp_s
+
+        # the mount (base -> camera) and, with tracking, a prior
+        T_base_cam = self._mount(cam_frame)
+        prior, mode = self._prior(T_base_cam, stamp)
+        t0 = time.perf_counter()
+        result = self.localizer.localize(rgb, camera, prior, source=f"image {_stamp_str(stamp)}")
+        localize_ms = (time.perf_counter() - t0) * 1e3
+        extra = {
+            "mode": mode,
+            "localize_ms": localize_ms,
+            "inliers": result.num_inliers,
+            "matches": result.num_matches,
+            "localizer_status": result.status.value,
+        }
+        if p.publish_visible_points and result.num_matches:
+            self._publish_points(result, stamp)
+        if p.publish_debug_image:
+            self._publish_debug(rgb, result, stamp, cam_frame)
+        if not result.ok:
+            self._tracking_failed()
+            level = Level.ERROR if result.status.value == "bad_input" else Level.WARN
+            self._reject(frame, level, "no pose", f"{result.status.value}: {result.message}", extra)
+            return
+        decision = self._gate.check(result.T_map_cam, result.covariance, result.num_inliers, stamp_s)
+        extra.update(position_std_m=decision.position_std_m, rotation_std_deg=decision.rotation_std_deg)
+        if not decision.accepted:
+            self._tracking_failed()
+            self._reject(frame, Level.WARN, "rejected", decision.reason, extra)
+            return
+
+        if T_base_cam is not None:
+            T_map_out, cov_out = rebase_pose(result.T_map_cam, result.covariance, T_base_cam)
+            child, pose_of = p.base_frame, p.base_frame
+        else:
+            T_map_out, cov_out, child, pose_of = result.T_map_cam, result.covariance, cam_frame, cam_frame
+        out = PoseWithCovarianceStamped()
+        out.header.stamp = stamp
+        out.header.frame_id = p.map_frame
+        out.pose.pose = matrix_to_pose(T_map_out)
+        out.pose.covariance = [float(v) for v in 0.5 * (cov_out + cov_out.T).ravel()]
+        self._pubs["pose"].publish(out)
+        latency_ms = (time.perf_counter() - frame.received) * 1e3
+
+        tf_note = self._publish_tf(T_map_out, child, stamp) if p.publish_tf else "off"
+        with self._cond:
+            self._tracked = (result.T_map_cam, stamp_s, self._odom_T(stamp))
+            self._failures = 0
+        self._counters["frames_localized"] += 1
+        self._report(
+            Level.OK,
+            "localized" if decision.reason == "ok" else f"localized: {decision.reason}",
+            {
+                "result": "localized",
+                "reason": decision.reason,
+                "image_stamp": _stamp_str(stamp),
+                "latency_ms": latency_ms,
+                "pose_of": pose_of,
+                "tf": tf_note,
+                **extra,
+            },
+        )
+
+    # -- helpers of the worker ------------------------------------------------------------------------------
+    def _mount(self, cam_frame: str) -> np.ndarray | None:
+        p = self.params
+        if p.camera_mount is not None:
+            x, y, z, *q = p.camera_mount
+            return make_T(quaternion_to_matrix(np.array(q) / np.linalg.norm(q)), [x, y, z])
+        if self._tf is None or cam_frame == p.base_frame:
+            return None
+        return self._tf.lookup(p.base_frame, cam_frame, 0, 0.0)
+
+    def _odom_T(self, stamp) -> np.ndarray | None:
+        """``T_odom_base`` at ``stamp`` or None."""
+        p = self.params
+        if self._tf is None:
+            return None
+        return self._tf.lookup(p.odom_frame, p.base_frame, _stamp_ns(stamp), p.transform_tolerance)
+
+    def _prior(self, T_base_cam: np.ndarray | None, stamp) -> tuple[np.ndarray | None, str]:
+        with self._cond:
+            initial, self._initial_pose = self._initial_pose, None
+            tracked = self._tracked
+        if initial is not None:
+            self._gate.reset()
+            self._failures = 0
+            T_map_cam = initial @ T_base_cam if T_base_cam is not None else initial
+            return T_map_cam, "initial pose"
+        if not self.params.tracking_enabled or tracked is None:
+            return None, "global"
+        T_map_cam_last, _, T_odom_base_last = tracked
+        T_odom_base_now = self._odom_T(stamp)
+        if T_base_cam is not None and T_odom_base_last is not None and T_odom_base_now is not None:
+            # move the last pose by the odometry since then
+            T_map_base_last = T_map_cam_last @ invert(T_base_cam)
+            T_map_base_now = T_map_base_last @ invert(T_odom_base_last) @ T_odom_base_now
+            return T_map_base_now @ T_base_cam, "tracking (odometry)"
+        return T_map_cam_last, "tracking"
+
+    def _tracking_failed(self) -> None:
+        with self._cond:
+            self._failures += 1
+            if self._failures >= self.params.tracking_max_failures and self._tracked is not None:
+                self._tracked = None  # next frame: global search
+
+    def _publish_tf(self, T_map_child: np.ndarray, child: str, stamp) -> str:
+        p = self.params
+        tf_stamp = _add_seconds(stamp, p.transform_tolerance)
+        if child == p.base_frame:
+            T_odom_base = self._odom_T(stamp)
+            if T_odom_base is not None:
+                T_map_odom = T_map_child @ invert(T_odom_base)
+                self._tf_pub.send([make_transform_stamped(T_map_odom, p.map_frame, p.odom_frame, tf_stamp)])
+                return f"{p.map_frame}->{p.odom_frame}"
+            if self._tf is not None and self._tf.has_link(p.odom_frame, p.base_frame):
+                return f"none: no {p.odom_frame}->{p.base_frame} within {p.transform_tolerance} s of the image"
+        self._tf_pub.send([make_transform_stamped(T_map_child, p.map_frame, child, tf_stamp)])
+        return f"{p.map_frame}->{child}"
+
+    def _publish_points(self, result, stamp) -> None:
+        msg = xyz_to_pointcloud2(
+            result.matched_points, result.inlier_mask.astype(np.float32), frame_id=self.params.map_frame, stamp=stamp
+        )
+        self._pubs["visible_points"].publish(msg)
+
+    def _publish_debug(self, rgb: np.ndarray, result, stamp, cam_frame: str) -> None:
+        import cv2
+
+        img = np.ascontiguousarray(rgb.copy())
+        for (u, v), inlier in zip(result.matched_pixels, result.inlier_mask, strict=False):
+            if np.isfinite(u) and np.isfinite(v):
+                cv2.circle(img, (round(u), round(v)), 2, (0, 255, 0) if inlier else (255, 0, 0), -1)
+        text = f"{result.status.value} inliers {result.num_inliers}/{result.num_matches}"
+        cv2.putText(img, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 2)
+        self._pubs["debug_image"].publish(rgb_to_image(img, frame_id=cam_frame, stamp=stamp))
+
+    # -- state and diagnostics ------------------------------------------------------------------------------
+    def _reset_counters(self) -> None:
+        self._counters = dict(frames_received=0, frames_localized=0, frames_rejected=0, frames_dropped=0)
+        self._last_diag_time: float | None = None
+        self._last_level, self._last_message = Level.OK, "starting"
+
+    def _reset_tracking(self) -> None:
+        self._tracked: tuple[np.ndarray, float, np.ndarray | None] | None = None
+        self._initial_pose: np.ndarray | None = None
+        self._failures = 0
+        self._last_stamp: float | None = None
+        if getattr(self, "_gate", None) is not None:
+            self._gate.reset()
+
+    def _report(self, level: int, message: str, values: dict[str, Any]) -> None:
+        pub = self._diag_pub
+        if pub is None:
+            return
+        self._last_level, self._last_message = level, message
+        self._last_diag_time = time.monotonic()
+        all_values = {"state": self._state_label, **values, **self._counters}
+        msg = make_diagnostics(
+            self.get_clock().now().to_msg(), self.get_fully_qualified_name(), level, message, all_values
+        )
+        with contextlib.suppress(Exception):  # publisher destroyed under us during a transition
+            pub.publish(msg)
+
+
+def main(args: list[str] | None = None, autostart: bool = False) -> int:
+    """Run the node until SIGINT/SIGTERM (``args``: full argv for rclpy, e.g. with ``--ros-args``)."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    node = LocalizationNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if autostart:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("autostart: configure failed; the node stays unconfigured (see above)")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._release_all()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

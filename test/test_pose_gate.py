@@ -1,0 +1,82 @@
+"""Quality gate, covariance re-basing to the vehicle frame, and transform interpolation (ROS-free)."""
+
+import numpy as np
+import pytest
+
+from ep2p_loc_ros.geometry import invert, make_T, matrix_to_rotvec, rotvec_to_matrix
+from ep2p_loc_ros.pose_gate import GateConfig, PoseGate, interpolate_transform, rebase_pose
+
+COV = np.diag([0.01, 0.01, 0.01, 1e-4, 1e-4, 1e-4])  # 0.1 m, 0.57 deg
+
+
+def _pose(x=0.0, yaw=0.0):
+    return make_T(rotvec_to_matrix([0, 0, yaw]), [x, 0, 0])
+
+
+def test_pose_gate_accepts_good_and_names_each_refusal():
+    gate = PoseGate(GateConfig(min_inliers=30, max_position_std_m=1.0, max_rotation_std_deg=2.0))
+    assert gate.check(_pose(), COV, 100, 0.0).accepted
+    d = gate.check(_pose(), COV, 12, 0.1)
+    assert not d.accepted and "too few inliers: 12" in d.reason
+    d = gate.check(_pose(), np.diag([4.0, 0.01, 0.01, 1e-4, 1e-4, 1e-4]), 100, 0.1)
+    assert not d.accepted and "position std 2.000 m" in d.reason
+    d = gate.check(_pose(), np.diag([0.01] * 3 + [0.01] * 3), 100, 0.1)  # 5.7 deg
+    assert not d.accepted and "rotation std" in d.reason
+    d = gate.check(_pose(), np.full((6, 6), np.nan), 100, 0.1)
+    assert not d.accepted and "covariance is not a finite" in d.reason
+    assert not gate.check(np.full((4, 4), np.nan), COV, 100, 0.1).accepted
+
+
+def test_pose_gate_jump_allows_motion_and_covariance_and_reanchors():
+    cfg = GateConfig(max_jump_sigma=3.0, max_speed_mps=10.0, max_angular_speed_dps=30.0, jump_reset_after=3)
+    gate = PoseGate(cfg)
+    assert gate.check(_pose(0.0), COV, 100, 0.0).accepted
+    # 0.1 s at 10 m/s = 1 m, plus 3 * sqrt(0.1^2 + 0.1^2) = 0.42 m
+    assert gate.check(_pose(1.3), COV, 100, 0.1).accepted
+    d = gate.check(_pose(3.0), COV, 100, 0.2)
+    assert not d.accepted and d.reason.startswith("jump: moved 1.70 m")
+    d = gate.check(_pose(1.3, yaw=np.radians(20)), COV, 100, 0.2)
+    assert not d.accepted and "turned 20.0 deg" in d.reason
+    # the third refusal in a row re-anchors on the new pose (a kidnapped vehicle is found again)
+    d = gate.check(_pose(50.0), COV, 100, 0.3)
+    assert d.accepted and "re-anchored" in d.reason
+    assert gate.check(_pose(50.5), COV, 100, 0.4).accepted
+    # beyond the timeout there is no jump test; reset() forgets the reference
+    assert gate.check(_pose(500.0), COV, 100, 0.4 + cfg.jump_timeout_s + 0.1).accepted
+    gate.reset()
+    assert gate.check(_pose(-500.0), COV, 100, 6.0).accepted
+
+
+def test_pose_gate_config_is_validated():
+    with pytest.raises(ValueError, match="max_position_std_m"):
+        GateConfig(max_position_std_m=0.0)
+    with pytest.raises(ValueError, match="jump_reset_after"):
+        GateConfig(jump_reset_after=0)
+
+
+def test_rebase_pose_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    T_map_cam = make_T(rotvec_to_matrix([0.1, -0.3, 1.2]), [10.0, -2.0, 1.5])
+    T_base_cam = make_T(rotvec_to_matrix([-np.pi / 2, 0, -np.pi / 2]), [1.5, 0.2, 1.7])
+    A = rng.normal(size=(6, 6)) * [0.05, 0.05, 0.05, 0.01, 0.01, 0.01]
+    cov = A @ A.T
+    T_map_base, cov_base = rebase_pose(T_map_cam, cov, T_base_cam)
+    np.testing.assert_allclose(T_map_base, T_map_cam @ invert(T_base_cam), atol=1e-12)
+    # sample camera poses with the covariance's model, re-base each, measure the spread of the base pose
+    xi = rng.multivariate_normal(np.zeros(6), cov, size=20000)
+    errs = []
+    for d in xi:
+        Tc = make_T(rotvec_to_matrix(d[3:]) @ T_map_cam[:3, :3], T_map_cam[:3, 3] + d[:3])
+        Tb = Tc @ invert(T_base_cam)
+        errs.append(np.r_[Tb[:3, 3] - T_map_base[:3, 3], matrix_to_rotvec(Tb[:3, :3] @ T_map_base[:3, :3].T)])
+    emp = np.cov(np.array(errs).T)
+    np.testing.assert_allclose(emp, cov_base, atol=0.05 * np.abs(cov_base).max())
+
+
+def test_interpolate_transform_endpoints_and_midpoint():
+    T0 = make_T(rotvec_to_matrix([0, 0, 0.2]), [0, 0, 0])
+    T1 = make_T(rotvec_to_matrix([0, 0, 0.6]), [2, 4, 0])
+    np.testing.assert_allclose(interpolate_transform(T0, T1, 0.0), T0, atol=1e-12)
+    np.testing.assert_allclose(interpolate_transform(T0, T1, 1.0), T1, atol=1e-12)
+    mid = interpolate_transform(T0, T1, 0.5)
+    np.testing.assert_allclose(mid, make_T(rotvec_to_matrix([0, 0, 0.4]), [1, 2, 0]), atol=1e-12)
