@@ -316,9 +316,8 @@ class LocalizationNode(LifecycleNode):
         info = self._camera_info
         if info is None:
             raise ConversionError("no camera_info received yet")
-        key = id(info)
-        if self._camera_cache is None or self._camera_cache[0] != key:
-            self._camera_cache = (key, camera_info_to_camera(info, rectified=self.params.rectified))
+        if self._camera_cache is None or self._camera_cache[0] is not info:  # holds the message: no id reuse
+            self._camera_cache = (info, camera_info_to_camera(info, rectified=self.params.rectified))
         frame_id = info.header.frame_id or image_frame or self.params.camera_frame
         return self._camera_cache[1], frame_id.lstrip("/")
 
