@@ -287,6 +287,8 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: str | Path, match_f
         caption = rest[0] if rest else ""
         plot_matches(rgb, res, out / PLOTS["matches"], title=caption)
         images.append("matches")
+    else:
+        (out / PLOTS["matches"]).unlink(missing_ok=True)  # not a stale one from an earlier run
     tum = run.write_tum(out)
     write_summary_json(summary, out / "summary.json")
 

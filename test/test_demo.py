@@ -1,0 +1,51 @@
+"""``ep2p-loc demo``: the README's first command, end to end in a child process (a short drive to stay fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("rosbags")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_command(tmp_path: Path) -> None:
+    from ep2p_loc_ros.demo_data import ensure_demo_data
+
+    ensure_demo_data(progress=False)  # generated once (cached); the command below then starts at once
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ep2p_loc_ros.cli", "demo", "--out", str(out), "--frames", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):  # progress shown throughout
+        assert step in text
+    assert "recall @ 0.25 m, 2°" in text and "ATE" in text
+    assert f"report: {out / 'report' / 'report.md'}" in text
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["frames"] == 4 and summary["no_pose"] + summary["localized_frames"] == 4
+    for name in ("trajectory_topdown.png", "error_over_time.png", "error_cdf.png", "latency_hist.png", "matches.png"):
+        assert (out / "report" / name).is_file(), name
+    assert (out / "bag" / "metadata.yaml").is_file()
+    assert (out / "result" / "replay_result.json").is_file()
+    # a second run replaces its own outputs
+    again = subprocess.run(
+        [sys.executable, "-m", "ep2p_loc_ros.cli", "demo", "--out", str(out), "--frames", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert json.loads((out / "report" / "summary.json").read_text())["frames"] == 2
