@@ -144,8 +144,11 @@ def plot_trajectory(run: Run, path: Path) -> None:
     # keep the view on the drive even when a few estimates are far off
     lo, hi = P_gt[:, [a, b]].min(0), P_gt[:, [a, b]].max(0)
     pad = max(10.0, 0.15 * float(np.max(hi - lo)))
-    ax.set_xlim(lo[0] - pad, hi[0] + pad)
-    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    half = float(np.max(hi - lo)) / 2 + pad  # a square view: a straight drive is not squeezed into a sliver
+    mid = (lo + hi) / 2
+    ax.set_xlim(mid[0] - half, mid[0] + half)
+    ax.set_ylim(mid[1] - half, mid[1] + half)
+    lo, hi, pad = mid - half + pad, mid + half - pad, pad
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(f"map {names[a]} (m)")
     ax.set_ylabel(f"map {names[b]} (m)")
