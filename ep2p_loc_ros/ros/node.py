@@ -119,15 +119,14 @@ class LocalizationNode(LifecycleNode):
     # lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            errors = declare_params(self)
+            errors = declare_params(self)  # those rclpy refuses (type of a typed parameter, integer ranges)
+            try:
+                params = read_params(self)  # the rest, and the config dataclasses' own checks
+            except ParamError as exc:
+                errors.append(str(exc))
             if errors:
                 for e in errors:
                     self.get_logger().error(f"configure failed: bad parameter {e}")
-                return TransitionCallbackReturn.FAILURE
-            try:
-                params = read_params(self)
-            except ParamError as exc:
-                self.get_logger().error(f"configure failed: bad parameter {exc}")
                 return TransitionCallbackReturn.FAILURE
             t0 = time.perf_counter()
             try:

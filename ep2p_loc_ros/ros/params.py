@@ -15,6 +15,7 @@ with comments; a test checks that the file and this table agree.
 
 from __future__ import annotations
 
+import array
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -199,6 +200,8 @@ def _check_value(spec: ParamSpec, value: Any) -> Any:
     elif isinstance(default, list | tuple):
         if value is None:
             return []
+        if isinstance(value, array.array):  # rclpy hands double arrays back as array('d')
+            value = value.tolist()
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
         ):
