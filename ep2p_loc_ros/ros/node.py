@@ -17,7 +17,8 @@ Topics (relative names: namespaces and remaps apply)
     out  ~/pose (PoseWithCovarianceStamped, header.stamp = image stamp, header.frame_id = map_frame; the pose
          is of base_frame when the base->camera mount is known, else of the camera's optical frame:
          /diagnostics key ``pose_of`` says which), ~/visible_points (PointCloud2, map frame, intensity 1 for
-         PnP inliers), ~/debug_image (optional), /tf, /diagnostics.
+         PnP inliers), ~/debug_image (optional), ~/map_cloud (the map, thinned, latched: for RViz), /tf,
+         /diagnostics.
 
 TF (REP-105, like nav2_amcl): map->odom when odom->base exists at the image stamp, else map->base (or
 map->camera when the mount is unknown); stamped image stamp + transform_tolerance.
@@ -42,7 +43,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ..geometry import invert, make_T, quaternion_to_matrix
@@ -143,6 +144,13 @@ class LocalizationNode(LifecycleNode):
                 "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
                 "visible_points": self.create_lifecycle_publisher(PointCloud2, "~/visible_points", 2),
                 "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", 2),
+                "map_cloud": self.create_lifecycle_publisher(
+                    PointCloud2,
+                    "~/map_cloud",
+                    QoSProfile(
+                        depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+                    ),
+                ),
             }
             self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             if self._tf_pub is None:  # kept across cleanup: its publishers live as long as the node
@@ -185,10 +193,12 @@ class LocalizationNode(LifecycleNode):
             self._worker.start()
             self._diag_timer = self.create_timer(p.diagnostics_period, self._on_diag_timer)
             self._state_label = "active"
+            ret = super().on_activate(state)  # lifecycle publishers publish from here on
+            self._publish_map_cloud()
             self.get_logger().info(
                 f"active: image topic {self.resolve_topic_name('image')}, QoS {p.qos_reliability}/{p.qos_depth}"
             )
-            return super().on_activate(state)
+            return ret
         except Exception as exc:
             self.get_logger().error(f"activate failed: {exc}\n{traceback.format_exc()}")
             self._release_active()
@@ -461,6 +471,21 @@ class LocalizationNode(LifecycleNode):
                 return f"none: no {p.odom_frame}->{p.base_frame} within {p.transform_tolerance} s of the image"
         self._tf_pub.send([make_transform_stamped(T_map_child, p.map_frame, child, tf_stamp)])
         return f"{p.map_frame}->{child}"
+
+    def _publish_map_cloud(self) -> None:
+        """The map's points (evenly thinned), latched, so RViz shows the map the node localizes in."""
+        n_max = self.params.map_cloud_max_points
+        lidar_map = self.localizer.map
+        if n_max <= 0 or lidar_map.num_points == 0:
+            return
+        rows = np.linspace(0, lidar_map.num_points - 1, min(n_max, lidar_map.num_points)).astype(np.int64)
+        msg = xyz_to_pointcloud2(
+            np.asarray(lidar_map.points[rows]),
+            np.asarray(lidar_map.reflectance[rows]),
+            frame_id=self.params.map_frame,
+            stamp=self.get_clock().now().to_msg(),
+        )
+        self._pubs["map_cloud"].publish(msg)
 
     def _publish_points(self, result, stamp) -> None:
         msg = xyz_to_pointcloud2(

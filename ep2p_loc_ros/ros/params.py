@@ -103,6 +103,13 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("publish_visible_points", True, "publish ~/visible_points (matched map points, intensity 1 = inlier)"),
     ParamSpec("publish_debug_image", False, "publish ~/debug_image (matches drawn on the image)"),
+    ParamSpec(
+        "map_cloud_max_points",
+        200000,
+        "~/map_cloud (latched, for RViz) carries at most this many map points, evenly thinned; 0: not published",
+        min=0,
+        max=100_000_000,
+    ),
     ParamSpec("tracking.enabled", True, "use the last accepted pose (moved by odometry when there is one) as prior"),
     ParamSpec(
         "tracking.max_failures",
@@ -167,6 +174,7 @@ class NodeParams:
     transform_tolerance: float
     publish_visible_points: bool
     publish_debug_image: bool
+    map_cloud_max_points: int
     tracking_enabled: bool
     tracking_max_failures: int
     time_jump_reset_s: float
@@ -271,6 +279,7 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         transform_tolerance=v["transform_tolerance"],
         publish_visible_points=v["publish_visible_points"],
         publish_debug_image=v["publish_debug_image"],
+        map_cloud_max_points=v["map_cloud_max_points"],
         tracking_enabled=v["tracking.enabled"],
         tracking_max_failures=v["tracking.max_failures"],
         time_jump_reset_s=v["time_jump_reset_s"],
