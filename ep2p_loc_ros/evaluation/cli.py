@@ -115,8 +115,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..localizer import Localizer
     from .evaluate import evaluate_sequence
 
-    if args.sequence is None:
-        print("ep2p-loc evaluate: error: --sequence is required", file=sys.stderr)
+    if args.result is not None:
+        return _evaluate_result(args)
+    if args.sequence is None or args.map is None:
+        msg = "give --map and --sequence (in process) or --result (a replay)"
+        print(f"ep2p-loc evaluate: error: {msg}", file=sys.stderr)
         return 2
     cfg = _localizer_config(args)
     loc = Localizer.from_paths(args.map, args.model, cfg, providers=args.providers)
@@ -137,8 +140,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--map", type=Path, required=True, help="map directory (ep2p-loc build-map --model)")
+def _evaluate_result(args: argparse.Namespace) -> int:
+    """Score what a replay recorded (result directory or result bag) against the bag's ground truth."""
+    from .report import format_table
+    from .trajectory import evaluate_result
+
+    summary = evaluate_result(args.result, args.ground_truth, out_dir=args.report, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_table(summary))
+        if args.report is not None:
+            print(f"report: {Path(args.report) / 'report.md'}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, map_required: bool = True) -> None:
+    p.add_argument(
+        "--map", type=Path, required=map_required, default=None, help="map directory (ep2p-loc build-map --model)"
+    )
     p.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
     )
@@ -172,11 +192,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="localize every image of a KITTI-layout sequence and score it against its poses",
-        description="Recall at (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°), error statistics, inlier ratio, retrieval "
-        "recall@1/5, per-stage latency, NEES.",
+        description="In process (--map, --sequence): recall at (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°), error "
+        "statistics, inlier ratio, retrieval recall@1/5, per-stage latency, NEES. On a replay (--result): the same "
+        "plus ATE after alignment (evo), share localized, latency distribution and drops, with an optional report.",
     )
-    _add_common(p)
+    _add_common(p, map_required=False)
     p.add_argument("--sequence", type=Path, default=None, help="KITTI odometry-layout sequence directory")
+    p.add_argument("--result", type=Path, default=None, help="a replay's result directory or result bag instead")
+    p.add_argument(
+        "--ground-truth",
+        dest="ground_truth",
+        type=Path,
+        default=None,
+        help="bag with /ground_truth/pose for --result (default: the input bag the result names)",
+    )
+    p.add_argument("--report", type=Path, default=None, help="with --result: write report.md + plots here")
     p.add_argument("--stride", type=int, default=1, help="every n-th frame")
     p.add_argument("--max-frames", dest="max_frames", type=int, default=None, help="at most this many frames")
     p.add_argument(
