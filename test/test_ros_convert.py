@@ -162,3 +162,30 @@ def test_ros_convert_pose_and_transform_roundtrip():
     bad.orientation.x = bad.orientation.y = bad.orientation.z = bad.orientation.w = 0.0
     with pytest.raises(ConversionError, match="no direction"):
         pose_to_matrix(bad)
+
+
+def test_ros_convert_compressed_image_png_jpeg_and_bad_data():
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from ep2p_loc_ros.ros.convert import compressed_image_to_rgb
+
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    _, png = cv2.imencode(".png", rgb[..., ::-1])
+    msg = CompressedImage(format="rgb8; png compressed bgr8")
+    msg.data = png.tobytes()
+    np.testing.assert_array_equal(compressed_image_to_rgb(_wire(msg)), rgb)
+    _, png16 = cv2.imencode(".png", (rgb[..., 0].astype(np.uint16) << 8))
+    msg.data = png16.tobytes()
+    np.testing.assert_array_equal(compressed_image_to_rgb(_wire(msg)), np.repeat(rgb[..., :1], 3, axis=2))
+    yy, xx = np.mgrid[0:32, 0:48]
+    smooth = np.stack([xx * 5, yy * 7, 255 - xx * 5], axis=2).astype(np.uint8)  # JPEG is lossy on noise
+    _, jpg = cv2.imencode(".jpg", smooth[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    msg.data = jpg.tobytes()
+    assert np.abs(compressed_image_to_rgb(_wire(msg)).astype(int) - smooth).mean() < 3
+    msg.data = b"not an image"
+    with pytest.raises(ConversionError, match="cannot decode 12 bytes"):
+        compressed_image_to_rgb(_wire(msg))
+    msg.data = b""
+    with pytest.raises(ConversionError, match="no data"):
+        compressed_image_to_rgb(_wire(msg))
