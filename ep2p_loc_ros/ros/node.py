@@ -366,6 +366,7 @@ class LocalizationNode(LifecycleNode):
             "inliers": result.num_inliers,
             "matches": result.num_matches,
             "localizer_status": result.status.value,
+            **{f"t_{k}_ms": float(v) for k, v in result.timings_ms.items()},
         }
         if p.publish_visible_points and result.num_matches:
             self._publish_points(result, stamp)
