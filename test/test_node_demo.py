@@ -301,7 +301,12 @@ def test_node_keeps_only_the_newest_frame_and_counts_drops(h, demo):
         pytest.fail(f"no frame dropped in 3 bursts of 8 frames 5 ms apart: {after}")
 
 
-def test_node_debug_image_and_diagnostics_between_frames(h, demo):
+def test_node_debug_image_map_cloud_and_diagnostics_between_frames(h, demo):
+    # the map cloud is latched: a subscriber that comes late still gets it
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    cloud = h.ros.collect(PointCloud2, "/ep2p_loc/map_cloud", qos)
+    got = h.ros.wait_for(lambda: cloud.messages(), 10)
+    assert got and got[0].header.frame_id == "map" and 0 < got[0].width <= 200000
     debug = h.debug.messages()
     assert debug and debug[-1].encoding == "rgb8"
     assert (debug[-1].width, debug[-1].height) == (demo.camera.width, demo.camera.height)
@@ -318,8 +323,14 @@ def test_node_deactivate_cleanup_shutdown(h, demo):
     time.sleep(1.0)
     assert len(h.poses.messages()) == n_poses  # no subscription, no pose
     assert h.lc.cleanup() and h.lc.get_state() == "unconfigured"
-    # configure again works (parameters are declared once)
-    assert h.lc.configure() and h.lc.cleanup()
+    # parameters take effect at the next configure: a gate no frame passes publishes no pose and says why
+    assert all(rh.set_parameters(h.ros.node, {"gate.min_inliers": 100000}))
+    assert h.lc.configure() and h.lc.activate()
+    h.info_pub.publish(demo.camera_info_msg())
+    diag, pose = h.send(demo.image_msg(4, rh.stamp_msg(T0 + 400.0)), demo.camera_info_msg())
+    assert pose is None and diag["result"] == "rejected" and diag["localizer_status"] == "ok", diag
+    assert "too few inliers" in diag["reason"] and "gate.min_inliers 100000" in diag["reason"]
+    assert h.lc.deactivate() and h.lc.cleanup()
     assert h.lc.shutdown() and h.lc.get_state() == "finalized"
     assert h.proc.alive
     assert not math.isnan(rh.percentile(h.latencies_ms, 50))
