@@ -187,32 +187,44 @@ _PF_DTYPES = {
 
 
 def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
-    """``PointCloud2`` -> float64 (N, 3) of its x, y, z fields (sensor_msgs_py when installed)."""
+    """``PointCloud2`` -> float64 (N, 3) of its x, y, z fields (sensor_msgs_py when installed).
+
+    The layout is checked before any byte is read: fields within ``point_step``, points within ``row_step``,
+    ``len(data) == row_step * height``.
+    """
     names = {f.name: f for f in msg.fields}
     if not all(k in names for k in "xyz"):
         raise ConversionError(f"pointcloud2: needs x, y, z fields, has {sorted(names)}")
-    n = int(msg.width) * int(msg.height)
-    if len(msg.data) != int(msg.row_step) * int(msg.height) or int(msg.point_step) * int(msg.width) > int(msg.row_step):
+    width, height, point_step, row_step = int(msg.width), int(msg.height), int(msg.point_step), int(msg.row_step)
+    n = width * height
+    if len(msg.data) != row_step * height or point_step * width > row_step:
         raise ConversionError("pointcloud2: data size does not match row_step*height / point_step*width")
+    fields = [names[k] for k in "xyz"]
+    for f in fields:
+        if f.datatype not in _PF_DTYPES or f.count != 1:
+            raise ConversionError(
+                f"pointcloud2: field {f.name!r} has unsupported datatype {f.datatype}/count {f.count}"
+            )
+        end = int(f.offset) + np.dtype(_PF_DTYPES[f.datatype]).itemsize
+        if end > point_step:
+            raise ConversionError(f"pointcloud2: field {f.name!r} ends at byte {end}, beyond point_step {point_step}")
+    if n == 0:
+        return np.zeros((0, 3), np.float64)
     if has_sensor_msgs_py():
         from sensor_msgs_py import point_cloud2
 
         return point_cloud2.read_points_numpy(msg, field_names=("x", "y", "z")).astype(np.float64).reshape(n, 3)
     order = ">" if msg.is_bigendian else "<"
-    fields = [names[k] for k in "xyz"]
-    for f in fields:
-        if f.datatype not in _PF_DTYPES or f.count != 1:
-            raise ConversionError(f"pointcloud2: field {f.name!r} has unsupported datatype {f.datatype}")
     dt = np.dtype(
         {
             "names": list("xyz"),
             "formats": [order + _PF_DTYPES[f.datatype] for f in fields],
-            "offsets": [f.offset for f in fields],
-            "itemsize": int(msg.point_step),
+            "offsets": [int(f.offset) for f in fields],
+            "itemsize": point_step,
         }
     )
-    rows = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8).reshape(int(msg.height), int(msg.row_step))
-    rows = np.ascontiguousarray(rows[:, : int(msg.point_step) * int(msg.width)])
+    rows = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8).reshape(height, row_step)
+    rows = np.ascontiguousarray(rows[:, : point_step * width])
     pts = rows.view(dt).reshape(n)
     return np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float64)
 
@@ -226,8 +238,10 @@ def pose_to_matrix(pose: Pose | Transform) -> np.ndarray:
     vals = [t.x, t.y, t.z, q.x, q.y, q.z, q.w]
     if not all(math.isfinite(v) for v in vals):
         raise ConversionError(f"pose contains NaN/Inf: {vals}")
+    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+    scale = float(np.abs(quat).max())
     try:
-        R = quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w]))
+        R = quaternion_to_matrix(quat / scale if scale > 0 else quat)  # scaled first: no overflow in the norm
     except ValueError as exc:
         raise ConversionError(f"pose: {exc}") from exc
     return make_T(R, [t.x, t.y, t.z])
@@ -249,20 +263,62 @@ def matrix_to_transform(T: np.ndarray) -> Transform:
     return tf
 
 
+MAX_COMPRESSED_PIXELS = 50_000_000  # a header claiming more (a decompression bomb) is refused before decoding
+
+
+def _compressed_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG IHDR or a JPEG SOF header, without decoding; None when not found."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+                i += 2
+                continue
+            length = int.from_bytes(data[i + 2 : i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            if length < 2:
+                return None
+            i += 2 + length
+    return None
+
+
 def compressed_image_to_rgb(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg/png, as image_transport's compressed plugin sends) -> uint8 RGB."""
+    """``sensor_msgs/CompressedImage`` (jpeg/png, as image_transport's compressed plugin sends) -> uint8 RGB.
+
+    A header claiming more than :data:`MAX_COMPRESSED_PIXELS` is refused before anything is decoded.
+    """
     import cv2
 
     data = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8) if len(msg.data) else np.zeros(0, np.uint8)
     if data.size == 0:
         raise ConversionError("compressed image: no data")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
+    size = _compressed_size(data[:65536].tobytes())
+    if size is not None and size[0] * size[1] > MAX_COMPRESSED_PIXELS:
+        raise ConversionError(
+            f"compressed image: header says {size[0]}x{size[1]} pixels, more than the {MAX_COMPRESSED_PIXELS} allowed"
+        )
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ConversionError(f"compressed image: cannot decode {data.size} bytes ({str(exc).strip()[-120:]})") from exc
+    if img is None or img.size == 0:
         raise ConversionError(f"compressed image: cannot decode {data.size} bytes (format {msg.format!r})")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ConversionError(f"compressed image: decoded to {img.dtype}, expected 8 or 16 bit")
     if img.ndim == 2:
         return np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ConversionError(f"compressed image: decoded to shape {img.shape}, expected gray, BGR or BGRA")
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
     if img.shape[2] == 4:
         img = img[..., :3]
     return np.ascontiguousarray(img[..., ::-1])  # OpenCV decodes to BGR
