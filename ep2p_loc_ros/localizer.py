@@ -34,9 +34,11 @@ class LocalizerConfig:
 
     top_k: int = 3  # submaps tried from descriptor retrieval (best PnP wins)
     prior_top_k: int = 1  # submaps tried around a prior pose (tracking)
+    max_prior_distance: float = 40.0  # m; a prior farther than this from every submap viewpoint is off the map
     min_confidence: float = 0.05  # patch probability below which a match is dropped
     max_points: int = 6000  # visible submap points classified per submap (evenly thinned beyond this: speed)
     max_matches: int = 4000  # most confident matches kept for PnP
+    min_inlier_cells: int = 8  # PnP inliers must fall in at least this many 32x32 px image cells (else degenerate)
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
     ipr: IPRConfig = field(default_factory=IPRConfig)
@@ -125,6 +127,13 @@ def _failure(status: LocalizationStatus, message: str, **kw: Any) -> Localizatio
     return LocalizationResult(status, message, np.full((4, 4), np.nan), np.full((6, 6), np.nan), **kw)
 
 
+def _occupied_cells(pixels: np.ndarray, cell: float = 32.0) -> int:
+    """Distinct ``cell`` x ``cell`` pixel cells holding at least one of ``pixels`` (how spread the matches are)."""
+    if len(pixels) == 0:
+        return 0
+    return len(np.unique(np.floor(pixels / cell).astype(np.int64), axis=0))
+
+
 class Localizer:
     """Localizes images in one map with one model. Not thread-safe: one call at a time."""
 
@@ -187,7 +196,14 @@ class Localizer:
             prior = np.asarray(T_map_cam_prior, dtype=np.float64)
             if prior.shape != (4, 4) or not np.isfinite(prior).all():
                 return _failure(LocalizationStatus.BAD_INPUT, "prior pose must be a finite 4x4 matrix")
-            ids, _ = nearest_submaps(self.map, prior, cfg.prior_top_k)
+            ids, dist = nearest_submaps(self.map, prior, cfg.prior_top_k)
+            if len(dist) and dist[0] > cfg.max_prior_distance:
+                return _failure(
+                    LocalizationStatus.NO_SUBMAP,
+                    f"prior pose is outside the map: nearest submap viewpoint {dist[0]:.1f} m away "
+                    f"(> max_prior_distance {cfg.max_prior_distance} m)",
+                    timings_ms=timings,
+                )
             guesses = [prior] * len(ids)
         else:
             if self.map.descriptor_dim == 0:
@@ -258,6 +274,14 @@ class Localizer:
         )
         if not est.ok:
             return _failure(LocalizationStatus.PNP_FAILED, f"PnP: {est.status.value}: {est.message}", **common)
+        cells = _occupied_cells(px[est.inlier_mask])
+        if cells < cfg.min_inlier_cells:
+            # Matches collapsed onto a few look-alike patches: PnP then "explains" them with a camera far away.
+            return _failure(
+                LocalizationStatus.PNP_FAILED,
+                f"PnP inliers fall in {cells} image cells (< {cfg.min_inlier_cells}): degenerate",
+                **common,
+            )
         return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
 
     def _match(self, feats: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

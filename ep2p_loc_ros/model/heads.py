@@ -89,10 +89,15 @@ class MatchingHead(nn.Module):
     def match(
         self, point_features: torch.Tensor, patch_features: torch.Tensor, min_confidence: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run-time matching: indices of matched points, their network-image pixels (K, 2), confidences (K,)."""
-        prob = torch.softmax(self.patch_logits(point_features, patch_features), 1)
-        conf, best = prob.max(1)
-        keep = (best < prob.shape[1] - 1) & (conf >= min_confidence)
-        idx = torch.nonzero(keep)[:, 0]
+        """Run-time matching: indices of matched points, their network-image pixels (K, 2), confidences (K,).
+
+        The points come out of IPR, so they are taken as visible: each gets its most likely *in-image* patch, and
+        its confidence is that patch's probability given that the point is in the image (softmax over the patches
+        only). Using the "not in this image" class as a hard filter instead would throw away every point whose
+        patch mass is spread over a few look-alike patches, which is exactly where PnP's RANSAC does the sorting.
+        """
+        logits = self.patch_logits(point_features, patch_features)[:, :-1]
+        conf, best = torch.softmax(logits, 1).max(1)
+        idx = torch.nonzero(conf >= min_confidence)[:, 0]
         pixels, _ = self.refine(point_features[idx], patch_features, best[idx])
         return idx, pixels, conf[idx]

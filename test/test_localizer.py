@@ -1,0 +1,189 @@
+"""The Localizer's plumbing, checked exactly: retrieval / prior -> IPR -> matching -> pixel scaling -> PnP.
+
+The learned parts are replaced by an oracle: the map's per-point "features" encode each point's true pixel in
+the network image of one frame, and the oracle head decodes them. Whatever the Localizer does around the head
+(submap choice, IPR at the guess, thinning, network -> image pixel scaling, PnP, statuses) must then give the
+true camera pose. Statuses for bad input are checked on the same set-up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
+from ep2p_loc_ros.errors import DataError
+from ep2p_loc_ros.geometry import invert, transform_points
+from ep2p_loc_ros.localizer import LocalizationStatus, Localizer, LocalizerConfig
+from ep2p_loc_ros.map import MapBuildParams, build_map
+from ep2p_loc_ros.model.config import ModelConfig
+from ep2p_loc_ros.model.heads import MatchingHead
+from ep2p_loc_ros.model.preprocess import prepare_image
+
+FRAME = 2
+MC = ModelConfig()
+
+
+def _encode_pixels(points: np.ndarray, T_cam_map: np.ndarray, cam_net) -> np.ndarray:
+    """(n, D) features: [visible flag, u integer/1024, u fraction, v integer/1024, v fraction, 0 ...].
+
+    Integers over 1024 and fractions in [0, 1) survive the map's float16 storage to ~1e-3 px.
+    """
+    proj = cam_net.project(transform_points(T_cam_map, points.astype(np.float64)))
+    ok = proj.in_image & (proj.depth > 1.0)
+    uv = np.where(ok[:, None], proj.uv, 0.0)
+    f = np.zeros((len(points), MC.feature_dim), np.float32)
+    f[:, 0] = ok
+    ui, vi = np.floor(uv[:, 0]), np.floor(uv[:, 1])
+    f[:, 1], f[:, 2], f[:, 3], f[:, 4] = ui / 1024, uv[:, 0] - ui, vi / 1024, uv[:, 1] - vi
+    return f
+
+
+class OracleHead(MatchingHead):
+    """Decodes the true pixels that ``_encode_pixels`` put into the features."""
+
+    def match(self, point_features, patch_features, min_confidence=0.0):
+        f = point_features.double()
+        idx = torch.nonzero(f[:, 0] > 0.5)[:, 0]
+        u = f[idx, 1] * 1024 + f[idx, 2]
+        v = f[idx, 3] * 1024 + f[idx, 4]
+        return idx, torch.stack([u, v], 1).float(), torch.ones(len(idx))
+
+
+class FakeSession:
+    """Stands in for the ONNX image encoder: fixed patch features and a chosen global descriptor."""
+
+    def __init__(self, descriptor: np.ndarray) -> None:
+        self.descriptor = descriptor
+
+    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = MC.grid_size
+        return np.zeros((1, MC.feature_dim, rows, cols), np.float32), self.descriptor[None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
+
+    root = tmp_path_factory.mktemp("loc") / "seq"
+    generate_sequence(root, SimConfig(kind="outdoor", frames=4, seed=21, rate_hz=2.0), progress=False)
+    seq = KittiOdometrySequence(root)
+    T_cam_map = invert(seq.T_world_cam(FRAME))
+    _, cam_net = prepare_image(seq.image(FRAME), seq.calib.camera, MC)
+
+    def feature_fn(sub):
+        desc = np.zeros(MC.global_dim, np.float32)
+        desc[sub.id % MC.global_dim] = 1.0  # submap s is retrieved by the one-hot descriptor e_s
+        return _encode_pixels(sub.points, T_cam_map, cam_net), desc
+
+    lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
+    return seq, lidar_map
+
+
+def _localizer(lidar_map, descriptor, **cfg) -> Localizer:
+    return Localizer(lidar_map, FakeSession(descriptor), OracleHead(MC), MC, LocalizerConfig(**cfg))
+
+
+def _errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
+    dR = T_est[:3, :3] @ T_gt[:3, :3].T
+    ang = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))
+    return float(np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3])), float(ang)
+
+
+def test_localizer_recovers_the_true_pose_through_retrieval(scene):
+    seq, lidar_map = scene
+    from ep2p_loc_ros.map import nearest_submaps
+
+    T_gt = seq.T_world_cam(FRAME)
+    true_id = int(nearest_submaps(lidar_map, T_gt, 1)[0][0])
+    desc = np.zeros(MC.global_dim, np.float32)
+    desc[true_id] = 1.0
+    res = _localizer(lidar_map, desc, top_k=1).localize(seq.image(FRAME), seq.calib.camera)
+    assert res.status is LocalizationStatus.OK, res.message
+    assert res.retrieved == (true_id,) and res.submap_id == true_id
+    t_err, r_err = _errors(res.T_map_cam, T_gt)
+    assert t_err < 0.02 and r_err < 0.05
+    assert res.num_inliers > 0.95 * res.num_matches > 500
+    assert np.all(np.linalg.eigvalsh(res.covariance) > 0)
+    assert set(res.timings_ms) >= {"preprocess", "image_encoder", "retrieval", "ipr", "matching", "pnp", "total"}
+    # The matched pixels are in original-image pixels: they reproject from the true pose.
+    proj = seq.calib.camera.project(transform_points(invert(T_gt), res.matched_points))
+    assert np.median(np.linalg.norm(proj.uv - res.matched_pixels, axis=1)) < 0.05
+
+
+def test_localizer_with_a_prior_skips_retrieval(scene):
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    prior = T_gt.copy()
+    prior[:3, 3] += [1.0, -0.5, 0.0]  # a prior a metre off still selects the right submap and IPR view
+    wrong = np.zeros(MC.global_dim, np.float32)  # retrieval would be useless: it must not be used
+    res = _localizer(lidar_map, wrong).localize(seq.image(FRAME), seq.calib.camera, prior)
+    assert res.ok, res.message
+    assert _errors(res.T_map_cam, T_gt)[0] < 0.02
+
+
+def test_localizer_ipr_ablation_matches_more_points(scene):
+    seq, lidar_map = scene
+    prior = seq.T_world_cam(FRAME)
+    desc = np.zeros(MC.global_dim, np.float32)
+    with_ipr = _localizer(lidar_map, desc, max_points=10**7, max_matches=10**7).localize(
+        seq.image(FRAME), seq.calib.camera, prior
+    )
+    without = _localizer(lidar_map, desc, max_points=10**7, max_matches=10**7, use_ipr=False).localize(
+        seq.image(FRAME), seq.calib.camera, prior
+    )
+    assert with_ipr.ok and without.ok
+    assert without.num_matches > with_ipr.num_matches  # hidden points get matched too without IPR
+
+
+def test_localizer_statuses_for_bad_input(scene):
+    seq, lidar_map = scene
+    desc = np.zeros(MC.global_dim, np.float32)
+    loc = _localizer(lidar_map, desc)
+    cam = seq.calib.camera
+    assert loc.localize(np.zeros((10, 10, 3), np.uint8), cam).status is LocalizationStatus.BAD_INPUT
+    assert loc.localize(seq.image(FRAME)[..., 0], cam).status is LocalizationStatus.BAD_INPUT
+    nan_prior = np.full((4, 4), np.nan)
+    res = loc.localize(seq.image(FRAME), cam, nan_prior)
+    assert res.status is LocalizationStatus.BAD_INPUT and "prior" in res.message
+    assert not np.isfinite(res.T_map_cam).any()
+    # A prior far outside the map (the robot left it): no submap near it, so no pose.
+    far = seq.T_world_cam(FRAME).copy()
+    far[:3, 3] += [5000.0, 0, 0]
+    res = loc.localize(seq.image(FRAME), cam, far)
+    assert res.status is LocalizationStatus.NO_SUBMAP and "outside the map" in res.message
+
+
+def test_localizer_refuses_a_map_built_for_another_model(scene):
+    _, lidar_map = scene
+    other = ModelConfig(feature_dim=32)
+    with pytest.raises(DataError, match="32"):
+        Localizer(lidar_map, FakeSession(np.zeros(128)), MatchingHead(other), other)
+
+
+def test_localizer_collapsed_matches_are_degenerate_not_a_pose(scene):
+    """Every point matched into a few patches (an untrained model does this): PNP_FAILED, never a pose."""
+    seq, lidar_map = scene
+
+    class CollapsedHead(OracleHead):
+        def match(self, point_features, patch_features, min_confidence=0.0):
+            idx, px, conf = super().match(point_features, patch_features, min_confidence)
+            return idx, torch.floor(px / 400) * 400 + 100, conf  # snapped to a handful of pixels
+
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), CollapsedHead(MC), MC, LocalizerConfig())
+    res = loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
+    assert res.status in (LocalizationStatus.PNP_FAILED,), res.message
+    assert not np.isfinite(res.T_map_cam).any()
+
+
+def test_localizer_config_from_dict_names_bad_keys():
+    cfg = LocalizerConfig.from_dict({"top_k": 5, "ipr": {"kernel_size": 7}, "pnp": {}})
+    assert cfg.top_k == 5 and cfg.ipr.kernel_size == 7
+    assert LocalizerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(DataError, match="unknown parameter"):
+        LocalizerConfig.from_dict({"topk": 3})
+    with pytest.raises(DataError, match=r"config\.use_ipr"):
+        LocalizerConfig.from_dict({"use_ipr": "yes"})
+    with pytest.raises(DataError, match=r"config\.ipr"):
+        LocalizerConfig.from_dict({"ipr": {"kernel_size": 4}})
