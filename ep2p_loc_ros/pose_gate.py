@@ -2,7 +2,10 @@
 
 - :class:`PoseGate`: the quality gate. A result is published only with enough inliers, a covariance small
   enough to be useful, and no jump from the last accepted pose beyond what both covariances and the time
-  between them allow. Each refusal says why (for diagnostics).
+  between them allow. A pose that jumps is *held back*: it becomes a candidate, and is published only once
+  ``jump_reset_after`` poses in a row agree with each other (each within the jump test of the one before),
+  so a vehicle that really was moved (kidnapped, re-localized after a long gap) is found again, while
+  isolated or mutually inconsistent outliers never are. Each refusal says why (for diagnostics).
 - :func:`rebase_pose`: the camera's pose and covariance -> the vehicle's (``base_link``), given the mount.
 - :func:`interpolate_transform`: a transform between two stamped ones (what a TF lookup at a stamp needs).
 
@@ -33,7 +36,7 @@ class GateConfig:
     max_speed_mps: float = 40.0  # how fast the camera may move between two accepted poses
     max_angular_speed_dps: float = 120.0  # how fast it may turn
     jump_timeout_s: float = 5.0  # last accepted pose older than this: no jump test (re-localization)
-    jump_reset_after: int = 5  # this many jump refusals in a row: the reference is dropped, the next pose anchors
+    jump_reset_after: int = 5  # a jumped pose is published once this many poses in a row agree with it
 
     def __post_init__(self) -> None:
         if int(self.min_inliers) < 0:
@@ -54,6 +57,7 @@ class GateDecision:
     reason: str  # "ok" or why not (one line, for diagnostics)
     position_std_m: float = math.nan
     rotation_std_deg: float = math.nan
+    held: bool = False  # refused for a jump, kept as a candidate awaiting confirmation
 
 
 def _max_std(cov_block: np.ndarray) -> float:
@@ -70,7 +74,8 @@ class PoseGate:
     def reset(self) -> None:
         """Forget the reference pose (new initial pose, time jump, re-activation)."""
         self._last: tuple[np.ndarray, np.ndarray, float] | None = None
-        self._jump_refusals = 0
+        self._candidate: tuple[np.ndarray, np.ndarray, float] | None = None  # latest held pose
+        self._confirmations = 0  # poses in a row, ending with the candidate, that agree with each other
 
     def check(self, T_map_cam: np.ndarray, covariance: np.ndarray, num_inliers: int, stamp_s: float) -> GateDecision:
         cfg = self.config
@@ -100,13 +105,29 @@ class PoseGate:
             if 0 <= dt <= cfg.jump_timeout_s:
                 jump = self._jump(T, cov, T_last, cov_last, dt)
                 if jump:
-                    self._jump_refusals += 1
-                    if self._jump_refusals < cfg.jump_reset_after:
-                        return GateDecision(False, jump, **stds)
-                    reason = f"ok (re-anchored after {self._jump_refusals} jump refusals in a row)"
+                    n = self._confirm(T, cov, float(stamp_s))
+                    if n < cfg.jump_reset_after:
+                        return GateDecision(
+                            False,
+                            f"held: {jump}; {n}/{cfg.jump_reset_after} agreeing poses to confirm",
+                            held=True,
+                            **stds,
+                        )
+                    reason = f"ok (re-anchored: {n} poses in a row agree, far from the last published)"
         self._last = (T, cov, float(stamp_s))
-        self._jump_refusals = 0
+        self._candidate, self._confirmations = None, 0
         return GateDecision(True, reason, **stds)
+
+    def _confirm(self, T: np.ndarray, cov: np.ndarray, stamp_s: float) -> int:
+        """Hold ``T`` as the candidate; returns how many poses in a row (with it) agree with each other."""
+        cand = self._candidate
+        agrees = False
+        if cand is not None:
+            dt = stamp_s - cand[2]
+            agrees = 0 <= dt <= self.config.jump_timeout_s and not self._jump(T, cov, cand[0], cand[1], dt)
+        self._confirmations = self._confirmations + 1 if agrees else 1
+        self._candidate = (T, cov, stamp_s)
+        return self._confirmations
 
     def _jump(self, T: np.ndarray, cov: np.ndarray, T_last: np.ndarray, cov_last: np.ndarray, dt: float) -> str:
         """A reason when ``T`` is too far from ``T_last``, else ''."""

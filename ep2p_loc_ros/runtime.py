@@ -6,7 +6,8 @@ with a readable message rather than at the first image with a shape error.
 
 Execution provider: CUDA when onnxruntime offers it (the ``onnxruntime-gpu`` build), else CPU. If creating the
 CUDA session raises (driver, cuDNN), or onnxruntime silently drops CUDA, it falls back to CPU with a warning.
-The provider actually in use is ``ImageEncoderSession.provider`` and is logged.
+The provider actually in use is ``ImageEncoderSession.provider`` and is logged; ``fallback`` says why it is not
+the one asked for (the node puts it on /diagnostics).
 """
 
 from __future__ import annotations
@@ -138,13 +139,15 @@ class ImageEncoderSession:
         options.log_severity_level = 3  # errors only; onnxruntime's own warnings would go to stderr, not logging
 
         wanted = self._resolve_providers(ort, providers)
+        # why inference is not where it was asked to be ("" when it is): the node reports it on /diagnostics
+        self.fallback: str = ""
         self.session = self._create(ort, options, wanted)
         active = self.session.get_providers()
         self.provider: str = active[0]
         if CUDA in wanted and self.provider != CUDA:
-            logger.warning(
-                "%s: onnxruntime did not enable CUDA (check CUDA/cuDNN libraries), running on CPU", self.path
-            )
+            if not self.fallback:
+                self.fallback = "onnxruntime did not enable CUDA (check CUDA/cuDNN libraries): running on CPU"
+            logger.warning("%s: %s", self.path, self.fallback)
         self._check_io()
         logger.info(
             "image encoder %s on %s (%d intra-op threads)", self.path.name, self.provider, self.intra_op_threads
@@ -184,6 +187,7 @@ class ImageEncoderSession:
             try:
                 return ort.InferenceSession(path, sess_options=options, providers=wanted)
             except Exception as exc:  # any provider failure: fall back, the file itself was checked
+                self.fallback = f"CUDA provider failed ({type(exc).__name__}: {str(exc)[:200]}): running on CPU"
                 logger.warning("%s: could not create a session with %s (%s); falling back to CPU", path, wanted, exc)
         try:
             return ort.InferenceSession(path, sess_options=options, providers=[CPU])

@@ -11,7 +11,9 @@
   ground truth; :func:`model_is_placeholder`.
 
 ``python test/ros_helpers.py oracle-node ARGS...`` runs the real node with :class:`OracleLocalizer` in place of
-the model (see there). Everything else about the node is the shipped code.
+the model (see there); ``python test/ros_helpers.py node ARGS...`` runs it as ``ep2p-loc node`` does. In both,
+``EP2P_TEST_FAULTS`` (comma-separated, see :func:`install_faults`) injects faults from outside the node, e.g.
+``cuda``: onnxruntime offers CUDA but creating a CUDA session fails. Everything else is the shipped code.
 """
 
 from __future__ import annotations
@@ -121,17 +123,22 @@ def start_node(
     log_dir: str | Path | None = None,
     oracle_sequence: str | Path | None = None,
     env: dict[str, str] | None = None,
+    faults: Iterable[str] = (),
 ) -> NodeProcess:
     """Start ``ep2p-loc node`` in a child process (not waiting for it).
 
     ``params``: flat dotted names -> values, written to a params file passed after the default one.
     ``remaps``: ``{"image": "/camera/image_raw"}`` -> ``-r image:=/camera/image_raw``. ``extra_args``: more
-    ``--ros-args`` items. ``oracle_sequence``: run with :class:`OracleLocalizer` on that sequence.
+    ``--ros-args`` items. ``oracle_sequence``: run with :class:`OracleLocalizer` on that sequence. ``faults``:
+    injected faults (:func:`install_faults`).
     """
+    faults = list(faults)
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ep2p-node-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     if oracle_sequence is not None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "oracle-node", str(oracle_sequence)]
+    elif faults:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "node"]
     else:
         cmd = [sys.executable, "-m", "ep2p_loc_ros.cli", "node"]
     if autostart:
@@ -146,7 +153,10 @@ def start_node(
     ros_args += list(extra_args)
     if ros_args:
         cmd += ["--ros-args", *ros_args]
-    return NodeProcess(cmd, env or ros_env(domain_id), log_dir / "node.log")
+    env = dict(env or ros_env(domain_id))
+    if faults:
+        env["EP2P_TEST_FAULTS"] = ",".join(faults)
+    return NodeProcess(cmd, env, log_dir / "node.log")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -454,6 +464,33 @@ class OracleLocalizer:
         return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
 
 
+FAULTS = ("cuda",)
+
+
+def install_faults(faults: Iterable[str]) -> None:
+    """Inject faults into this process before the node starts.
+
+    ``cuda``: onnxruntime claims the CUDA provider, but every session asked to use it fails to start (as with a
+    missing driver or cuDNN); sessions on CPU alone work.
+    """
+    faults = [f for f in faults if f]
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"unknown faults {unknown} (known: {list(FAULTS)})")
+    if "cuda" in faults:
+        import onnxruntime as ort
+
+        real_session = ort.InferenceSession
+
+        def failing_session(path, sess_options=None, providers=None, **kwargs):
+            if providers and "CUDAExecutionProvider" in providers:
+                raise RuntimeError("CUDA failure 100 (injected): no CUDA-capable device is detected")
+            return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
+
+        ort.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        ort.InferenceSession = failing_session
+
+
 def _oracle_node_main(argv: list[str]) -> int:
     """``oracle-node SEQUENCE_DIR [ep2p-loc node args...]``: the real node with :class:`OracleLocalizer`."""
     os.environ["EP2P_ORACLE_SEQUENCE"] = argv[0]
@@ -465,7 +502,16 @@ def _oracle_node_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    install_faults(os.environ.get("EP2P_TEST_FAULTS", "").split(","))
     if len(sys.argv) >= 3 and sys.argv[1] == "oracle-node":
         sys.exit(_oracle_node_main(sys.argv[2:]))
-    print("usage: python test/ros_helpers.py oracle-node SEQUENCE_DIR [ep2p-loc node args...]", file=sys.stderr)
+    if len(sys.argv) >= 2 and sys.argv[1] == "node":
+        from ep2p_loc_ros.cli import main
+
+        sys.exit(main(["node", *sys.argv[2:]]))
+    print(
+        "usage: python test/ros_helpers.py oracle-node SEQUENCE_DIR [ep2p-loc node args...]\n"
+        "       python test/ros_helpers.py node [ep2p-loc node args...]   (EP2P_TEST_FAULTS=cuda,...)",
+        file=sys.stderr,
+    )
     sys.exit(2)

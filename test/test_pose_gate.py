@@ -34,15 +34,18 @@ def test_pose_gate_jump_allows_motion_and_covariance_and_reanchors():
     # 0.1 s at 10 m/s = 1 m, plus 3 * sqrt(0.1^2 + 0.1^2) = 0.42 m
     assert gate.check(_pose(1.3), COV, 100, 0.1).accepted
     d = gate.check(_pose(3.0), COV, 100, 0.2)
-    assert not d.accepted and d.reason.startswith("jump: moved 1.70 m")
+    assert not d.accepted and d.held and d.reason.startswith("held: jump: moved 1.70 m")
     d = gate.check(_pose(1.3, yaw=np.radians(20)), COV, 100, 0.2)
     assert not d.accepted and "turned 20.0 deg" in d.reason
-    # the third refusal in a row re-anchors on the new pose (a kidnapped vehicle is found again)
+    # a far pose is held back; it is published once three poses in a row agree with it (a kidnapped vehicle)
     d = gate.check(_pose(50.0), COV, 100, 0.3)
-    assert d.accepted and "re-anchored" in d.reason
-    assert gate.check(_pose(50.5), COV, 100, 0.4).accepted
+    assert not d.accepted and d.held and d.reason.startswith("held: jump") and "1/3 agreeing" in d.reason
+    assert not gate.check(_pose(50.5), COV, 100, 0.4).accepted
+    d = gate.check(_pose(51.0), COV, 100, 0.5)
+    assert d.accepted and "re-anchored: 3 poses in a row agree" in d.reason
+    assert gate.check(_pose(51.5), COV, 100, 0.6).accepted
     # beyond the timeout there is no jump test; reset() forgets the reference
-    assert gate.check(_pose(500.0), COV, 100, 0.4 + cfg.jump_timeout_s + 0.1).accepted
+    assert gate.check(_pose(500.0), COV, 100, 0.6 + cfg.jump_timeout_s + 0.1).accepted
     gate.reset()
     assert gate.check(_pose(-500.0), COV, 100, 6.0).accepted
 
@@ -80,3 +83,38 @@ def test_interpolate_transform_endpoints_and_midpoint():
     np.testing.assert_allclose(interpolate_transform(T0, T1, 1.0), T1, atol=1e-12)
     mid = interpolate_transform(T0, T1, 0.5)
     np.testing.assert_allclose(mid, make_T(rotvec_to_matrix([0, 0, 0.4]), [1, 2, 0]), atol=1e-12)
+
+
+def test_pose_gate_holds_a_jump_until_confirmed_and_outliers_never_confirm():
+    cfg = GateConfig(max_jump_sigma=3.0, max_speed_mps=10.0, jump_reset_after=3)
+    gate = PoseGate(cfg)
+    t, x = 0.0, 0.0
+    assert gate.check(_pose(x), COV, 100, t).accepted
+    rng = np.random.default_rng(0)
+    # wild outliers in a row for 4 s (< jump_timeout_s), far from the track and from each other: none published
+    for _ in range(40):
+        t += 0.1
+        d = gate.check(_pose(float(rng.uniform(100, 1000)) * rng.choice([-1, 1])), COV, 100, t)
+        assert not d.accepted and d.held and "1/3" in d.reason, d.reason
+    # the true track resumes (within the jump test of the last published pose, as time passed): accepted
+    t += 0.1
+    assert gate.check(_pose(x + 1.0), COV, 100, t).accepted
+    # an isolated outlier inside a good track is held, and does not disturb the track
+    t += 0.1
+    assert not gate.check(_pose(300.0), COV, 100, t).accepted
+    t += 0.1
+    d = gate.check(_pose(x + 1.5), COV, 100, t)
+    assert d.accepted and d.reason == "ok"
+    # two agreeing far poses then one that disagrees: the count starts again
+    for k, expect in ((1, "1/3"), (2, "2/3")):
+        t += 0.1
+        assert expect in gate.check(_pose(400.0 + 0.5 * k), COV, 100, t).reason
+    t += 0.1
+    assert "1/3" in gate.check(_pose(-400.0), COV, 100, t).reason
+
+
+def test_pose_gate_confirmation_of_one_accepts_immediately():
+    gate = PoseGate(GateConfig(jump_reset_after=1))
+    assert gate.check(_pose(0.0), COV, 100, 0.0).accepted
+    d = gate.check(_pose(500.0), COV, 100, 0.1)
+    assert d.accepted and "re-anchored" in d.reason

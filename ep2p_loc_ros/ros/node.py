@@ -114,6 +114,10 @@ class LocalizationNode(LifecycleNode):
         self._reset_counters()
         self._reset_tracking()
         self._state_label = "unconfigured"
+        self._last_image_time: float | None = None  # time.monotonic() of the newest image message
+        self._degraded: str = ""  # a standing fault (e.g. CUDA fell back to CPU), reported with every status
+        # /diagnostics lives as long as the node: a failed configure is reported there too
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.get_logger().info("ep2p_loc: created (unconfigured); configure + activate to localize")
 
     # ------------------------------------------------------------------------------------------------------
@@ -128,17 +132,24 @@ class LocalizationNode(LifecycleNode):
             if errors:
                 for e in errors:
                     self.get_logger().error(f"configure failed: bad parameter {e}")
+                self._report(Level.ERROR, f"configure failed: bad parameter {errors[0]}", {})
                 return TransitionCallbackReturn.FAILURE
             t0 = time.perf_counter()
             try:
                 localizer = Localizer.from_paths(params.map_path, params.model_path, params.localizer, params.providers)
-            except (ValueError, OSError) as exc:  # DataError / MapFormatError name the file and the fault
+            except Exception as exc:  # DataError / MapFormatError name the file and the fault; others: say which
+                fault = str(exc) if isinstance(exc, ValueError | OSError) else f"{type(exc).__name__}: {exc}"
                 self.get_logger().error(
                     f"configure failed: cannot load map_path={params.map_path!r} / model_path={params.model_path!r}: "
-                    f"{exc}"
+                    f"{fault}"
                 )
+                self._report(Level.ERROR, f"configure failed: {fault}", {})
                 return TransitionCallbackReturn.FAILURE
             self.params, self.localizer = params, localizer
+            session = getattr(localizer, "session", None)
+            self._degraded = getattr(session, "fallback", None) or ""
+            if self._degraded:
+                self.get_logger().warning(f"degraded: {self._degraded}")
             self._gate = PoseGate(params.gate)
             self._pubs = {
                 "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
@@ -152,7 +163,6 @@ class LocalizationNode(LifecycleNode):
                     ),
                 ),
             }
-            self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             if self._tf_pub is None:  # kept across cleanup: its publishers live as long as the node
                 self._tf_pub = TransformPublisher(self)
             self._state_label = "inactive"
@@ -161,7 +171,7 @@ class LocalizationNode(LifecycleNode):
                 f"({localizer.map.num_submaps} submaps, {localizer.map.num_points} points), "
                 f"model {params.model_path}, providers {params.providers}"
             )
-            self._report(Level.OK, "configured", {})
+            self._report(Level.OK, "configured", {"provider": getattr(session, "provider", "n/a")})
             return TransitionCallbackReturn.SUCCESS
         except Exception as exc:  # never die in a transition
             self.get_logger().error(f"configure failed: {exc}\n{traceback.format_exc()}")
@@ -188,6 +198,7 @@ class LocalizationNode(LifecycleNode):
             )
             self._tf = TransformCache(self)
             self._reset_tracking()
+            self._last_image_time = None
             self._stop.clear()
             self._worker = threading.Thread(target=self._work, name="ep2p_loc_worker", daemon=True)
             self._worker.start()
@@ -250,10 +261,8 @@ class LocalizationNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
         self.localizer = None
+        self._degraded = ""
         self._camera_info = None
         self._camera_cache = None
 
@@ -261,6 +270,7 @@ class LocalizationNode(LifecycleNode):
     # callbacks (executor thread): keep the newest frame, never block
     def _on_image(self, msg: Any) -> None:
         frame = _Frame(msg, time.perf_counter())
+        self._last_image_time = time.monotonic()
         with self._cond:
             self._counters["frames_received"] += 1
             if self._pending is not None:
@@ -287,9 +297,22 @@ class LocalizationNode(LifecycleNode):
         self.get_logger().info(f"initial pose received: x={T_map_base[0, 3]:.2f} y={T_map_base[1, 3]:.2f}")
 
     def _on_diag_timer(self) -> None:
-        if self._last_diag_time is None or time.monotonic() - self._last_diag_time >= self.params.diagnostics_period:
+        now = time.monotonic()
+        p = self.params
+        last_image = self._last_image_time
+        if last_image is not None and now - last_image > p.image_timeout_s:
+            # the camera stopped (or the link): say so every period until images come back
+            topic = self.resolve_topic_name("image/compressed" if p.image_transport == "compressed" else "image")
+            self._report(
+                Level.WARN,
+                f"no image for {now - last_image:.1f} s on {topic} (> image_timeout_s {p.image_timeout_s}): "
+                "camera stopped?",
+                {"result": "stale", "image_age_s": now - last_image},
+                keep_last=True,
+            )
+        elif self._last_diag_time is None or now - self._last_diag_time >= p.diagnostics_period:
             if self._counters["frames_received"] == 0:
-                self._report(Level.WARN, "waiting for images", {})
+                self._report(Level.WARN, f"waiting for images on {self.resolve_topic_name('image')}", {})
             else:
                 self._report(self._last_level, self._last_message, {})
 
@@ -324,7 +347,7 @@ class LocalizationNode(LifecycleNode):
         """(PinholeCamera, camera frame id) from the newest camera_info. Raises ConversionError."""
         info = self._camera_info
         if info is None:
-            raise ConversionError("no camera_info received yet")
+            raise ConversionError(f"no camera_info received yet on {self.resolve_topic_name('camera_info')}")
         if self._camera_cache is None or self._camera_cache[0] is not info:  # holds the message: no id reuse
             self._camera_cache = (info, camera_info_to_camera(info, rectified=self.params.rectified))
         frame_id = info.header.frame_id or image_frame or self.params.camera_frame
@@ -357,6 +380,7 @@ class LocalizationNode(LifecycleNode):
         # the mount (base -> camera) and, with tracking, a prior
         T_base_cam = self._mount(cam_frame)
         prior, mode = self._prior(T_base_cam, stamp)
+        outside = self._outside_map(prior)
         t0 = time.perf_counter()
         result = self.localizer.localize(rgb, camera, prior, source=f"image {_stamp_str(stamp)}")
         localize_ms = (time.perf_counter() - t0) * 1e3
@@ -372,21 +396,37 @@ class LocalizationNode(LifecycleNode):
             self._publish_points(result, stamp)
         if p.publish_debug_image:
             self._publish_debug(rgb, result, stamp, cam_frame)
+        if outside:
+            extra["map"] = outside
         if not result.ok:
             self._tracking_failed()
             level = Level.ERROR if result.status.value == "bad_input" else Level.WARN
-            self._reject(frame, level, "no pose", f"{result.status.value}: {result.message}", extra)
+            reason = f"{result.status.value}: {result.message}"
+            self._reject(frame, level, "no pose", f"{outside}; {reason}" if outside else reason, extra)
             return
         decision = self._gate.check(result.T_map_cam, result.covariance, result.num_inliers, stamp_s)
         extra.update(position_std_m=decision.position_std_m, rotation_std_deg=decision.rotation_std_deg)
         if not decision.accepted:
             self._tracking_failed()
-            self._reject(frame, Level.WARN, "rejected", decision.reason, extra)
+            self._reject(frame, Level.WARN, "held" if decision.held else "rejected", decision.reason, extra)
             return
 
+        if T_base_cam is None and p.require_mount and cam_frame != p.base_frame:
+            # a camera pose where the vehicle's is expected would be a wrong pose: publish none, say why
+            self._reject(
+                frame,
+                Level.ERROR,
+                "no pose",
+                f"camera mount {p.base_frame}->{cam_frame} unknown: not on /tf_static and no camera_mount parameter "
+                "(require_mount:=false publishes the camera's own pose instead)",
+                extra,
+            )
+            return
         if T_base_cam is not None:
             T_map_out, cov_out = rebase_pose(result.T_map_cam, result.covariance, T_base_cam)
             child, pose_of = p.base_frame, p.base_frame
+        elif cam_frame == p.base_frame:
+            T_map_out, cov_out, child, pose_of = result.T_map_cam, result.covariance, cam_frame, cam_frame
         else:
             T_map_out, cov_out, child, pose_of = result.T_map_cam, result.covariance, cam_frame, cam_frame
         out = PoseWithCovarianceStamped()
@@ -417,6 +457,24 @@ class LocalizationNode(LifecycleNode):
         )
 
     # -- helpers of the worker ------------------------------------------------------------------------------
+    def _outside_map(self, prior: np.ndarray | None) -> str:
+        """'' or why the prior is outside the map (farther from every submap viewpoint than a submap reaches)."""
+        lidar_map = getattr(self.localizer, "map", None)
+        if prior is None or lidar_map is None:
+            return ""
+        if lidar_map.num_submaps == 0:
+            return "outside the map: the map has no submaps"
+        from ..map import nearest_submaps
+
+        _, dist = nearest_submaps(lidar_map, prior, 1)
+        limit = float(getattr(self.params.localizer, "max_prior_distance", 0.0) or lidar_map.params.get("radius", 40))
+        if float(dist[0]) > limit:
+            return (
+                f"outside the map: the prior pose is {float(dist[0]):.0f} m from the nearest submap viewpoint "
+                f"(> {limit:g} m)"
+            )
+        return ""
+
     def _mount(self, cam_frame: str) -> np.ndarray | None:
         p = self.params
         if p.camera_mount is not None:
@@ -519,11 +577,16 @@ class LocalizationNode(LifecycleNode):
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()
 
-    def _report(self, level: int, message: str, values: dict[str, Any]) -> None:
+    def _report(self, level: int, message: str, values: dict[str, Any], keep_last: bool = False) -> None:
         pub = self._diag_pub
         if pub is None:
             return
-        self._last_level, self._last_message = level, message
+        if self._degraded:  # a standing fault lowers every report to at least WARN and is named in it
+            if level < Level.WARN:
+                level, message = Level.WARN, f"{message} (degraded: {self._degraded})"
+            values = {**values, "degraded": self._degraded}
+        if not keep_last:
+            self._last_level, self._last_message = level, message
         self._last_diag_time = time.monotonic()
         all_values = {"state": self._state_label, **values, **self._counters}
         msg = make_diagnostics(

@@ -84,6 +84,11 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         [0.0],
         "base->camera transform [x, y, z, qx, qy, qz, qw] (camera optical frame); empty or [0.0]: from /tf_static",
     ),
+    ParamSpec(
+        "require_mount",
+        True,
+        "no pose while the base->camera mount is unknown (false: publish the camera's own pose, pose_of says so)",
+    ),
     ParamSpec("rectified", True, "images are rectified: intrinsics from camera_info P (else K and D)"),
     ParamSpec(
         "image_transport",
@@ -121,6 +126,13 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "time_jump_reset_s", 3.0, "s: a stamp this far back is a restart (bag loop): state resets", min=0.0, max=1e9
     ),
+    ParamSpec(
+        "image_timeout_s",
+        1.0,
+        "s: no image for this long is reported on /diagnostics (camera stopped)",
+        min=0.01,
+        max=3600.0,
+    ),
     ParamSpec("diagnostics_period", 1.0, "s: period of /diagnostics between frames", min=0.05, max=60.0),
 )
 
@@ -132,7 +144,7 @@ _GATE_DESCRIPTIONS = {
     "max_speed_mps": "quality gate: m/s, fastest motion between accepted poses",
     "max_angular_speed_dps": "quality gate: deg/s, fastest turn between accepted poses",
     "jump_timeout_s": "quality gate: s, no jump test against an older pose",
-    "jump_reset_after": "quality gate: jump refusals in a row before the next pose re-anchors",
+    "jump_reset_after": "quality gate: a pose far from the last is held until this many poses in a row agree with it",
 }
 
 
@@ -166,6 +178,7 @@ class NodeParams:
     base_frame: str
     camera_frame: str
     camera_mount: tuple[float, ...] | None  # x y z qx qy qz qw, or None: from /tf_static
+    require_mount: bool
     rectified: bool
     image_transport: str
     qos_reliability: str
@@ -179,6 +192,7 @@ class NodeParams:
     tracking_max_failures: int
     time_jump_reset_s: float
     diagnostics_period: float
+    image_timeout_s: float
     gate: GateConfig = field(default_factory=GateConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
 
@@ -271,6 +285,7 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         base_frame=v["base_frame"],
         camera_frame=v["camera_frame"],
         camera_mount=tuple(mount) if mount else None,
+        require_mount=v["require_mount"],
         rectified=v["rectified"],
         image_transport=v["image_transport"],
         qos_reliability=v["qos.reliability"],
@@ -284,6 +299,7 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         tracking_max_failures=v["tracking.max_failures"],
         time_jump_reset_s=v["time_jump_reset_s"],
         diagnostics_period=v["diagnostics_period"],
+        image_timeout_s=v["image_timeout_s"],
         gate=gate,
         localizer=localizer,
     )
