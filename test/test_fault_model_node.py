@@ -1,0 +1,141 @@
+"""Faults of the ep2p_loc node with the real Localizer and the shipped model, over real DDS: onnxruntime's CUDA
+provider failing (injected: the node falls back to CPU and says so); the robot leaves the map (a prior 1 km
+away); a map whose submap is empty. Each: the node keeps running, publishes no wrong pose, /diagnostics says why.
+The node's own faults (camera_info, mount TF, camera stopping) are in test_fault_node.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not generated (scripts/build_tf2_msgs.sh)")
+
+import ros_helpers as rh
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from test_fault_node import REMAPS, Harness, _stamp
+from tf2_msgs.msg import TFMessage
+
+from ep2p_loc_ros.ros.convert import matrix_to_pose
+
+
+@pytest.fixture(scope="module")
+def demo_data():
+    from ep2p_loc_ros.demo_data import ensure_demo_data
+
+    return ensure_demo_data(progress=False)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_data):
+    return rh.DemoSequence(demo_data.sequence_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the real Localizer, CUDA failing
+@pytest.fixture(scope="module")
+def empty_submap_map(demo_data, tmp_path_factory):
+    """The demo map with submap 1 emptied (its viewpoint stays)."""
+    from ep2p_loc_ros.map import load_map, save_map
+    from ep2p_loc_ros.map.store import LidarMap
+
+    m = load_map(demo_data.map_dir)
+    off, idx = np.asarray(m.submap_offsets), np.asarray(m.submap_indices)
+    counts = np.diff(off)
+    counts[1] = 0
+    keep = np.ones(len(idx), bool)
+    keep[off[1] : off[2]] = False
+    new = LidarMap(
+        points=np.asarray(m.points),
+        reflectance=np.asarray(m.reflectance),
+        features=np.asarray(m.features),
+        descriptors=np.asarray(m.descriptors),
+        T_map_viewpoint=np.asarray(m.T_map_viewpoint),
+        submap_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(off.dtype),
+        submap_indices=idx[keep],
+        viewpoint_frame_ids=np.asarray(m.viewpoint_frame_ids),
+        params=dict(m.params),
+    )
+    out = save_map(new, tmp_path_factory.mktemp("empty_submap") / "map")
+    assert load_map(out).submap(1).points.shape == (0, 3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real(demo_data, tmp_path_factory):
+    params = {
+        "map_path": str(demo_data.map_dir),
+        "localizer.top_k": 2,
+        "localizer.max_points": 2000,
+        "map_cloud_max_points": 0,
+        "providers": "auto",
+    }
+    proc = rh.start_node(params, remaps=REMAPS, faults=["cuda"], log_dir=tmp_path_factory.mktemp("fault_real"))
+    h = Harness(proc, "ep2p_fault_real_test")
+    try:
+        assert h.lc.wait_ready(60), proc.log()
+        yield h
+    finally:
+        h.close()
+
+
+def test_fault_onnxruntime_cuda_fails_falls_back_to_cpu_with_a_warning(real, demo):
+    n = len(real.diags.messages())
+    assert real.lc.configure() and real.lc.activate(), real.proc.log()
+    log = real.proc.log()
+    assert "falling back to CPU" in log and "degraded: CUDA provider failed" in log, log
+    conf = real.ros.wait_for(
+        lambda: [v for m in real.diags.messages()[n:] if (v := rh.diag_values(m)) and "configured" in v["message"]],
+        5,
+    )
+    assert conf and conf[-1]["provider"] == "CPUExecutionProvider" and conf[-1]["level"] == "1", conf
+    assert "CUDA provider failed" in conf[-1]["degraded"] and "injected" in conf[-1]["degraded"]
+    real.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+    assert real.ros.wait_for(lambda: real.img_pub.get_subscription_count() > 0, 10)
+    time.sleep(0.3)
+    diag, _ = real.send(demo.image_msg(0, _stamp(demo, 0)), demo.camera_info_msg())
+    assert diag is not None and int(diag["level"]) >= 1 and "CUDA" in diag["degraded"], diag
+    assert real.proc.alive
+
+
+def _initial_pose(T_map_base):
+    msg = PoseWithCovarianceStamped()
+    msg.header.frame_id = "map"
+    msg.pose.pose = matrix_to_pose(T_map_base)
+    return msg
+
+
+def test_fault_robot_leaves_the_map(real, demo):
+    from ep2p_loc_ros.geometry import make_T
+
+    far = demo.T_map_base(10) @ make_T(np.eye(3), [1000.0, 0.0, 0.0])  # 1 km off the drive
+    real.init_pub.publish(_initial_pose(far))
+    assert real.ros.wait_for(lambda: "initial pose received" in real.proc.log(), 5)
+    diag, pose = real.send(demo.image_msg(10, _stamp(demo, 10, 1.0)), demo.camera_info_msg())
+    assert pose is None and diag["result"] == "no pose" and diag["mode"] == "initial pose", diag
+    assert "outside the map" in diag["reason"] and "outside the map" in diag["map"], diag
+    assert real.proc.alive and real.lc.get_state() == "active"
+
+
+def test_fault_map_submap_empty(real, demo, empty_submap_map):
+    from ep2p_loc_ros.map import load_map
+
+    assert rh.set_parameters(real.ros.node, {"map_path": str(empty_submap_map), "tracking.enabled": True}) == [True] * 2
+    assert real.lc.deactivate() and real.lc.cleanup() and real.lc.configure() and real.lc.activate(), real.proc.log()
+    m = load_map(empty_submap_map)
+    # the vehicle at submap 1's viewpoint: the prior's submap has no points
+    T_map_cam = np.asarray(m.T_map_viewpoint[1])
+    real.init_pub.publish(_initial_pose(T_map_cam @ np.linalg.inv(demo.T_base_cam)))
+    time.sleep(0.3)
+    real.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+    time.sleep(0.3)
+    i = int(m.viewpoint_frame_ids[1])
+    diag, pose = real.send(demo.image_msg(i, _stamp(demo, i, 2.0)), demo.camera_info_msg())
+    assert pose is None and diag["result"] == "no pose", diag
+    assert diag["localizer_status"] in ("no_matches", "no_submap"), diag
+    assert real.proc.alive and real.lc.get_state() == "active"
+    shutil.rmtree(empty_submap_map, ignore_errors=True)  # the node keeps it memory-mapped: fine on Linux

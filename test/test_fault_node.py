@@ -1,0 +1,140 @@
+"""Faults around the ep2p_loc node, each over real DDS: the node keeps running, publishes no wrong pose, and
+/diagnostics says what is wrong.
+
+- With :class:`ros_helpers.OracleLocalizer` (the node's own behaviour, independent of the model): camera_info
+  never arrives; the TF of the camera mount is missing (then arrives); the camera stops and resumes.
+
+The real Localizer's faults (CUDA failing, leaving the map, an empty submap) are in test_fault_model_node.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not generated (scripts/build_tf2_msgs.sh)")
+
+import ros_helpers as rh
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from tf2_msgs.msg import TFMessage
+
+T0 = 5000.0
+
+
+@pytest.fixture(scope="module")
+def demo_data():
+    from ep2p_loc_ros.demo_data import ensure_demo_data
+
+    return ensure_demo_data(progress=False)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_data):
+    return rh.DemoSequence(demo_data.sequence_dir)
+
+
+class Harness:
+    def __init__(self, proc, name: str):
+        self.proc = proc
+        self.ros = rh.RosSession(name)
+        n = self.ros.node
+        self.poses = self.ros.collect(PoseWithCovarianceStamped, "/ep2p_loc/pose")
+        self.diags = self.ros.collect(DiagnosticArray, "/diagnostics")
+        self.img_pub = n.create_publisher(Image, "/cam/image_raw", qos_profile_sensor_data)
+        self.info_pub = n.create_publisher(CameraInfo, "/cam/camera_info", qos_profile_sensor_data)
+        self.static_pub = n.create_publisher(
+            TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        )
+        self.init_pub = n.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
+        self.lc = rh.LifecycleClient(n)
+
+    def send(self, image_msg, info_msg=None, timeout: float = 20.0):
+        """(diagnostics values of this frame, pose msg or None)."""
+        if info_msg is not None:
+            self.info_pub.publish(info_msg)
+            time.sleep(0.05)
+        s = rh.stamp_str(image_msg.header.stamp)
+        self.img_pub.publish(image_msg)
+        got = self.ros.wait_for(
+            lambda: self.diags.find(lambda m: (rh.diag_values(m) or {}).get("image_stamp") == s), timeout
+        )
+        time.sleep(0.05)
+        pose = self.poses.find(lambda m: rh.stamp_str(m.header.stamp) == s)
+        return (rh.diag_values(got[1]) if got else None), (pose[1] if pose else None)
+
+    def close(self):
+        self.ros.close()
+        rc = self.proc.stop()
+        log = self.proc.log()
+        assert rc == 0 and "Traceback" not in log, log
+
+
+REMAPS = {"image": "/cam/image_raw", "camera_info": "/cam/camera_info"}
+
+
+@pytest.fixture(scope="module")
+def oracle(demo_data, tmp_path_factory):
+    proc = rh.start_node(
+        {"map_path": str(demo_data.map_dir), "image_timeout_s": 0.5, "diagnostics_period": 0.2},
+        remaps=REMAPS,
+        oracle_sequence=demo_data.sequence_dir,
+        log_dir=tmp_path_factory.mktemp("fault_oracle"),
+    )
+    h = Harness(proc, "ep2p_fault_oracle_test")
+    try:
+        assert h.lc.wait_ready(60), proc.log()
+        assert h.lc.configure() and h.lc.activate(), proc.log()
+        assert h.ros.wait_for(lambda: h.img_pub.get_subscription_count() > 0, 10)
+        yield h
+    finally:
+        h.close()
+
+
+def _stamp(demo, i: int, offset: float = 0.0):
+    return rh.stamp_msg(T0 + offset + float(demo.seq.times[i]))
+
+
+def test_fault_camera_info_never_arrives(oracle, demo):
+    for i in (0, 1, 2):
+        diag, pose = oracle.send(demo.image_msg(i, _stamp(demo, i)))
+        assert diag is not None and pose is None, diag
+        assert diag["result"] == "bad input" and diag["level"] == "1", diag
+        assert "no camera_info received yet on /cam/camera_info" in diag["reason"], diag
+    assert oracle.proc.alive and oracle.lc.get_state() == "active"
+
+
+def test_fault_camera_mount_tf_missing_publishes_no_pose_until_it_arrives(oracle, demo):
+    for i in (3, 4):
+        diag, pose = oracle.send(demo.image_msg(i, _stamp(demo, i)), demo.camera_info_msg())
+        assert pose is None, "a camera pose where base_link's is expected would be a wrong pose"
+        assert diag["result"] == "no pose" and diag["level"] == "2", diag
+        assert "camera mount base_link->camera2_optical unknown" in diag["reason"], diag
+    oracle.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+    time.sleep(0.5)
+    diag, pose = oracle.send(demo.image_msg(5, _stamp(demo, 5)), demo.camera_info_msg())
+    assert diag["result"] == "localized" and diag["pose_of"] == "base_link" and pose is not None, diag
+
+
+def test_fault_camera_stops_and_resumes(oracle, demo):
+    diag, pose = oracle.send(demo.image_msg(6, _stamp(demo, 6)), demo.camera_info_msg())
+    assert pose is not None
+    n = len(oracle.diags.messages())
+    time.sleep(1.5)  # the camera stops: image_timeout_s is 0.5 s
+    stale = [v for m in oracle.diags.messages()[n:] if (v := rh.diag_values(m)) and v.get("result") == "stale"]
+    assert stale, [rh.diag_values(m) for m in oracle.diags.messages()[n:]]
+    assert stale[-1]["level"] == "1" and "no image for" in stale[-1]["message"]
+    assert "/cam/image_raw" in stale[-1]["message"] and "camera stopped" in stale[-1]["message"]
+    assert float(stale[-1]["image_age_s"]) > 0.5
+    # it resumes: localized again (tracking and the gate pick up), and the warnings stop
+    for i in (7, 8):
+        diag, pose = oracle.send(demo.image_msg(i, _stamp(demo, i)), demo.camera_info_msg())
+        assert diag["result"] == "localized" and pose is not None, diag
+    n = len(oracle.diags.messages())
+    time.sleep(0.3)
+    assert not [m for m in oracle.diags.messages()[n:] if (rh.diag_values(m) or {}).get("result") == "stale"]
+    assert oracle.proc.alive
