@@ -1,0 +1,235 @@
+"""Overload soak of the ep2p_loc node: images at 3x the camera rate for a long time, over real DDS.
+
+The node runs in its own process with the test stand-in localizer (``test/ros_helpers.py`` OracleLocalizer:
+real PnP on ground-truth matches, so every frame costs what PnP costs, independently of the model). The demo
+drive is played forwards and backwards (continuous motion) at ``--rate`` Hz (the camera is 10 Hz) with stamps
+advancing at the same rate. Measured every second: the node's RSS (/proc), its per-frame latency (from
+/diagnostics), the frame counters, and the round-trip time of the lifecycle ``get_state`` service.
+
+Pass criteria (printed, and the exit status): RSS growth after warm-up < 5 %; frames dropped rather than
+queued (received = processed + dropped, at most one waiting); latency bounded (p99 under ``--max-latency-ms``,
+and the last quarter's p95 at most 2x the first quarter's); every lifecycle call answered within 100 ms.
+
+    .venv/bin/python bench/soak.py                    # 10 minutes at 30 Hz
+    .venv/bin/python bench/soak.py --duration 120     # 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "test"))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+@dataclass
+class SoakResult:
+    duration_s: float
+    rate_hz: float
+    warmup_s: float
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (t, MB)
+    service_ms: list[float] = field(default_factory=list)
+    latency_ms: list[tuple[float, float]] = field(default_factory=list)  # (t, ms) per processed frame
+    sent: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    results: dict[str, int] = field(default_factory=dict)
+    alive: bool = True
+    max_latency_ms: float = 1000.0
+
+    @property
+    def rss_growth(self) -> float:
+        after = [m for t, m in self.rss_mb if t >= self.warmup_s]
+        return (max(after) - after[0]) / after[0] if len(after) >= 2 else float("nan")
+
+    def latency_quarters(self) -> tuple[float, float]:
+        lat = [(t, v) for t, v in self.latency_ms if t >= self.warmup_s]
+        if len(lat) < 8:
+            return float("nan"), float("nan")
+        q = len(lat) // 4
+        first = np.percentile([v for _, v in lat[:q]], 95)
+        last = np.percentile([v for _, v in lat[-q:]], 95)
+        return float(first), float(last)
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        c = self.counters
+        received, dropped = c.get("frames_received", 0), c.get("frames_dropped", 0)
+        done = c.get("frames_localized", 0) + c.get("frames_rejected", 0)
+        lat = [v for t, v in self.latency_ms if t >= self.warmup_s]
+        p99 = float(np.percentile(lat, 99)) if lat else float("nan")
+        first, last = self.latency_quarters()
+        svc = max(self.service_ms) if self.service_ms else float("nan")
+        return {
+            "node alive": (self.alive, ""),
+            "RSS growth < 5 % after warm-up": (self.rss_growth < 0.05, f"{self.rss_growth * 100:.2f} %"),
+            "frames dropped, not queued": (
+                dropped > 0 and 0 <= received - done - dropped <= 1,
+                f"received {received}, processed {done}, dropped {dropped}",
+            ),
+            "latency bounded": (
+                p99 < self.max_latency_ms and last <= 2.0 * first + 5.0,
+                f"p99 {p99:.1f} ms (< {self.max_latency_ms:g}); p95 first/last quarter {first:.1f}/{last:.1f} ms",
+            ),
+            "lifecycle service < 100 ms": (svc < 100.0, f"max {svc:.1f} ms over {len(self.service_ms)} calls"),
+        }
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for ok, _ in self.checks().values())
+
+    def table(self) -> str:
+        rows = ["| check | ok | measured |", "| --- | --- | --- |"]
+        rows += [f"| {k} | {'yes' if ok else 'NO'} | {v} |" for k, (ok, v) in self.checks().items()]
+        rss = [m for _, m in self.rss_mb]
+        lat = [v for _, v in self.latency_ms]
+        summary = (
+            f"{self.duration_s:.0f} s at {self.rate_hz:g} Hz: sent {self.sent} images; results {self.results}; "
+            f"RSS {min(rss):.0f}-{max(rss):.0f} MB; latency p50 {np.percentile(lat, 50):.1f} ms; "
+            f"get_state p50 {np.percentile(self.service_ms, 50):.1f} ms"
+            if rss and lat and self.service_ms
+            else "no data"
+        )
+        return summary + "\n\n" + "\n".join(rows)
+
+
+def run_soak(
+    duration_s: float = 600.0,
+    rate_hz: float = 30.0,
+    warmup_s: float | None = None,
+    log_dir: str | Path | None = None,
+    max_latency_ms: float = 1000.0,
+    progress: bool = False,
+) -> SoakResult:
+    import ros_helpers as rh
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_msgs.msg import TFMessage
+
+    from ep2p_loc_ros.demo_data import ensure_demo_data
+
+    demo_data = ensure_demo_data(progress=False)
+    demo = rh.DemoSequence(demo_data.sequence_dir)
+    warmup_s = min(30.0, duration_s / 4) if warmup_s is None else warmup_s
+    res = SoakResult(duration_s, rate_hz, warmup_s, max_latency_ms=max_latency_ms)
+    proc = rh.start_node(
+        {"map_path": str(demo_data.map_dir), "map_cloud_max_points": 0, "publish_visible_points": False},
+        remaps={"image": "/cam/image_raw", "camera_info": "/cam/camera_info"},
+        oracle_sequence=demo_data.sequence_dir,
+        log_dir=log_dir,
+    )
+    ros = rh.RosSession("ep2p_soak")
+    try:
+        n = ros.node
+        lc = rh.LifecycleClient(n)
+        if not lc.wait_ready(60) or not (lc.configure() and lc.activate()):
+            raise RuntimeError(f"node did not start:\n{proc.log()[-3000:]}")
+        lock = threading.Lock()
+        start = [time.monotonic()]
+
+        def on_diag(msg) -> None:
+            v = rh.diag_values(msg)
+            if not v:
+                return
+            t = time.monotonic() - start[0]
+            with lock:
+                res.counters = {k: int(v[k]) for k in v if k.startswith("frames_")}
+                if "image_stamp" in v and "latency_ms" in v:
+                    res.latency_ms.append((t, float(v["latency_ms"])))
+                    res.results[v.get("result", "?")] = res.results.get(v.get("result", "?"), 0) + 1
+
+        n.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 100)
+        img_pub = n.create_publisher(Image, "/cam/image_raw", qos_profile_sensor_data)
+        info_pub = n.create_publisher(CameraInfo, "/cam/camera_info", qos_profile_sensor_data)
+        static_pub = n.create_publisher(
+            TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        )
+        static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+        rh.RosSession.wait_for(lambda: img_pub.get_subscription_count() > 0, 10)
+        info = demo.camera_info_msg()
+        frames = [demo.image_msg(i, None) for i in range(len(demo))]
+        order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))  # forwards and back
+        stop = threading.Event()
+
+        def probe() -> None:  # RSS and lifecycle service latency, every 0.5 s
+            while not stop.is_set():
+                t = time.monotonic() - start[0]
+                t0 = time.perf_counter()
+                try:
+                    lc.get_state(timeout=2.0)
+                    ms = (time.perf_counter() - t0) * 1e3
+                except TimeoutError:
+                    ms = 2000.0
+                try:
+                    mb = rss_mb(proc.proc.pid)
+                except OSError:
+                    res.alive = False
+                    return
+                with lock:
+                    res.service_ms.append(ms)
+                    res.rss_mb.append((t, mb))
+                stop.wait(0.5)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        start[0] = time.monotonic()
+        prober.start()
+        period = 1.0 / rate_hz
+        k, next_t, last_print = 0, time.monotonic(), 0.0
+        while time.monotonic() - start[0] < duration_s:
+            stamp = rh.stamp_msg(1000.0 + k * period)
+            msg = frames[order[k % len(order)]]
+            msg.header.stamp = stamp
+            info.header.stamp = stamp
+            if k % 3 == 0:
+                info_pub.publish(info)
+            img_pub.publish(msg)
+            k += 1
+            res.sent = k
+            next_t += period
+            time.sleep(max(0.0, next_t - time.monotonic()))
+            t = time.monotonic() - start[0]
+            if progress and t - last_print >= 10.0:
+                last_print = t
+                with lock:
+                    print(
+                        f"  t={t:5.0f} s  sent {k}  RSS {res.rss_mb[-1][1] if res.rss_mb else 0:.0f} MB  "
+                        f"{res.counters}",
+                        flush=True,
+                    )
+        time.sleep(1.5)  # the last frame's diagnostics
+        stop.set()
+        prober.join(5.0)
+        res.alive = res.alive and proc.alive
+        return res
+    finally:
+        ros.close()
+        proc.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds (default: %(default)s)")
+    ap.add_argument("--rate", type=float, default=30.0, help="images per second (default: %(default)s)")
+    ap.add_argument("--warmup", type=float, default=None, help="seconds before RSS growth counts (default: 30)")
+    args = ap.parse_args()
+    res = run_soak(args.duration, args.rate, args.warmup, progress=True)
+    print(res.table())
+    return 0 if res.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
