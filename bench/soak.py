@@ -221,6 +221,17 @@ def run_soak(
 
 
 def main() -> int:
+    import os
+    import random
+    import tempfile
+
+    # as the tests do (test/conftest.py): host-local Fast DDS with a SHM segment big enough for images (without
+    # it, 1.4 MB images go over fragmented UDP and about half are lost), a domain of its own, a ROS_HOME
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_localhost.xml"))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(101, 200)))
+    os.environ.setdefault("ROS_HOME", tempfile.mkdtemp(prefix="ep2p-soak-"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=600.0, help="seconds (default: %(default)s)")
     ap.add_argument("--rate", type=float, default=30.0, help="images per second (default: %(default)s)")
