@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ def _save_checkpoint(
     rng: np.random.Generator,
     order: list,
     cursor: int,
+    generator: torch.Generator,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -146,6 +148,7 @@ def _save_checkpoint(
         "step": step,
         "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state().tolist(),
+        "mc_rng": generator.get_state().tolist(),  # the pose loss's Monte-Carlo samples
         "order": [list(map(int, o)) for o in order],
         "cursor": cursor,
     }
@@ -228,8 +231,12 @@ def train(
         state = _load_checkpoint(ckpt, model, opt)
         step, order, cursor = state["step"], [tuple(o) for o in state["order"]], state["cursor"]
         rng.bit_generator.state = state["rng"]
-        for _ in range(step):
-            sched.step()
+        if "mc_rng" in state:
+            generator.set_state(torch.tensor(state["mc_rng"], dtype=torch.uint8))
+        with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping an optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                sched.step()
     log_path = work / "metrics.jsonl"
     log = open(log_path, "a") if rank == 0 else None  # noqa: SIM115 - kept open for the whole run
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress or rank != 0)
@@ -270,7 +277,7 @@ def train(
         bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k in ("total", "patch_acc", "pose")})
         bar.update(1)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt, model, opt, step, rng, order, cursor)
+            _save_checkpoint(ckpt, model, opt, step, rng, order, cursor, generator)
     bar.close()
     if log is not None:
         log.close()
