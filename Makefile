@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	.venv/bin/ep2p-loc check-kitti --out reports/check-kitti
+	.venv/bin/ep2p-loc demo --out reports/demo
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
