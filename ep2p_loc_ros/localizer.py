@@ -163,14 +163,14 @@ class Localizer:
         cls, map_dir: str | Path, model_dir: str | Path, config: LocalizerConfig | None = None, providers: str = "auto"
     ) -> Localizer:
         """Load and validate the map and the model; errors name the file and the fault."""
-        from .model.network import ONNX_FILE, load_network
+        from .model.network import ONNX_FILE, load_network, verify_model_file
         from .runtime import ImageEncoderSession
 
         config = config or LocalizerConfig()
         torch.set_num_threads(max(1, config.threads))
         net, _ = load_network(model_dir)
         session = ImageEncoderSession(
-            Path(model_dir) / ONNX_FILE, net.config, providers=providers, intra_op_threads=config.threads
+            verify_model_file(model_dir, ONNX_FILE), net.config, providers=providers, intra_op_threads=config.threads
         )
         return cls(load_map(map_dir), session, net.head, net.config, config)
 

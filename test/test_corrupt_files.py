@@ -99,6 +99,20 @@ def _safetensors_bad_header(model: Path) -> None:
     path.write_bytes(struct.pack("<Q", n + 1000) + data[8:])
 
 
+def _rehashed(corrupt):
+    """Corrupt a model file, then record its new sha256 in config.json (as a buggy exporter would): the loader's
+    deeper checks (format, shapes, NaN, ONNX contract) must still catch it."""
+
+    def run(map_dir: Path, model_dir: Path, sentinel: Path) -> None:
+        corrupt(map_dir, model_dir, sentinel)
+        cfg = json.loads((model_dir / "config.json").read_text())
+        for name in cfg["files"]:
+            cfg["files"][name] = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+        (model_dir / "config.json").write_text(json.dumps(cfg))
+
+    return run
+
+
 # (id, which file (relative to the map or model dir), corrupt(map_dir, model_dir, sentinel), fault text)
 CASES = [
     ("map-manifest-truncated", "map/manifest.json", lambda m, _, s: _truncate(m / "manifest.json"), "not valid JSON"),
@@ -121,35 +135,46 @@ CASES = [
         "format_version 7 is not supported",
     ),
     (
+        "model-weights-wrong-checksum",
+        "model/model.safetensors",
+        lambda _, d, s: _flip(d / "model.safetensors"),
+        "does not match config.json",
+    ),
+    (
         "model-weights-truncated",
         "model/model.safetensors",
-        lambda _, d, s: _truncate(d / "model.safetensors"),
+        _rehashed(lambda _, d, s: _truncate(d / "model.safetensors")),
         "cannot read weights",
     ),
     (
         "model-weights-bad-header",
         "model/model.safetensors",
-        lambda _, d, s: _safetensors_bad_header(d),
+        _rehashed(lambda _, d, s: _safetensors_bad_header(d)),
         "cannot read weights",
     ),
-    ("model-weights-wrong-shape", "model/model.safetensors", lambda _, d, s: _weights_wrong_shape(d), "has shape"),
-    ("model-weights-nan", "model/model.safetensors", lambda _, d, s: _weights_nan(d), "NaN/Inf"),
+    (
+        "model-weights-wrong-shape",
+        "model/model.safetensors",
+        _rehashed(lambda _, d, s: _weights_wrong_shape(d)),
+        "has shape",
+    ),
+    ("model-weights-nan", "model/model.safetensors", _rehashed(lambda _, d, s: _weights_nan(d)), "NaN/Inf"),
     (
         "model-weights-pickled",
         "model/model.safetensors",
-        lambda _, d, s: _pickle_as_weights(d, s),
+        _rehashed(lambda _, d, s: _pickle_as_weights(d, s)),
         "cannot read weights",
     ),
     (
         "model-onnx-truncated",
         "model/image_encoder.onnx",
-        lambda _, d, s: _truncate(d / "image_encoder.onnx"),
+        _rehashed(lambda _, d, s: _truncate(d / "image_encoder.onnx")),
         "not a valid ONNX model",
     ),
     (
         "model-onnx-wrong-config",
         "model/image_encoder.onnx",
-        lambda _, d, s: shutil.copy(d / "config.json", d / "image_encoder.onnx"),
+        _rehashed(lambda _, d, s: shutil.copy(d / "config.json", d / "image_encoder.onnx")),
         "not a valid ONNX model",
     ),
 ]
@@ -189,12 +214,6 @@ def _restore(root: Path, pristine: dict[str, Path], which: str) -> None:
     shutil.copytree(pristine[which], root / which)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the model directory carries no checksums: a flipped bit inside the weights loads as a different "
-    "but finite model (needs sha256 of each file in config.json, written by save_model_dir, checked by "
-    "load_network / read_onnx_config)",
-)
 def test_corrupt_model_weights_bit_flip_is_refused(files, tmp_path):
     from ep2p_loc_ros.model.network import load_network
 
@@ -204,8 +223,16 @@ def test_corrupt_model_weights_bit_flip_is_refused(files, tmp_path):
     data = bytearray((model / "model.safetensors").read_bytes())
     data[len(data) // 2] ^= 0x01  # lowest mantissa bit of some weight: still finite
     (model / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"model\.safetensors"):
+    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 .* corrupt"):
         load_network(model)
+    # the ONNX file is checked the same way before a session is made from it
+    from ep2p_loc_ros.model.network import ONNX_FILE, verify_model_file
+
+    onnx = bytearray((model / ONNX_FILE).read_bytes())
+    onnx[len(onnx) // 2] ^= 0x01
+    (model / ONNX_FILE).write_bytes(bytes(onnx))
+    with pytest.raises(ValueError, match=r"image_encoder\.onnx: sha256"):
+        verify_model_file(model, ONNX_FILE)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -281,7 +281,9 @@ def test_map_replace_is_atomic_and_refuses_foreign_directories(tmp_path: Path, m
     save_map(a, path)
     save_map(b, path)  # renameat2(RENAME_EXCHANGE) on Linux
     assert load_map(path).num_submaps == 6
-    monkeypatch.setattr(map_store, "_exchange", lambda x, y: False)  # the two-rename fallback
+    import ep2p_loc_ros.atomic as atomic
+
+    monkeypatch.setattr(atomic, "exchange", lambda x, y: False)  # the two-rename fallback
     save_map(a, path)
     assert load_map(path).num_submaps == 4
     monkeypatch.undo()

@@ -45,7 +45,7 @@ def test_point_encoder_features_invariant_to_yaw_and_horizontal_shift(encoder):
     torch.testing.assert_close(a.global_descriptor, b.global_descriptor, atol=2e-4, rtol=0)
     # ...but height matters: lifting the scene by 2 m changes the features (z is relative to the viewpoint).
     with torch.no_grad():
-        c = encoder((pts + [0, 0, 2.0]).astype(np.float32), refl.astype(np.float32))
+        c = encoder((pts + np.array([0, 0, 2.0])).astype(np.float32), refl.astype(np.float32))
     assert float((a.features - c.features).abs().max()) > 1e-2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -208,21 +209,25 @@ def test_sim_failed_generation_keeps_previous_output(indoor_seq: Path, tmp_path:
     assert _digests(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["seq"]  # temporary directory removed
 
-    # failing at the very last step (renaming the new sequence in): the previous one is put back
-    real_rename = Path.rename
+    # failing at the very last step (renaming the new sequence in, on a system without atomic exchange): the
+    # previous one is put back
+    import ep2p_loc_ros.atomic as atomic
 
-    def failing_rename(self, target):
-        if ".sim-tmp-" in self.name:
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if ".sim-tmp-" in Path(src).name:
             raise OSError("disk gone")
-        return real_rename(self, target)
+        return real_rename(src, dst)
 
     monkeypatch.setattr(writer.SequenceSetup, "render", real_render)
-    monkeypatch.setattr(Path, "rename", failing_rename)
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic.os, "rename", failing_rename)
     with pytest.raises(OSError, match="disk gone"):
         generate_sequence(out, SimConfig(kind="indoor", frames=1, seed=11), progress=False)
     assert _digests(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["seq"]
-    monkeypatch.setattr(Path, "rename", real_rename)
+    monkeypatch.undo()
     # and a successful run replaces it
     generate_sequence(out, SimConfig(kind="indoor", frames=1, seed=11), progress=False)
     assert len(KittiOdometrySequence(out)) == 1

@@ -22,9 +22,6 @@ map is refused at load, before the node starts serving poses from it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import hashlib
 import json
 import mmap
@@ -40,6 +37,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from .. import __version__
+from ..atomic import replace_dir
 from ..errors import DataError
 from ..geometry import invert, transform_points
 
@@ -346,14 +344,6 @@ class _HashingWriter:
         return self.f.write(data)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _is_replaceable(path: Path) -> bool:
     """Only an existing map (or an empty directory) may be replaced: never someone's other directory."""
     if not path.is_dir() or path.is_symlink():
@@ -365,29 +355,6 @@ def _is_replaceable(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
-
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the OS cannot."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE): {os.strerror(err)}")
 
 
 def save_map(lidar_map: LidarMap, path: str | Path, *, overwrite: bool = True) -> Path:
@@ -444,22 +411,7 @@ def save_map(lidar_map: LidarMap, path: str | Path, *, overwrite: bool = True) -
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if path.exists():
-            if _exchange(tmp, path):  # tmp now holds the old map
-                _fsync_dir(path.parent)
-                shutil.rmtree(tmp, ignore_errors=True)
-                return path
-            # No atomic exchange here: move the old map aside first. A crash between the two renames leaves no
-            # map at `path` but a complete old one at `.NAME.old-*`, never a half-written one.
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            _fsync_dir(path.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-            _fsync_dir(path.parent)
+        replace_dir(tmp, path)
         return path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,12 +25,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_image_encoder
-    from .network import ONNX_FILE, load_network
+    from .network import load_network, save_model_dir
 
-    net, _ = load_network(args.model)
-    out = args.out or Path(args.model) / ONNX_FILE
-    export_image_encoder(net.image_encoder, net.config, out)
-    print(f"exported {out}")
+    net, info = load_network(args.model, verify=False)  # shapes and NaN still checked; checksums rewritten
+    if args.out is None:  # re-export in place: weights, ONNX and checksums rewritten together, atomically
+        save_model_dir(net, args.model, info)
+        print(f"exported {args.model}")
+        return 0
+    export_image_encoder(net.image_encoder, net.config, args.out)
+    print(f"exported {args.out}")
     return 0
 
 
@@ -66,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export the image encoder of a model directory to ONNX",
-        description="Re-export MODEL/image_encoder.onnx from MODEL/model.safetensors.",
+        description="Re-export MODEL/image_encoder.onnx from MODEL/model.safetensors and rewrite the sha256 sums "
+        "in MODEL/config.json (the whole directory is replaced atomically). With --out, write only the ONNX file.",
     )
     p.add_argument("--model", type=Path, default=Path("models"), help="model directory (default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="ONNX file (default: MODEL/image_encoder.onnx)")

@@ -8,6 +8,7 @@ A model directory (``models/`` by default) holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,13 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import replace_dir
 from ..errors import DataError
 from .config import ModelConfig
 from .heads import MatchingHead
 from .image_encoder import ImageEncoder
 from .point_encoder import PointEncoder
 
-__all__ = ["CONFIG_FILE", "ONNX_FILE", "WEIGHTS_FILE", "EP2PLocNet", "load_network", "save_model_dir"]
+__all__ = [
+    "CONFIG_FILE",
+    "ONNX_FILE",
+    "WEIGHTS_FILE",
+    "EP2PLocNet",
+    "load_network",
+    "save_model_dir",
+    "verify_model_file",
+]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,20 +58,6 @@ def _atomic_dir(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` in for ``target``: the old directory stays complete until the new one is in place."""
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
-
-
 def save_model_dir(
     net: EP2PLocNet, out_dir: str | Path, info: dict[str, Any] | None = None, export_onnx: bool = True
 ) -> Path:
@@ -77,7 +73,6 @@ def save_model_dir(
             if v.dtype.is_floating_point
         }
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "ep2p-loc-model"})
-        (tmp / CONFIG_FILE).write_text(json.dumps({**net.config.to_json(), "info": info or {}}, indent=2) + "\n")
         if export_onnx:
             from .export import export_image_encoder
 
@@ -85,7 +80,13 @@ def save_model_dir(
             net.eval()
             export_image_encoder(net.image_encoder, net.config, tmp / ONNX_FILE)
             net.train(was_training)
-        _replace_dir(tmp, out_dir)
+        files = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE) if (tmp / name).exists()}
+        doc = {**net.config.to_json(), "files": files, "info": info or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -100,17 +101,49 @@ def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, dict[str, Any
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read model config ({exc})") from exc
     info = data.pop("info", {}) if isinstance(data, dict) else {}
+    if isinstance(data, dict):
+        data.pop("files", None)
     return ModelConfig.from_json(data, str(path)), info
 
 
-def load_network(model_dir: str | Path) -> tuple[EP2PLocNet, dict[str, Any]]:
-    """Load the network from a model directory, refusing missing, corrupt or mismatched weights."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_model_file(model_dir: str | Path, name: str) -> Path:
+    """``model_dir/name`` exists and has the sha256 that ``config.json`` records (a flipped bit is refused)."""
+    model_dir = Path(model_dir)
+    path = model_dir / name
+    cfg_path = model_dir / CONFIG_FILE
+    try:
+        files = json.loads(cfg_path.read_text()).get("files")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise DataError(f"{cfg_path}: cannot read model config ({exc})") from exc
+    if not isinstance(files, dict) or not isinstance(files.get(name), str):
+        raise DataError(f"{cfg_path}: no sha256 recorded for {name}; re-save the model (ep2p-loc export)")
+    if not path.is_file():
+        raise DataError(f"{path}: missing")
+    actual = _sha256(path)
+    if actual != files[name]:
+        raise DataError(f"{path}: sha256 {actual[:12]}… does not match config.json ({files[name][:12]}…): corrupt")
+    return path
+
+
+def load_network(model_dir: str | Path, verify: bool = True) -> tuple[EP2PLocNet, dict[str, Any]]:
+    """Load the network from a model directory, refusing missing, corrupt or mismatched weights.
+
+    ``verify=False`` skips the sha256 check (only ``ep2p-loc export``, which rewrites the checksums, uses it).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
     config, info = read_model_config(model_dir)
-    path = model_dir / WEIGHTS_FILE
+    path = verify_model_file(model_dir, WEIGHTS_FILE) if verify else model_dir / WEIGHTS_FILE
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError, ValueError) as exc:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replace_dir
 from ..datasets.kitti_odometry import write_calib, write_poses
 from ..errors import DataError
 from .sensors import CameraModel, LidarModel, Rig, Tracer, kitti_rig
@@ -235,17 +236,7 @@ def generate_sequence(out: str | Path, config: SimConfig, progress: bool = True,
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp``: rename the old one aside, rename the new one in, then delete the old one."""
-    old = out.parent / f".{out.name}.sim-old-{os.getpid()}"
-    moved = False
+    """Replace ``out`` (only if it is a previous sequence) by ``tmp``, atomically."""
     if out.exists():
         _check_out(out)
-        out.rename(old)
-        moved = True
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if moved:  # put the previous sequence back
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)

@@ -1,0 +1,72 @@
+"""Atomic replacement of an output directory: a reader or a crash sees the old complete output or the new one.
+
+Every command that writes a directory (map, model, synthetic sequence) writes it into a temporary sibling, fsyncs
+it, and swaps it in here. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)``, so there is no moment without
+a complete directory at the target. Where the OS cannot exchange, the old directory is renamed aside first: a
+crash between the two renames leaves the complete old output at ``.NAME.old-*``, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+__all__ = ["exchange", "fsync_dir", "replace_dir"]
+
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the OS cannot."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE): {os.strerror(err)}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the complete directory ``tmp`` at ``target`` (replacing what is there); ``tmp`` is gone afterwards."""
+    tmp, target = Path(tmp), Path(target)
+    fsync_dir(tmp)
+    if target.exists():
+        if exchange(tmp, target):  # tmp now holds the old output
+            fsync_dir(target.parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)  # put the previous output back
+            raise
+        fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
