@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -108,10 +109,14 @@ def test_train_resume_continues_exactly(drive, tmp_path, monkeypatch):
         if step == 2:
             raise KeyboardInterrupt  # killed right after the step-2 checkpoint
 
+    # A previous model at the output path survives the killed run byte for byte.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "resumed").iterdir()}
     monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train([drive], tmp_path / "resumed", TINY, cfg, progress=False)
-    assert not (tmp_path / "resumed").exists()  # no half-written model dir
+    assert {p.name: p.read_bytes() for p in (tmp_path / "resumed").iterdir()} == before
+    assert load_network(tmp_path / "resumed")[0] is not None
     monkeypatch.setattr(train_mod, "_save_checkpoint", save)
     train([drive], tmp_path / "resumed", TINY, cfg, resume=True, progress=False)
     a, _ = load_network(tmp_path / "straight")
