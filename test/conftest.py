@@ -42,6 +42,22 @@ def kitti_frames():
     return list(iter_frames(KITTI_OBJECT))
 
 
+@pytest.fixture(scope="session")
+def demo_data():
+    """The demo drive and its map for the shipped model (made on first use, cached in .cache/demo)."""
+    from ep2p_loc_ros.demo_data import ensure_demo_data
+
+    return ensure_demo_data(progress=False)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_data):
+    """The demo drive as ROS messages (test/ros_helpers.py)."""
+    import ros_helpers
+
+    return ros_helpers.DemoSequence(demo_data.sequence_dir)
+
+
 @pytest.fixture
 def rclpy_context():
     """An initialised rclpy context, shut down after the test."""

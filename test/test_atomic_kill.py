@@ -20,13 +20,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_data():
-    from ep2p_loc_ros.demo_data import ensure_demo_data
-
-    return ensure_demo_data(progress=False)
-
-
 def _digest(path: Path) -> dict[str, str]:
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

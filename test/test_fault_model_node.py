@@ -23,18 +23,6 @@ from tf2_msgs.msg import TFMessage
 from ep2p_loc_ros.ros.convert import matrix_to_pose
 
 
-@pytest.fixture(scope="module")
-def demo_data():
-    from ep2p_loc_ros.demo_data import ensure_demo_data
-
-    return ensure_demo_data(progress=False)
-
-
-@pytest.fixture(scope="module")
-def demo(demo_data):
-    return rh.DemoSequence(demo_data.sequence_dir)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the real Localizer, CUDA failing
 @pytest.fixture(scope="module")

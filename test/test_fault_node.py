@@ -26,18 +26,6 @@ from tf2_msgs.msg import TFMessage
 T0 = 5000.0
 
 
-@pytest.fixture(scope="module")
-def demo_data():
-    from ep2p_loc_ros.demo_data import ensure_demo_data
-
-    return ensure_demo_data(progress=False)
-
-
-@pytest.fixture(scope="module")
-def demo(demo_data):
-    return rh.DemoSequence(demo_data.sequence_dir)
-
-
 class Harness:
     def __init__(self, proc, name: str):
         self.proc = proc

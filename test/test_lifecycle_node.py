@@ -34,13 +34,6 @@ LOCALIZER = {"top_k": 2, "max_points": 4000}
 RESULTS: dict[str, object] = {}  # filled by the real-model test, read by the accuracy test
 
 
-@pytest.fixture(scope="session")
-def demo_data():
-    from ep2p_loc_ros.demo_data import ensure_demo_data
-
-    return ensure_demo_data(progress=False)
-
-
 @pytest.fixture(scope="module")
 def ros():
     session = rh.RosSession("ep2p_lifecycle_test")

@@ -34,18 +34,6 @@ FRAMES = list(range(0, 36, 3))  # 12 frames of the 40-frame drive (36..39 for th
 T0 = 1000.0  # stamps: T0 + the sequence's times
 
 
-@pytest.fixture(scope="session")
-def demo_data():
-    from ep2p_loc_ros.demo_data import ensure_demo_data
-
-    return ensure_demo_data(progress=False)
-
-
-@pytest.fixture(scope="module")
-def demo(demo_data):
-    return rh.DemoSequence(demo_data.sequence_dir)
-
-
 class Harness:
     def __init__(self, demo, proc, tmp):
         self.demo, self.proc = demo, proc
