@@ -1,0 +1,82 @@
+"""Accuracy of a model on held-out synthetic drives (world seeds training never used), with ablations.
+
+For each drive (outdoor seed 900, indoor seed 901 by default) it generates the sequence if missing, builds its map
+with the model's features, and localizes every image globally (retrieval -> IPR -> matching -> PnP) in process,
+then again without IPR and without pixel refinement. Prints one markdown table (recall at the three thresholds,
+median errors, inlier ratio, retrieval recall@1/5, p50 latency per stage).
+
+    python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DRIVES = {"outdoor": (900, 60), "indoor": (901, 40)}  # kind -> (world seed, frames)
+ABLATIONS = {"full": {}, "no IPR": {"use_ipr": False}, "no pixel refinement": {"refine_pixels": False}}
+
+
+def main() -> None:
+    from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
+    from ep2p_loc_ros.evaluation.evaluate import evaluate_sequence
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
+    from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
+    from ep2p_loc_ros.model.features import submap_feature_fn
+    from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "models")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
+    ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    rows = []
+    for kind in args.kinds:
+        seed, frames = DRIVES[kind]
+        seq_dir = args.cache / f"{kind}-seed{seed}-{frames}f"
+        if not (seq_dir / "sim.json").exists():
+            generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
+        map_dir = args.cache / f"map-{seq_dir.name}"
+        camera = KittiOdometrySequence(seq_dir).calib.camera
+        spacing = 10.0 if kind == "outdoor" else 4.0
+        lidar_map = build_map(seq_dir, MapBuildParams(spacing=spacing), submap_feature_fn(args.model, camera))
+        save_map(lidar_map, map_dir)
+        for name, overrides in ABLATIONS.items():
+            loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig(**overrides))
+            summary = evaluate_sequence(loc, seq_dir, progress=not args.json).summary()
+            rows.append({"drive": f"{kind} (seed {seed})", "variant": name, **summary})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=float))
+        return
+    print(f"# Held-out drives, model {args.model}\n")
+    print(
+        "| drive | variant | frames | localized | R@0.25m,2° | R@0.5m,5° | R@5m,10° | median t (m) | median R (°) "
+        "| inlier ratio | retrieval R@1 / R@5 | p50 total (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rec, rr = r["recall"], r["retrieval_recall"]
+        print(
+            f"| {r['drive']} | {r['variant']} | {r['frames']} | {r['localized']:.0%} | {rec['0.25m_2deg']:.1%} | "
+            f"{rec['0.5m_5deg']:.1%} | {rec['5m_10deg']:.1%} | {r['median_translation_m']:.2f} | "
+            f"{r['median_rotation_deg']:.2f} | {r['inlier_ratio']:.2f} | {rr.get('1', float('nan')):.0%} / "
+            f"{rr.get('5', float('nan')):.0%} | {r['latency_ms'].get('total', float('nan')):.0f} |"
+        )
+    full = [r for r in rows if r["variant"] == "full"]
+    if full:
+        print("\np50 latency per stage (ms), full pipeline:\n")
+        stages = ["preprocess", "image_encoder", "retrieval", "ipr", "matching", "pnp", "total"]
+        print("| drive | " + " | ".join(stages) + " |")
+        print("|---|" + "---|" * len(stages))
+        for r in full:
+            cells = " | ".join(f"{r['latency_ms'].get(s, float('nan')):.1f}" for s in stages)
+            print(f"| {r['drive']} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
