@@ -1,7 +1,8 @@
 """The whole EP2P-Loc network, and the model directory it is shipped in.
 
 A model directory (``models/`` by default) holds:
-- ``config.json``: the :class:`ModelConfig` (with its format version) plus training metadata;
+- ``config.json``: the :class:`ModelConfig` (with its format version), the sha256 of each file below (checked
+  at load, so a flipped bit is refused) and training metadata;
 - ``model.safetensors``: every weight (image encoder, point encoder, matching head), float32, no pickle;
 - ``image_encoder.onnx``: the exported image encoder that the run-time uses (onnxruntime).
 """
