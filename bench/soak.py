@@ -17,6 +17,7 @@ and the last quarter's p95 at most 2x the first quarter's); every lifecycle call
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +29,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "test"))
+
+
+def probe_get_state(period_s: float) -> None:
+    """Child-process mode: call /ep2p_loc/get_state every ``period_s`` and print each round trip (ms) per line."""
+    import rclpy
+    from lifecycle_msgs.srv import GetState
+
+    rclpy.init()
+    node = rclpy.create_node("ep2p_soak_prober")
+    client = node.create_client(GetState, "/ep2p_loc/get_state")
+    client.wait_for_service(timeout_sec=30.0)
+    try:
+        while rclpy.ok():  # SIGTERM (how the soak stops this child) shuts rclpy down
+            t0 = time.perf_counter()
+            fut = client.call_async(GetState.Request())
+            rclpy.spin_until_future_complete(node, fut, timeout_sec=2.0)
+            ms = (time.perf_counter() - t0) * 1e3 if fut.done() else 2000.0
+            print(f"{ms:.3f}", flush=True)
+            time.sleep(period_s)
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        rclpy.try_shutdown()
 
 
 def rss_mb(pid: int) -> float:
@@ -165,24 +189,30 @@ def run_soak(
         order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))  # forwards and back
         stop = threading.Event()
 
-        def probe() -> None:  # RSS and lifecycle service latency, every 0.5 s
-            while not stop.is_set():
+        # The lifecycle service is probed from a process of its own: in this process the 30 Hz publisher holds
+        # the GIL for whole milliseconds at a time, which would be timing this harness, not the node.
+        prober_proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--probe-get-state", "0.5"],
+            env=rh.ros_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        def probe() -> None:  # RSS every 0.5 s, and the prober's lifecycle round-trip times as they come
+            for line in prober_proc.stdout:
                 t = time.monotonic() - start[0]
-                t0 = time.perf_counter()
                 try:
-                    lc.get_state(timeout=2.0)
-                    ms = (time.perf_counter() - t0) * 1e3
-                except TimeoutError:
-                    ms = 2000.0
-                try:
+                    ms = float(line)
                     mb = rss_mb(proc.proc.pid)
+                except ValueError:
+                    continue
                 except OSError:
                     res.alive = False
                     return
                 with lock:
-                    res.service_ms.append(ms)
-                    res.rss_mb.append((t, mb))
-                stop.wait(0.5)
+                    if not stop.is_set():
+                        res.service_ms.append(ms)
+                        res.rss_mb.append((t, mb))
 
         prober = threading.Thread(target=probe, daemon=True)
         start[0] = time.monotonic()
@@ -212,6 +242,12 @@ def run_soak(
                     )
         time.sleep(1.5)  # the last frame's diagnostics
         stop.set()
+        prober_proc.terminate()
+        try:
+            prober_proc.wait(5)
+        except subprocess.TimeoutExpired:
+            prober_proc.kill()
+            prober_proc.wait(5)
         prober.join(5.0)
         res.alive = res.alive and proc.alive
         return res
@@ -236,7 +272,11 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="seconds (default: %(default)s)")
     ap.add_argument("--rate", type=float, default=30.0, help="images per second (default: %(default)s)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before RSS growth counts (default: 30)")
+    ap.add_argument("--probe-get-state", type=float, default=None, help=argparse.SUPPRESS)  # the prober child
     args = ap.parse_args()
+    if args.probe_get_state is not None:
+        probe_get_state(args.probe_get_state)
+        return 0
     res = run_soak(args.duration, args.rate, args.warmup, progress=True)
     print(res.table())
     return 0 if res.ok else 1

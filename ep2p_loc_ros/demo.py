@@ -32,10 +32,10 @@ def run_demo(
     params: dict | None = None,
     progress: bool = True,
 ) -> int:
-    from .bags import sequence_to_bag
     from .demo_data import ensure_demo_data
     from .evaluation.report import _clean, format_table, write_summary_json
     from .evaluation.trajectory import evaluate_result, load_result
+    from .ros.bags import sequence_to_bag
     from .ros.replay import ReplayOptions, match_frame_in_process, pick_domain_id, replay_bag
 
     t0 = time.monotonic()

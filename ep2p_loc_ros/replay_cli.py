@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _cmd_make_bag(args: argparse.Namespace) -> int:
-    from .bags import sequence_to_bag
+    from .ros.bags import sequence_to_bag
 
     info = sequence_to_bag(
         args.sequence,

@@ -69,7 +69,7 @@ def test_atomic_build_map_killed_midway_leaves_previous_map(demo_data, tmp_path)
 
 
 def test_atomic_make_bag_killed_midway_leaves_no_partial_bag(demo_data, tmp_path):
-    from ep2p_loc_ros.bags import load_bag_summary
+    from ep2p_loc_ros.ros.bags import load_bag_summary
 
     prev = tmp_path / "prev_bag"
     base = [sys.executable, "-m", "ep2p_loc_ros.cli", "make-bag", str(demo_data.sequence_dir)]

@@ -11,7 +11,10 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
-from ep2p_loc_ros.bags import (
+from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence, write_calib, write_poses
+from ep2p_loc_ros.errors import DataError
+from ep2p_loc_ros.geometry import invert, make_T, rotvec_to_matrix
+from ep2p_loc_ros.ros.bags import (
     FRAMES,
     TOPICS,
     bag_frames,
@@ -20,9 +23,6 @@ from ep2p_loc_ros.bags import (
     sequence_base_mount,
     sequence_to_bag,
 )
-from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence, write_calib, write_poses
-from ep2p_loc_ros.errors import DataError
-from ep2p_loc_ros.geometry import invert, make_T, rotvec_to_matrix
 
 W, H = 64, 48
 

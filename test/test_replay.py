@@ -21,7 +21,6 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
-from ep2p_loc_ros.bags import load_bag_summary, sequence_to_bag
 from ep2p_loc_ros.evaluation.trajectory import (
     RESULT_FILE,
     evaluate_result,
@@ -29,6 +28,7 @@ from ep2p_loc_ros.evaluation.trajectory import (
     load_result,
     run_in_process,
 )
+from ep2p_loc_ros.ros.bags import load_bag_summary, sequence_to_bag
 from ep2p_loc_ros.ros.replay import ReplayOptions, replay_and_evaluate, replay_bag
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -134,7 +134,7 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     pytest.importorskip("rclpy")
     from test_bags import make_tiny_sequence
 
-    from ep2p_loc_ros.bags import load_bag_summary, sequence_to_bag
+    from ep2p_loc_ros.ros.bags import load_bag_summary, sequence_to_bag
 
     seq = make_tiny_sequence(tmp_path / "seq", n=6)
     info = sequence_to_bag(seq, tmp_path / "bag")

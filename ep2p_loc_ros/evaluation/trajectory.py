@@ -254,7 +254,7 @@ def per_frame_errors(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 def _ground_truth_from_bag(bag: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
     """stamp -> ``T_map_cam`` ground truth, and the mount ``T_base_cam`` (None: GT is of the camera)."""
-    from ..bags import load_bag_summary
+    from ..ros.bags import load_bag_summary
 
     s = load_bag_summary(bag)
     if not s.gt_stamps_ns:
@@ -382,7 +382,7 @@ def run_in_process(
     """
     from tqdm import tqdm
 
-    from ..bags import bag_frames
+    from ..ros.bags import bag_frames
 
     gt, mount = _ground_truth_from_bag(bag)
     stamps, T_gt, T_est, cov, lat, results = [], [], [], [], [], []

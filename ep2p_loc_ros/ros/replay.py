@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bags import TOPICS, load_bag_summary, msg_class, stamp_from_ns, stamp_to_ns
 from ..errors import DataError
 from ..evaluation.trajectory import RESULT_FILE, write_result
+from .bags import TOPICS, load_bag_summary, msg_class, stamp_from_ns, stamp_to_ns
 
 __all__ = ["NODE_NAME", "ReplayError", "ReplayOptions", "frames_from_result_bag", "replay_and_evaluate", "replay_bag"]
 
@@ -471,7 +471,7 @@ class _Replayer:
         time.sleep(0.2)  # the pose is published before its diagnostics; let stragglers of the recorder in
 
     def _write(self, started_s: float) -> Path:
-        from ..ros.convert import pose_to_matrix
+        from .convert import pose_to_matrix
 
         frames = []
         pose_of = None
@@ -541,8 +541,8 @@ class _Replayer:
 
 def frames_from_result_bag(result_bag: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-image rows and metadata from a result bag alone (latency: the node's own, from /diagnostics)."""
-    from ..bags import read_bag
-    from ..ros.convert import pose_to_matrix
+    from .bags import read_bag
+    from .convert import pose_to_matrix
 
     rows: dict[int, dict[str, Any]] = {}
     last: dict[str, str] = {}
@@ -602,8 +602,8 @@ def replay_and_evaluate(
 def match_frame_in_process(result_dir: Path, bag: Path, map_dir, model_dir, opts: ReplayOptions) -> tuple | None:
     """The report's match image: the frame the node localized with most inliers (else the middle one),
     localized again in-process (the node publishes matched map points, not the pixels)."""
-    from ..bags import bag_frames
     from ..localizer import Localizer, LocalizerConfig
+    from .bags import bag_frames
 
     rows = json.loads((Path(result_dir) / RESULT_FILE).read_text())["frames"]
     if not rows:

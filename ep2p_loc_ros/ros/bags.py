@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .geometry import PinholeCamera, invert
+from ..errors import DataError
+from ..geometry import PinholeCamera, invert
 
 __all__ = [
     "FRAMES",
@@ -154,9 +154,9 @@ def sequence_to_bag(
     from rosbags.typesys import Stores, get_typestore
     from tqdm import tqdm
 
-    from .datasets.kitti_odometry import KittiOdometrySequence
-    from .ros.convert import matrix_to_pose, rgb_to_image
-    from .ros.tf import make_transform_stamped
+    from ..datasets.kitti_odometry import KittiOdometrySequence
+    from .convert import matrix_to_pose, rgb_to_image
+    from .tf import make_transform_stamped
 
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
@@ -263,7 +263,7 @@ class BagFrame:
 
 def bag_frames(path: str | Path) -> Iterator[BagFrame]:
     """Images of a bag with the latest camera_info before each (what the node sees, decoded the same way)."""
-    from .ros.convert import camera_info_to_camera, image_to_rgb
+    from .convert import camera_info_to_camera, image_to_rgb
 
     camera = None
     for topic, _, msg in read_bag(path, [TOPICS["image"], TOPICS["camera_info"]]):
@@ -289,7 +289,7 @@ def load_bag_summary(path: str | Path) -> BagSummary:
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import Reader
 
-    from .ros.convert import pose_to_matrix
+    from .convert import pose_to_matrix
 
     path = Path(path)
     if not (path / "metadata.yaml").is_file():
