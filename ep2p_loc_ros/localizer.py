@@ -38,6 +38,7 @@ class LocalizerConfig:
     min_confidence: float = 0.05  # patch probability below which a match is dropped
     max_points: int = 6000  # visible submap points classified per submap (evenly thinned beyond this: speed)
     max_matches: int = 4000  # most confident matches kept for PnP
+    max_matches_per_patch: int = 3  # the most confident matches kept per image patch (0: no cap)
     min_inlier_cells: int = 8  # PnP inliers must fall in at least this many 32x32 px image cells (else degenerate)
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
@@ -125,6 +126,31 @@ class LocalizationResult:
 
 def _failure(status: LocalizationStatus, message: str, **kw: Any) -> LocalizationResult:
     return LocalizationResult(status, message, np.full((4, 4), np.nan), np.full((6, 6), np.nan), **kw)
+
+
+def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, cap: int) -> torch.Tensor:
+    """Indices of the ``cap`` most confident matches in each patch, most confident first.
+
+    Why: a weak matcher sends many points to the same few look-alike patches; those piles dominate RANSAC's
+    consensus (a camera far away "explains" them all). One or a few matches per patch keeps the spread ones.
+    """
+    rows, cols = mc.grid_size
+    s = mc.patch_stride
+    col = torch.clamp(torch.floor((px_net[:, 0] + 0.5) / s), 0, cols - 1).long()
+    row = torch.clamp(torch.floor((px_net[:, 1] + 0.5) / s), 0, rows - 1).long()
+    patch = row * cols + col
+    order = torch.argsort(conf, descending=True, stable=True)
+    ranked = patch[order]
+    # rank of each match within its patch, in confidence order
+    sort_p = torch.argsort(ranked, stable=True)
+    sorted_patch = ranked[sort_p]
+    start = torch.ones_like(sorted_patch, dtype=torch.bool)
+    start[1:] = sorted_patch[1:] != sorted_patch[:-1]
+    first = torch.cummax(torch.where(start, torch.arange(len(start)), torch.zeros_like(sorted_patch)), 0).values
+    rank_sorted = torch.arange(len(start)) - first
+    rank = torch.empty_like(rank_sorted)
+    rank[sort_p] = rank_sorted
+    return order[rank < cap]
 
 
 def _occupied_cells(pixels: np.ndarray, cell: float = 32.0) -> int:
@@ -235,6 +261,9 @@ class Localizer:
                 stage["ipr"] += (tb - ta) * 1e3
                 continue
             idx, px_net, conf = self._match(feats, patch)
+            if cfg.max_matches_per_patch > 0 and len(idx):
+                keep_m = _cap_per_patch(px_net, conf, self.model_config, cfg.max_matches_per_patch)
+                idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]
             if len(idx) > cfg.max_matches:
                 top = torch.argsort(conf, descending=True)[: cfg.max_matches]
                 idx, px_net, conf = idx[top], px_net[top], conf[top]

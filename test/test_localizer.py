@@ -187,3 +187,44 @@ def test_localizer_config_from_dict_names_bad_keys():
         LocalizerConfig.from_dict({"use_ipr": "yes"})
     with pytest.raises(DataError, match=r"config\.ipr"):
         LocalizerConfig.from_dict({"ipr": {"kernel_size": 4}})
+
+
+def test_localizer_cap_per_patch_keeps_the_most_confident_matches_of_each_patch():
+    from ep2p_loc_ros.localizer import _cap_per_patch
+
+    # patch (0, 0) holds matches 0, 1, 2; match 3 is in another patch; match 4 is in patch (0, 1)
+    px = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [100.0, 50.0], [9.0, 1.0]])
+    conf = torch.tensor([0.1, 0.5, 0.3, 0.2, 0.9])
+    assert _cap_per_patch(px, conf, MC, 2).tolist() == [4, 1, 2, 3]
+    assert _cap_per_patch(px, conf, MC, 1).tolist() == [4, 1, 3]
+    assert _cap_per_patch(px, conf, MC, 5).tolist() == [4, 1, 2, 3, 0]
+
+
+def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
+    """Half the points piled onto one patch (the look-alike failure): without the cap the pile outvotes the
+    true matches in the PnP weights; with it the oracle pose comes back."""
+    seq, lidar_map = scene
+
+    class PilingHead(OracleHead):
+        def match(self, point_features, patch_features, min_confidence=0.0):
+            idx, px, conf = super().match(point_features, patch_features, min_confidence)
+            pile = torch.arange(len(idx)) % 2 == 0
+            px[pile] = torch.tensor([300.5, 100.5])
+            conf[pile] = 0.9  # the pile is confident, the true matches less so
+            conf[~pile] = 0.5
+            return idx, px, conf
+
+    cfg = LocalizerConfig(max_matches=1000)
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), PilingHead(MC), MC, cfg)
+    res = loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
+    assert res.ok, res.message
+    assert _errors(res.T_map_cam, seq.T_world_cam(FRAME))[0] < 0.05
+    uncapped = Localizer(
+        lidar_map,
+        FakeSession(np.zeros(128)),
+        PilingHead(MC),
+        MC,
+        LocalizerConfig(max_matches=1000, max_matches_per_patch=0),
+    )
+    res0 = uncapped.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
+    assert not res0.ok  # the top 1000 by confidence are all the pile: degenerate
