@@ -35,12 +35,13 @@ class LocalizerConfig:
     top_k: int = 3  # submaps tried from descriptor retrieval (best PnP wins)
     prior_top_k: int = 1  # submaps tried around a prior pose (tracking)
     max_prior_distance: float = 40.0  # m; a prior farther than this from every submap viewpoint is off the map
-    min_confidence: float = 0.05  # patch probability below which a match is dropped
+    min_confidence: float = 0.0  # patch probability below which a match is dropped (the per-patch cap thins instead)
     max_points: int = 6000  # visible submap points classified per submap (evenly thinned beyond this: speed)
     max_matches: int = 4000  # most confident matches kept for PnP
     max_matches_per_patch: int = 3  # the most confident matches kept per image patch (0: no cap)
     min_inlier_cells: int = 8  # PnP inliers must fall in at least this many 32x32 px image cells (else degenerate)
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
+    encode_points_at_runtime: bool = True  # encode the guess view's points now (as in training) instead of the map's
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
@@ -170,8 +171,10 @@ class Localizer:
         head: MatchingHead,
         model_config: ModelConfig,
         config: LocalizerConfig | None = None,
+        point_encoder: torch.nn.Module | None = None,
     ) -> None:
         self.map = lidar_map
+        self.point_encoder = point_encoder.eval() if point_encoder is not None else None
         self.session = image_session
         self.head = head.eval()
         self.model_config = model_config
@@ -198,7 +201,7 @@ class Localizer:
         session = ImageEncoderSession(
             verify_model_file(model_dir, ONNX_FILE), net.config, providers=providers, intra_op_threads=config.threads
         )
-        return cls(load_map(map_dir), session, net.head, net.config, config)
+        return cls(load_map(map_dir), session, net.head, net.config, config, point_encoder=net.point_encoder)
 
     def localize(
         self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None = None, source: str = "image"
@@ -247,7 +250,12 @@ class Localizer:
         for sid, guess in zip(ids, guesses, strict=True):
             ta = time.perf_counter()
             sub = self.map.submap(int(sid))
-            pts = sub.points.astype(np.float64)
+            if cfg.encode_points_at_runtime:
+                pts, all_feats = self._encode_view(sub, guess, camera)
+                stage["point_encoder"] = stage.get("point_encoder", 0.0) + (time.perf_counter() - ta) * 1e3
+                ta = time.perf_counter()
+            else:
+                pts, all_feats = sub.points.astype(np.float64), sub.features
             keep = np.ones(len(pts), bool)
             if cfg.use_ipr and len(pts):
                 keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
@@ -255,7 +263,7 @@ class Localizer:
             rows = np.flatnonzero(keep)
             if len(rows) > cfg.max_points:  # deterministic, spatially even thinning (rows are voxel-ordered)
                 rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(np.int64)]
-            feats = torch.from_numpy(sub.features[rows].astype(np.float32))
+            feats = torch.from_numpy(np.asarray(all_feats[rows], dtype=np.float32))
             pts = pts[rows]
             if len(pts) == 0:
                 stage["ipr"] += (tb - ta) * 1e3
@@ -312,6 +320,27 @@ class Localizer:
                 **common,
             )
         return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
+
+    @torch.no_grad()
+    def _encode_view(self, sub: Any, guess: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
+        """Point features of the guess camera's view of a submap, computed now, exactly as in training.
+
+        Training encodes each frame's frustum crop (voxelised to the encoder's density, relative to a point near
+        the camera). The encoder's coarse level depends on the crop, so features precomputed over whole submaps
+        differ from what the matcher learned (models/README.md); encoding the guess pose's crop matches training.
+        """
+        from .model.dataset import frustum_mask
+        from .model.point_encoder import voxel_downsample
+
+        if self.point_encoder is None:
+            raise DataError("encode_points_at_runtime needs the point encoder (use Localizer.from_paths)")
+        crop = frustum_mask(sub.points, invert(guess), camera)
+        if crop.sum() < 16:
+            return np.zeros((0, 3)), np.zeros((0, self.model_config.feature_dim), np.float32)
+        pv, rv, _ = voxel_downsample(sub.points[crop], sub.reflectance[crop], self.model_config.point_voxel)
+        local = (pv.astype(np.float64) - guess[:3, 3]).astype(np.float32)
+        out = self.point_encoder(local, rv)
+        return pv.astype(np.float64), out.features.numpy()
 
     def _match(self, feats: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx, px, conf = self.head.match(feats, patch, self.config.min_confidence)

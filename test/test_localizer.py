@@ -81,8 +81,13 @@ def scene(tmp_path_factory):
     return seq, lidar_map
 
 
+def _cfg(**cfg) -> LocalizerConfig:
+    """The oracle lives in the map's stored features, so the run-time point encoding is off here."""
+    return LocalizerConfig(**{"encode_points_at_runtime": False, **cfg})
+
+
 def _localizer(lidar_map, descriptor, **cfg) -> Localizer:
-    return Localizer(lidar_map, FakeSession(descriptor), OracleHead(MC), MC, LocalizerConfig(**cfg))
+    return Localizer(lidar_map, FakeSession(descriptor), OracleHead(MC), MC, _cfg(**cfg))
 
 
 def _errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
@@ -171,7 +176,7 @@ def test_localizer_collapsed_matches_are_degenerate_not_a_pose(scene):
             idx, px, conf = super().match(point_features, patch_features, min_confidence)
             return idx, torch.floor(px / 400) * 400 + 100, conf  # snapped to a handful of pixels
 
-    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), CollapsedHead(MC), MC, LocalizerConfig())
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), CollapsedHead(MC), MC, _cfg())
     res = loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
     assert res.status in (LocalizationStatus.PNP_FAILED,), res.message
     assert not np.isfinite(res.T_map_cam).any()
@@ -214,7 +219,7 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
             conf[~pile] = 0.5
             return idx, px, conf
 
-    cfg = LocalizerConfig(max_matches=1000)
+    cfg = _cfg(max_matches=1000)
     loc = Localizer(lidar_map, FakeSession(np.zeros(128)), PilingHead(MC), MC, cfg)
     res = loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
     assert res.ok, res.message
@@ -224,7 +229,39 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
         FakeSession(np.zeros(128)),
         PilingHead(MC),
         MC,
-        LocalizerConfig(max_matches=1000, max_matches_per_patch=0),
+        _cfg(max_matches=1000, max_matches_per_patch=0),
     )
     res0 = uncapped.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
     assert not res0.ok  # the top 1000 by confidence are all the pile: degenerate
+
+
+def test_localizer_runtime_point_encoding_needs_the_encoder(scene):
+    seq, lidar_map = scene
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, LocalizerConfig())
+    with pytest.raises(DataError, match="point encoder"):
+        loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
+
+
+def test_localizer_runtime_point_encoding_encodes_the_view_like_training(scene):
+    """The guess view's crop at the encoder's density, features from the encoder itself (what training saw)."""
+    from ep2p_loc_ros.model.dataset import frustum_mask
+    from ep2p_loc_ros.model.point_encoder import PointEncoder, voxel_downsample
+
+    seq, lidar_map = scene
+    torch.manual_seed(0)
+    enc = PointEncoder(MC).eval()
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, LocalizerConfig(), point_encoder=enc)
+    T = seq.T_world_cam(FRAME)
+    sub = lidar_map.submap(0)
+    pts, feats = loc._encode_view(sub, T, seq.calib.camera)
+    crop = frustum_mask(sub.points, invert(T), seq.calib.camera)
+    pv, rv, _ = voxel_downsample(sub.points[crop], sub.reflectance[crop], MC.point_voxel)
+    assert pts.shape == (len(pv), 3) and feats.shape == (len(pv), MC.feature_dim)
+    np.testing.assert_allclose(pts, pv, atol=1e-5)
+    with torch.no_grad():
+        ref = enc((pv - T[:3, 3]).astype(np.float32), rv).features.numpy()
+    np.testing.assert_allclose(feats, ref, atol=1e-5)
+    # far from the map there is nothing to encode
+    far = T.copy()
+    far[:3, 3] += [0, 0, 500.0]
+    assert len(loc._encode_view(sub, far, seq.calib.camera)[0]) == 0
