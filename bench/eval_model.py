@@ -70,7 +70,7 @@ def main() -> None:
     full = [r for r in rows if r["variant"] == "full"]
     if full:
         print("\np50 latency per stage (ms), full pipeline:\n")
-        stages = ["preprocess", "image_encoder", "retrieval", "ipr", "matching", "pnp", "total"]
+        stages = ["preprocess", "image_encoder", "retrieval", "point_encoder", "ipr", "matching", "pnp", "total"]
         print("| drive | " + " | ".join(stages) + " |")
         print("|---|" + "---|" * len(stages))
         for r in full:

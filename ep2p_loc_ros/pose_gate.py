@@ -30,6 +30,7 @@ class GateConfig:
     """Thresholds of the quality gate (node parameters ``gate.<field>``)."""
 
     min_inliers: int = 30  # fewer PnP inliers: no pose
+    min_inlier_ratio: float = 0.25  # smaller share of matches that are PnP inliers: no pose (a weak, lucky fit)
     max_position_std_m: float = 2.0  # largest position standard deviation (sqrt of the covariance's eigenvalue)
     max_rotation_std_deg: float = 5.0  # largest rotation standard deviation
     max_jump_sigma: float = 5.0  # jump test: allowed move = sigma * combined std + speed * dt; 0 disables
@@ -41,6 +42,8 @@ class GateConfig:
     def __post_init__(self) -> None:
         if int(self.min_inliers) < 0:
             raise ValueError(f"gate.min_inliers must be >= 0, got {self.min_inliers}")
+        if not 0.0 <= self.min_inlier_ratio <= 1.0:
+            raise ValueError(f"gate.min_inlier_ratio must be in [0, 1], got {self.min_inlier_ratio}")
         for name in ("max_position_std_m", "max_rotation_std_deg", "max_speed_mps", "max_angular_speed_dps"):
             value = getattr(self, name)
             if not value > 0:  # also refuses NaN
@@ -77,7 +80,10 @@ class PoseGate:
         self._candidate: tuple[np.ndarray, np.ndarray, float] | None = None  # latest held pose
         self._confirmations = 0  # poses in a row, ending with the candidate, that agree with each other
 
-    def check(self, T_map_cam: np.ndarray, covariance: np.ndarray, num_inliers: int, stamp_s: float) -> GateDecision:
+    def check(
+        self, T_map_cam: np.ndarray, covariance: np.ndarray, num_inliers: int, stamp_s: float, num_matches: int = 0
+    ) -> GateDecision:
+        """Accept or refuse one pose; ``num_matches`` (when known) enables the inlier-ratio test."""
         cfg = self.config
         T = np.asarray(T_map_cam, dtype=np.float64)
         cov = np.asarray(covariance, dtype=np.float64)
@@ -85,6 +91,11 @@ class PoseGate:
             return GateDecision(False, "pose is not a finite 4x4 matrix")
         if num_inliers < cfg.min_inliers:
             return GateDecision(False, f"too few inliers: {num_inliers} < gate.min_inliers {cfg.min_inliers}")
+        if num_matches > 0 and num_inliers / num_matches < cfg.min_inlier_ratio:
+            ratio = num_inliers / num_matches
+            return GateDecision(
+                False, f"inlier ratio too low: {ratio:.2f} < gate.min_inlier_ratio {cfg.min_inlier_ratio}"
+            )
         if cov.shape != (6, 6) or not np.isfinite(cov).all():
             return GateDecision(False, "covariance is not a finite 6x6 matrix")
         pos_std = _max_std(cov[:3, :3])

@@ -118,3 +118,16 @@ def test_pose_gate_confirmation_of_one_accepts_immediately():
     assert gate.check(_pose(0.0), COV, 100, 0.0).accepted
     d = gate.check(_pose(500.0), COV, 100, 0.1)
     assert d.accepted and "re-anchored" in d.reason
+
+
+def test_pose_gate_refuses_a_low_inlier_ratio():
+    from ep2p_loc_ros.pose_gate import GateConfig, PoseGate
+
+    gate = PoseGate(GateConfig(min_inlier_ratio=0.25))
+    T, cov = np.eye(4), np.eye(6) * 1e-4
+    d = gate.check(T, cov, 100, 0.0, num_matches=1000)
+    assert not d.accepted and "inlier ratio too low: 0.10" in d.reason
+    assert gate.check(T, cov, 300, 0.1, num_matches=1000).accepted
+    assert gate.check(T, cov, 100, 0.2).accepted  # no match count: no ratio test
+    with pytest.raises(ValueError, match="min_inlier_ratio"):
+        GateConfig(min_inlier_ratio=1.5)

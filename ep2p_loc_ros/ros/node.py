@@ -404,7 +404,9 @@ class LocalizationNode(LifecycleNode):
             reason = f"{result.status.value}: {result.message}"
             self._reject(frame, level, "no pose", f"{outside}; {reason}" if outside else reason, extra)
             return
-        decision = self._gate.check(result.T_map_cam, result.covariance, result.num_inliers, stamp_s)
+        decision = self._gate.check(
+            result.T_map_cam, result.covariance, result.num_inliers, stamp_s, num_matches=result.num_matches
+        )
         extra.update(position_std_m=decision.position_std_m, rotation_std_deg=decision.rotation_std_deg)
         if not decision.accepted:
             self._tracking_failed()

@@ -138,6 +138,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
 
 _GATE_DESCRIPTIONS = {
     "min_inliers": "quality gate: fewest PnP inliers for a pose",
+    "min_inlier_ratio": "quality gate: smallest share of the matches that are PnP inliers",
     "max_position_std_m": "quality gate: m, largest position standard deviation",
     "max_rotation_std_deg": "quality gate: deg, largest rotation standard deviation",
     "max_jump_sigma": "quality gate: allowed jump = sigma * combined std + speed * dt (0 disables)",
