@@ -25,7 +25,7 @@ from .model.heads import MatchingHead
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 
-__all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig"]
+__all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,38 @@ class LocalizationResult:
 
 def _failure(status: LocalizationStatus, message: str, **kw: Any) -> LocalizationResult:
     return LocalizationResult(status, message, np.full((4, 4), np.nan), np.full((6, 6), np.nan), **kw)
+
+
+def result_from_pnp(
+    est: PoseEstimate,
+    points: np.ndarray,
+    pixels: np.ndarray,
+    timings_ms: dict[str, float],
+    min_inlier_cells: int = 0,
+    **kw: Any,
+) -> LocalizationResult:
+    """The result of a PnP on matched ``points`` / ``pixels``: OK, or PNP_FAILED (PnP's status, or inliers so
+    concentrated in the image that the pose is degenerate: fewer than ``min_inlier_cells`` 32x32 px cells)."""
+    common = dict(
+        num_matches=len(points),
+        num_inliers=est.num_inliers,
+        timings_ms=timings_ms,
+        matched_points=points,
+        matched_pixels=pixels,
+        inlier_mask=est.inlier_mask,
+        **kw,
+    )
+    if not est.ok:
+        return _failure(LocalizationStatus.PNP_FAILED, f"PnP: {est.status.value}: {est.message}", **common)
+    cells = _occupied_cells(pixels[est.inlier_mask])
+    if cells < min_inlier_cells:
+        # Matches collapsed onto a few look-alike patches: PnP then "explains" them with a camera far away.
+        return _failure(
+            LocalizationStatus.PNP_FAILED,
+            f"PnP inliers fall in {cells} image cells (< {min_inlier_cells}): degenerate",
+            **common,
+        )
+    return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
 
 
 def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, cap: int) -> torch.Tensor:
@@ -299,27 +331,7 @@ class Localizer:
                 retrieved=retrieved,
             )
         est, sid, X, px = best
-        common = dict(
-            num_matches=len(X),
-            num_inliers=est.num_inliers,
-            submap_id=sid,
-            retrieved=retrieved,
-            timings_ms=timings,
-            matched_points=X,
-            matched_pixels=px,
-            inlier_mask=est.inlier_mask,
-        )
-        if not est.ok:
-            return _failure(LocalizationStatus.PNP_FAILED, f"PnP: {est.status.value}: {est.message}", **common)
-        cells = _occupied_cells(px[est.inlier_mask])
-        if cells < cfg.min_inlier_cells:
-            # Matches collapsed onto a few look-alike patches: PnP then "explains" them with a camera far away.
-            return _failure(
-                LocalizationStatus.PNP_FAILED,
-                f"PnP inliers fall in {cells} image cells (< {cfg.min_inlier_cells}): degenerate",
-                **common,
-            )
-        return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
+        return result_from_pnp(est, X, px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
 
     @torch.no_grad()
     def _encode_view(self, sub: Any, guess: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:

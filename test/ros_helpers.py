@@ -425,7 +425,7 @@ class OracleLocalizer:
 
     def localize(self, rgb, camera, T_map_cam_prior=None, source: str = "image"):
         from ep2p_loc_ros.geometry import invert, transform_points
-        from ep2p_loc_ros.localizer import LocalizationResult, LocalizationStatus, _failure
+        from ep2p_loc_ros.localizer import LocalizationStatus, _failure, result_from_pnp
         from ep2p_loc_ros.map import nearest_submaps
         from ep2p_loc_ros.pnp import solve_pnp
 
@@ -450,18 +450,7 @@ class OracleLocalizer:
         out = rng.random(len(px)) < 0.15
         px[out] = rng.uniform([0, 0], [camera.width - 1, camera.height - 1], (int(out.sum()), 2))
         est = solve_pnp(X, px, camera, self.config.pnp)
-        timings = {"total": (time.perf_counter() - t0) * 1e3}
-        common = dict(
-            num_matches=len(X),
-            num_inliers=est.num_inliers,
-            timings_ms=timings,
-            matched_points=X,
-            matched_pixels=px,
-            inlier_mask=est.inlier_mask,
-        )
-        if not est.ok:
-            return _failure(LocalizationStatus.PNP_FAILED, f"PnP: {est.status.value}: {est.message}", **common)
-        return LocalizationResult(LocalizationStatus.OK, "ok", est.T_world_cam, est.covariance, **common)
+        return result_from_pnp(est, X, px, {"total": (time.perf_counter() - t0) * 1e3})
 
 
 FAULTS = ("cuda",)
