@@ -23,8 +23,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +36,9 @@ from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence  # noqa: 
 from ep2p_loc_ros.geometry import PinholeCamera, invert, transform_points  # noqa: E402
 from ep2p_loc_ros.ipr import IPRConfig, visible_mask  # noqa: E402
 from ep2p_loc_ros.map.builder import VoxelAccumulator  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ipr import median_ms  # noqa: E402  (one timing helper for both IPR benches)
 
 KIND_RADIUS = {"outdoor": 80.0, "indoor": 30.0}  # map crop around the camera, m
 
@@ -59,16 +60,6 @@ class EvalSet:
     frames: list[EvalFrame]
     map_points: int  # mean over frames, after the crop
     snap_median_m: float
-
-
-def median_ms(fn: Callable[[], np.ndarray], reps: int) -> tuple[float, np.ndarray]:
-    out = fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), out
 
 
 def generate(kind: str, frames: int, seed: int, root: Path) -> Path:

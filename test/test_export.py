@@ -28,24 +28,13 @@ from ep2p_loc_ros.model.preprocess import prepare_image
 
 ort = pytest.importorskip("onnxruntime")
 
+from test_image_encoder import randomise_batchnorm  # noqa: E402
+
 from ep2p_loc_ros.runtime import CPU, CUDA, ImageEncoderSession, read_onnx_config  # noqa: E402
 
 KITTI_OBJECT = Path(__file__).parent / "data" / "kitti_object"
 PARITY_ATOL = 1e-4
 torch.set_num_threads(2)
-
-
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics and affine terms, so BN folding and every residual branch are exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
 
 
 @pytest.fixture(scope="module")
