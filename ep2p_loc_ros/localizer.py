@@ -342,7 +342,7 @@ class Localizer:
         differ from what the matcher learned (models/README.md); encoding the guess pose's crop matches training.
         """
         from .model.dataset import frustum_mask
-        from .model.point_encoder import voxel_downsample
+        from .model.point_encoder import cell_priority, voxel_downsample
 
         if self.point_encoder is None:
             raise DataError("encode_points_at_runtime needs the point encoder (use Localizer.from_paths)")
@@ -351,7 +351,7 @@ class Localizer:
             return np.zeros((0, 3)), np.zeros((0, self.model_config.feature_dim), np.float32)
         pv, rv, _ = voxel_downsample(sub.points[crop], sub.reflectance[crop], self.model_config.point_voxel)
         local = (pv.astype(np.float64) - guess[:3, 3]).astype(np.float32)
-        out = self.point_encoder(local, rv)
+        out = self.point_encoder(local, rv, priority=cell_priority(pv, self.model_config.point_voxel))
         return pv.astype(np.float64), out.features.numpy()
 
     def _match(self, feats: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

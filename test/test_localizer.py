@@ -245,7 +245,7 @@ def test_localizer_runtime_point_encoding_needs_the_encoder(scene):
 def test_localizer_runtime_point_encoding_encodes_the_view_like_training(scene):
     """The guess view's crop at the encoder's density, features from the encoder itself (what training saw)."""
     from ep2p_loc_ros.model.dataset import frustum_mask
-    from ep2p_loc_ros.model.point_encoder import PointEncoder, voxel_downsample
+    from ep2p_loc_ros.model.point_encoder import PointEncoder, cell_priority, voxel_downsample
 
     seq, lidar_map = scene
     torch.manual_seed(0)
@@ -259,7 +259,7 @@ def test_localizer_runtime_point_encoding_encodes_the_view_like_training(scene):
     assert pts.shape == (len(pv), 3) and feats.shape == (len(pv), MC.feature_dim)
     np.testing.assert_allclose(pts, pv, atol=1e-5)
     with torch.no_grad():
-        ref = enc((pv - T[:3, 3]).astype(np.float32), rv).features.numpy()
+        ref = enc((pv - T[:3, 3]).astype(np.float32), rv, priority=cell_priority(pv, MC.point_voxel)).features.numpy()
     np.testing.assert_allclose(feats, ref, atol=1e-5)
     # far from the map there is nothing to encode
     far = T.copy()

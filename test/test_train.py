@@ -12,6 +12,7 @@ import torch
 from ep2p_loc_ros.model.config import ModelConfig
 from ep2p_loc_ros.model.heads import patch_centers
 from ep2p_loc_ros.model.network import ONNX_FILE, load_network
+from ep2p_loc_ros.model.point_encoder import cell_priority
 from ep2p_loc_ros.model.train import TrainConfig, train
 
 TINY = ModelConfig(
@@ -82,7 +83,8 @@ def test_train_matches_beat_random_correspondences(trained, drive):
     s = sd.sample(1, TINY, np.random.default_rng(0))
     with torch.no_grad():
         patches, _ = net.image_encoder(torch.from_numpy(s.image[None]))
-        feats = net.point_encoder(s.points_local, s.reflectance).features[torch.from_numpy(s.visible)]
+        prio = cell_priority(s.points_map, TINY.point_voxel)
+        feats = net.point_encoder(s.points_local, s.reflectance, priority=prio).features[torch.from_numpy(s.visible)]
         _, px, _ = net.head.match(feats, patches[0])
     uv = torch.from_numpy(s.uv[s.visible])
     inside = (uv[:, 0] >= 0) & (uv[:, 0] < TINY.image_width) & (uv[:, 1] >= 0) & (uv[:, 1] < TINY.image_height)

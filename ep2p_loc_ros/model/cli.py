@@ -18,7 +18,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     cfg = TrainConfig(**overrides)
-    metrics = train(args.sequences, args.out, ModelConfig(), cfg, resume=args.resume, device=args.device)
+    model_config = None if args.init_from else ModelConfig()
+    metrics = train(
+        args.sequences, args.out, model_config, cfg, resume=args.resume, device=args.device, init_from=args.init_from
+    )
     print(json.dumps({"model_dir": str(args.out), "final": metrics}, indent=2))
     return 0
 
@@ -48,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sequences", nargs="+", type=Path, help="KITTI odometry-layout sequence directories")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT.training/checkpoint")
+    p.add_argument(
+        "--init-from",
+        dest="init_from",
+        type=Path,
+        default=None,
+        help="fine-tune: start from this model directory's weights (fresh optimizer and schedule)",
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--steps", type=int, help="optimisation steps")

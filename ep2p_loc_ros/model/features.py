@@ -32,11 +32,11 @@ def submap_feature_fn(model_dir: str | Path, camera: PinholeCamera | None = None
 
     @torch.no_grad()
     def feature_fn(sub: Submap) -> tuple[np.ndarray, np.ndarray]:
-        local = (sub.points.astype(np.float64) - sub.T_map_viewpoint[:3, 3]).astype(np.float32)
-        full = encoder.encode_cloud(local, sub.reflectance)
+        origin = sub.T_map_viewpoint[:3, 3]
+        full = encoder.encode_cloud(sub.points, sub.reflectance, origin)
         view = frustum_mask(sub.points, invert(sub.T_map_viewpoint), cam)
         if view.sum() >= 16:
-            descriptor = encoder.encode_cloud(local[view], sub.reflectance[view]).global_descriptor
+            descriptor = encoder.encode_cloud(sub.points[view], sub.reflectance[view], origin).global_descriptor
         else:
             descriptor = full.global_descriptor
         return full.features.numpy().astype(np.float32), descriptor.numpy().astype(np.float32)

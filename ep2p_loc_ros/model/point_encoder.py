@@ -23,9 +23,11 @@ A vector-attention layer computes, for point i and its k neighbours j,
 ``y_i = Σ_j softmax_j(γ(q_i − k_j + δ_ij)) ⊙ (v_j + δ_ij)`` with ``δ_ij = θ(r_ij)``, an MLP on the invariant
 relative-position features ``r_ij``; the softmax runs over the k neighbours per channel.
 
-The coarse level is not a voxel grid on purpose: a grid anchored to map axes changes which points share a cell
-when the map is translated or rotated, which would break the invariance above. The independent set depends only
-on the kNN graph and a fixed hash of the point index, so it moves with the points.
+The coarse level is not a coarse voxel grid: its points are an independent set of the kNN graph, so coarse
+neighbourhoods follow the surfaces. Which points win is decided by a hash of each point's map voxel cell
+(``cell_priority``), not by its row: rows change with the crop, and then map-time features (whole submaps) would
+disagree with training-time ones (frustum crops). The hash is fixed to the map grid, which ``voxel_downsample``
+already is; the network sees only the invariant inputs, so it still generalises over headings.
 
 The kNN graph is built once for all points (scipy ``cKDTree``); attention is evaluated for chunks of query points,
 so memory stays bounded on 200k-point submaps, and chunked and unchunked outputs are identical.
@@ -53,6 +55,7 @@ __all__ = [
     "PointEncoderOutput",
     "PointGraph",
     "build_point_graph",
+    "cell_priority",
     "voxel_downsample",
 ]
 
@@ -232,20 +235,41 @@ def _level_features(
     return geometry, pairs
 
 
-def _priority(n: int) -> np.ndarray:
-    """A fixed pseudo-random order of point indices (Knuth's multiplicative hash, a bijection modulo 2^32)."""
-    return (np.arange(n, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+def cell_priority(points: np.ndarray, voxel: float) -> np.ndarray:
+    """A pseudo-random rank in [0, 2^62) for each point, from the integer ``voxel`` cell it lies in.
+
+    The coarse level keeps the points that outrank their neighbours, so this rank decides which points carry the
+    coarse features. It must belong to the *place*, not to the point's row: a row index changes with the crop and
+    the order of a point set, and then features computed over a whole submap (map time) and over a frame's
+    frustum crop (training) disagree. Pass map-frame points (where ``voxel_downsample`` anchors its grid) and
+    every crop of the map ranks a voxel the same. splitmix64's finaliser over a mix of the three cell indices.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    cells = np.floor(pts / voxel).astype(np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (
+            cells[:, 0] * np.uint64(0x9E3779B97F4A7C15)
+            ^ cells[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)
+            ^ cells[:, 2] * np.uint64(0x165667B19E3779F9)
+        )
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return (h >> np.uint64(2)).astype(np.int64)
 
 
-def _independent_set(nbr: np.ndarray, max_rounds: int = 64) -> np.ndarray:
-    """Coarse points: a greedy independent set of the kNN graph, in rounds, by a fixed index priority.
+def _independent_set(nbr: np.ndarray, priority: np.ndarray, max_rounds: int = 64) -> np.ndarray:
+    """Coarse points: a greedy independent set of the kNN graph, in rounds, by ``priority`` (``cell_priority``).
 
     In each round an undecided point is chosen if it outranks every undecided point in its neighbourhood and no
     point chosen in the same round has it as a neighbour; the chosen points' neighbours (both directions) are then
-    covered. Depends only on the graph and the indices, so it is invariant to rigid motions of the points.
+    covered. Depends only on the graph and the priorities, not on the order or the crop of the points (away from
+    the crop's border, where the graph itself differs).
     """
     n = len(nbr)
-    pr = _priority(n).astype(np.int64)
+    pr = np.asarray(priority, dtype=np.int64)
     undecided = np.ones(n, dtype=bool)
     chosen = np.zeros(n, dtype=bool)
     rows = np.arange(n)[:, None]
@@ -272,13 +296,21 @@ def build_point_graph(
     reflectance: np.ndarray | torch.Tensor,
     config: ModelConfig,
     workers: int | None = None,
+    priority: np.ndarray | None = None,
 ) -> PointGraph:
     """kNN graphs (fine and coarse), invariant input features, pooling and interpolation indices.
 
     ``points`` (N, 3) in metres relative to the submap's reference viewpoint, map axes (z up), at about
-    ``config.point_voxel`` density; ``reflectance`` (N,) in [0, 1]. Raises ValueError on empty or non-finite input.
+    ``config.point_voxel`` density; ``reflectance`` (N,) in [0, 1]. ``priority`` (N,) ranks the points for the
+    coarse level: pass ``cell_priority`` of the *map-frame* points when ``points`` are relative to a viewpoint
+    that moves (training jitters it); the default ranks by the cells of ``points`` themselves.
+    Raises ValueError on empty or non-finite input.
     """
     pts, refl = _validate(points, reflectance)
+    if priority is None:
+        priority = cell_priority(pts, config.point_voxel)
+    elif np.shape(priority) != (len(pts),):
+        raise ValueError(f"priority must have shape ({len(pts)},), got {np.shape(priority)}")
     workers = workers or torch.get_num_threads()
     voxel = config.point_voxel
     pts32 = torch.from_numpy(pts.astype(np.float32))
@@ -286,7 +318,7 @@ def build_point_graph(
     _, nbr = _knn(pts, config.point_neighbors, workers)
     fine = _Level(*_level_features(pts32, refl32, nbr, voxel), nbr)
 
-    sel = _independent_set(nbr.numpy())
+    sel = _independent_set(nbr.numpy(), priority)
     cpts = pts[sel]
     ctree, cnbr = _knn(cpts, config.point_neighbors, workers)
     sel_t = torch.from_numpy(sel)
@@ -412,9 +444,12 @@ class PointEncoder(nn.Module):
         points: np.ndarray | torch.Tensor,
         reflectance: np.ndarray | torch.Tensor,
         chunk_size: int = DEFAULT_CHUNK,
+        priority: np.ndarray | None = None,
     ) -> PointEncoderOutput:
-        """Encode points already at ``point_voxel`` density (see ``build_point_graph`` for the frame)."""
-        return self.forward_graph(build_point_graph(points, reflectance, self.config), chunk_size)
+        """Encode points already at ``point_voxel`` density (see ``build_point_graph`` for the frame and
+        ``priority``)."""
+        graph = build_point_graph(points, reflectance, self.config, priority=priority)
+        return self.forward_graph(graph, chunk_size)
 
     def forward_graph(self, graph: PointGraph, chunk_size: int = DEFAULT_CHUNK) -> PointEncoderOutput:
         if chunk_size < 1:
@@ -442,12 +477,19 @@ class PointEncoder(nn.Module):
 
     @torch.no_grad()
     def encode_cloud(
-        self, points: np.ndarray, reflectance: np.ndarray, chunk_size: int = DEFAULT_CHUNK
+        self,
+        points_map: np.ndarray,
+        reflectance: np.ndarray,
+        origin: np.ndarray | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
     ) -> PointEncoderOutput:
-        """Encode a raw cloud of any density: voxel-downsample, encode, and give every input point its voxel's
-        features (map building)."""
-        pv, rv, inverse = voxel_downsample(points, reflectance, self.config.point_voxel)
-        out = self.forward(pv, rv, chunk_size)
+        """Encode a raw map-frame cloud of any density relative to ``origin`` (the submap viewpoint, map frame):
+        voxel-downsample on the map's grid, rank voxels by their map cell, encode, and give every input point its
+        voxel's features. The same steps as a training frame, so map-time and training-time features agree."""
+        pv, rv, inverse = voxel_downsample(points_map, reflectance, self.config.point_voxel)
+        o = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(3)
+        local = (pv.astype(np.float64) - o).astype(np.float32)
+        out = self.forward(local, rv, chunk_size, priority=cell_priority(pv, self.config.point_voxel))
         return PointEncoderOutput(
             out.features[torch.from_numpy(inverse).to(out.features.device)], out.global_descriptor
         )
