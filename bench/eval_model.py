@@ -17,7 +17,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 DRIVES = {"outdoor": (900, 60), "indoor": (901, 40)}  # kind -> (world seed, frames)
-ABLATIONS = {"full": {}, "no IPR": {"use_ipr": False}, "no pixel refinement": {"refine_pixels": False}}
+ABLATIONS = {
+    "full": {},
+    "no IPR": {"use_ipr": False},
+    "no pixel refinement": {"refine_pixels": False},
+    "map features": {"encode_points_at_runtime": False},
+    "run-time point encoding": {"encode_points_at_runtime": True},
+}
 
 
 def main() -> None:
@@ -32,6 +38,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=ROOT / "models")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
     ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
+    ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    ap.add_argument("--stride", type=int, default=1, help="localize every n-th frame only (quick looks)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -46,9 +54,10 @@ def main() -> None:
         spacing = 10.0 if kind == "outdoor" else 4.0
         lidar_map = build_map(seq_dir, MapBuildParams(spacing=spacing), submap_feature_fn(args.model, camera))
         save_map(lidar_map, map_dir)
-        for name, overrides in ABLATIONS.items():
+        for name in args.variants:
+            overrides = ABLATIONS[name]
             loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig(**overrides))
-            summary = evaluate_sequence(loc, seq_dir, progress=not args.json).summary()
+            summary = evaluate_sequence(loc, seq_dir, stride=args.stride, progress=not args.json).summary()
             rows.append({"drive": f"{kind} (seed {seed})", "variant": name, **summary})
     if args.json:
         print(json.dumps(rows, indent=2, default=float))

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .geometry import PinholeCamera, invert
+from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .model.config import ModelConfig
-from .model.heads import MatchingHead
+from .model.heads import MatchingHead, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 
@@ -43,6 +43,11 @@ class LocalizerConfig:
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
     encode_points_at_runtime: bool = True  # encode the guess view's points now (as in training) instead of the map's
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
+    prior_radius_px: float = (
+        96.0  # with a prior pose, match each point within this radius of where the prior projects it (0: whole image)
+    )
+    guided_rounds: int = 2  # re-match around the pose found, each point within a window of where it projects
+    guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
@@ -166,24 +171,13 @@ def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, ca
 
     Why: a weak matcher sends many points to the same few look-alike patches; those piles dominate RANSAC's
     consensus (a camera far away "explains" them all). One or a few matches per patch keeps the spread ones.
+    The model's head already caps before refining; this applies the same rule to any head's pixels.
     """
     rows, cols = mc.grid_size
     s = mc.patch_stride
     col = torch.clamp(torch.floor((px_net[:, 0] + 0.5) / s), 0, cols - 1).long()
     row = torch.clamp(torch.floor((px_net[:, 1] + 0.5) / s), 0, rows - 1).long()
-    patch = row * cols + col
-    order = torch.argsort(conf, descending=True, stable=True)
-    ranked = patch[order]
-    # rank of each match within its patch, in confidence order
-    sort_p = torch.argsort(ranked, stable=True)
-    sorted_patch = ranked[sort_p]
-    start = torch.ones_like(sorted_patch, dtype=torch.bool)
-    start[1:] = sorted_patch[1:] != sorted_patch[:-1]
-    first = torch.cummax(torch.where(start, torch.arange(len(start)), torch.zeros_like(sorted_patch)), 0).values
-    rank_sorted = torch.arange(len(start)) - first
-    rank = torch.empty_like(rank_sorted)
-    rank[sort_p] = rank_sorted
-    return order[rank < cap]
+    return top_per_group(row * cols + col, conf, cap)
 
 
 def _occupied_cells(pixels: np.ndarray, cell: float = 32.0) -> int:
@@ -278,48 +272,26 @@ class Localizer:
 
         best: tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None = None
         stage = {"ipr": 0.0, "matching": 0.0, "pnp": 0.0}
-        total_matches = 0
+        first_radius = cfg.prior_radius_px if T_map_cam_prior is not None and cfg.prior_radius_px > 0 else None
         for sid, guess in zip(ids, guesses, strict=True):
-            ta = time.perf_counter()
-            sub = self.map.submap(int(sid))
-            if cfg.encode_points_at_runtime:
-                pts, all_feats = self._encode_view(sub, guess, camera)
-                stage["point_encoder"] = stage.get("point_encoder", 0.0) + (time.perf_counter() - ta) * 1e3
-                ta = time.perf_counter()
-            else:
-                pts, all_feats = sub.points.astype(np.float64), sub.features
-            keep = np.ones(len(pts), bool)
-            if cfg.use_ipr and len(pts):
-                keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
-            tb = time.perf_counter()
-            rows = np.flatnonzero(keep)
-            if len(rows) > cfg.max_points:  # deterministic, spatially even thinning (rows are voxel-ordered)
-                rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(np.int64)]
-            feats = torch.from_numpy(np.asarray(all_feats[rows], dtype=np.float32))
-            pts = pts[rows]
-            if len(pts) == 0:
-                stage["ipr"] += (tb - ta) * 1e3
-                continue
-            idx, px_net, conf = self._match(feats, patch)
-            if cfg.max_matches_per_patch > 0 and len(idx):
-                keep_m = _cap_per_patch(px_net, conf, self.model_config, cfg.max_matches_per_patch)
-                idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]
-            if len(idx) > cfg.max_matches:
-                top = torch.argsort(conf, descending=True)[: cfg.max_matches]
-                idx, px_net, conf = idx[top], px_net[top], conf[top]
-            # network-image pixels -> original image pixels (inverse of the per-axis resize)
-            sx, sy = cam_net.width / camera.width, cam_net.height / camera.height
-            px = (px_net.numpy().astype(np.float64) + 0.5) / [sx, sy] - 0.5
-            X = pts[idx.numpy()]
-            tc = time.perf_counter()
-            est = solve_pnp(X, px, camera, cfg.pnp, weights=conf.numpy().astype(np.float64))
-            td = time.perf_counter()
-            stage["ipr"] += (tb - ta) * 1e3
-            stage["matching"] += (tc - tb) * 1e3
-            stage["pnp"] += (td - tc) * 1e3
-            total_matches += len(idx)
-            if best is None or (est.ok, est.num_inliers) > (best[0].ok, best[0].num_inliers):
-                best = (est, int(sid), X, px)
+            view = self._solve_view(self.map.submap(int(sid)), guess, camera, cam_net, patch, stage, first_radius)
+            if view is not None and (
+                best is None or (view[0].ok, view[0].num_inliers) > (best[0].ok, best[0].num_inliers)
+            ):
+                best = (view[0], int(sid), view[1], view[2])
+        # Guided rounds: match again from the pose just found, each point only against the patches near where
+        # that pose projects it. Look-alike patches elsewhere in the image can no longer win, so matches that
+        # RANSAC could not untangle globally become consistent; each round can only move the pose locally.
+        for r in range(cfg.guided_rounds):
+            if best is None or not best[0].ok:
+                break
+            radius = cfg.guided_radius_px / 2**r
+            view = self._solve_view(
+                self.map.submap(best[1]), best[0].T_world_cam, camera, cam_net, patch, stage, radius=radius
+            )
+            if view is None or not view[0].ok:
+                break
+            best = (view[0], best[1], view[1], view[2])
         timings.update(stage)
         timings["total"] = (time.perf_counter() - t0) * 1e3
         retrieved = tuple(int(i) for i in ids)
@@ -332,6 +304,59 @@ class Localizer:
             )
         est, sid, X, px = best
         return result_from_pnp(est, X, px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
+
+    def _solve_view(
+        self,
+        sub: Any,
+        guess: np.ndarray,
+        camera: PinholeCamera,
+        cam_net: PinholeCamera,
+        patch: torch.Tensor,
+        stage: dict[str, float],
+        radius: float | None = None,
+    ) -> tuple[PoseEstimate, np.ndarray, np.ndarray] | None:
+        """One submap seen from ``guess``: IPR, matching (within ``radius`` network pixels of where ``guess``
+        projects each point, when given), PnP. Returns (estimate, matched points, original-image pixels), or
+        None when no point is visible. Adds each stage's milliseconds to ``stage``."""
+        cfg = self.config
+        ta = time.perf_counter()
+        if cfg.encode_points_at_runtime:
+            pts, all_feats = self._encode_view(sub, guess, camera)
+            stage["point_encoder"] = stage.get("point_encoder", 0.0) + (time.perf_counter() - ta) * 1e3
+            ta = time.perf_counter()
+        else:
+            pts, all_feats = sub.points.astype(np.float64), sub.features
+        keep = np.ones(len(pts), bool)
+        if cfg.use_ipr and len(pts):
+            keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
+        tb = time.perf_counter()
+        stage["ipr"] += (tb - ta) * 1e3
+        rows = np.flatnonzero(keep)
+        if len(rows) > cfg.max_points:  # deterministic, spatially even thinning (rows are voxel-ordered)
+            rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(np.int64)]
+        if len(rows) == 0:
+            return None
+        feats = torch.from_numpy(np.asarray(all_feats[rows], dtype=np.float32))
+        pts = pts[rows]
+        expected = None
+        if radius is not None:
+            expected = torch.from_numpy(cam_net.project(transform_points(invert(guess), pts)).uv.astype(np.float32))
+        idx, px_net, conf = self._match(feats, patch, expected, radius)
+        if cfg.max_matches_per_patch > 0 and len(idx):
+            keep_m = _cap_per_patch(px_net, conf, self.model_config, cfg.max_matches_per_patch)
+            idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]
+        if len(idx) > cfg.max_matches:
+            top = torch.argsort(conf, descending=True)[: cfg.max_matches]
+            idx, px_net, conf = idx[top], px_net[top], conf[top]
+        # network-image pixels -> original image pixels (inverse of the per-axis resize)
+        sx, sy = cam_net.width / camera.width, cam_net.height / camera.height
+        px = (px_net.numpy().astype(np.float64) + 0.5) / [sx, sy] - 0.5
+        X = pts[idx.numpy()]
+        tc = time.perf_counter()
+        est = solve_pnp(X, px, camera, cfg.pnp, weights=conf.numpy().astype(np.float64))
+        stage["matching"] += (tc - tb) * 1e3
+        stage["pnp"] += (time.perf_counter() - tc) * 1e3
+        return est, X, px
 
     @torch.no_grad()
     def _encode_view(self, sub: Any, guess: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
@@ -354,11 +379,20 @@ class Localizer:
         out = self.point_encoder(local, rv, priority=cell_priority(pv, self.model_config.point_voxel))
         return pv.astype(np.float64), out.features.numpy()
 
-    def _match(self, feats: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx, px, conf = self.head.match(feats, patch, self.config.min_confidence)
-        if not self.config.refine_pixels:  # ablation: the centre of the chosen patch
-            from .model.heads import patch_centers
-
-            logits = self.head.patch_logits(feats[idx], patch)
-            px = patch_centers(self.model_config)[logits[:, :-1].argmax(1)]
+    def _match(
+        self,
+        feats: torch.Tensor,
+        patch: torch.Tensor,
+        expected: torch.Tensor | None = None,
+        radius: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        limits = (cfg.min_confidence, cfg.max_matches_per_patch, cfg.max_matches)
+        if expected is None:
+            idx, px, conf = self.head.match(feats, patch, *limits)
+        else:
+            idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius)
+        if not cfg.refine_pixels:  # ablation: the centre of the chosen patch (the refined pixel lies inside it)
+            s = self.model_config.patch_stride
+            px = torch.floor((px + 0.5) / s) * s + (s - 1) / 2
         return idx, px, conf

@@ -33,6 +33,57 @@ def test_heads_refine_returns_pixels_inside_the_chosen_patch():
     assert bool(((px >= corner) & (px <= corner + 7)).all())
 
 
+def test_heads_match_caps_before_refining_and_keeps_the_same_matches():
+    """Capping inside ``match`` (before the pixel MLP, for speed) keeps exactly the matches a cap applied
+    afterwards would keep, with the same pixels and confidences."""
+    from ep2p_loc_ros.model.heads import top_per_group
+
+    torch.manual_seed(1)
+    head = MatchingHead(CFG)
+    pf = torch.nn.functional.normalize(torch.randn(16, 8, 12), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(400, 16), dim=1)
+    idx_all, px_all, conf_all = head.match(pts, pf)
+    assert len(idx_all) == 400 and bool(((conf_all > 0) & (conf_all <= 1)).all())
+    patch_all = (px_all[:, 1] // 8) * 12 + px_all[:, 0] // 8
+    for cap, limit in ((1, 0), (2, 0), (2, 50), (0, 30)):
+        idx, px, conf = head.match(pts, pf, max_per_patch=cap, max_matches=limit)
+        ref = top_per_group(patch_all, conf_all, cap) if cap else torch.arange(400)
+        if limit:
+            ref = ref[torch.argsort(conf_all[ref], descending=True)[:limit]]
+        assert sorted(idx.tolist()) == sorted(idx_all[ref].tolist())
+        order = torch.argsort(idx)
+        ref_sorted = ref[torch.argsort(idx_all[ref])]
+        torch.testing.assert_close(px[order], px_all[ref_sorted])
+        torch.testing.assert_close(conf[order], conf_all[ref_sorted])
+        if cap:
+            counts = torch.bincount(((px[:, 1] // 8) * 12 + px[:, 0] // 8).long())
+            assert int(counts.max()) <= cap
+
+
+def test_heads_guided_match_stays_inside_the_window():
+    torch.manual_seed(2)
+    head = MatchingHead(CFG)
+    pf = torch.nn.functional.normalize(torch.randn(16, 8, 12), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(300, 16), dim=1)
+    idx_g, px_g, conf_g = head.match(pts, pf)
+    expected = torch.rand(300, 2) * torch.tensor([96.0, 64.0])
+    expected[:20] = torch.tensor([500.0, 500.0])  # far outside the image: no patch in reach, no match
+    idx, px, conf = head.match(pts, pf, expected=expected, radius=12.0)
+    assert len(idx) == 280 and not bool((idx < 20).any())
+    centres = patch_centers(CFG)
+    chosen = ((px[:, 1] // 8) * 12 + px[:, 0] // 8).long()
+    assert bool(((centres[chosen] - expected[idx]).norm(dim=1) <= 12.0).all())
+    # where the global winner is in the window it still wins, with at least its global confidence
+    d_global = (centres[((px_g[:, 1] // 8) * 12 + px_g[:, 0] // 8).long()] - expected[idx_g]).norm(dim=1)
+    inside = torch.nonzero(d_global <= 12.0)[:, 0]
+    pos = {int(i): k for k, i in enumerate(idx)}
+    assert len(inside) > 10
+    for i in inside.tolist():
+        k = pos[int(idx_g[i])]
+        torch.testing.assert_close(px[k], px_g[i])
+        assert float(conf[k]) >= float(conf_g[i]) - 1e-6
+
+
 def test_heads_matching_losses_train_patch_and_pixel_classification():
     """Point features that are noisy copies of their patch's feature: both losses fall, accuracy rises."""
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ def _encode_pixels(points: np.ndarray, T_cam_map: np.ndarray, cam_net) -> np.nda
 class OracleHead(MatchingHead):
     """Decodes the true pixels that ``_encode_pixels`` put into the features."""
 
-    def match(self, point_features, patch_features, min_confidence=0.0):
+    def match(self, point_features, patch_features, min_confidence=0.0, max_per_patch=0, max_matches=0, **guide):
         f = point_features.double()
         idx = torch.nonzero(f[:, 0] > 0.5)[:, 0]
         u = f[idx, 1] * 1024 + f[idx, 2]
@@ -172,8 +172,8 @@ def test_localizer_collapsed_matches_are_degenerate_not_a_pose(scene):
     seq, lidar_map = scene
 
     class CollapsedHead(OracleHead):
-        def match(self, point_features, patch_features, min_confidence=0.0):
-            idx, px, conf = super().match(point_features, patch_features, min_confidence)
+        def match(self, point_features, patch_features, *limits, **guide):
+            idx, px, conf = super().match(point_features, patch_features, *limits, **guide)
             return idx, torch.floor(px / 400) * 400 + 100, conf  # snapped to a handful of pixels
 
     loc = Localizer(lidar_map, FakeSession(np.zeros(128)), CollapsedHead(MC), MC, _cfg())
@@ -211,8 +211,8 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
     seq, lidar_map = scene
 
     class PilingHead(OracleHead):
-        def match(self, point_features, patch_features, min_confidence=0.0):
-            idx, px, conf = super().match(point_features, patch_features, min_confidence)
+        def match(self, point_features, patch_features, *limits, **guide):
+            idx, px, conf = super().match(point_features, patch_features, *limits, **guide)
             pile = torch.arange(len(idx)) % 2 == 0
             px[pile] = torch.tensor([300.5, 100.5])
             conf[pile] = 0.9  # the pile is confident, the true matches less so
@@ -265,3 +265,91 @@ def test_localizer_runtime_point_encoding_encodes_the_view_like_training(scene):
     far = T.copy()
     far[:3, 3] += [0, 0, 500.0]
     assert len(loc._encode_view(sub, far, seq.calib.camera)[0]) == 0
+
+
+class CodedSession(FakeSession):
+    """Patch features: a fixed random unit code per patch, so a point's feature can name the patches it matches."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        super().__init__(np.zeros(MC.global_dim))
+        self.codes = codes  # (P, D)
+
+    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = MC.grid_size
+        patch = self.codes.T.reshape(1, MC.feature_dim, rows, cols).astype(np.float32)
+        return patch, self.descriptor[None].astype(np.float32)
+
+
+def test_localizer_prior_guided_matching_rejects_look_alike_patches(scene):
+    """Every point looks a little more like the mirror image of its true patch (the repeated-facade failure),
+    through the real matching head. Matched over the whole image, the mirror wins and no right pose comes out;
+    matched only near where a prior 1 m / 3 degrees off projects each point, the true patch wins and the pose
+    is recovered far closer than the prior was."""
+    from ep2p_loc_ros.geometry import rotvec_to_matrix
+
+    seq, _ = scene
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(MC.num_patches, MC.feature_dim))
+    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+    rows, cols = MC.grid_size
+    T_gt = seq.T_world_cam(FRAME)
+    _, cam_net = prepare_image(seq.image(FRAME), seq.calib.camera, MC)
+
+    def feature_fn(sub):
+        proj = cam_net.project(transform_points(invert(T_gt), sub.points.astype(np.float64)))
+        ok = proj.in_image & (proj.depth > 1.0)
+        uv = np.where(ok[:, None], proj.uv, 0.0)
+        s = MC.patch_stride
+        col = np.clip(np.floor((uv[:, 0] + 0.5) / s), 0, cols - 1).astype(int)
+        row = np.clip(np.floor((uv[:, 1] + 0.5) / s), 0, rows - 1).astype(int)
+        true, mirror = row * cols + col, row * cols + (cols - 1 - col)
+        f = np.where(ok[:, None], 0.9 * codes[true] + codes[mirror], rng.normal(size=(len(ok), MC.feature_dim)))
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32), np.zeros(MC.global_dim, np.float32)
+
+    lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
+    prior = T_gt.copy()
+    prior[:3, :3] = rotvec_to_matrix(np.radians([1.0, 2.5, 1.0])) @ T_gt[:3, :3]
+    prior[:3, 3] += [0.6, -0.3, 0.7]
+    prior_err = _errors(prior, T_gt)
+    session = CodedSession(codes)
+
+    def run(**cfg):
+        loc = Localizer(lidar_map, session, MatchingHead(MC), MC, _cfg(refine_pixels=False, **cfg))
+        return loc.localize(seq.image(FRAME), seq.calib.camera, prior)
+
+    unguided = run(prior_radius_px=0.0, guided_rounds=0)
+    assert not unguided.ok or _errors(unguided.T_map_cam, T_gt)[0] > 2.0
+    guided = run(prior_radius_px=64.0, guided_rounds=2)
+    assert guided.ok, guided.message
+    t_err, r_err = _errors(guided.T_map_cam, T_gt)
+    assert t_err < 0.3 * prior_err[0] and r_err < 0.3 * prior_err[1], (t_err, r_err, prior_err)
+
+
+def test_evaluate_sequence_tracks_from_a_perturbed_prior(scene):
+    """``evaluate_sequence(use_prior, prior_noise)``: priors off by exactly the asked amount, and the oracle
+    still localizes every frame from them (the score is the localizer's, not the prior's)."""
+    from ep2p_loc_ros.evaluation.evaluate import _perturb, evaluate_sequence
+
+    seq, lidar_map = scene
+    T = seq.T_world_cam(FRAME)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        t_err, r_err = _errors(_perturb(T, 1.5, 4.0, rng), T)
+        assert abs(t_err - 1.5) < 1e-9 and abs(r_err - 4.0) < 1e-6
+    seen = []
+
+    class Recording(Localizer):
+        def localize(self, rgb, camera, T_map_cam_prior=None, source="image"):
+            seen.append(T_map_cam_prior)
+            return super().localize(rgb, camera, T_map_cam_prior, source)
+
+    loc = Recording(lidar_map, FakeSession(np.zeros(MC.global_dim)), OracleHead(MC), MC, _cfg())
+    ev = evaluate_sequence(loc, seq, stride=2, use_prior=True, prior_noise=(1.0, 3.0), progress=False)
+    assert len(seen) == 2 and all(p is not None for p in seen)
+    errs = [_errors(p, seq.T_world_cam(f)) for p, f in zip(seen, ev.frames, strict=True)]
+    assert all(abs(e[0] - 1.0) < 1e-9 and abs(e[1] - 3.0) < 1e-6 for e in errs)
+    # The oracle encodes FRAME's pixels, so that frame comes back exact from its 1 m / 3 degree prior.
+    res = ev.results[ev.frames.index(FRAME)]
+    assert res.ok, res.message
+    assert _errors(res.T_map_cam, seq.T_world_cam(FRAME))[0] < 0.02
+    assert ev.summary()["frames"] == 2

@@ -128,7 +128,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.sequence,
         stride=args.stride,
         max_frames=args.max_frames,
-        use_prior=args.use_prior,
+        use_prior=args.use_prior or args.prior_noise is not None,
+        prior_noise=tuple(args.prior_noise or (0.0, 0.0)),
         progress=not args.json,
     )
     summary = ev.summary()
@@ -211,5 +212,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", dest="max_frames", type=int, default=None, help="at most this many frames")
     p.add_argument(
         "--use-prior", dest="use_prior", action="store_true", help="tracking mode: the true pose as the prior"
+    )
+    p.add_argument(
+        "--prior-noise",
+        dest="prior_noise",
+        nargs=2,
+        type=float,
+        metavar=("METRES", "DEGREES"),
+        default=None,
+        help="tracking mode from a wrong prior: the true pose moved and turned by this much in random directions",
     )
     p.set_defaults(func=_cmd_evaluate)

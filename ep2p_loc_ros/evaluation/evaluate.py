@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..datasets.kitti_odometry import KittiOdometrySequence
+from ..geometry import rotvec_to_matrix
 from ..localizer import LocalizationResult, Localizer
 from ..map import nearest_submaps
 from .metrics import nees, pose_errors, recall_table, summarize_errors
@@ -49,6 +50,17 @@ class SequenceEvaluation:
         }
 
 
+def _perturb(T: np.ndarray, metres: float, degrees: float, rng: np.random.Generator) -> np.ndarray:
+    """``T`` moved by ``metres`` in a random direction and turned by ``degrees`` about a random axis."""
+    if metres == 0 and degrees == 0:
+        return T
+    d, axis = rng.normal(size=3), rng.normal(size=3)
+    out = T.copy()
+    out[:3, :3] = rotvec_to_matrix(np.radians(degrees) * axis / np.linalg.norm(axis)) @ T[:3, :3]
+    out[:3, 3] += metres * d / np.linalg.norm(d)
+    return out
+
+
 def evaluate_sequence(
     localizer: Localizer,
     sequence: str | Path | KittiOdometrySequence,
@@ -57,8 +69,13 @@ def evaluate_sequence(
     use_prior: bool = False,
     progress: bool = True,
     retrieval_ks: tuple[int, ...] = (1, 5),
+    prior_noise: tuple[float, float] = (0.0, 0.0),
+    seed: int = 0,
 ) -> SequenceEvaluation:
     """Localize frames ``0, stride, 2·stride, …`` (global localization; ``use_prior`` = tracking from GT).
+
+    ``prior_noise`` (metres, degrees) moves and turns each tracking prior by that much in a random direction and
+    about a random axis, so tracking is scored from a prior as wrong as a drifting odometry would give.
 
     Retrieval recall@k: the submap whose viewpoint is nearest the true camera is among the top-k retrieved.
     """
@@ -71,9 +88,10 @@ def evaluate_sequence(
     camera = seq.calib.camera
     T_gt, T_est, covs, results = [], [], [], []
     hits: dict[int, list[bool]] = {k: [] for k in retrieval_ks}
+    rng = np.random.default_rng(seed)
     for i in tqdm(frames, desc="localize", unit="img", disable=not progress):
         T = seq.T_world_cam(i)
-        prior = T if use_prior else None
+        prior = _perturb(T, *prior_noise, rng) if use_prior else None
         res = localizer.localize(seq.image(i), camera, prior, source=str(seq.image_paths[i]))
         results.append(res)
         T_gt.append(T)

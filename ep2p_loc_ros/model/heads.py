@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["MatchingHead", "patch_centers", "positional_encoding"]
+__all__ = ["MatchingHead", "patch_centers", "positional_encoding", "top_per_group"]
 
 
 def positional_encoding(xy: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -36,6 +36,21 @@ def patch_centers(config: ModelConfig) -> torch.Tensor:
     s = config.patch_stride
     v, u = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     return torch.stack([u.flatten(), v.flatten()], 1).float() * s + (s - 1) / 2
+
+
+def top_per_group(group: torch.Tensor, score: torch.Tensor, cap: int) -> torch.Tensor:
+    """Indices of the ``cap`` highest-scoring entries of each group (e.g. image patch), highest score first."""
+    order = torch.argsort(score, descending=True, stable=True)
+    ranked = group[order]
+    sort_g = torch.argsort(ranked, stable=True)  # rank of each entry within its group, in score order
+    sorted_group = ranked[sort_g]
+    start = torch.ones_like(sorted_group, dtype=torch.bool)
+    start[1:] = sorted_group[1:] != sorted_group[:-1]
+    positions = torch.arange(len(start))
+    first = torch.cummax(torch.where(start, positions, torch.zeros_like(positions)), 0).values
+    rank = torch.empty_like(positions)
+    rank[sort_g] = positions - first
+    return order[rank < cap]
 
 
 class MatchingHead(nn.Module):
@@ -87,7 +102,14 @@ class MatchingHead(nn.Module):
 
     @torch.no_grad()
     def match(
-        self, point_features: torch.Tensor, patch_features: torch.Tensor, min_confidence: float = 0.0
+        self,
+        point_features: torch.Tensor,
+        patch_features: torch.Tensor,
+        min_confidence: float = 0.0,
+        max_per_patch: int = 0,
+        max_matches: int = 0,
+        expected: torch.Tensor | None = None,
+        radius: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run-time matching: indices of matched points, their network-image pixels (K, 2), confidences (K,).
 
@@ -95,9 +117,26 @@ class MatchingHead(nn.Module):
         its confidence is that patch's probability given that the point is in the image (softmax over the patches
         only). Using the "not in this image" class as a hard filter instead would throw away every point whose
         patch mass is spread over a few look-alike patches, which is exactly where PnP's RANSAC does the sorting.
+        ``max_per_patch`` keeps the most confident matches of each patch and ``max_matches`` the most confident
+        overall (0: no limit); both are applied before pixel refinement, so only kept matches pay for the MLP.
+        Guided matching: with ``expected`` (M, 2) pixels and ``radius``, a point may only match patches whose
+        centre lies within ``radius`` of its expected pixel (points with no such patch get no match), and the
+        confidence is the softmax over those patches.
         """
         logits = self.patch_logits(point_features, patch_features)[:, :-1]
-        conf, best = torch.softmax(logits, 1).max(1)
-        idx = torch.nonzero(conf >= min_confidence)[:, 0]
+        candidates = torch.ones(len(logits), dtype=torch.bool)
+        if expected is not None:
+            if radius is None or not radius > 0:
+                raise ValueError(f"guided matching needs a positive radius, got {radius}")
+            near = torch.cdist(expected.to(logits.dtype), patch_centers(self.config).to(logits)) <= radius
+            logits = logits.masked_fill(~near, float("-inf"))
+            candidates = near.any(1)
+        top, best = logits.max(1)
+        conf = torch.exp(top - torch.logsumexp(logits, 1))  # the winning patch's softmax probability
+        idx = torch.nonzero((conf >= min_confidence) & candidates)[:, 0]
+        if max_per_patch > 0:
+            idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]
+        if 0 < max_matches < len(idx):
+            idx = idx[torch.argsort(conf[idx], descending=True)[:max_matches]]
         pixels, _ = self.refine(point_features[idx], patch_features, best[idx])
         return idx, pixels, conf[idx]
