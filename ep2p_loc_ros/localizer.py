@@ -43,9 +43,7 @@ class LocalizerConfig:
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
     encode_points_at_runtime: bool = True  # encode the guess view's points now (as in training) instead of the map's
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
-    prior_radius_px: float = (
-        96.0  # with a prior pose, match each point within this radius of where the prior projects it (0: whole image)
-    )
+    prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
     guided_rounds: int = 2  # re-match around the pose found, each point within a window of where it projects
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
     ipr: IPRConfig = field(default_factory=IPRConfig)
