@@ -21,8 +21,12 @@ ABLATIONS = {
     "full": {},
     "no IPR": {"use_ipr": False},
     "no pixel refinement": {"refine_pixels": False},
+    "no guided rounds": {"guided_rounds": 0},
     "map features": {"encode_points_at_runtime": False},
     "run-time point encoding": {"encode_points_at_runtime": True},
+    # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
+    "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
+    "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0, "guided_rounds": 0},
 }
 
 
@@ -40,6 +44,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
     ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--stride", type=int, default=1, help="localize every n-th frame only (quick looks)")
+    ap.add_argument("--map-cache", type=Path, default=None, help="where maps go (default: --cache; one per model)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -49,15 +54,23 @@ def main() -> None:
         seq_dir = args.cache / f"{kind}-seed{seed}-{frames}f"
         if not (seq_dir / "sim.json").exists():
             generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
-        map_dir = args.cache / f"map-{seq_dir.name}"
+        map_dir = (args.map_cache or args.cache) / f"map-{seq_dir.name}"
         camera = KittiOdometrySequence(seq_dir).calib.camera
         spacing = 10.0 if kind == "outdoor" else 4.0
         lidar_map = build_map(seq_dir, MapBuildParams(spacing=spacing), submap_feature_fn(args.model, camera))
         save_map(lidar_map, map_dir)
         for name in args.variants:
-            overrides = ABLATIONS[name]
+            overrides = dict(ABLATIONS[name])
+            noise = overrides.pop("prior_noise", None)
             loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig(**overrides))
-            summary = evaluate_sequence(loc, seq_dir, stride=args.stride, progress=not args.json).summary()
+            summary = evaluate_sequence(
+                loc,
+                seq_dir,
+                stride=args.stride,
+                use_prior=noise is not None,
+                prior_noise=noise or (0.0, 0.0),
+                progress=not args.json,
+            ).summary()
             rows.append({"drive": f"{kind} (seed {seed})", "variant": name, **summary})
     if args.json:
         print(json.dumps(rows, indent=2, default=float))

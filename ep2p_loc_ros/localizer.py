@@ -271,8 +271,11 @@ class Localizer:
         best: tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None = None
         stage = {"ipr": 0.0, "matching": 0.0, "pnp": 0.0}
         first_radius = cfg.prior_radius_px if T_map_cam_prior is not None and cfg.prior_radius_px > 0 else None
+        encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # run-time point features, once per submap
         for sid, guess in zip(ids, guesses, strict=True):
-            view = self._solve_view(self.map.submap(int(sid)), guess, camera, cam_net, patch, stage, first_radius)
+            view = self._solve_view(
+                self.map.submap(int(sid)), guess, camera, cam_net, patch, stage, first_radius, encoded
+            )
             if view is not None and (
                 best is None or (view[0].ok, view[0].num_inliers) > (best[0].ok, best[0].num_inliers)
             ):
@@ -285,7 +288,7 @@ class Localizer:
                 break
             radius = cfg.guided_radius_px / 2**r
             view = self._solve_view(
-                self.map.submap(best[1]), best[0].T_world_cam, camera, cam_net, patch, stage, radius=radius
+                self.map.submap(best[1]), best[0].T_world_cam, camera, cam_net, patch, stage, radius, encoded
             )
             if view is None or not view[0].ok:
                 break
@@ -312,14 +315,20 @@ class Localizer:
         patch: torch.Tensor,
         stage: dict[str, float],
         radius: float | None = None,
+        encoded: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> tuple[PoseEstimate, np.ndarray, np.ndarray] | None:
         """One submap seen from ``guess``: IPR, matching (within ``radius`` network pixels of where ``guess``
         projects each point, when given), PnP. Returns (estimate, matched points, original-image pixels), or
-        None when no point is visible. Adds each stage's milliseconds to ``stage``."""
+        None when no point is visible. Adds each stage's milliseconds to ``stage``. With run-time point encoding,
+        ``encoded`` keeps each submap's encoding for the frame's later rounds (the features of a point do not
+        depend on the crop, so the first guess's crop serves the refined pose too)."""
         cfg = self.config
         ta = time.perf_counter()
         if cfg.encode_points_at_runtime:
-            pts, all_feats = self._encode_view(sub, guess, camera)
+            cache = {} if encoded is None else encoded
+            if sub.id not in cache:
+                cache[sub.id] = self._encode_view(sub, guess, camera)
+            pts, all_feats = cache[sub.id]
             stage["point_encoder"] = stage.get("point_encoder", 0.0) + (time.perf_counter() - ta) * 1e3
             ta = time.perf_counter()
         else:

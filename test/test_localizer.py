@@ -353,3 +353,29 @@ def test_evaluate_sequence_tracks_from_a_perturbed_prior(scene):
     assert res.ok, res.message
     assert _errors(res.T_map_cam, seq.T_world_cam(FRAME))[0] < 0.02
     assert ev.summary()["frames"] == 2
+
+
+def test_localizer_encodes_each_submap_once_per_frame(scene):
+    """Guided rounds reuse the run-time point encoding of their submap (the slow stage) instead of redoing it."""
+    from ep2p_loc_ros.model.point_encoder import PointEncoder, PointEncoderOutput
+
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    _, cam_net = prepare_image(seq.image(FRAME), seq.calib.camera, MC)
+    calls = []
+
+    class OracleEncoder(PointEncoder):
+        """Encodes the true pixels (the prior is the true pose, so its translation undoes the local frame)."""
+
+        def forward(self, points, reflectance, chunk_size=4096, priority=None):
+            calls.append(len(points))
+            pts = np.asarray(points, np.float64) + T_gt[:3, 3]
+            feats = torch.from_numpy(_encode_pixels(pts, invert(T_gt), cam_net))
+            return PointEncoderOutput(feats, torch.zeros(MC.global_dim))
+
+    cfg = LocalizerConfig(guided_rounds=2, prior_top_k=1)
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, cfg, point_encoder=OracleEncoder(MC))
+    res = loc.localize(seq.image(FRAME), seq.calib.camera, T_gt)
+    assert res.ok, res.message
+    assert _errors(res.T_map_cam, T_gt)[0] < 0.05
+    assert len(calls) == 1
