@@ -21,11 +21,11 @@ ABLATIONS = {
     "full": {},
     "no IPR": {"use_ipr": False},
     "no pixel refinement": {"refine_pixels": False},
-    "no guided rounds": {"guided_rounds": 0},
     "map features": {"encode_points_at_runtime": False},
     "run-time point encoding": {"encode_points_at_runtime": True},
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
+    "tracking, prior 1 m / 3°, no guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 0},
     "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0, "guided_rounds": 0},
 }
 

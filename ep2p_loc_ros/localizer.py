@@ -41,10 +41,10 @@ class LocalizerConfig:
     max_matches_per_patch: int = 3  # the most confident matches kept per image patch (0: no cap)
     min_inlier_cells: int = 8  # PnP inliers must fall in at least this many 32x32 px image cells (else degenerate)
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
-    encode_points_at_runtime: bool = True  # encode the guess view's points now (as in training) instead of the map's
+    encode_points_at_runtime: bool = True  # encode the guess view's points now (as in training); measured better
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
     prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
-    guided_rounds: int = 2  # re-match around the pose found, each point within a window of where it projects
+    guided_rounds: int = 2  # tracking: re-match around the pose found, each point near where it projects
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
@@ -280,10 +280,10 @@ class Localizer:
                 best is None or (view[0].ok, view[0].num_inliers) > (best[0].ok, best[0].num_inliers)
             ):
                 best = (view[0], int(sid), view[1], view[2])
-        # Guided rounds: match again from the pose just found, each point only against the patches near where
-        # that pose projects it. Look-alike patches elsewhere in the image can no longer win, so matches that
-        # RANSAC could not untangle globally become consistent; each round can only move the pose locally.
-        for r in range(cfg.guided_rounds):
+        # Guided rounds (tracking): match again from the pose just found, each point only against the patches
+        # near where that pose projects it. Look-alike patches elsewhere in the image can no longer win; each
+        # round can only move the pose locally. After a global search they measured no gain (models/README.md).
+        for r in range(cfg.guided_rounds if T_map_cam_prior is not None else 0):
             if best is None or not best[0].ok:
                 break
             radius = cfg.guided_radius_px / 2**r
