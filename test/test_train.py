@@ -125,3 +125,20 @@ def test_train_resume_continues_exactly(drive, tmp_path, monkeypatch):
     b, _ = load_network(tmp_path / "resumed")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(pa, pb, msg=name, atol=1e-6, rtol=1e-5)
+
+
+def test_train_init_from_starts_from_the_given_model(trained, drive, tmp_path):
+    """``--init-from``: fine-tuning starts from the model's weights (lr 0 keeps them) and its config;
+    asking for another config is refused."""
+    from ep2p_loc_ros.errors import DataError
+
+    out = tmp_path / "ft"
+    train([drive], out, None, _cfg(2, lr=0.0), progress=False, init_from=trained)
+    a, _ = load_network(trained)
+    b, info = load_network(out)
+    assert b.config == TINY and info["init_from"] == str(trained)
+    # parameters, not buffers: BatchNorm's running statistics move with every forward pass in training
+    for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+    with pytest.raises(DataError, match="configuration differs"):
+        train([drive], tmp_path / "bad", ModelConfig(), _cfg(1), progress=False, init_from=trained)
