@@ -333,9 +333,10 @@ class Localizer:
             ta = time.perf_counter()
         else:
             pts, all_feats = sub.points.astype(np.float64), sub.features
+        T_guess_map = invert(guess)
         keep = np.ones(len(pts), bool)
         if cfg.use_ipr and len(pts):
-            keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
+            keep = visible_mask(pts, T_guess_map, camera, cfg.ipr)
         tb = time.perf_counter()
         stage["ipr"] += (tb - ta) * 1e3
         rows = np.flatnonzero(keep)
@@ -347,7 +348,7 @@ class Localizer:
         pts = pts[rows]
         expected = None
         if radius is not None:
-            expected = torch.from_numpy(cam_net.project(transform_points(invert(guess), pts)).uv.astype(np.float32))
+            expected = torch.from_numpy(cam_net.project(transform_points(T_guess_map, pts)).uv.astype(np.float32))
         idx, px_net, conf = self._match(feats, patch, expected, radius)
         if cfg.max_matches_per_patch > 0 and len(idx):
             keep_m = _cap_per_patch(px_net, conf, self.model_config, cfg.max_matches_per_patch)
@@ -370,20 +371,17 @@ class Localizer:
         """Point features of the guess camera's view of a submap, computed now, exactly as in training.
 
         Training encodes each frame's frustum crop (voxelised to the encoder's density, relative to a point near
-        the camera). The encoder's coarse level depends on the crop, so features precomputed over whole submaps
-        differ from what the matcher learned (models/README.md); encoding the guess pose's crop matches training.
+        the camera). Away from the crop's border the map's stored features agree with these, yet with the shipped
+        model they localize worse (models/README.md), so by default the guess view's crop is encoded as in training.
         """
         from .model.dataset import frustum_mask
-        from .model.point_encoder import cell_priority, voxel_downsample
 
         if self.point_encoder is None:
             raise DataError("encode_points_at_runtime needs the point encoder (use Localizer.from_paths)")
         crop = frustum_mask(sub.points, invert(guess), camera)
         if crop.sum() < 16:
             return np.zeros((0, 3)), np.zeros((0, self.model_config.feature_dim), np.float32)
-        pv, rv, _ = voxel_downsample(sub.points[crop], sub.reflectance[crop], self.model_config.point_voxel)
-        local = (pv.astype(np.float64) - guess[:3, 3]).astype(np.float32)
-        out = self.point_encoder(local, rv, priority=cell_priority(pv, self.model_config.point_voxel))
+        pv, _, out = self.point_encoder.encode_voxels(sub.points[crop], sub.reflectance[crop], guess[:3, 3])
         return pv.astype(np.float64), out.features.numpy()
 
     def _match(

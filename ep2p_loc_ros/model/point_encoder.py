@@ -476,6 +476,27 @@ class PointEncoder(nn.Module):
         return PointEncoderOutput(features, F.normalize(self.global_head(gem), dim=-1))
 
     @torch.no_grad()
+    def encode_voxels(
+        self,
+        points_map: np.ndarray,
+        reflectance: np.ndarray,
+        origin: np.ndarray | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> tuple[np.ndarray, np.ndarray, PointEncoderOutput]:
+        """Encode a raw map-frame cloud of any density relative to ``origin`` (the submap viewpoint, map frame):
+        voxel-downsample on the map's grid, rank voxels by their map cell, encode. The same steps as a training
+        frame, so map-time, run-time and training-time features agree.
+
+        Returns the voxel centroids (M, 3) float32 in the map frame, ``inverse`` (N,) (each input point's
+        voxel) and the encoder output per voxel.
+        """
+        pv, rv, inverse = voxel_downsample(points_map, reflectance, self.config.point_voxel)
+        o = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(3)
+        local = (pv.astype(np.float64) - o).astype(np.float32)
+        out = self.forward(local, rv, chunk_size, priority=cell_priority(pv, self.config.point_voxel))
+        return pv, inverse, out
+
+    @torch.no_grad()
     def encode_cloud(
         self,
         points_map: np.ndarray,
@@ -483,13 +504,8 @@ class PointEncoder(nn.Module):
         origin: np.ndarray | None = None,
         chunk_size: int = DEFAULT_CHUNK,
     ) -> PointEncoderOutput:
-        """Encode a raw map-frame cloud of any density relative to ``origin`` (the submap viewpoint, map frame):
-        voxel-downsample on the map's grid, rank voxels by their map cell, encode, and give every input point its
-        voxel's features. The same steps as a training frame, so map-time and training-time features agree."""
-        pv, rv, inverse = voxel_downsample(points_map, reflectance, self.config.point_voxel)
-        o = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(3)
-        local = (pv.astype(np.float64) - o).astype(np.float32)
-        out = self.forward(local, rv, chunk_size, priority=cell_priority(pv, self.config.point_voxel))
+        """``encode_voxels``, with every input point given its voxel's features (map building)."""
+        _, inverse, out = self.encode_voxels(points_map, reflectance, origin, chunk_size)
         return PointEncoderOutput(
             out.features[torch.from_numpy(inverse).to(out.features.device)], out.global_descriptor
         )
