@@ -8,6 +8,8 @@ the result, never exceptions, so a node can publish "no pose" and say why.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,6 +28,23 @@ from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, then restore the caller's count.
+
+    Torch's thread count is process-wide: a Localizer inside a bigger program must not change it for the rest.
+    Setting it is free when the count is already ``n`` (the usual case: one Localizer per process).
+    """
+    before = torch.get_num_threads()
+    if n > 0 and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -220,7 +239,6 @@ class Localizer:
         from .runtime import ImageEncoderSession
 
         config = config or LocalizerConfig()
-        torch.set_num_threads(max(1, config.threads))
         net, _ = load_network(model_dir)
         session = ImageEncoderSession(
             verify_model_file(model_dir, ONNX_FILE), net.config, providers=providers, intra_op_threads=config.threads
@@ -229,6 +247,13 @@ class Localizer:
 
     def localize(
         self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None = None, source: str = "image"
+    ) -> LocalizationResult:
+        """Localize one RGB image (H, W, 3) taken by ``camera``; with ``T_map_cam_prior``, track from that pose."""
+        with torch_threads(self.config.threads):
+            return self._localize(rgb, camera, T_map_cam_prior, source)
+
+    def _localize(
+        self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None, source: str
     ) -> LocalizationResult:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -117,6 +117,24 @@ def test_localizer_recovers_the_true_pose_through_retrieval(scene):
     assert np.median(np.linalg.norm(proj.uv - res.matched_pixels, axis=1)) < 0.05
 
 
+def test_localizer_runs_with_its_thread_count_and_restores_the_callers(scene):
+    seq, lidar_map = scene
+    seen = []
+
+    class CountingHead(OracleHead):
+        def match(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return super().match(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    desc = np.zeros(MC.global_dim, np.float32)
+    loc = Localizer(lidar_map, FakeSession(desc), CountingHead(MC), MC, _cfg(top_k=1, threads=wanted))
+    assert loc.localize(seq.image(FRAME), seq.calib.camera).status is not LocalizationStatus.BAD_INPUT
+    assert seen and set(seen) == {wanted}  # torch work inside the pipeline ran with the configured count
+    assert torch.get_num_threads() == before  # and the process-wide setting is the caller's again
+
+
 def test_localizer_with_a_prior_skips_retrieval(scene):
     seq, lidar_map = scene
     T_gt = seq.T_world_cam(FRAME)

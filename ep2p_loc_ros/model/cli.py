@@ -73,6 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ablation: train without the differentiable PnP loss",
     )
+    p.add_argument(
+        "--match-points",
+        dest="match_points",
+        type=int,
+        help="in-image points per frame in the patch loss (the point encoder runs on all of them anyway)",
+    )
+    p.add_argument(
+        "--other-points", dest="other_points", type=int, help="hidden / outside points per frame in the patch loss"
+    )
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
     p.set_defaults(func=_cmd_train)
 
