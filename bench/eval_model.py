@@ -23,7 +23,8 @@ ABLATIONS = {
     "full": {},
     "no IPR": {"use_ipr": False},
     "no pixel refinement": {"refine_pixels": False},
-    "map features": {"encode_points_at_runtime": False},  # full encodes the guess view at run time (the default)
+    "map features": {"encode_points_at_runtime": False},
+    "global + 2 guided rounds": {"global_guided_rounds": 2},  # full encodes the guess view at run time (the default)
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
     "tracking, prior 1 m / 3°, no guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 0},

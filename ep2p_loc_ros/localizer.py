@@ -65,6 +65,7 @@ class LocalizerConfig:
     prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
     guided_rounds: int = 2  # tracking: re-match around the pose found, each point near where it projects
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
+    global_guided_rounds: int = 0  # the same guided rounds after a global search (no prior); 0: off
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
@@ -307,8 +308,9 @@ class Localizer:
                 best = (view[0], int(sid), view[1], view[2])
         # Guided rounds (tracking): match again from the pose just found, each point only against the patches
         # near where that pose projects it. Look-alike patches elsewhere in the image can no longer win; each
-        # round can only move the pose locally. After a global search they measured no gain (models/README.md).
-        for r in range(cfg.guided_rounds if T_map_cam_prior is not None else 0):
+        # round can only move the pose locally. After a global search they run only if ``global_guided_rounds``
+        # says so (models/README.md has what they measured there).
+        for r in range(cfg.guided_rounds if T_map_cam_prior is not None else cfg.global_guided_rounds):
             if best is None or not best[0].ok:
                 break
             radius = cfg.guided_radius_px / 2**r

@@ -397,3 +397,30 @@ def test_localizer_encodes_each_submap_once_per_frame(scene):
     assert res.ok, res.message
     assert _errors(res.T_map_cam, T_gt)[0] < 0.05
     assert len(calls) == 1
+
+
+def test_localizer_global_guided_rounds_rematch_around_the_global_pose(scene):
+    """``global_guided_rounds``: after a global search (no prior), that many guided passes, each around the pose
+    just found with the radius halved; 0 keeps the global result as it is."""
+    from ep2p_loc_ros.map import nearest_submaps
+
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    desc = np.zeros(MC.global_dim, np.float32)
+    desc[int(nearest_submaps(lidar_map, T_gt, 1)[0][0])] = 1.0
+    radii = []
+
+    class Recording(OracleHead):
+        def match(self, *args, expected=None, radius=None, **kwargs):
+            radii.append(radius)
+            return super().match(*args, **kwargs)
+
+    for rounds in (0, 2):
+        radii.clear()
+        cfg = _cfg(top_k=1, global_guided_rounds=rounds, guided_radius_px=40.0)
+        res = Localizer(lidar_map, FakeSession(desc), Recording(MC), MC, cfg).localize(
+            seq.image(FRAME), seq.calib.camera
+        )
+        assert res.ok, res.message
+        assert _errors(res.T_map_cam, T_gt)[0] < 0.02
+        assert radii == [None, 40.0, 20.0][: 1 + rounds]
