@@ -255,7 +255,9 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
 
 def test_localizer_runtime_point_encoding_needs_the_encoder(scene):
     seq, lidar_map = scene
-    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, LocalizerConfig())
+    loc = Localizer(
+        lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, LocalizerConfig(encode_points_at_runtime=True)
+    )
     with pytest.raises(DataError, match="point encoder"):
         loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
 
@@ -268,7 +270,14 @@ def test_localizer_runtime_point_encoding_encodes_the_view_like_training(scene):
     seq, lidar_map = scene
     torch.manual_seed(0)
     enc = PointEncoder(MC).eval()
-    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, LocalizerConfig(), point_encoder=enc)
+    loc = Localizer(
+        lidar_map,
+        FakeSession(np.zeros(128)),
+        OracleHead(MC),
+        MC,
+        LocalizerConfig(encode_points_at_runtime=True),
+        point_encoder=enc,
+    )
     T = seq.T_world_cam(FRAME)
     sub = lidar_map.submap(0)
     pts, feats = loc._encode_view(sub, T, seq.calib.camera)
@@ -391,7 +400,7 @@ def test_localizer_encodes_each_submap_once_per_frame(scene):
             feats = torch.from_numpy(_encode_pixels(pts, invert(T_gt), cam_net))
             return PointEncoderOutput(feats, torch.zeros(MC.global_dim))
 
-    cfg = LocalizerConfig(guided_rounds=2, prior_top_k=1)
+    cfg = LocalizerConfig(guided_rounds=2, prior_top_k=1, encode_points_at_runtime=True)
     loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, cfg, point_encoder=OracleEncoder(MC))
     res = loc.localize(seq.image(FRAME), seq.calib.camera, T_gt)
     assert res.ok, res.message
