@@ -134,6 +134,7 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     pytest.importorskip("rclpy")
     from test_bags import make_tiny_sequence
 
+    from ep2p_loc_ros.evaluation.report import format_table
     from ep2p_loc_ros.ros.bags import load_bag_summary, sequence_to_bag
 
     seq = make_tiny_sequence(tmp_path / "seq", n=6)
@@ -143,8 +144,9 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     cov_base = np.diag([0.01, 0.02, 0.01, 1e-4, 2e-4, 1e-4])
     frames, T_est_cam, cov_cam = [], [], []
     for k, (t_ns, T_base) in enumerate(zip(info.stamps_ns, s.T_map_base_gt, strict=True)):
-        if k == 2:
-            frames.append({"stamp_ns": t_ns, "pose": None, "covariance": None, "latency_ms": None})
+        if k in (2, 4):  # refused by the gate, for the same cause with different numbers
+            reason = f"inlier ratio too low: 0.1{k} < gate.min_inlier_ratio 0.25"
+            frames.append({"stamp_ns": t_ns, "pose": None, "covariance": None, "latency_ms": None, "reason": reason})
             T_est_cam.append(np.full((4, 4), np.nan))
             cov_cam.append(np.full((6, 6), np.nan))
             continue
@@ -158,8 +160,10 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     np.testing.assert_allclose(run.T_est, np.stack(T_est_cam), atol=1e-9)
     np.testing.assert_allclose(run.covariances, np.stack(cov_cam), atol=1e-12)
     summary = evaluate_result(tmp_path / "res", out_dir=tmp_path / "report")
-    assert summary["localized_frames"] == 5 and summary["no_pose"] == 1
-    assert Path(summary["report"]).is_file()
+    assert summary["localized_frames"] == 4 and summary["no_pose"] == 2
+    assert summary["no_pose_reasons"] == {"inlier ratio too low": 2}
+    assert "| inlier ratio too low | 2 |" in Path(summary["report"]).read_text()
+    assert "inlier ratio too low (2 frames)" in format_table(summary)
     # the TUM files are of base_link, what the node publishes
     _, T_gt_tum = read_tum(tmp_path / "report" / "ground_truth.tum")
     np.testing.assert_allclose(T_gt_tum, s.T_map_base_gt, atol=1e-8)

@@ -73,6 +73,10 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     rows.append(("no pose (dropped / failed)", f"{summary['no_pose']} ({summary['dropped']} / {summary['failed']})"))
+    reasons = summary.get("no_pose_reasons") or {}
+    if reasons:
+        top = max(reasons.items(), key=lambda kv: (kv[1], kv[0]))
+        rows.append(("most common reason for no pose", f"{top[0]} ({top[1]} frames)"))
     return rows
 
 
@@ -272,6 +276,14 @@ def plot_matches(rgb: np.ndarray, result: Any, path: str | Path, title: str = ""
     plt.close(fig)
 
 
+def _reason_lines(reasons: dict[str, int]) -> list[str]:
+    """The "why no pose" table: a report whose frames all failed must say what refused them."""
+    if not reasons:
+        return []
+    rows = [f"| {k} | {v} |" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return ["### Frames without a pose, by reason", "", "| reason | frames |", "| --- | --- |", *rows, ""]
+
+
 def write_report(run: Run, summary: dict[str, Any], out_dir: str | Path, match_frame: Any = None) -> Path:
     """Write the report folder; returns the path of ``report.md``.
 
@@ -312,6 +324,7 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: str | Path, match_f
         "ATE: evo APE (translation part) over localized frames, raw and after an SE(3) Umeyama alignment. "
         "NEES: eᵀΣ⁻¹e of each pose with its published covariance; a consistent estimator averages 6.",
         "",
+        *_reason_lines(summary.get("no_pose_reasons") or {}),
         "## Plots",
         "",
     ]

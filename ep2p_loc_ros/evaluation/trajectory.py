@@ -108,6 +108,7 @@ class Run:
     failed: int = 0  # images processed without a pose (the node's count, when it reports one)
     stage_latency_ms: dict[str, list[float]] = field(default_factory=dict)  # node-reported, from /diagnostics
     meta: dict[str, Any] = field(default_factory=dict)
+    no_pose_reasons: dict[str, int] = field(default_factory=dict)  # why frames got no pose: reason -> frames
 
     def __len__(self) -> int:
         return len(self.stamps_ns)
@@ -235,8 +236,23 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         "no_pose": int(len(run) - ok.sum()),
         "failed": int(run.failed),
         "node_latency_ms": {k: _stats(np.asarray(v)) for k, v in sorted(run.stage_latency_ms.items())},
+        "no_pose_reasons": dict(sorted(run.no_pose_reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
     return out
+
+
+def reason_family(reason: str | None) -> str:
+    """A no-pose reason without its per-frame numbers, so frames refused for the same cause count together
+    ("inlier ratio too low: 0.13 < gate.min_inlier_ratio 0.25" -> "inlier ratio too low")."""
+    text = (reason or "").strip()
+    return text.split(":", 1)[0].strip() or "unknown"
+
+
+def _count_reasons(reasons: list[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[reason_family(r)] = counts.get(reason_family(r), 0) + 1
+    return counts
 
 
 def _pct(x: np.ndarray, q: float) -> float:
@@ -315,12 +331,14 @@ def load_result(result: str | Path, ground_truth: str | Path | None = None) -> R
     T_est = np.full((n, 4, 4), np.nan)
     cov = np.full((n, 6, 6), np.nan)
     lat = np.full(n, np.nan)
+    reasons: list[str | None] = []
     for k, f in enumerate(frames):
         g = _lookup(gt, int(f["stamp_ns"]))
         if g is None:
             raise DataError(f"{result}: no ground truth for image stamp {f['stamp_ns']}")
         T_gt[k] = g
         if f.get("pose") is None:
+            reasons.append(f.get("reason") or f.get("result"))
             continue
         T = np.asarray(f["pose"], dtype=np.float64).reshape(4, 4)
         C = np.asarray(f["covariance"], dtype=np.float64).reshape(6, 6)
@@ -343,6 +361,7 @@ def load_result(result: str | Path, ground_truth: str | Path | None = None) -> R
         failed=int(meta.get("failed", 0)),
         stage_latency_ms={k: list(v) for k, v in meta.get("node_latency_ms", {}).items()},
         meta={k: v for k, v in meta.items() if k != "frames"},
+        no_pose_reasons=_count_reasons(reasons),
     )
 
 
@@ -413,5 +432,6 @@ def run_in_process(
         failed=sum(not r.ok for r in results),
         stage_latency_ms=stage,
         meta={"input_bag": str(bag), "mode": "in-process"},
+        no_pose_reasons=_count_reasons([f"{r.status.value}: {r.message}" for r in results if not r.ok]),
     )
     return run, results
