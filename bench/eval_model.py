@@ -29,6 +29,7 @@ ABLATIONS = {
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
     "tracking, prior 1 m / 3°, no guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 0},
     "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0, "guided_rounds": 0},
+    "tracking, prior 1 m / 3°, run-time encoding": {"prior_noise": (1.0, 3.0), "encode_points_at_runtime": True},
 }
 
 
