@@ -60,7 +60,7 @@ class LocalizerConfig:
     max_matches_per_patch: int = 3  # the most confident matches kept per image patch (0: no cap)
     min_inlier_cells: int = 8  # PnP inliers must fall in at least this many 32x32 px image cells (else degenerate)
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
-    encode_points_at_runtime: bool = False  # True: encode the guess view now, as in training (4x slower, ~same)
+    encode_points_at_runtime: bool = False  # True: encode the guess view now, as in training (4x slower, as good)
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
     prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
     guided_rounds: int = 2  # tracking: re-match around the pose found, each point near where it projects

@@ -241,7 +241,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     return out
 
 
-def reason_family(reason: str | None) -> str:
+def _reason_family(reason: str | None) -> str:
     """A no-pose reason without its per-frame numbers, so frames refused for the same cause count together
     ("inlier ratio too low: 0.13 < gate.min_inlier_ratio 0.25" -> "inlier ratio too low")."""
     text = (reason or "").strip()
@@ -251,7 +251,8 @@ def reason_family(reason: str | None) -> str:
 def _count_reasons(reasons: list[str | None]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in reasons:
-        counts[reason_family(r)] = counts.get(reason_family(r), 0) + 1
+        family = _reason_family(r)
+        counts[family] = counts.get(family, 0) + 1
     return counts
 
 
