@@ -420,10 +420,7 @@ class Localizer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
         limits = (cfg.min_confidence, cfg.max_matches_per_patch, cfg.max_matches)
-        if expected is None:
-            idx, px, conf = self.head.match(feats, patch, *limits)
-        else:
-            idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius)
+        idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius)
         if not cfg.refine_pixels:  # ablation: the centre of the chosen patch (the refined pixel lies inside it)
             s = self.model_config.patch_stride
             px = torch.floor((px + 0.5) / s) * s + (s - 1) / 2
