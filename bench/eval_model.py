@@ -16,11 +16,16 @@ import argparse
 import json
 from pathlib import Path
 
+from ep2p_loc_ros.pnp import PnPConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DRIVES = {"outdoor": (900, 60), "indoor": (901, 40)}  # kind -> (world seed, frames)
 ABLATIONS = {
     "full": {},
+    "6-DoF RANSAC, no upright search": {"pnp": PnPConfig(upright_search=False)},
+    "3 matches per patch": {"max_matches_per_patch": 3},
+    "each submap matched on its own": {"pool_submaps": False},
     "no IPR": {"use_ipr": False},
     "no pixel refinement": {"refine_pixels": False},
     "run-time point encoding": {"encode_points_at_runtime": True},  # full uses the map's stored point features
@@ -30,6 +35,7 @@ ABLATIONS = {
     "tracking, prior 1 m / 3°, no guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 0},
     "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0, "guided_rounds": 0},
     "tracking, prior 1 m / 3°, run-time encoding": {"prior_noise": (1.0, 3.0), "encode_points_at_runtime": True},
+    "tracking, prior 1 m / 3°, 6-DoF RANSAC": {"prior_noise": (1.0, 3.0), "pnp": PnPConfig(upright_search=False)},
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from .model.config import ModelConfig
 from .model.heads import MatchingHead, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
+from .upright_ransac import rot_y, yaw_about_camera_y
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
 
@@ -57,7 +58,8 @@ class LocalizerConfig:
     min_confidence: float = 0.0  # patch probability below which a match is dropped (the per-patch cap thins instead)
     max_points: int = 6000  # visible submap points classified per submap (evenly thinned beyond this: speed)
     max_matches: int = 4000  # most confident matches kept for PnP
-    max_matches_per_patch: int = 3  # the most confident matches kept per image patch (0: no cap)
+    max_matches_per_patch: int = 10  # the most confident matches kept per image patch (0: no cap)
+    prior_max_matches_per_patch: int = 3  # the same with a prior (tracking) and in guided rounds
     min_inlier_cells: int = 8  # PnP inliers must fall in at least this many 32x32 px image cells (else degenerate)
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
     encode_points_at_runtime: bool = False  # True: encode the guess view now, as in training (4x slower, as good)
@@ -66,6 +68,13 @@ class LocalizerConfig:
     guided_rounds: int = 2  # tracking: re-match around the pose found, each point near where it projects
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
     global_guided_rounds: int = 0  # the same guided rounds after a global search (no prior); 0: off
+    # After retrieval with the map's stored features: match the union of the top_k views once and run PnP from
+    # each viewpoint on those matches (false: match and solve each submap on its own, top_k times the matching).
+    pool_submaps: bool = True
+    # PnP's upright search region around a prior or a pose being refined (tracking, guided rounds); after
+    # retrieval it is pnp.search_max_distance_m / search_max_yaw_deg around the submap viewpoint instead.
+    prior_search_distance_m: float = 3.0
+    prior_search_yaw_deg: float = 10.0
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
@@ -198,6 +207,19 @@ def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, ca
     return top_per_group(row * cols + col, conf, cap)
 
 
+def _search_guess(guess: np.ndarray, sub: Any) -> np.ndarray:
+    """Where PnP's upright search starts: the guess's position and heading, the submap viewpoint's pitch and roll.
+
+    Why: the search keeps the guess camera's tilt and only turns it about its vertical axis. A tracking prior (or
+    a pose from odometry) may be tilted by a few degrees, which moves every pixel by tens of pixels; the viewpoint
+    is a camera of the same rig on the same ground a few metres away, tilted like the camera being localized.
+    """
+    R_vp = np.asarray(sub.T_map_viewpoint, dtype=np.float64)[:3, :3]
+    out = np.array(guess, dtype=np.float64)
+    out[:3, :3] = R_vp @ rot_y(yaw_about_camera_y(R_vp, out[:3, :3]))
+    return out
+
+
 def _occupied_cells(pixels: np.ndarray, cell: float = 32.0) -> int:
     """Distinct ``cell`` x ``cell`` pixel cells holding at least one of ``pixels`` (how spread the matches are)."""
     if len(pixels) == 0:
@@ -298,14 +320,18 @@ class Localizer:
         stage = {"ipr": 0.0, "matching": 0.0, "pnp": 0.0}
         first_radius = cfg.prior_radius_px if T_map_cam_prior is not None and cfg.prior_radius_px > 0 else None
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # run-time point features, once per submap
-        for sid, guess in zip(ids, guesses, strict=True):
-            view = self._solve_view(
-                self.map.submap(int(sid)), guess, camera, cam_net, patch, stage, first_radius, encoded
-            )
-            if view is not None and (
-                best is None or (view[0].ok, view[0].num_inliers) > (best[0].ok, best[0].num_inliers)
-            ):
-                best = (view[0], int(sid), view[1], view[2])
+        pooled = cfg.pool_submaps and T_map_cam_prior is None and not cfg.encode_points_at_runtime
+        if pooled:
+            best = self._solve_pooled([self.map.submap(int(sid)) for sid in ids], camera, cam_net, patch, stage)
+        else:
+            for sid, guess in zip(ids, guesses, strict=True):
+                sub = self.map.submap(int(sid))
+                near = T_map_cam_prior is not None
+                view = self._solve_view(sub, guess, camera, cam_net, patch, stage, first_radius, encoded, near)
+                if view is not None and (
+                    best is None or (view[0].ok, view[0].num_inliers) > (best[0].ok, best[0].num_inliers)
+                ):
+                    best = (view[0], int(sid), view[1], view[2])
         # Guided rounds (tracking): match again from the pose just found, each point only against the patches
         # near where that pose projects it. Look-alike patches elsewhere in the image can no longer win; each
         # round can only move the pose locally. After a global search they run only if ``global_guided_rounds``
@@ -343,12 +369,63 @@ class Localizer:
         stage: dict[str, float],
         radius: float | None = None,
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+        near_guess: bool = True,
     ) -> tuple[PoseEstimate, np.ndarray, np.ndarray] | None:
         """One submap seen from ``guess``: IPR, matching (within ``radius`` network pixels of where ``guess``
         projects each point, when given), PnP. Returns (estimate, matched points, original-image pixels), or
         None when no point is visible. Adds each stage's milliseconds to ``stage``. With run-time point encoding,
         ``encoded`` keeps each submap's encoding for the frame's later rounds (the features of a point do not
-        depend on the crop, so the first guess's crop serves the refined pose too)."""
+        depend on the crop, so the first guess's crop serves the refined pose too). ``near_guess``: the guess is a
+        prior or a pose found before (PnP searches ``prior_search_*`` around it), not a submap viewpoint."""
+        pts, feats, _ = self._visible(sub, guess, camera, stage, encoded)
+        if len(pts) == 0:
+            return None
+        cap = self.config.prior_max_matches_per_patch if near_guess else self.config.max_matches_per_patch
+        X, px, conf = self._matches(pts, feats, patch, camera, cam_net, stage, cap, invert(guess), radius)
+        return self._pnp(X, px, conf, camera, guess, sub, stage, near_guess), X, px
+
+    def _solve_pooled(
+        self,
+        subs: list[Any],
+        camera: PinholeCamera,
+        cam_net: PinholeCamera,
+        patch: torch.Tensor,
+        stage: dict[str, float],
+    ) -> tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None:
+        """Retrieved submaps with the map's stored features: the union of what each viewpoint sees (IPR) is
+        matched once, then PnP searches around each viewpoint on all of those matches; the most inliers win.
+
+        Why: a point's stored features and its match do not depend on the submap it was gathered with, and the
+        top-k submaps overlap, so matching each separately repeats most of the work (matching is the costliest
+        stage), while PnP with the upright search is cheap enough to run from every viewpoint.
+        """
+        visible = [self._visible(sub, sub.T_map_viewpoint, camera, stage) for sub in subs]
+        ta = time.perf_counter()
+        gidx = np.concatenate([sub.point_indices[rows] for sub, (_, _, rows) in zip(subs, visible, strict=True)])
+        if len(gidx) == 0:
+            return None
+        _, first = np.unique(gidx, return_index=True)  # each map point once, in map-row order
+        pts = np.concatenate([v[0] for v in visible])[first]
+        feats = np.concatenate([v[1] for v in visible])[first]
+        stage["ipr"] += (time.perf_counter() - ta) * 1e3
+        X, px, conf = self._matches(pts, feats, patch, camera, cam_net, stage, self.config.max_matches_per_patch)
+        best: tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None = None
+        for sub in subs:
+            est = self._pnp(X, px, conf, camera, sub.T_map_viewpoint, sub, stage, near_guess=False)
+            if best is None or (est.ok, est.num_inliers) > (best[0].ok, best[0].num_inliers):
+                best = (est, int(sub.id), X, px)
+        return best
+
+    def _visible(
+        self,
+        sub: Any,
+        guess: np.ndarray,
+        camera: PinholeCamera,
+        stage: dict[str, float],
+        encoded: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The submap's points that ``guess`` sees (IPR), their features, and their rows in the submap (for
+        stored features) or in the run-time encoding; thinned evenly to ``max_points``."""
         cfg = self.config
         ta = time.perf_counter()
         if cfg.encode_points_at_runtime:
@@ -360,25 +437,41 @@ class Localizer:
             ta = time.perf_counter()
         else:
             pts, all_feats = sub.points.astype(np.float64), sub.features
-        T_guess_map = invert(guess)
         keep = np.ones(len(pts), bool)
         if cfg.use_ipr and len(pts):
-            keep = visible_mask(pts, T_guess_map, camera, cfg.ipr)
-        tb = time.perf_counter()
-        stage["ipr"] += (tb - ta) * 1e3
+            keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
         rows = np.flatnonzero(keep)
         if len(rows) > cfg.max_points:  # deterministic, spatially even thinning (rows are voxel-ordered)
             rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(np.int64)]
-        if len(rows) == 0:
-            return None
-        feats = torch.from_numpy(np.asarray(all_feats[rows], dtype=np.float32))
-        pts = pts[rows]
+        stage["ipr"] += (time.perf_counter() - ta) * 1e3
+        return pts[rows], np.asarray(all_feats[rows], dtype=np.float32), rows
+
+    def _matches(
+        self,
+        pts: np.ndarray,
+        feats: np.ndarray,
+        patch: torch.Tensor,
+        camera: PinholeCamera,
+        cam_net: PinholeCamera,
+        stage: dict[str, float],
+        cap: int,
+        T_guess_map: np.ndarray | None = None,
+        radius: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Match points to pixels (guided within ``radius`` of where ``T_guess_map`` projects them, if given),
+        at most ``cap`` per image patch (0: no cap): matched points (K, 3), their original-image pixels (K, 2) and
+        confidences (K,)."""
+        cfg = self.config
+        tb = time.perf_counter()
+        if len(pts) > cfg.max_points:  # the union of several submaps' views: thin it like one view
+            keep = np.linspace(0, len(pts) - 1, cfg.max_points).astype(np.int64)
+            pts, feats = pts[keep], feats[keep]
         expected = None
-        if radius is not None:
+        if radius is not None and T_guess_map is not None:
             expected = torch.from_numpy(cam_net.project(transform_points(T_guess_map, pts)).uv.astype(np.float32))
-        idx, px_net, conf = self._match(feats, patch, expected, radius)
-        if cfg.max_matches_per_patch > 0 and len(idx):
-            keep_m = _cap_per_patch(px_net, conf, self.model_config, cfg.max_matches_per_patch)
+        idx, px_net, conf = self._match(torch.from_numpy(feats), patch, cap, expected, radius)
+        if cap > 0 and len(idx):
+            keep_m = _cap_per_patch(px_net, conf, self.model_config, cap)
             idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]
         if len(idx) > cfg.max_matches:
             top = torch.argsort(conf, descending=True)[: cfg.max_matches]
@@ -386,12 +479,32 @@ class Localizer:
         # network-image pixels -> original image pixels (inverse of the per-axis resize)
         sx, sy = cam_net.width / camera.width, cam_net.height / camera.height
         px = (px_net.numpy().astype(np.float64) + 0.5) / [sx, sy] - 0.5
-        X = pts[idx.numpy()]
+        stage["matching"] += (time.perf_counter() - tb) * 1e3
+        return pts[idx.numpy()], px, conf.numpy().astype(np.float64)
+
+    def _pnp(
+        self,
+        X: np.ndarray,
+        px: np.ndarray,
+        conf: np.ndarray,
+        camera: PinholeCamera,
+        guess: np.ndarray,
+        sub: Any,
+        stage: dict[str, float],
+        near_guess: bool,
+    ) -> PoseEstimate:
+        """PnP on the matches, its upright search around ``guess`` (``prior_search_*`` bounds when
+        ``near_guess``, the PnP config's around a submap viewpoint otherwise)."""
+        cfg = self.config
         tc = time.perf_counter()
-        est = solve_pnp(X, px, camera, cfg.pnp, weights=conf.numpy().astype(np.float64))
-        stage["matching"] += (tc - tb) * 1e3
+        pnp_cfg = cfg.pnp
+        if near_guess:
+            pnp_cfg = replace(
+                pnp_cfg, search_max_distance_m=cfg.prior_search_distance_m, search_max_yaw_deg=cfg.prior_search_yaw_deg
+            )
+        est = solve_pnp(X, px, camera, pnp_cfg, weights=conf, guess=_search_guess(guess, sub))
         stage["pnp"] += (time.perf_counter() - tc) * 1e3
-        return est, X, px
+        return est
 
     @torch.no_grad()
     def _encode_view(self, sub: Any, guess: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
@@ -415,11 +528,12 @@ class Localizer:
         self,
         feats: torch.Tensor,
         patch: torch.Tensor,
+        cap: int,
         expected: torch.Tensor | None = None,
         radius: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
-        limits = (cfg.min_confidence, cfg.max_matches_per_patch, cfg.max_matches)
+        limits = (cfg.min_confidence, cap, cfg.max_matches)
         idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius)
         if not cfg.refine_pixels:  # ablation: the centre of the chosen patch (the refined pixel lies inside it)
             s = self.model_config.patch_stride

@@ -32,6 +32,7 @@ from enum import Enum
 import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
+from .upright_ransac import UprightBounds, upright_ransac
 
 __all__ = [
     "BACKENDS",
@@ -77,6 +78,13 @@ class PnPConfig:
     max_inlier_rounds: int = 3
     min_sigma_px: float = 0.1
     backend: str = "opencv_usac"
+    # With a guess pose (the retrieved viewpoint, or the tracking prior): search only upright poses near it
+    # (upright_ransac.py) instead of the backend's 6-DoF RANSAC. The bounds say how far from the guess.
+    upright_search: bool = True
+    search_max_distance_m: float = 20.0
+    search_max_height_m: float = 2.0
+    search_max_yaw_deg: float = 45.0
+    search_samples: int = 2000
 
     def __post_init__(self) -> None:
         # A bad config is a programming/configuration error, so it raises (unlike bad measurements).
@@ -92,6 +100,12 @@ class PnPConfig:
             raise ValueError(f"min_inliers must be >= {MIN_POINTS}, got {self.min_inliers}")
         if self.lm_max_iterations < 0 or self.max_inlier_rounds < 1 or self.min_sigma_px < 0:
             raise ValueError("lm_max_iterations >= 0, max_inlier_rounds >= 1 and min_sigma_px >= 0 required")
+        if self.search_samples < 1:
+            raise ValueError(f"search_samples must be >= 1, got {self.search_samples}")
+        self.search_bounds()  # raises on bad bounds
+
+    def search_bounds(self) -> UprightBounds:
+        return UprightBounds(self.search_max_distance_m, self.search_max_height_m, self.search_max_yaw_deg)
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
@@ -316,6 +330,7 @@ def solve_pnp(
     camera: PinholeCamera,
     config: PnPConfig | None = None,
     weights: np.ndarray | None = None,
+    guess: np.ndarray | None = None,
 ) -> PoseEstimate:
     """Robust camera pose from 3D world points and their pixels; never raises on bad measurements.
 
@@ -328,6 +343,9 @@ def solve_pnp(
         weights: optional (N,) non-negative per-point weights (e.g. match confidence or ``1/sigma_i^2``).
             Only the least-squares refinement and covariance use them; RANSAC does not. Their overall
             scale does not matter (sigma^2 absorbs it).
+        guess: optional (4, 4) ``T_world_cam`` near the truth. With ``config.upright_search`` RANSAC then only
+            tries poses within the config's search bounds of it (upright_ransac.py); without it, or with the
+            search off, the backend's unconstrained 6-DoF RANSAC runs.
 
     Rows with NaN/Inf (in points, pixels or weights) are dropped and marked outliers. Returns a
     :class:`PoseEstimate`; ``covariance`` is for ``T_world_cam`` (see the module docstring for the model).
@@ -385,12 +403,28 @@ def solve_pnp(
         m[valid_idx[sub]] = True
         return m
 
+    search = guess is not None and cfg.upright_search
+    if search and not (np.shape(guess) == (4, 4) and np.all(np.isfinite(guess))):
+        return _fail(PnPStatus.INVALID_INPUT, "guess must be a finite 4x4 pose", n)
+    method = "upright search" if search else cfg.backend
     try:
-        T0, mask = _BACKEND_FN[cfg.backend](X, uv0, K0, cfg)
+        if search:
+            T0, mask = upright_ransac(
+                X,
+                uv0,
+                K0,
+                np.asarray(guess, float),
+                cfg.search_bounds(),
+                cfg.reprojection_threshold_px,
+                cfg.search_samples,
+            )
+        else:
+            T0, mask = _BACKEND_FN[cfg.backend](X, uv0, K0, cfg)
     except Exception as exc:  # a library failure on one frame must not kill the node
-        return _fail(PnPStatus.RANSAC_FAILED, f"{cfg.backend} raised {type(exc).__name__}: {exc}", n)
+        return _fail(PnPStatus.RANSAC_FAILED, f"{method} raised {type(exc).__name__}: {exc}", n)
     if not np.all(np.isfinite(T0)) or not mask.any():
-        return _fail(PnPStatus.RANSAC_FAILED, f"{cfg.backend} found no pose{dropped}", n)
+        where = " within the search bounds of the guess" if search else ""
+        return _fail(PnPStatus.RANSAC_FAILED, f"{method} found no pose{where}{dropped}", n)
     if mask.sum() < cfg.min_inliers:
         return _fail(
             PnPStatus.TOO_FEW_INLIERS,

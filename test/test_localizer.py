@@ -247,7 +247,7 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
         FakeSession(np.zeros(128)),
         PilingHead(MC),
         MC,
-        _cfg(max_matches=1000, max_matches_per_patch=0),
+        _cfg(max_matches=1000, max_matches_per_patch=0, prior_max_matches_per_patch=0),
     )
     res0 = uncapped.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
     assert not res0.ok  # the top 1000 by confidence are all the pile: degenerate
@@ -433,3 +433,52 @@ def test_localizer_global_guided_rounds_rematch_around_the_global_pose(scene):
         assert res.ok, res.message
         assert _errors(res.T_map_cam, T_gt)[0] < 0.02
         assert radii == [None, 40.0, 20.0][: 1 + rounds]
+
+
+def test_localizer_pools_the_retrieved_submaps_into_one_matching_pass(scene):
+    """With stored features, the top-k submaps' views are matched once (their union) and PnP runs from each
+    viewpoint; ``pool_submaps=False`` matches each submap on its own. Both find the true pose and its submap."""
+    from ep2p_loc_ros.map import nearest_submaps
+
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    true_id = int(nearest_submaps(lidar_map, T_gt, 1)[0][0])
+    desc = np.zeros(MC.global_dim, np.float32)
+    desc[true_id] = 1.0
+    sizes = []
+
+    class Counting(OracleHead):
+        def match(self, point_features, *args, **kwargs):
+            sizes.append(len(point_features))
+            return super().match(point_features, *args, **kwargs)
+
+    for pool, calls in ((True, 1), (False, 3)):
+        sizes.clear()
+        loc = Localizer(lidar_map, FakeSession(desc), Counting(MC), MC, _cfg(top_k=3, pool_submaps=pool))
+        res = loc.localize(seq.image(FRAME), seq.calib.camera)
+        assert res.ok, res.message
+        assert len(res.retrieved) == 3 and res.submap_id == true_id
+        assert _errors(res.T_map_cam, T_gt)[0] < 0.02
+        assert len(sizes) == calls
+    # the pooled pass saw each map point once: no more than the three views together, no duplicates
+    pooled = Localizer(lidar_map, FakeSession(desc), OracleHead(MC), MC, _cfg(top_k=3, max_points=10**6))
+    res = pooled.localize(seq.image(FRAME), seq.calib.camera)
+    assert len(np.unique(res.matched_points, axis=0)) == len(res.matched_points)
+
+
+def test_localizer_tracking_searches_only_near_the_prior(scene):
+    """A prior 15 m off: PnP's search region around it (``prior_search_distance_m``) decides whether the true
+    pose can be found from it."""
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    prior = T_gt.copy()
+    prior[:3, 3] += T_gt[:3, :3] @ [0.0, 0.0, 15.0]  # 15 m ahead along the optical axis
+    wrong = np.zeros(MC.global_dim, np.float32)
+    kw = {"guided_rounds": 0, "prior_radius_px": 0.0, "max_prior_distance": 100.0}
+    near = _localizer(lidar_map, wrong, prior_search_distance_m=3.0, **kw)
+    res = near.localize(seq.image(FRAME), seq.calib.camera, prior)
+    assert not res.ok and "within the search bounds" in res.message
+    wide = _localizer(lidar_map, wrong, prior_search_distance_m=20.0, **kw)
+    res = wide.localize(seq.image(FRAME), seq.calib.camera, prior)
+    assert res.ok, res.message
+    assert _errors(res.T_map_cam, T_gt)[0] < 0.02

@@ -75,9 +75,13 @@ class MatchingHead(nn.Module):
 
     def patch_logits(self, point_features: torch.Tensor, patch_features: torch.Tensor) -> torch.Tensor:
         """(M, D) x (D, rows, cols) -> (M, P + 1) logits; the last column is "not in this image"."""
-        patches = patch_features.flatten(1)  # (D, P)
         outside = nn.functional.normalize(self.outside, dim=0)[:, None]
-        return torch.cat([point_features @ patches, point_features @ outside], 1) * self.logit_scale
+        inside = self.in_image_logits(point_features, patch_features)
+        return torch.cat([inside, point_features @ outside * self.logit_scale], 1)
+
+    def in_image_logits(self, point_features: torch.Tensor, patch_features: torch.Tensor) -> torch.Tensor:
+        """(M, P) logits of the image patches only (run-time matching: no copy of an (M, P + 1) matrix)."""
+        return point_features @ (patch_features.flatten(1) * self.logit_scale)
 
     def pixel_logits(self, point_features: torch.Tensor, patch_features_at: torch.Tensor) -> torch.Tensor:
         """(M, D), (M, D) features of each point's patch -> (M, stride²) scores of the in-patch positions."""
@@ -123,7 +127,7 @@ class MatchingHead(nn.Module):
         centre lies within ``radius`` of its expected pixel (points with no such patch get no match), and the
         confidence is the softmax over those patches.
         """
-        logits = self.patch_logits(point_features, patch_features)[:, :-1]
+        logits = self.in_image_logits(point_features, patch_features)
         candidates = torch.ones(len(logits), dtype=torch.bool)
         if expected is not None:
             if radius is None or not radius > 0:
@@ -132,7 +136,9 @@ class MatchingHead(nn.Module):
             logits = logits.masked_fill(~near, float("-inf"))
             candidates = near.any(1)
         top, best = logits.max(1)
-        conf = torch.exp(top - torch.logsumexp(logits, 1))  # the winning patch's softmax probability
+        # The winning patch's softmax probability, 1 / sum(exp(logits - top)), computed in place: the (M, P)
+        # matrix is the largest thing matching touches, and logsumexp would make two more passes over it.
+        conf = 1.0 / logits.sub_(top[:, None]).exp_().sum(1)
         idx = torch.nonzero((conf >= min_confidence) & candidates)[:, 0]
         if max_per_patch > 0:
             idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]

@@ -1,0 +1,166 @@
+"""RANSAC over the poses a guess allows: a turn about the camera's vertical axis and a bounded move.
+
+Why: with a weak matcher most 2D-3D matches are wrong, and they are not random. Many map points land on the same
+few look-alike patches, and a camera tens of metres away, tilted or upside down, "explains" such a pile better
+than the true pose explains its scattered true matches. A 6-DoF RANSAC (P3P) happily returns that camera. But a
+localizer always knows more than nothing: the retrieved submap's viewpoint (or the tracking prior) is near the
+camera, and a vehicle's camera keeps its pitch and roll. So the search here:
+
+- solves the *upright* two-point problem: the pose differs from the guess by a rotation ``phi`` about the guess
+  camera's y axis (image "down", the vertical for a level camera) and a translation ``c``; two matches give at
+  most two poses (closed form, vectorised over thousands of samples at once);
+- drops every hypothesis farther than ``max_distance_m`` from the guess, more than ``max_height_m`` above or
+  below it, or turned more than ``max_yaw_deg``, or with a sampled point behind the camera;
+- scores the survivors by inlier count on a random subset of the matches, then the best few on all of them.
+
+Two matches per sample instead of three or four makes a clean sample far likelier at low inlier ratios
+(``e^2`` instead of ``e^4``), and the bounds remove the far-away look-alike poses before they are scored. The
+result seeds :func:`ep2p_loc_ros.pnp.solve_pnp`'s full 6-DoF Levenberg-Marquardt refinement, which restores any
+small pitch or roll difference.
+
+Derivation (guess camera frame, points ``Y_i = R_g^T (X_i - C_g)``, bearings ``f_i`` of the pixels): the query
+camera sees ``Y_i - c = lambda_i Ry(phi) f_i``. For two matches, ``D = Y_1 - Y_2 = Ry(phi) (lambda_1 f_1 -
+lambda_2 f_2)``, so ``Ry(phi)^T D`` lies in the plane of ``f_1`` and ``f_2``: ``n . Ry(phi)^T D = 0`` with
+``n = f_1 x f_2``, i.e. ``A cos(phi) + B sin(phi) = -C``, two solutions. The depths follow by least squares and
+``c = Y_1 - lambda_1 Ry(phi) f_1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import invert, make_T
+
+__all__ = ["UprightBounds", "rot_y", "upright_candidates", "upright_ransac", "yaw_about_camera_y"]
+
+
+@dataclass(frozen=True)
+class UprightBounds:
+    """How far the true pose may be from the guess (the search region)."""
+
+    max_distance_m: float = 20.0  # horizontal move (the guess camera's x-z plane)
+    max_height_m: float = 2.0  # move along the guess camera's y axis (up/down for a level camera)
+    max_yaw_deg: float = 45.0  # turn about the guess camera's y axis
+
+    def __post_init__(self) -> None:
+        if not (self.max_distance_m > 0 and self.max_height_m > 0 and 0 < self.max_yaw_deg <= 180):
+            raise ValueError(f"UprightBounds needs positive distances and 0 < max_yaw_deg <= 180, got {self}")
+
+
+def rot_y(phi: np.ndarray | float) -> np.ndarray:
+    """(..., 3, 3) rotations about y by ``phi`` (x' = cos x + sin z, z' = -sin x + cos z)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    c, s = np.cos(phi), np.sin(phi)
+    z, o = np.zeros_like(phi), np.ones_like(phi)
+    return np.stack([np.stack([c, z, s], -1), np.stack([z, o, z], -1), np.stack([-s, z, c], -1)], -2)
+
+
+def yaw_about_camera_y(R_ref: np.ndarray, R: np.ndarray) -> float:
+    """The angle ``phi`` (rad) of the turn about ``R_ref``'s y axis that best matches ``R``'s viewing direction."""
+    axis = R_ref.T @ R[:, 2]  # R's optical axis in the reference camera frame
+    return float(np.arctan2(axis[0], axis[2]))
+
+
+def upright_candidates(
+    Y1: np.ndarray, Y2: np.ndarray, f1: np.ndarray, f2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All upright poses of the sample pairs: (phi (S, 2), c (S, 2, 3), valid (S, 2)).
+
+    ``Y1, Y2`` (S, 3) are points in the guess camera frame, ``f1, f2`` (S, 3) their bearings in the query camera.
+    ``valid`` is False where a solution does not exist (no real root) or puts a point behind the camera.
+    """
+    D = Y1 - Y2
+    n = np.cross(f1, f2)
+    A = n[:, 0] * D[:, 0] + n[:, 2] * D[:, 2]
+    B = n[:, 2] * D[:, 0] - n[:, 0] * D[:, 2]
+    C = n[:, 1] * D[:, 1]
+    r = np.hypot(A, B)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos_arg = -C / r
+    exists = np.isfinite(cos_arg) & (np.abs(cos_arg) <= 1.0)
+    alpha = np.arctan2(B, A)
+    delta = np.arccos(np.clip(cos_arg, -1.0, 1.0))
+    phi = np.stack([alpha + delta, alpha - delta], 1)  # (S, 2)
+    Rt = np.swapaxes(rot_y(phi), -1, -2)  # Ry(phi)^T
+    E = np.einsum("sjab,sb->sja", Rt, D)  # = lambda1 f1 - lambda2 f2
+    # Least squares for (lambda1, lambda2): [f1, -f2] lam = E, via the 2x2 normal equations.
+    a11 = np.sum(f1 * f1, 1)[:, None]
+    a22 = np.sum(f2 * f2, 1)[:, None]
+    a12 = -np.sum(f1 * f2, 1)[:, None]
+    b1 = np.einsum("sja,sa->sj", E, f1)
+    b2 = -np.einsum("sja,sa->sj", E, f2)
+    det = a11 * a22 - a12 * a12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam1 = (a22 * b1 - a12 * b2) / det
+        lam2 = (a11 * b2 - a12 * b1) / det
+    R = rot_y(phi)
+    c = Y1[:, None, :] - lam1[..., None] * np.einsum("sjab,sb->sja", R, f1)
+    valid = exists[:, None] & (lam1 > 0) & (lam2 > 0) & np.isfinite(lam1) & np.isfinite(lam2)
+    return phi, c, valid
+
+
+def _inliers(
+    phi: np.ndarray, c: np.ndarray, Y: np.ndarray, uv: np.ndarray, K: np.ndarray, threshold_px: float
+) -> np.ndarray:
+    """(H, M) inlier flags of the matches (Y, uv) under each hypothesis (phi (H,), c (H, 3))."""
+    cos, sin = np.cos(phi)[:, None], np.sin(phi)[:, None]
+    dx = Y[None, :, 0] - c[:, None, 0]
+    dy = Y[None, :, 1] - c[:, None, 1]
+    dz = Y[None, :, 2] - c[:, None, 2]
+    xq = cos * dx - sin * dz  # Ry(phi)^T (Y - c)
+    zq = sin * dx + cos * dz
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = K[0, 0] * xq / zq + K[0, 2]
+        v = K[1, 1] * dy / zq + K[1, 2]
+    r2 = (u - uv[None, :, 0]) ** 2 + (v - uv[None, :, 1]) ** 2
+    return (zq > 1e-6) & (r2 <= threshold_px**2)
+
+
+def upright_ransac(
+    X: np.ndarray,
+    uv: np.ndarray,
+    K: np.ndarray,
+    T_world_guess: np.ndarray,
+    bounds: UprightBounds,
+    threshold_px: float,
+    samples: int = 2000,
+    seed: int = 0,
+    score_subset: int = 512,
+    finalists: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best upright pose near ``T_world_guess`` for matches ``X`` (N, 3) world / ``uv`` (N, 2) undistorted
+    pixels of a zero-skew ``K``. Returns ``(T_cam_world, inlier_mask)``; a NaN pose and an empty mask when no
+    sample gives a pose inside ``bounds``. Deterministic for a given ``seed``."""
+    n = len(X)
+    empty = (np.full((4, 4), np.nan), np.zeros(n, dtype=bool))
+    if n < 2:
+        return empty
+    R_g, C_g = T_world_guess[:3, :3], T_world_guess[:3, 3]
+    Y = (X - C_g) @ R_g  # guess camera frame
+    f = np.c_[(uv[:, 0] - K[0, 2]) / K[0, 0], (uv[:, 1] - K[1, 2]) / K[1, 1], np.ones(n)]
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, samples)
+    j = (i + rng.integers(1, n, samples)) % n  # j != i
+    phi, c, valid = upright_candidates(Y[i], Y[j], f[i], f[j])
+    phi = np.angle(np.exp(1j * phi))  # wrap to (-pi, pi]
+    valid &= np.abs(phi) <= np.radians(bounds.max_yaw_deg)
+    valid &= np.hypot(c[..., 0], c[..., 2]) <= bounds.max_distance_m
+    valid &= np.abs(c[..., 1]) <= bounds.max_height_m
+    phi, c = phi[valid], c[valid]
+    if len(phi) == 0:
+        return empty
+    # Preemptive scoring: every hypothesis on a subset, the best few on all matches.
+    subset = rng.choice(n, min(score_subset, n), replace=False)
+    score = np.zeros(len(phi))
+    for start in range(0, len(phi), 1024):  # bounded memory: (1024, subset) arrays
+        sl = slice(start, start + 1024)
+        score[sl] = _inliers(phi[sl], c[sl], Y[subset], uv[subset], K, threshold_px).sum(1)
+    top = np.argsort(-score, kind="stable")[:finalists]
+    full = _inliers(phi[top], c[top], Y, uv, K, threshold_px)
+    k = int(np.argmax(full.sum(1)))
+    phi_b, c_b = phi[top[k]], c[top[k]]
+    R_wq = R_g @ rot_y(np.asarray(phi_b))
+    C_wq = C_g + R_g @ c_b
+    return invert(make_T(R_wq, C_wq)), full[k]
