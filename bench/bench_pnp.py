@@ -1,10 +1,13 @@
-"""Benchmark: ``solve_pnp`` (both backends) vs raw OpenCV ``solvePnPRansac`` and raw PoseLib.
+"""Benchmark: ``solve_pnp`` (both backends, and its upright search) vs raw OpenCV ``solvePnPRansac`` and PoseLib.
 
 Scenes are real KITTI object frames (``test/data/kitti_object``): in-image LiDAR points with the true
 calibration, put into a random "world" frame each trial, 1 px Gaussian pixel noise, and a fraction of the
 pixels replaced by uniform random pixels (outliers). Every method gets the same threshold (8 px unless
 ``--threshold``), confidence 0.9999 and at most 10000 iterations, except the row "cv2 RANSAC (all defaults)"
 which shows OpenCV's out-of-the-box settings (100 iterations, confidence 0.99).
+
+The row "solve_pnp [upright search]" is given a guess 5 m and 10 deg (about the camera's vertical axis) from the
+true pose, as the localizer gives it the retrieved submap's viewpoint; every other method gets no guess.
 
 Errors are of the camera pose in the world: camera-centre distance (cm) and rotation angle (deg), medians
 over the trials that returned a pose. Success = a pose within 10 cm and 0.5 deg.
@@ -41,10 +44,10 @@ from ep2p_loc_ros.pnp import PnPConfig, solve_pnp  # noqa: E402
 
 DATA = ROOT / "test" / "data" / "kitti_object"
 SIZES = (500, 2000, 10000)
-OUTLIERS = (0.3, 0.5, 0.8)
+OUTLIERS = (0.3, 0.5, 0.8, 0.95)
 
-# A method maps (X, uv, camera, threshold) -> T_cam_world (4x4) or None.
-Method = Callable[[np.ndarray, np.ndarray, PinholeCamera, float], "np.ndarray | None"]
+# A method maps (X, uv, camera, threshold, guess T_world_cam) -> T_cam_world (4x4) or None.
+Method = Callable[[np.ndarray, np.ndarray, PinholeCamera, float, np.ndarray], "np.ndarray | None"]
 
 
 def load_frames() -> list[tuple[PinholeCamera, np.ndarray, np.ndarray, np.ndarray]]:
@@ -68,16 +71,17 @@ def _pose_from_cv(ok: bool, rvec: np.ndarray | None, tvec: np.ndarray | None) ->
     return make_T(rotvec_to_matrix(np.asarray(rvec).reshape(3)), np.asarray(tvec).reshape(3))
 
 
-def ours(backend: str) -> Method:
-    def run(X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float) -> np.ndarray | None:
-        est = solve_pnp(X, uv, cam, PnPConfig(backend=backend, reprojection_threshold_px=thr))
+def ours(backend: str, use_guess: bool = False) -> Method:
+    def run(X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float, guess: np.ndarray) -> np.ndarray | None:
+        cfg = PnPConfig(backend=backend, reprojection_threshold_px=thr)
+        est = solve_pnp(X, uv, cam, cfg, guess=guess if use_guess else None)
         return est.T_cam_world if est.ok else None
 
     return run
 
 
 def cv2_ransac(flags: int, defaults: bool = False) -> Method:
-    def run(X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float) -> np.ndarray | None:
+    def run(X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float, guess: np.ndarray) -> np.ndarray | None:
         try:
             if defaults:
                 ok, rvec, tvec, _ = cv2.solvePnPRansac(X, uv, cam.K, None)
@@ -92,7 +96,9 @@ def cv2_ransac(flags: int, defaults: bool = False) -> Method:
     return run
 
 
-def poselib_direct(X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float) -> np.ndarray | None:
+def poselib_direct(
+    X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float, guess: np.ndarray
+) -> np.ndarray | None:
     camera = {"model": "PINHOLE", "width": cam.width, "height": cam.height, "params": [cam.fx, cam.fy, cam.cx, cam.cy]}
     pose, info = poselib.estimate_absolute_pose(uv, X, camera, {"max_reproj_error": thr}, {})
     if info.get("num_inliers", 0) == 0:
@@ -103,12 +109,27 @@ def poselib_direct(X: np.ndarray, uv: np.ndarray, cam: PinholeCamera, thr: float
 METHODS: dict[str, Method] = {
     "solve_pnp [opencv_usac]": ours("opencv_usac"),
     "solve_pnp [poselib]": ours("poselib"),
+    "solve_pnp [upright search]": ours("opencv_usac", use_guess=True),
     "cv2 RANSAC (all defaults)": cv2_ransac(cv2.SOLVEPNP_ITERATIVE, defaults=True),
     "cv2 RANSAC (default flags)": cv2_ransac(cv2.SOLVEPNP_ITERATIVE),
     "cv2 USAC_DEFAULT": cv2_ransac(cv2.USAC_DEFAULT),
     "cv2 USAC_MAGSAC": cv2_ransac(cv2.USAC_MAGSAC),
     "PoseLib direct": poselib_direct,
 }
+
+
+def guess_near(
+    T_world_cam: np.ndarray, rng: np.random.Generator, metres: float = 5.0, degrees: float = 10.0
+) -> np.ndarray:
+    """``T_world_cam`` turned by ``degrees`` about its own y axis and moved ``metres`` in its x-z plane."""
+    from ep2p_loc_ros.upright_ransac import rot_y
+
+    sign = rng.choice([-1.0, 1.0])
+    a = rng.uniform(0, 2 * np.pi)
+    out = T_world_cam.copy()
+    out[:3, :3] = T_world_cam[:3, :3] @ rot_y(sign * np.radians(degrees))
+    out[:3, 3] += T_world_cam[:3, :3] @ (metres * np.array([np.cos(a), 0.0, np.sin(a)]))
+    return out
 
 
 def random_pose(rng: np.random.Generator) -> np.ndarray:
@@ -131,7 +152,7 @@ def main() -> None:
     t_start = time.perf_counter()
     cam, pts, uv_true, _ = frames[0]
     for fn in METHODS.values():  # warm-up: first calls pay imports / allocations
-        fn(np.ascontiguousarray(pts[:500]), np.ascontiguousarray(uv_true[:500]), cam, args.threshold)
+        fn(np.ascontiguousarray(pts[:500]), np.ascontiguousarray(uv_true[:500]), cam, args.threshold, np.eye(4))
 
     print(
         f"PnP bench: KITTI object frames {len(frames)}, {trials} trials/cell, seed {args.seed}, "
@@ -154,9 +175,10 @@ def main() -> None:
                 uv[out] = rng.uniform([-0.5, -0.5], [cam.width - 0.5, cam.height - 0.5], (int(out.sum()), 2))
                 X, uv = np.ascontiguousarray(X), np.ascontiguousarray(uv)
                 T_wc_true = invert(T_cam_world_true)
+                guess = guess_near(T_wc_true, rng)
                 for name, fn in METHODS.items():
                     t0 = time.perf_counter()
-                    T = fn(X, uv, cam, args.threshold)
+                    T = fn(X, uv, cam, args.threshold, guess)
                     ms = (time.perf_counter() - t0) * 1e3
                     if T is None or not np.all(np.isfinite(T)):
                         res[name].append((ms, np.nan, np.nan))
