@@ -44,6 +44,10 @@ def test_heads_match_caps_before_refining_and_keeps_the_same_matches():
     pts = torch.nn.functional.normalize(torch.randn(400, 16), dim=1)
     idx_all, px_all, conf_all = head.match(pts, pf)
     assert len(idx_all) == 400 and bool(((conf_all > 0) & (conf_all <= 1)).all())
+    # the confidence is the chosen patch's softmax probability among the image patches
+    with torch.no_grad():
+        prob = torch.softmax(head.patch_logits(pts, pf)[:, :-1], 1)
+    torch.testing.assert_close(conf_all, prob[idx_all].max(1).values)
     patch_all = (px_all[:, 1] // 8) * 12 + px_all[:, 0] // 8
     for cap, limit in ((1, 0), (2, 0), (2, 50), (0, 30)):
         idx, px, conf = head.match(pts, pf, max_per_patch=cap, max_matches=limit)
