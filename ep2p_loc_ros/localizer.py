@@ -26,7 +26,7 @@ from .model.config import ModelConfig
 from .model.heads import MatchingHead, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
-from .upright_ransac import rot_y, yaw_about_camera_y
+from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
 
@@ -75,6 +75,7 @@ class LocalizerConfig:
     # retrieval it is pnp.search_max_distance_m / search_max_yaw_deg around the submap viewpoint instead.
     prior_search_distance_m: float = 3.0
     prior_search_yaw_deg: float = 10.0
+    prior_search_score: str = "inliers"  # ... and how its winner is chosen there (pnp.search_score after retrieval)
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
@@ -182,7 +183,7 @@ def result_from_pnp(
     )
     if not est.ok:
         return _failure(LocalizationStatus.PNP_FAILED, f"PnP: {est.status.value}: {est.message}", **common)
-    cells = _occupied_cells(pixels[est.inlier_mask])
+    cells = int(occupied_cells(est.inlier_mask[None], pixels)[0])
     if cells < min_inlier_cells:
         # Matches collapsed onto a few look-alike patches: PnP then "explains" them with a camera far away.
         return _failure(
@@ -218,13 +219,6 @@ def _search_guess(guess: np.ndarray, sub: Any) -> np.ndarray:
     out = np.array(guess, dtype=np.float64)
     out[:3, :3] = R_vp @ rot_y(yaw_about_camera_y(R_vp, out[:3, :3]))
     return out
-
-
-def _occupied_cells(pixels: np.ndarray, cell: float = 32.0) -> int:
-    """Distinct ``cell`` x ``cell`` pixel cells holding at least one of ``pixels`` (how spread the matches are)."""
-    if len(pixels) == 0:
-        return 0
-    return len(np.unique(np.floor(pixels / cell).astype(np.int64), axis=0))
 
 
 class Localizer:
@@ -500,7 +494,10 @@ class Localizer:
         pnp_cfg = cfg.pnp
         if near_guess:
             pnp_cfg = replace(
-                pnp_cfg, search_max_distance_m=cfg.prior_search_distance_m, search_max_yaw_deg=cfg.prior_search_yaw_deg
+                pnp_cfg,
+                search_max_distance_m=cfg.prior_search_distance_m,
+                search_max_yaw_deg=cfg.prior_search_yaw_deg,
+                search_score=cfg.prior_search_score,
             )
         est = solve_pnp(X, px, camera, pnp_cfg, weights=conf, guess=_search_guess(guess, sub))
         stage["pnp"] += (time.perf_counter() - tc) * 1e3

@@ -32,7 +32,7 @@ from enum import Enum
 import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
-from .upright_ransac import UprightBounds, upright_ransac
+from .upright_ransac import SCORES, UprightBounds, upright_ransac
 
 __all__ = [
     "BACKENDS",
@@ -85,6 +85,7 @@ class PnPConfig:
     search_max_height_m: float = 2.0
     search_max_yaw_deg: float = 45.0
     search_samples: int = 2000
+    search_score: str = "cells"  # the winning pose: most image cells with inliers ("cells") or most inliers
 
     def __post_init__(self) -> None:
         # A bad config is a programming/configuration error, so it raises (unlike bad measurements).
@@ -102,6 +103,8 @@ class PnPConfig:
             raise ValueError("lm_max_iterations >= 0, max_inlier_rounds >= 1 and min_sigma_px >= 0 required")
         if self.search_samples < 1:
             raise ValueError(f"search_samples must be >= 1, got {self.search_samples}")
+        if self.search_score not in SCORES:
+            raise ValueError(f"search_score must be one of {SCORES}, got {self.search_score!r}")
         self.search_bounds()  # raises on bad bounds
 
     def search_bounds(self) -> UprightBounds:
@@ -417,6 +420,7 @@ def solve_pnp(
                 cfg.search_bounds(),
                 cfg.reprojection_threshold_px,
                 cfg.search_samples,
+                score=cfg.search_score,
             )
         else:
             T0, mask = _BACKEND_FN[cfg.backend](X, uv0, K0, cfg)

@@ -7,7 +7,14 @@ import pytest
 
 from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
 from ep2p_loc_ros.pnp import PnPConfig, PnPStatus, solve_pnp
-from ep2p_loc_ros.upright_ransac import UprightBounds, rot_y, upright_candidates, upright_ransac, yaw_about_camera_y
+from ep2p_loc_ros.upright_ransac import (
+    UprightBounds,
+    occupied_cells,
+    rot_y,
+    upright_candidates,
+    upright_ransac,
+    yaw_about_camera_y,
+)
 
 CAM = PinholeCamera.from_params(1241, 376, 718.856, 718.856, 607.19, 185.22)
 K = CAM.K
@@ -111,3 +118,27 @@ def test_solve_pnp_refuses_a_bad_guess_and_bad_bounds() -> None:
     for kw in ({"search_max_distance_m": 0.0}, {"search_max_yaw_deg": 200.0}, {"search_samples": 0}):
         with pytest.raises(ValueError):
             PnPConfig(**kw)
+
+
+def test_occupied_cells_counts_distinct_cells_per_mask() -> None:
+    uv = np.array([[1.0, 1.0], [30.0, 5.0], [33.0, 1.0], [100.0, 100.0]])
+    masks = np.array([[True, True, False, False], [True, False, True, True], [False] * 4])
+    assert occupied_cells(masks, uv).tolist() == [1, 3, 0]
+
+
+def test_upright_ransac_cells_score_prefers_spread_inliers() -> None:
+    """A decoy pose inside the bounds explains more matches, all crowded in one corner of the image; the true pose
+    explains fewer, spread over the image. "inliers" picks the decoy, "cells" the truth."""
+    rng = np.random.default_rng(6)
+    T_guess, T_true = _guess_and_truth(0.0, (0.0, 0.0, 0.0))
+    _, T_decoy = _guess_and_truth(8.0, (3.0, 0.0, 6.0))
+    X_true, uv_true = _scene(T_true, 100, rng)
+    Xc = np.c_[rng.uniform(-1, 1, 160), rng.uniform(-1, 1, 160), rng.uniform(20, 40, 160)]  # one small region
+    uv_decoy = Xc[:, :2] / Xc[:, 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    X_decoy = Xc @ T_decoy[:3, :3].T + T_decoy[:3, 3]
+    X, uv = np.r_[X_true, X_decoy], np.r_[uv_true, uv_decoy]
+    for score, want in (("inliers", T_decoy), ("cells", T_true)):
+        T_cw, _ = upright_ransac(X, uv, K, T_guess, UprightBounds(), 2.0, samples=3000, score=score)
+        assert np.linalg.norm(invert(T_cw)[:3, 3] - want[:3, 3]) < 0.1, score
+    with pytest.raises(ValueError):
+        upright_ransac(X, uv, K, T_guess, UprightBounds(), 2.0, score="best")
