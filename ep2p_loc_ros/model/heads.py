@@ -132,9 +132,16 @@ class MatchingHead(nn.Module):
         if expected is not None:
             if radius is None or not radius > 0:
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
-            near = torch.cdist(expected.to(logits.dtype), patch_centers(self.config).to(logits)) <= radius
-            logits = logits.masked_fill(~near, float("-inf"))
-            candidates = near.any(1)
+            # Squared distance to each patch centre, separable over the grid's columns and rows: two small
+            # (M, cols) / (M, rows) tables and one (M, P) pass instead of a full distance matrix.
+            rows, cols = self.config.grid_size
+            s = self.config.patch_stride
+            e = expected.to(logits.dtype)
+            du2 = (e[:, :1] - (torch.arange(cols, dtype=e.dtype) * s + (s - 1) / 2)) ** 2  # (M, cols)
+            dv2 = (e[:, 1:] - (torch.arange(rows, dtype=e.dtype) * s + (s - 1) / 2)) ** 2  # (M, rows)
+            far = (dv2[:, :, None] + du2[:, None, :]).reshape(len(e), -1) > radius**2
+            logits.masked_fill_(far, float("-inf"))
+            candidates = du2.min(1).values + dv2.min(1).values <= radius**2
         top, best = logits.max(1)
         # The winning patch's softmax probability, 1 / sum(exp(logits - top)), computed in place: the (M, P)
         # matrix is the largest thing matching touches, and logsumexp would make two more passes over it.
