@@ -80,6 +80,19 @@ class LocalizerConfig:
     pnp: PnPConfig = field(default_factory=PnPConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
 
+    def __post_init__(self) -> None:
+        # The tracking search is a PnPConfig with these bounds: build it once so a bad value fails at load.
+        self.prior_pnp()
+
+    def prior_pnp(self) -> PnPConfig:
+        """The PnP config used around a prior or a pose being refined (``prior_search_*`` replace the bounds)."""
+        return replace(
+            self.pnp,
+            search_max_distance_m=self.prior_search_distance_m,
+            search_max_yaw_deg=self.prior_search_yaw_deg,
+            search_score=self.prior_search_score,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> LocalizerConfig:
         """Nested dict (YAML) -> config; unknown keys and wrong types are errors that name the key."""
@@ -388,6 +401,8 @@ class Localizer:
     ) -> tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None:
         """Retrieved submaps with the map's stored features: the union of what each viewpoint sees (IPR) is
         matched once, then PnP searches around each viewpoint on all of those matches; the most inliers win.
+        Only the stored-features global case comes here (``pool_submaps``); tracking and run-time encoding solve
+        each view on its own.
 
         Why: a point's stored features and its match do not depend on the submap it was gathered with, and the
         top-k submaps overlap, so matching each separately repeats most of the work (matching is the costliest
@@ -491,14 +506,7 @@ class Localizer:
         ``near_guess``, the PnP config's around a submap viewpoint otherwise)."""
         cfg = self.config
         tc = time.perf_counter()
-        pnp_cfg = cfg.pnp
-        if near_guess:
-            pnp_cfg = replace(
-                pnp_cfg,
-                search_max_distance_m=cfg.prior_search_distance_m,
-                search_max_yaw_deg=cfg.prior_search_yaw_deg,
-                search_score=cfg.prior_search_score,
-            )
+        pnp_cfg = cfg.prior_pnp() if near_guess else cfg.pnp
         est = solve_pnp(X, px, camera, pnp_cfg, weights=conf, guess=_search_guess(guess, sub))
         stage["pnp"] += (time.perf_counter() - tc) * 1e3
         return est

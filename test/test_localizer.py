@@ -482,3 +482,10 @@ def test_localizer_tracking_searches_only_near_the_prior(scene):
     res = wide.localize(seq.image(FRAME), seq.calib.camera, prior)
     assert res.ok, res.message
     assert _errors(res.T_map_cam, T_gt)[0] < 0.02
+
+
+def test_localizer_config_refuses_a_bad_tracking_search():
+    for bad in ({"prior_search_distance_m": 0.0}, {"prior_search_yaw_deg": -1.0}, {"prior_search_score": "most"}):
+        with pytest.raises(DataError, match="config"):
+            LocalizerConfig.from_dict(bad)
+    assert LocalizerConfig().prior_pnp().search_max_distance_m == LocalizerConfig().prior_search_distance_m
