@@ -2,8 +2,9 @@
 
 For each drive (outdoor seed 900, indoor seed 901 by default) it generates the sequence if missing, builds its map
 with the model's features, and localizes every image globally (retrieval -> IPR -> matching -> PnP) in process,
-then again for each variant in ``ABLATIONS`` (no IPR, no pixel refinement, run-time point encoding, guided rounds
-after the global search, and tracking from a prior 1 m / 3 degrees off, guided or not). Prints one markdown table
+then again for each variant in ``ABLATIONS`` (PnP without the upright search or won by inlier count, other caps,
+each submap matched on its own, no IPR, no pixel refinement, run-time point encoding, guided rounds after the
+global search, and tracking from a prior 1 m / 3 degrees off, guided or not). Prints one markdown table
 (recall at the three thresholds, median errors, inlier ratio, retrieval recall@1/5, p50 latency per stage).
 
     python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--variants ...]
@@ -24,6 +25,7 @@ DRIVES = {"outdoor": (900, 60), "indoor": (901, 40)}  # kind -> (world seed, fra
 ABLATIONS = {
     "full": {},
     "6-DoF RANSAC, no upright search": {"pnp": PnPConfig(upright_search=False)},
+    "upright search won by most inliers": {"pnp": PnPConfig(search_score="inliers")},
     "3 matches per patch": {"max_matches_per_patch": 3},
     "each submap matched on its own": {"pool_submaps": False},
     "no IPR": {"use_ipr": False},
