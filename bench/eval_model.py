@@ -100,16 +100,16 @@ def main() -> None:
             f"{r['median_rotation_deg']:.2f} | {r['inlier_ratio']:.2f} | {rr.get('1', float('nan')):.0%} / "
             f"{rr.get('5', float('nan')):.0%} | {r['latency_ms'].get('total', float('nan')):.0f} |"
         )
-    full = [r for r in rows if r["variant"] == "full"]
-    if full:
-        print("\np50 latency per stage (ms), full pipeline:\n")
+    main_rows = [r for r in rows if r["variant"] in ("full", "tracking, prior 1 m / 3°")]
+    if main_rows:
+        print("\np50 latency per stage (ms), global (full) and tracking:\n")
         stages = ["preprocess", "image_encoder", "retrieval", "point_encoder", "ipr", "matching", "pnp", "total"]
-        print("| drive | " + " | ".join(stages) + " |")
-        print("|---|" + "---|" * len(stages))
-        for r in full:
+        print("| drive | variant | " + " | ".join(stages) + " |")
+        print("|---|---|" + "---|" * len(stages))
+        for r in main_rows:
             ms = [r["latency_ms"].get(s, float("nan")) for s in stages]
             cells = " | ".join(f"{v:.1f}" if v == v else "–" for v in ms)  # – : the stage did not run
-            print(f"| {r['drive']} | {cells} |")
+            print(f"| {r['drive']} | {r['variant']} | {cells} |")
 
 
 if __name__ == "__main__":
