@@ -34,8 +34,8 @@ ABLATIONS = {
     "global + 2 guided rounds": {"global_guided_rounds": 2},
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
-    "tracking, prior 1 m / 3°, no guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 0},
-    "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0, "guided_rounds": 0},
+    "tracking, prior 1 m / 3°, 2 guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 2},
+    "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0},
     "tracking, prior 1 m / 3°, run-time encoding": {"prior_noise": (1.0, 3.0), "encode_points_at_runtime": True},
     "tracking, prior 1 m / 3°, 6-DoF RANSAC": {"prior_noise": (1.0, 3.0), "pnp": PnPConfig(upright_search=False)},
 }

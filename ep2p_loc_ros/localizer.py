@@ -65,7 +65,8 @@ class LocalizerConfig:
     encode_points_at_runtime: bool = False  # True: encode the guess view now, as in training (4x slower, as good)
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
     prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
-    guided_rounds: int = 2  # tracking: re-match around the pose found, each point near where it projects
+    guided_rounds: int = 0  # tracking: re-match around the pose found, each point near where it projects (0: off;
+    # with PnP's search bounded around the prior they no longer pay: models/README.md)
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
     global_guided_rounds: int = 0  # the same guided rounds after a global search (no prior); 0: off
     # After retrieval with the map's stored features: match the union of the top_k views once and run PnP from
