@@ -135,18 +135,31 @@ def occupied_cells(masks: np.ndarray, uv: np.ndarray, cell: float = 32.0) -> np.
 def _inliers(
     phi: np.ndarray, c: np.ndarray, Y: np.ndarray, uv: np.ndarray, K: np.ndarray, threshold_px: float
 ) -> np.ndarray:
-    """(H, M) inlier flags of the matches (Y, uv) under each hypothesis (phi (H,), c (H, 3))."""
-    cos, sin = np.cos(phi)[:, None], np.sin(phi)[:, None]
+    """(H, M) inlier flags of the matches (Y, uv) under each hypothesis (phi (H,), c (H, 3)).
+
+    float32 and in-place: this (H, M) pass is the search's main cost, and pixels need no more than 7 digits."""
+    f32 = np.float32
+    cos, sin = np.cos(phi).astype(f32)[:, None], np.sin(phi).astype(f32)[:, None]
+    Y, c, uv = Y.astype(f32), c.astype(f32), uv.astype(f32)
     dx = Y[None, :, 0] - c[:, None, 0]
-    dy = Y[None, :, 1] - c[:, None, 1]
     dz = Y[None, :, 2] - c[:, None, 2]
     xq = cos * dx - sin * dz  # Ry(phi)^T (Y - c)
-    zq = sin * dx + cos * dz
+    zq = np.multiply(sin, dx, out=dx)
+    zq += cos * dz
+    front = zq > 1e-6
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = K[0, 0] * xq / zq + K[0, 2]
-        v = K[1, 1] * dy / zq + K[1, 2]
-    r2 = (u - uv[None, :, 0]) ** 2 + (v - uv[None, :, 1]) ** 2
-    return (zq > 1e-6) & (r2 <= threshold_px**2)
+        inv = np.reciprocal(zq, out=dz)
+        u = np.multiply(xq, inv, out=xq)
+        u *= f32(K[0, 0])
+        u += f32(K[0, 2]) - uv[None, :, 0]  # pixel residual in u
+        v = Y[None, :, 1] - c[:, None, 1]
+        v *= inv
+        v *= f32(K[1, 1])
+        v += f32(K[1, 2]) - uv[None, :, 1]
+    u *= u
+    v *= v
+    u += v
+    return front & (u <= f32(threshold_px**2))
 
 
 def upright_ransac(
@@ -159,7 +172,7 @@ def upright_ransac(
     samples: int = 2000,
     seed: int = 0,
     score_subset: int = 512,
-    finalists: int = 256,
+    finalists: int = 64,
     score: str = "cells",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best upright pose near ``T_world_guess`` for matches ``X`` (N, 3) world / ``uv`` (N, 2) undistorted
