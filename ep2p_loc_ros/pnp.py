@@ -5,7 +5,10 @@ Pipeline (why each step is there):
 1. **Input checks.** Bad input (wrong shapes, NaN/Inf, too few rows, collinear points) is reported as a
    :class:`PnPStatus`, never raised, so a localisation node keeps running on a bad frame.
 2. **RANSAC** from a well-kept library (OpenCV USAC or PoseLib, see :class:`PnPConfig`), on undistorted
-   pixels. Minimal solvers and sampling are the libraries' job; we do not re-implement them.
+   pixels. With a guess pose (the localizer always has one: the retrieved viewpoint or the tracking prior) the
+   default is instead our upright search around it (``upright_ransac.py``): neither library samples only poses
+   within given bounds of a guess, which is what keeps look-alike matches from winning. Its minimal solver is
+   checked against PoseLib's ``up2p``.
 3. **Levenberg-Marquardt** on the inliers (own, small, vectorised, analytic Jacobian, optional per-point
    weights), then the inliers are re-checked with the refined pose (and refined again if they changed).
    We own this step because the covariance must come from exactly the problem that was solved.
