@@ -134,11 +134,11 @@ class MatchingHead(nn.Module):
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
             # Squared distance to each patch centre, separable over the grid's columns and rows: two small
             # (M, cols) / (M, rows) tables and one (M, P) pass instead of a full distance matrix.
-            rows, cols = self.config.grid_size
-            s = self.config.patch_stride
+            cols = self.config.grid_size[1]
             e = expected.to(logits.dtype)
-            du2 = (e[:, :1] - (torch.arange(cols, dtype=e.dtype) * s + (s - 1) / 2)) ** 2  # (M, cols)
-            dv2 = (e[:, 1:] - (torch.arange(rows, dtype=e.dtype) * s + (s - 1) / 2)) ** 2  # (M, rows)
+            centres = patch_centers(self.config).to(e.dtype)  # row-major: first row's u, first column's v
+            du2 = (e[:, :1] - centres[:cols, 0]) ** 2  # (M, cols)
+            dv2 = (e[:, 1:] - centres[::cols, 1]) ** 2  # (M, rows)
             far = (dv2[:, :, None] + du2[:, None, :]).reshape(len(e), -1) > radius**2
             logits.masked_fill_(far, float("-inf"))
             candidates = du2.min(1).values + dv2.min(1).values <= radius**2
