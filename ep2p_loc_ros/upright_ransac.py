@@ -207,10 +207,11 @@ def upright_ransac(
         inliers = masks.sum(1)
         return inliers + (occupied_cells(masks, pixels) * (len(pixels) + 1) if score == "cells" else 0)
 
+    Y_sub, uv_sub = Y[subset], uv[subset]
     preliminary = np.zeros(len(phi))
     for start in range(0, len(phi), 1024):  # bounded memory: (1024, subset) arrays
         sl = slice(start, start + 1024)
-        preliminary[sl] = rank(_inliers(phi[sl], c[sl], Y[subset], uv[subset], K, threshold_px), uv[subset])
+        preliminary[sl] = rank(_inliers(phi[sl], c[sl], Y_sub, uv_sub, K, threshold_px), uv_sub)
     top = np.argsort(-preliminary, kind="stable")[:finalists]
     full = _inliers(phi[top], c[top], Y, uv, K, threshold_px)
     k = int(np.argmax(rank(full, uv)))
