@@ -30,6 +30,8 @@ ABLATIONS = {
     "each submap matched on its own": {"pool_submaps": False},
     "no IPR": {"use_ipr": False},
     "no pixel refinement": {"refine_pixels": False},
+    "every match refined before PnP": {"refine_after_pnp": False},
+    "6,000 points (previous default)": {"max_points": 6000},
     "run-time point encoding": {"encode_points_at_runtime": True},  # full uses the map's stored point features
     "global + 2 guided rounds": {"global_guided_rounds": 2},
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions

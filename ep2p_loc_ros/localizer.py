@@ -1,7 +1,8 @@
 """The localization pipeline (ROS-free): image + intrinsics (+ optional prior) -> pose with covariance.
 
 retrieval top-k (or the submaps around a prior pose) -> IPR at the submap's viewpoint (or the prior) ->
-patch classification -> pixel refinement -> RANSAC PnP + LM. Each stage is timed; failures are statuses in
+patch classification -> PnP on the patch centres -> pixel refinement of the matches near that pose -> LM on the
+refined pixels. Each stage is timed; failures are statuses in
 the result, never exceptions, so a node can publish "no pose" and say why.
 """
 
@@ -23,7 +24,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .model.config import ModelConfig
-from .model.heads import MatchingHead, top_per_group
+from .model.heads import MatchingHead, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
@@ -56,7 +57,7 @@ class LocalizerConfig:
     prior_top_k: int = 1  # submaps tried around a prior pose (tracking)
     max_prior_distance: float = 40.0  # m; a prior farther than this from every submap viewpoint is off the map
     min_confidence: float = 0.0  # patch probability below which a match is dropped (the per-patch cap thins instead)
-    max_points: int = 6000  # visible submap points classified per submap (evenly thinned beyond this: speed)
+    max_points: int = 4000  # visible points classified: one view, or the union of the top_k (evenly thinned: speed)
     max_matches: int = 4000  # most confident matches kept for PnP
     max_matches_per_patch: int = 10  # the most confident matches kept per image patch (0: no cap)
     prior_max_matches_per_patch: int = 3  # the same with a prior (tracking) and in guided rounds
@@ -64,6 +65,10 @@ class LocalizerConfig:
     use_ipr: bool = True  # ablation switch: match every submap point, visible or not
     encode_points_at_runtime: bool = False  # True: encode the guess view now, as in training (4x slower, as good)
     refine_pixels: bool = True  # ablation switch: patch centres instead of the pixel MLP
+    # Refine only the pixels of the matches that reproject within refine_radius_px of the pose PnP finds on the
+    # patch centres, then polish that pose on them (false: refine every match before PnP, ~5x the MLP work).
+    refine_after_pnp: bool = True
+    refine_radius_px: float = 16.0  # original-image pixels: twice the PnP threshold (a centre is <= 11 px off)
     prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
     guided_rounds: int = 0  # tracking: re-match around the pose found, each point near where it projects (0: off;
     # with PnP's search bounded around the prior they no longer pay: models/README.md)
@@ -82,6 +87,8 @@ class LocalizerConfig:
     threads: int = 2  # torch/onnxruntime intra-op threads
 
     def __post_init__(self) -> None:
+        if not self.refine_radius_px > 0:
+            raise ValueError(f"refine_radius_px must be > 0, got {self.refine_radius_px}")
         # The tracking search is a PnPConfig with these bounds: build it once so a bad value fails at load.
         self.prior_pnp()
 
@@ -215,11 +222,18 @@ def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, ca
     consensus (a camera far away "explains" them all). One or a few matches per patch keeps the spread ones.
     The model's head already caps before refining; this applies the same rule to any head's pixels.
     """
-    rows, cols = mc.grid_size
-    s = mc.patch_stride
-    col = torch.clamp(torch.floor((px_net[:, 0] + 0.5) / s), 0, cols - 1).long()
-    row = torch.clamp(torch.floor((px_net[:, 1] + 0.5) / s), 0, rows - 1).long()
-    return top_per_group(row * cols + col, conf, cap)
+    return top_per_group(patch_index(px_net, mc), conf, cap)
+
+
+def _better(est: PoseEstimate, best: tuple[PoseEstimate, ...] | None) -> bool:
+    """Whether ``est`` beats the best so far: a pose over a failure, then more inliers."""
+    return best is None or (est.ok, est.num_inliers) > (best[0].ok, best[0].num_inliers)
+
+
+def _to_image_pixels(px_net: torch.Tensor, camera: PinholeCamera, cam_net: PinholeCamera) -> np.ndarray:
+    """Network-image pixels -> original-image pixels (the inverse of the per-axis resize)."""
+    sx, sy = cam_net.width / camera.width, cam_net.height / camera.height
+    return (px_net.numpy().astype(np.float64) + 0.5) / [sx, sy] - 0.5
 
 
 def _search_guess(guess: np.ndarray, sub: Any) -> np.ndarray:
@@ -233,6 +247,19 @@ def _search_guess(guess: np.ndarray, sub: Any) -> np.ndarray:
     out = np.array(guess, dtype=np.float64)
     out[:3, :3] = R_vp @ rot_y(yaw_about_camera_y(R_vp, out[:3, :3]))
     return out
+
+
+@dataclass(frozen=True)
+class _Matches:
+    """2D-3D matches of one matching pass: map points, their original-image pixels and confidences; with the
+    matched points' features and network-image pixels, for refining the pixels later (``refined``: done)."""
+
+    X: np.ndarray  # (K, 3) map frame, float64
+    px: np.ndarray  # (K, 2) original-image pixels
+    conf: np.ndarray  # (K,)
+    feats: torch.Tensor  # (K, D) point features
+    px_net: torch.Tensor  # (K, 2) network-image pixels
+    refined: bool
 
 
 class Localizer:
@@ -324,48 +351,50 @@ class Localizer:
         if len(ids) == 0:
             return _failure(LocalizationStatus.NO_SUBMAP, "map has no submaps", timings_ms=timings)
 
-        best: tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None = None
+        best: tuple[PoseEstimate, int, _Matches] | None = None
         stage = {"ipr": 0.0, "matching": 0.0, "pnp": 0.0}
         first_radius = cfg.prior_radius_px if T_map_cam_prior is not None and cfg.prior_radius_px > 0 else None
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # run-time point features, once per submap
         pooled = cfg.pool_submaps and T_map_cam_prior is None and not cfg.encode_points_at_runtime
+        near = T_map_cam_prior is not None
         if pooled:
-            best = self._solve_pooled([self.map.submap(int(sid)) for sid in ids], camera, cam_net, patch, stage)
+            best = self._solve_pooled(
+                [self.map.submap(int(sid), features=False) for sid in ids], camera, cam_net, patch, stage
+            )
         else:
             for sid, guess in zip(ids, guesses, strict=True):
-                sub = self.map.submap(int(sid))
-                near = T_map_cam_prior is not None
+                sub = self.map.submap(int(sid), features=False)
                 view = self._solve_view(sub, guess, camera, cam_net, patch, stage, first_radius, encoded, near)
-                if view is not None and (
-                    best is None or (view[0].ok, view[0].num_inliers) > (best[0].ok, best[0].num_inliers)
-                ):
-                    best = (view[0], int(sid), view[1], view[2])
+                if view is not None and _better(view[0], best):
+                    best = (view[0], int(sid), view[1])
         # Guided rounds (tracking): match again from the pose just found, each point only against the patches
         # near where that pose projects it. Look-alike patches elsewhere in the image can no longer win; each
         # round can only move the pose locally. After a global search they run only if ``global_guided_rounds``
         # says so (models/README.md has what they measured there).
-        for r in range(cfg.guided_rounds if T_map_cam_prior is not None else cfg.global_guided_rounds):
+        for r in range(cfg.guided_rounds if near else cfg.global_guided_rounds):
             if best is None or not best[0].ok:
                 break
             radius = cfg.guided_radius_px / 2**r
-            view = self._solve_view(
-                self.map.submap(best[1]), best[0].T_world_cam, camera, cam_net, patch, stage, radius, encoded
-            )
+            sub = self.map.submap(best[1], features=False)
+            view = self._solve_view(sub, best[0].T_world_cam, camera, cam_net, patch, stage, radius, encoded)
             if view is None or not view[0].ok:
                 break
-            best = (view[0], best[1], view[1], view[2])
+            best = (view[0], best[1], view[1])
+        if best is not None:
+            est, m = self._polish(best[0], best[2], patch, camera, cam_net, stage, cfg.prior_pnp() if near else cfg.pnp)
+            best = (est, best[1], m)
         timings.update(stage)
         timings["total"] = (time.perf_counter() - t0) * 1e3
         retrieved = tuple(int(i) for i in ids)
-        if best is None or len(best[2]) == 0:
+        if best is None or len(best[2].X) == 0:
             return _failure(
                 LocalizationStatus.NO_MATCHES,
                 "no visible map point was matched",
                 timings_ms=timings,
                 retrieved=retrieved,
             )
-        est, sid, X, px = best
-        return result_from_pnp(est, X, px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
+        est, sid, m = best
+        return result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
 
     def _solve_view(
         self,
@@ -378,19 +407,19 @@ class Localizer:
         radius: float | None = None,
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
         near_guess: bool = True,
-    ) -> tuple[PoseEstimate, np.ndarray, np.ndarray] | None:
+    ) -> tuple[PoseEstimate, _Matches] | None:
         """One submap seen from ``guess``: IPR, matching (within ``radius`` network pixels of where ``guess``
-        projects each point, when given), PnP. Returns (estimate, matched points, original-image pixels), or
-        None when no point is visible. Adds each stage's milliseconds to ``stage``. With run-time point encoding,
-        ``encoded`` keeps each submap's encoding for the frame's later rounds (the features of a point do not
-        depend on the crop, so the first guess's crop serves the refined pose too). ``near_guess``: the guess is a
-        prior or a pose found before (PnP searches ``prior_search_*`` around it), not a submap viewpoint."""
+        projects each point, when given), PnP. Returns (estimate, matches), or None when no point is visible.
+        Adds each stage's milliseconds to ``stage``. With run-time point encoding, ``encoded`` keeps each
+        submap's encoding for the frame's later rounds (the features of a point do not depend on the crop, so
+        the first guess's crop serves the refined pose too). ``near_guess``: the guess is a prior or a pose found
+        before (PnP searches ``prior_search_*`` around it), not a submap viewpoint."""
         pts, feats, _ = self._visible(sub, guess, camera, stage, encoded)
         if len(pts) == 0:
             return None
         cap = self.config.prior_max_matches_per_patch if near_guess else self.config.max_matches_per_patch
-        X, px, conf = self._matches(pts, feats, patch, camera, cam_net, stage, cap, invert(guess), radius)
-        return self._pnp(X, px, conf, camera, guess, sub, stage, near_guess), X, px
+        m = self._matches(pts, feats, patch, camera, cam_net, stage, cap, invert(guess), radius)
+        return self._pnp(m, camera, guess, sub, stage, near_guess), m
 
     def _solve_pooled(
         self,
@@ -399,7 +428,7 @@ class Localizer:
         cam_net: PinholeCamera,
         patch: torch.Tensor,
         stage: dict[str, float],
-    ) -> tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None:
+    ) -> tuple[PoseEstimate, int, _Matches] | None:
         """Retrieved submaps with the map's stored features: the union of what each viewpoint sees (IPR) is
         matched once, then PnP searches around each viewpoint on all of those matches; the most inliers win.
         Only the stored-features global case comes here (``pool_submaps``); tracking and run-time encoding solve
@@ -409,21 +438,24 @@ class Localizer:
         top-k submaps overlap, so matching each separately repeats most of the work (matching is the costliest
         stage), while PnP with the upright search is cheap enough to run from every viewpoint.
         """
-        visible = [self._visible(sub, sub.T_map_viewpoint, camera, stage) for sub in subs]
+        visible = [self._visible(sub, sub.T_map_viewpoint, camera, stage, features=False) for sub in subs]
         ta = time.perf_counter()
         gidx = np.concatenate([sub.point_indices[rows] for sub, (_, _, rows) in zip(subs, visible, strict=True)])
         if len(gidx) == 0:
             return None
-        _, first = np.unique(gidx, return_index=True)  # each map point once, in map-row order
+        gidx, first = np.unique(gidx, return_index=True)  # each map point once, in map-row order
+        if len(gidx) > self.config.max_points:  # the union of several views: thin it like one view
+            keep = np.linspace(0, len(gidx) - 1, self.config.max_points).astype(np.int64)
+            gidx, first = gidx[keep], first[keep]
         pts = np.concatenate([v[0] for v in visible])[first]
-        feats = np.concatenate([v[1] for v in visible])[first]
+        feats = self.map.point_features(gidx)  # only the rows matched: a submap's features are ~10 MB
         stage["ipr"] += (time.perf_counter() - ta) * 1e3
-        X, px, conf = self._matches(pts, feats, patch, camera, cam_net, stage, self.config.max_matches_per_patch)
-        best: tuple[PoseEstimate, int, np.ndarray, np.ndarray] | None = None
+        m = self._matches(pts, feats, patch, camera, cam_net, stage, self.config.max_matches_per_patch)
+        best: tuple[PoseEstimate, int, _Matches] | None = None
         for sub in subs:
-            est = self._pnp(X, px, conf, camera, sub.T_map_viewpoint, sub, stage, near_guess=False)
-            if best is None or (est.ok, est.num_inliers) > (best[0].ok, best[0].num_inliers):
-                best = (est, int(sub.id), X, px)
+            est = self._pnp(m, camera, sub.T_map_viewpoint, sub, stage, near_guess=False)
+            if _better(est, best):
+                best = (est, int(sub.id), m)
         return best
 
     def _visible(
@@ -433,11 +465,14 @@ class Localizer:
         camera: PinholeCamera,
         stage: dict[str, float],
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The submap's points that ``guess`` sees (IPR), their features, and their rows in the submap (for
-        stored features) or in the run-time encoding; thinned evenly to ``max_points``."""
+        features: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The submap's points that ``guess`` sees (IPR, float64), thinned evenly to ``max_points``; their
+        features (None when ``features`` is False: the caller reads the stored ones for fewer rows); and their
+        rows in the submap (stored features) or in the run-time encoding."""
         cfg = self.config
         ta = time.perf_counter()
+        all_feats = None
         if cfg.encode_points_at_runtime:
             cache = {} if encoded is None else encoded
             if sub.id not in cache:
@@ -446,15 +481,22 @@ class Localizer:
             stage["point_encoder"] = stage.get("point_encoder", 0.0) + (time.perf_counter() - ta) * 1e3
             ta = time.perf_counter()
         else:
-            pts, all_feats = sub.points.astype(np.float64), sub.features
+            pts = sub.points  # float32: IPR runs in float32, plenty for a visibility test and faster
         keep = np.ones(len(pts), bool)
         if cfg.use_ipr and len(pts):
             keep = visible_mask(pts, invert(guess), camera, cfg.ipr)
         rows = np.flatnonzero(keep)
         if len(rows) > cfg.max_points:  # deterministic, spatially even thinning (rows are voxel-ordered)
             rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(np.int64)]
+        feats = None
+        if features:
+            feats = (
+                np.asarray(all_feats[rows], dtype=np.float32)
+                if all_feats is not None
+                else self.map.point_features(sub.point_indices[rows])
+            )
         stage["ipr"] += (time.perf_counter() - ta) * 1e3
-        return pts[rows], np.asarray(all_feats[rows], dtype=np.float32), rows
+        return pts[rows].astype(np.float64), feats, rows
 
     def _matches(
         self,
@@ -467,36 +509,31 @@ class Localizer:
         cap: int,
         T_guess_map: np.ndarray | None = None,
         radius: float | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> _Matches:
         """Match points to pixels (guided within ``radius`` of where ``T_guess_map`` projects them, if given),
-        at most ``cap`` per image patch (0: no cap): matched points (K, 3), their original-image pixels (K, 2) and
-        confidences (K,)."""
+        at most ``cap`` per image patch (0: no cap). The pixels are refined now, or (``refine_after_pnp``) only
+        for the matches near the pose found, in :meth:`_polish`."""
         cfg = self.config
         tb = time.perf_counter()
-        if len(pts) > cfg.max_points:  # the union of several submaps' views: thin it like one view
-            keep = np.linspace(0, len(pts) - 1, cfg.max_points).astype(np.int64)
-            pts, feats = pts[keep], feats[keep]
         expected = None
         if radius is not None and T_guess_map is not None:
             expected = torch.from_numpy(cam_net.project(transform_points(T_guess_map, pts)).uv.astype(np.float32))
-        idx, px_net, conf = self._match(torch.from_numpy(feats), patch, cap, expected, radius)
+        lazy = cfg.refine_pixels and cfg.refine_after_pnp
+        feats_t = torch.from_numpy(feats)
+        idx, px_net, conf = self._match(feats_t, patch, cap, expected, radius, refine=not lazy)
         if cap > 0 and len(idx):
             keep_m = _cap_per_patch(px_net, conf, self.model_config, cap)
             idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]
         if len(idx) > cfg.max_matches:
             top = torch.argsort(conf, descending=True)[: cfg.max_matches]
             idx, px_net, conf = idx[top], px_net[top], conf[top]
-        # network-image pixels -> original image pixels (inverse of the per-axis resize)
-        sx, sy = cam_net.width / camera.width, cam_net.height / camera.height
-        px = (px_net.numpy().astype(np.float64) + 0.5) / [sx, sy] - 0.5
+        px = _to_image_pixels(px_net, camera, cam_net)
         stage["matching"] += (time.perf_counter() - tb) * 1e3
-        return pts[idx.numpy()], px, conf.numpy().astype(np.float64)
+        return _Matches(pts[idx.numpy()], px, conf.numpy().astype(np.float64), feats_t[idx], px_net, refined=not lazy)
 
     def _pnp(
         self,
-        X: np.ndarray,
-        px: np.ndarray,
-        conf: np.ndarray,
+        m: _Matches,
         camera: PinholeCamera,
         guess: np.ndarray,
         sub: Any,
@@ -508,9 +545,43 @@ class Localizer:
         cfg = self.config
         tc = time.perf_counter()
         pnp_cfg = cfg.prior_pnp() if near_guess else cfg.pnp
-        est = solve_pnp(X, px, camera, pnp_cfg, weights=conf, guess=_search_guess(guess, sub))
+        est = solve_pnp(m.X, m.px, camera, pnp_cfg, weights=m.conf, guess=_search_guess(guess, sub))
         stage["pnp"] += (time.perf_counter() - tc) * 1e3
         return est
+
+    def _polish(
+        self,
+        est: PoseEstimate,
+        m: _Matches,
+        patch: torch.Tensor,
+        camera: PinholeCamera,
+        cam_net: PinholeCamera,
+        stage: dict[str, float],
+        pnp_cfg: PnPConfig,
+    ) -> tuple[PoseEstimate, _Matches]:
+        """Refine the pixels of the matches that ``est`` (found on patch centres) reprojects within
+        ``refine_radius_px``, then polish the pose on them (LM from ``est``, no new search).
+
+        Why: the refinement MLP runs over stride² positions per match; PnP keeps a few hundred of the
+        thousand-odd matches, and a patch centre is close enough to its true pixel for the search to find them.
+        Unchanged when the pixels are refined already or the pose failed; the coarse result stands when the
+        polished one fails.
+        """
+        if m.refined or not est.ok or len(m.X) == 0:
+            return est, m
+        tb = time.perf_counter()
+        proj = camera.project(transform_points(est.T_cam_world, m.X))
+        err = np.linalg.norm(proj.uv - m.px, axis=1)
+        sel = torch.from_numpy(np.flatnonzero(proj.in_image & (err <= self.config.refine_radius_px)))
+        px_net = m.px_net.clone()
+        if len(sel):
+            px_net[sel] = self.head.refine_pixels(m.feats[sel], patch, m.px_net[sel])
+        refined = replace(m, px=_to_image_pixels(px_net, camera, cam_net), px_net=px_net, refined=True)
+        tc = time.perf_counter()
+        stage["matching"] += (tc - tb) * 1e3
+        polished = solve_pnp(refined.X, refined.px, camera, pnp_cfg, weights=refined.conf, start=est.T_world_cam)
+        stage["pnp"] += (time.perf_counter() - tc) * 1e3
+        return (polished, refined) if polished.ok else (est, m)
 
     @torch.no_grad()
     def _encode_view(self, sub: Any, guess: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
@@ -537,10 +608,11 @@ class Localizer:
         cap: int,
         expected: torch.Tensor | None = None,
         radius: float | None = None,
+        refine: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
         limits = (cfg.min_confidence, cap, cfg.max_matches)
-        idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius)
+        idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius, refine=refine)
         if not cfg.refine_pixels:  # ablation: the centre of the chosen patch (the refined pixel lies inside it)
             s = self.model_config.patch_stride
             px = torch.floor((px + 0.5) / s) * s + (s - 1) / 2

@@ -337,6 +337,7 @@ def solve_pnp(
     config: PnPConfig | None = None,
     weights: np.ndarray | None = None,
     guess: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> PoseEstimate:
     """Robust camera pose from 3D world points and their pixels; never raises on bad measurements.
 
@@ -352,6 +353,9 @@ def solve_pnp(
         guess: optional (4, 4) ``T_world_cam`` near the truth. With ``config.upright_search`` RANSAC then only
             tries poses within the config's search bounds of it (upright_ransac.py); without it, or with the
             search off, the backend's unconstrained 6-DoF RANSAC runs.
+        start: optional (4, 4) ``T_world_cam`` already close (within the reprojection threshold for most
+            inliers): no RANSAC; its inliers seed the LM <-> inlier loop. For polishing a pose found on coarser
+            pixels once finer ones are known.
 
     Rows with NaN/Inf (in points, pixels or weights) are dropped and marked outliers. Returns a
     :class:`PoseEstimate`; ``covariance`` is for ``T_world_cam`` (see the module docstring for the model).
@@ -404,11 +408,14 @@ def solve_pnp(
     if _rank_deficient(uv0):
         return _fail(PnPStatus.DEGENERATE, f"pixels are coincident or collinear{dropped}", n)
 
-    def full_mask(sub: np.ndarray) -> np.ndarray:
-        m = np.zeros(n, dtype=bool)
-        m[valid_idx[sub]] = True
-        return m
-
+    if start is not None:
+        if not (np.shape(start) == (4, 4) and np.all(np.isfinite(start))):
+            return _fail(PnPStatus.INVALID_INPUT, "start must be a finite 4x4 pose", n)
+        T0 = invert(np.asarray(start, dtype=np.float64))
+        proj, Xc, _ = _project(T0[:3, :3], T0[:3, 3], X, K)
+        r2 = np.sum((proj - uv) ** 2, axis=1)
+        mask = (Xc[:, 2] > 1e-9) & np.isfinite(r2) & (r2 <= cfg.reprojection_threshold_px**2)
+        return _refine_and_check(X, uv, w, T0, mask, camera, cfg, n, valid_idx, dropped, "start pose")
     search = guess is not None and cfg.upright_search
     if search and not (np.shape(guess) == (4, 4) and np.all(np.isfinite(guess))):
         return _fail(PnPStatus.INVALID_INPUT, "guess must be a finite 4x4 pose", n)
@@ -437,8 +444,36 @@ def solve_pnp(
             PnPStatus.TOO_FEW_INLIERS,
             f"RANSAC: {int(mask.sum())} inliers < min_inliers={cfg.min_inliers}",
             n,
-            full_mask(mask),
+            _full_mask(n, valid_idx, mask),
         )
+    return _refine_and_check(X, uv, w, T0, mask, camera, cfg, n, valid_idx, dropped, method)
+
+
+def _full_mask(n: int, valid_idx: np.ndarray, sub: np.ndarray) -> np.ndarray:
+    """A mask over the finite rows -> over all ``n`` input rows."""
+    m = np.zeros(n, dtype=bool)
+    m[valid_idx[sub]] = True
+    return m
+
+
+def _refine_and_check(
+    X: np.ndarray,
+    uv: np.ndarray,
+    w: np.ndarray,
+    T0: np.ndarray,
+    mask: np.ndarray,
+    camera: PinholeCamera,
+    cfg: PnPConfig,
+    n: int,
+    valid_idx: np.ndarray,
+    dropped: str,
+    method: str,
+) -> PoseEstimate:
+    """From a first pose ``T0`` (camera <- world) and its inliers: LM <-> inlier loop, checks, covariance."""
+    K = camera.K
+
+    def full_mask(sub: np.ndarray) -> np.ndarray:
+        return _full_mask(n, valid_idx, sub)
 
     # LM on inliers <-> inlier re-check with the refined pose, until the set is stable.
     thr2 = cfg.reprojection_threshold_px**2
@@ -500,5 +535,5 @@ def solve_pnp(
         inlier_mask=full_mask(mask),
         reprojection_error_px=rms,
         status=PnPStatus.OK,
-        message=f"{int(mask.sum())}/{n} inliers, RMS {rms:.2f} px, backend {cfg.backend}{dropped}",
+        message=f"{int(mask.sum())}/{n} inliers, RMS {rms:.2f} px, {method}{dropped}",
     )

@@ -33,6 +33,21 @@ def test_heads_refine_returns_pixels_inside_the_chosen_patch():
     assert bool(((px >= corner) & (px <= corner + 7)).all())
 
 
+def test_heads_match_unrefined_gives_patch_centres_that_refine_pixels_turns_into_the_refined_ones():
+    """``match(refine=False)`` + ``refine_pixels`` later (the localizer's order) = ``match()`` refining at once."""
+    torch.manual_seed(2)
+    head = MatchingHead(CFG)
+    pf = torch.nn.functional.normalize(torch.randn(16, 8, 12), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(200, 16), dim=1)
+    idx, px, conf = head.match(pts, pf, max_per_patch=2)
+    idx_c, centres, conf_c = head.match(pts, pf, max_per_patch=2, refine=False)
+    assert idx_c.tolist() == idx.tolist()
+    torch.testing.assert_close(conf_c, conf)
+    assert bool(((centres - 3.5) % 8 == 0).all())  # patch centres
+    assert bool((torch.floor(px / 8) == torch.floor(centres / 8)).all())  # each refined pixel in that patch
+    torch.testing.assert_close(head.refine_pixels(pts[idx_c], pf, centres), px)
+
+
 def test_heads_match_caps_before_refining_and_keeps_the_same_matches():
     """Capping inside ``match`` (before the pixel MLP, for speed) keeps exactly the matches a cap applied
     afterwards would keep, with the same pixels and confidences."""

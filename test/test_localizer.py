@@ -50,6 +50,9 @@ class OracleHead(MatchingHead):
         v = f[idx, 3] * 1024 + f[idx, 4]
         return idx, torch.stack([u, v], 1).float(), torch.ones(len(idx))
 
+    def refine_pixels(self, point_features, patch_features, pixels):
+        return pixels  # the oracle's pixels are exact already
+
 
 class FakeSession:
     """Stands in for the ONNX image encoder: fixed patch features and a chosen global descriptor."""
@@ -489,3 +492,46 @@ def test_localizer_config_refuses_a_bad_tracking_search():
         with pytest.raises(DataError, match="config"):
             LocalizerConfig.from_dict(bad)
     assert LocalizerConfig().prior_pnp().search_max_distance_m == LocalizerConfig().prior_search_distance_m
+
+
+def test_localizer_refines_only_the_matches_near_the_coarse_pose_then_polishes_it(scene):
+    """PnP first runs on patch centres; only the matches that pose reprojects within ``refine_radius_px`` get
+    the pixel MLP, and LM from the coarse pose on the refined pixels gives the exact pose. Here the head's
+    "refinement" decodes the true pixel, and every third match is sent to a wrong patch far away."""
+    from ep2p_loc_ros.model.heads import patch_centers, patch_index
+
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    refined_rows = []
+
+    class CoarseOracle(OracleHead):
+        def match(self, point_features, patch_features, *limits, refine=True, **guide):
+            idx, px, conf = super().match(point_features, patch_features, *limits, **guide)
+            wrong = torch.arange(len(idx)) % 3 == 0
+            px[wrong] = (px[wrong] + torch.tensor([37.0 * 8, 11.0 * 8])) % torch.tensor([640.0, 192.0])
+            return idx, px if refine else patch_centers(self.config)[patch_index(px, self.config)], conf
+
+        def refine_pixels(self, point_features, patch_features, pixels):
+            refined_rows.append(len(pixels))
+            _, exact, _ = OracleHead.match(self, point_features, patch_features)
+            return exact
+
+    desc = np.zeros(MC.global_dim, np.float32)
+    for lazy in (True, False):
+        refined_rows.clear()
+        cfg = _cfg(top_k=1, refine_after_pnp=lazy, max_matches_per_patch=0, max_matches=1500)
+        res = Localizer(lidar_map, FakeSession(desc), CoarseOracle(MC), MC, cfg).localize(
+            seq.image(FRAME), seq.calib.camera, T_gt
+        )
+        assert res.ok, res.message
+        assert _errors(res.T_map_cam, T_gt)[0] < 0.02  # the exact pixels where it counts, either way
+        if lazy:
+            assert len(refined_rows) == 1 and 0.5 * res.num_matches < refined_rows[0] < 0.75 * res.num_matches
+            assert res.num_inliers <= refined_rows[0]
+        else:
+            assert refined_rows == []  # every match refined inside match()
+
+
+def test_localizer_config_refuses_a_non_positive_refine_radius():
+    with pytest.raises(DataError, match="refine_radius_px"):
+        LocalizerConfig.from_dict({"refine_radius_px": 0.0})

@@ -97,7 +97,7 @@ class Submap:
     T_map_viewpoint: np.ndarray  # (4, 4) float64
     points: np.ndarray  # (n, 3) float32, map frame
     reflectance: np.ndarray  # (n,) float32
-    features: np.ndarray  # (n, D) float16
+    features: np.ndarray | None  # (n, D) float16; None when gathered with ``features=False``
     descriptor: np.ndarray  # (Dg,) float32
     point_indices: np.ndarray  # (n,) int64 rows of the map, to relate results back to the map
     frame_index: int  # sequence frame the viewpoint was taken from
@@ -172,8 +172,13 @@ class LidarMap:
         self._release(self.submap_indices, start, stop)
         return idx
 
-    def submap(self, i: int) -> Submap:
-        """Gather submap ``i``: reads only its rows (and their pages) from the memory maps."""
+    def submap(self, i: int, features: bool = True) -> Submap:
+        """Gather submap ``i``: reads only its rows (and their pages) from the memory maps.
+
+        ``features=False`` leaves its point features unread (``Submap.features`` is None): they are most of a
+        submap's bytes, and localization matches only a few thousand of its points, whose features
+        :meth:`point_features` then reads.
+        """
         i = self._check_submap_id(i)
         idx = self.submap_point_indices(i)
         return Submap(
@@ -181,11 +186,19 @@ class LidarMap:
             T_map_viewpoint=np.array(self.T_map_viewpoint[i], dtype=np.float64),
             points=self._gather(self.points, idx),
             reflectance=self._gather(self.reflectance, idx),
-            features=self._gather(self.features, idx),
+            features=self._gather(self.features, idx) if features else None,
             descriptor=np.array(self.descriptors[i], dtype=np.float32),
             point_indices=idx,
             frame_index=int(self.viewpoint_frame_ids[i]),
         )
+
+    def point_features(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) float32 features of the map rows ``rows`` (sorted int64, e.g. ``point_indices`` of
+        some submap points)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.num_points or np.any(np.diff(rows) < 0)):
+            raise IndexError(f"point_features needs sorted rows within [0, {self.num_points})")
+        return self._gather(self.features, rows).astype(np.float32)
 
     def iter_submaps(self) -> Iterator[Submap]:
         for i in range(self.num_submaps):

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["MatchingHead", "patch_centers", "positional_encoding", "top_per_group"]
+__all__ = ["MatchingHead", "patch_centers", "patch_index", "positional_encoding", "top_per_group"]
 
 
 def positional_encoding(xy: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -36,6 +36,15 @@ def patch_centers(config: ModelConfig) -> torch.Tensor:
     s = config.patch_stride
     v, u = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     return torch.stack([u.flatten(), v.flatten()], 1).float() * s + (s - 1) / 2
+
+
+def patch_index(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """(M,) row-major index of the patch holding each network-image pixel (M, 2), clamped to the grid."""
+    rows, cols = config.grid_size
+    s = config.patch_stride
+    col = torch.clamp(torch.floor((pixels[:, 0] + 0.5) / s), 0, cols - 1).long()
+    row = torch.clamp(torch.floor((pixels[:, 1] + 0.5) / s), 0, rows - 1).long()
+    return row * cols + col
 
 
 def top_per_group(group: torch.Tensor, score: torch.Tensor, cap: int) -> torch.Tensor:
@@ -114,6 +123,7 @@ class MatchingHead(nn.Module):
         max_matches: int = 0,
         expected: torch.Tensor | None = None,
         radius: float | None = None,
+        refine: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run-time matching: indices of matched points, their network-image pixels (K, 2), confidences (K,).
 
@@ -125,7 +135,8 @@ class MatchingHead(nn.Module):
         overall (0: no limit); both are applied before pixel refinement, so only kept matches pay for the MLP.
         Guided matching: with ``expected`` (M, 2) pixels and ``radius``, a point may only match patches whose
         centre lies within ``radius`` of its expected pixel (points with no such patch get no match), and the
-        confidence is the softmax over those patches.
+        confidence is the softmax over those patches. ``refine=False``: the pixels are the patch centres
+        (:meth:`refine_pixels` refines some of them later).
         """
         logits = self.in_image_logits(point_features, patch_features)
         candidates = torch.ones(len(logits), dtype=torch.bool)
@@ -151,5 +162,19 @@ class MatchingHead(nn.Module):
             idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]
         if 0 < max_matches < len(idx):
             idx = idx[torch.argsort(conf[idx], descending=True)[:max_matches]]
+        if not refine:
+            return idx, patch_centers(self.config)[best[idx]], conf[idx]
         pixels, _ = self.refine(point_features[idx], patch_features, best[idx])
         return idx, pixels, conf[idx]
+
+    @torch.no_grad()
+    def refine_pixels(
+        self, point_features: torch.Tensor, patch_features: torch.Tensor, pixels: torch.Tensor
+    ) -> torch.Tensor:
+        """Refined network-image pixels (M, 2) of points matched at ``pixels`` (M, 2): each inside the patch that
+        holds its pixel (e.g. the patch centre that ``match(..., refine=False)`` gave).
+
+        Why separate: refining costs an MLP pass over stride² positions per match, and PnP keeps only a few
+        hundred of the thousand-odd matches; the localizer refines those once the coarse pose is known.
+        """
+        return self.refine(point_features, patch_features, patch_index(pixels, self.config))[0]
