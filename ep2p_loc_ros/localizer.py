@@ -298,8 +298,14 @@ class Localizer:
 
         config = config or LocalizerConfig()
         net, _ = load_network(model_dir)
+        # No spinning: onnxruntime's threads would busy-wait on the cores that IPR and matching (torch) use next;
+        # on 2 cores that doubled those stages (bench/eval_model.py: p50 90 -> 65 ms without it).
         session = ImageEncoderSession(
-            verify_model_file(model_dir, ONNX_FILE), net.config, providers=providers, intra_op_threads=config.threads
+            verify_model_file(model_dir, ONNX_FILE),
+            net.config,
+            providers=providers,
+            intra_op_threads=config.threads,
+            allow_spinning=False,
         )
         return cls(load_map(map_dir), session, net.head, net.config, config, point_encoder=net.point_encoder)
 
@@ -419,7 +425,7 @@ class Localizer:
             return None
         cap = self.config.prior_max_matches_per_patch if near_guess else self.config.max_matches_per_patch
         m = self._matches(pts, feats, patch, camera, cam_net, stage, cap, invert(guess), radius)
-        return self._pnp(m, camera, guess, sub, stage, near_guess), m
+        return self._pnp(m, camera, _search_guess(guess, sub), stage, near_guess), m
 
     def _solve_pooled(
         self,
@@ -430,13 +436,14 @@ class Localizer:
         stage: dict[str, float],
     ) -> tuple[PoseEstimate, int, _Matches] | None:
         """Retrieved submaps with the map's stored features: the union of what each viewpoint sees (IPR) is
-        matched once, then PnP searches around each viewpoint on all of those matches; the most inliers win.
+        matched once, then PnP searches around each viewpoint on all of those matches and refines the best
+        search result (the submap is the one whose viewpoint that search started from).
         Only the stored-features global case comes here (``pool_submaps``); tracking and run-time encoding solve
         each view on its own.
 
         Why: a point's stored features and its match do not depend on the submap it was gathered with, and the
         top-k submaps overlap, so matching each separately repeats most of the work (matching is the costliest
-        stage), while PnP with the upright search is cheap enough to run from every viewpoint.
+        stage), while PnP's upright search is cheap enough to run from every viewpoint (its LM runs once).
         """
         visible = [self._visible(sub, sub.T_map_viewpoint, camera, stage, features=False) for sub in subs]
         ta = time.perf_counter()
@@ -451,12 +458,9 @@ class Localizer:
         feats = self.map.point_features(gidx)  # only the rows matched: a submap's features are ~10 MB
         stage["ipr"] += (time.perf_counter() - ta) * 1e3
         m = self._matches(pts, feats, patch, camera, cam_net, stage, self.config.max_matches_per_patch)
-        best: tuple[PoseEstimate, int, _Matches] | None = None
-        for sub in subs:
-            est = self._pnp(m, camera, sub.T_map_viewpoint, sub, stage, near_guess=False)
-            if _better(est, best):
-                best = (est, int(sub.id), m)
-        return best
+        guesses = np.stack([_search_guess(sub.T_map_viewpoint, sub) for sub in subs])
+        est = self._pnp(m, camera, guesses, stage, near_guess=False)
+        return est, int(subs[max(est.guess_index, 0)].id), m
 
     def _visible(
         self,
@@ -532,20 +536,14 @@ class Localizer:
         return _Matches(pts[idx.numpy()], px, conf.numpy().astype(np.float64), feats_t[idx], px_net, refined=not lazy)
 
     def _pnp(
-        self,
-        m: _Matches,
-        camera: PinholeCamera,
-        guess: np.ndarray,
-        sub: Any,
-        stage: dict[str, float],
-        near_guess: bool,
+        self, m: _Matches, camera: PinholeCamera, guesses: np.ndarray, stage: dict[str, float], near_guess: bool
     ) -> PoseEstimate:
-        """PnP on the matches, its upright search around ``guess`` (``prior_search_*`` bounds when
-        ``near_guess``, the PnP config's around a submap viewpoint otherwise)."""
+        """PnP on the matches, its upright search around each of ``guesses`` (see :func:`_search_guess`):
+        ``prior_search_*`` bounds when ``near_guess``, the PnP config's around submap viewpoints otherwise."""
         cfg = self.config
         tc = time.perf_counter()
         pnp_cfg = cfg.prior_pnp() if near_guess else cfg.pnp
-        est = solve_pnp(m.X, m.px, camera, pnp_cfg, weights=m.conf, guess=_search_guess(guess, sub))
+        est = solve_pnp(m.X, m.px, camera, pnp_cfg, weights=m.conf, guess=guesses)
         stage["pnp"] += (time.perf_counter() - tc) * 1e3
         return est
 

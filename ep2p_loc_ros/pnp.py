@@ -29,13 +29,13 @@ would look like a valid pose to a careless consumer); ``inlier_mask`` still says
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
-from .upright_ransac import SCORES, UprightBounds, upright_ransac
+from .upright_ransac import SCORES, UprightBounds, occupied_cells, upright_ransac
 
 __all__ = [
     "BACKENDS",
@@ -132,6 +132,7 @@ class PoseEstimate:
     reprojection_error_px: float = float("nan")  # RMS of per-point pixel distance over inliers
     status: PnPStatus = PnPStatus.INVALID_INPUT
     message: str = ""
+    guess_index: int = -1  # which of several guesses the upright search won from (-1: no search)
 
     @property
     def ok(self) -> bool:
@@ -350,9 +351,11 @@ def solve_pnp(
         weights: optional (N,) non-negative per-point weights (e.g. match confidence or ``1/sigma_i^2``).
             Only the least-squares refinement and covariance use them; RANSAC does not. Their overall
             scale does not matter (sigma^2 absorbs it).
-        guess: optional (4, 4) ``T_world_cam`` near the truth. With ``config.upright_search`` RANSAC then only
-            tries poses within the config's search bounds of it (upright_ransac.py); without it, or with the
-            search off, the backend's unconstrained 6-DoF RANSAC runs.
+        guess: optional (4, 4) ``T_world_cam`` near the truth, or (G, 4, 4) candidates (e.g. the retrieved
+            submaps' viewpoints). With ``config.upright_search`` RANSAC then only tries poses within the config's
+            search bounds of them (upright_ransac.py); the best search result over the guesses (by
+            ``config.search_score``) goes on to LM once, and ``guess_index`` says which guess it came from.
+            Without a guess, or with the search off, the backend's unconstrained 6-DoF RANSAC runs.
         start: optional (4, 4) ``T_world_cam`` already close (within the reprojection threshold for most
             inliers): no RANSAC; its inliers seed the LM <-> inlier loop. For polishing a pose found on coarser
             pixels once finer ones are known.
@@ -417,21 +420,15 @@ def solve_pnp(
         mask = (Xc[:, 2] > 1e-9) & np.isfinite(r2) & (r2 <= cfg.reprojection_threshold_px**2)
         return _refine_and_check(X, uv, w, T0, mask, camera, cfg, n, valid_idx, dropped, "start pose")
     search = guess is not None and cfg.upright_search
-    if search and not (np.shape(guess) == (4, 4) and np.all(np.isfinite(guess))):
-        return _fail(PnPStatus.INVALID_INPUT, "guess must be a finite 4x4 pose", n)
+    guesses = np.asarray(guess, dtype=np.float64) if search else np.zeros((0, 4, 4))
+    if search and not (guesses.shape[-2:] == (4, 4) and guesses.ndim in (2, 3) and np.all(np.isfinite(guesses))):
+        return _fail(PnPStatus.INVALID_INPUT, "guess must be a finite 4x4 pose or a stack of them", n)
+    guesses = guesses.reshape(-1, 4, 4)
     method = "upright search" if search else cfg.backend
+    won = -1
     try:
         if search:
-            T0, mask = upright_ransac(
-                X,
-                uv0,
-                K0,
-                np.asarray(guess, float),
-                cfg.search_bounds(),
-                cfg.reprojection_threshold_px,
-                cfg.search_samples,
-                score=cfg.search_score,
-            )
+            T0, mask, won = _search_guesses(X, uv0, K0, guesses, cfg)
         else:
             T0, mask = _BACKEND_FN[cfg.backend](X, uv0, K0, cfg)
     except Exception as exc:  # a library failure on one frame must not kill the node
@@ -446,7 +443,36 @@ def solve_pnp(
             n,
             _full_mask(n, valid_idx, mask),
         )
-    return _refine_and_check(X, uv, w, T0, mask, camera, cfg, n, valid_idx, dropped, method)
+    est = _refine_and_check(X, uv, w, T0, mask, camera, cfg, n, valid_idx, dropped, method)
+    return replace(est, guess_index=won) if search else est
+
+
+def _search_guesses(
+    X: np.ndarray, uv0: np.ndarray, K0: np.ndarray, guesses: np.ndarray, cfg: PnPConfig
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The upright search around each guess; the best result (image cells with inliers, then inliers, with
+    ``search_score="cells"``; inliers alone otherwise) and the guess it came from. LM then runs on one pose."""
+    best: tuple[tuple[int, int], np.ndarray, np.ndarray, int] | None = None
+    for g, guess in enumerate(guesses):
+        T, mask = upright_ransac(
+            X,
+            uv0,
+            K0,
+            guess,
+            cfg.search_bounds(),
+            cfg.reprojection_threshold_px,
+            cfg.search_samples,
+            score=cfg.search_score,
+        )
+        if not np.all(np.isfinite(T)) or not mask.any():
+            continue
+        cells = int(occupied_cells(mask[None], uv0)[0]) if cfg.search_score == "cells" else 0
+        key = (cells, int(mask.sum()))
+        if best is None or key > best[0]:
+            best = (key, T, mask, g)
+    if best is None:
+        return np.full((4, 4), np.nan), np.zeros(len(X), dtype=bool), -1
+    return best[1], best[2], best[3]
 
 
 def _full_mask(n: int, valid_idx: np.ndarray, sub: np.ndarray) -> np.ndarray:

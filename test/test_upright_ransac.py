@@ -106,6 +106,26 @@ def test_solve_pnp_refines_a_tilt_the_upright_search_cannot_see() -> None:
     assert np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))) < 0.05
 
 
+def test_solve_pnp_searches_around_several_guesses_and_says_which_won() -> None:
+    """Guesses 60 m away (outside the 20 m bounds) find nothing; the one near the truth wins, whatever its place
+    in the stack, and the pose is exact."""
+    rng = np.random.default_rng(8)
+    T_guess, T_true = _guess_and_truth(12.0, (3.0, 0.5, -6.0))
+    X, uv = _scene(T_true, 300, rng)
+    outlier = rng.random(300) < 0.6
+    uv[outlier] = rng.uniform([0, 0], [CAM.width, CAM.height], (int(outlier.sum()), 2))
+    far = [T_guess.copy(), T_guess.copy()]
+    far[0][:3, 3] += [60.0, 0.0, 0.0]
+    far[1][:3, 3] += [0.0, 0.0, -60.0]
+    for where in (0, 2):
+        guesses = np.stack([*far[:where], T_guess, *far[where:]])
+        est = solve_pnp(X, uv, CAM, PnPConfig(), guess=guesses)
+        assert est.ok, est.message
+        assert est.guess_index == where
+        assert np.abs(est.T_world_cam - T_true).max() < 1e-6
+    assert solve_pnp(X, uv, CAM, PnPConfig(), guess=np.stack(far)).status is PnPStatus.RANSAC_FAILED
+
+
 def test_solve_pnp_refuses_a_bad_guess_and_bad_bounds() -> None:
     rng = np.random.default_rng(5)
     T_guess, T_true = _guess_and_truth(0.0, (0.0, 0.0, 1.0))
