@@ -4,8 +4,9 @@ For each drive (outdoor seed 900, indoor seed 901 by default) it generates the s
 with the model's features, and localizes every image globally (retrieval -> IPR -> matching -> PnP) in process,
 then again for each variant in ``ABLATIONS`` (PnP without the upright search or won by inlier count, other caps,
 each submap matched on its own, no IPR, no pixel refinement, every match refined before PnP, 6,000 points,
-run-time point encoding, guided rounds after the global search, and tracking from a prior 1 m / 3 degrees off, guided or not). Prints one markdown table
-(recall at the three thresholds, median errors, inlier ratio, retrieval recall@1/5, p50 latency per stage).
+run-time point encoding, guided rounds after the global search, and tracking from a prior 1 m / 3 degrees off,
+guided or not). Prints one markdown table (recall at the three thresholds, median errors, inlier ratio, retrieval
+recall@1/5, p50 latency per stage).
 
     python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--variants ...]
         [--stride N] [--json]
