@@ -92,6 +92,13 @@ def test_heads_guided_match_stays_inside_the_window():
     centres = patch_centers(CFG)
     chosen = ((px[:, 1] // 8) * 12 + px[:, 0] // 8).long()
     assert bool(((centres[chosen] - expected[idx]).norm(dim=1) <= 12.0).all())
+    # the confidence is the softmax over the window's patches only
+    with torch.no_grad():
+        logits = head.patch_logits(pts, pf)[idx, :-1]
+    far = (centres[None] - expected[idx][:, None]).norm(dim=2) > 12.0
+    window = torch.softmax(logits.masked_fill(far, float("-inf")), 1)
+    torch.testing.assert_close(conf, window.max(1).values)
+    assert chosen.tolist() == window.argmax(1).tolist()
     # where the global winner is in the window it still wins, with at least its global confidence
     d_global = (centres[((px_g[:, 1] // 8) * 12 + px_g[:, 0] // 8).long()] - expected[idx_g]).norm(dim=1)
     inside = torch.nonzero(d_global <= 12.0)[:, 0]

@@ -152,9 +152,9 @@ class MatchingHead(nn.Module):
             du2 = (e[:, :1] - centres[:cols, 0]) ** 2  # (M, cols)
             dv2 = (e[:, 1:] - centres[::cols, 1]) ** 2  # (M, rows)
             # Not -inf: exp() of -inf (or of a result below float32's normal range) takes a slow path, twice
-            # the time of the whole pass. Window logits are >= -logit_scale (unit features), so exp(this - top)
-            # <= exp(-40): nothing next to the window's own exp(0) = 1.
-            outside = -(self.logit_scale + 40.0)
+            # the time of the whole pass. 40 below the smallest logit: a window patch always wins the max, and
+            # each masked one adds < exp(-40) to the softmax sum next to the winner's exp(0) = 1.
+            outside = float(logits.min()) - 40.0
             grid = logits.view(len(e), rows, cols)
             for r in range(rows):
                 grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
