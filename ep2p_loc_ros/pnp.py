@@ -415,9 +415,7 @@ def solve_pnp(
         if not (np.shape(start) == (4, 4) and np.all(np.isfinite(start))):
             return _fail(PnPStatus.INVALID_INPUT, "start must be a finite 4x4 pose", n)
         T0 = invert(np.asarray(start, dtype=np.float64))
-        proj, Xc, _ = _project(T0[:3, :3], T0[:3, 3], X, K)
-        r2 = np.sum((proj - uv) ** 2, axis=1)
-        mask = (Xc[:, 2] > 1e-9) & np.isfinite(r2) & (r2 <= cfg.reprojection_threshold_px**2)
+        mask = _inlier_mask(T0, X, uv, K, cfg.reprojection_threshold_px)
         return _refine_and_check(X, uv, w, T0, mask, camera, cfg, n, valid_idx, dropped, "start pose")
     search = guess is not None and cfg.upright_search
     guesses = np.asarray(guess, dtype=np.float64) if search else np.zeros((0, 4, 4))
@@ -475,6 +473,13 @@ def _search_guesses(
     return best[1], best[2], best[3]
 
 
+def _inlier_mask(T_cam_world: np.ndarray, X: np.ndarray, uv: np.ndarray, K: np.ndarray, thr: float) -> np.ndarray:
+    """Rows in front of the camera that reproject within ``thr`` pixels of ``uv`` (undistorted, for ``K``)."""
+    proj, Xc, _ = _project(T_cam_world[:3, :3], T_cam_world[:3, 3], X, K)
+    r2 = np.sum((proj - uv) ** 2, axis=1)
+    return (Xc[:, 2] > 1e-9) & np.isfinite(r2) & (r2 <= thr**2)
+
+
 def _full_mask(n: int, valid_idx: np.ndarray, sub: np.ndarray) -> np.ndarray:
     """A mask over the finite rows -> over all ``n`` input rows."""
     m = np.zeros(n, dtype=bool)
@@ -502,15 +507,12 @@ def _refine_and_check(
         return _full_mask(n, valid_idx, sub)
 
     # LM on inliers <-> inlier re-check with the refined pose, until the set is stable.
-    thr2 = cfg.reprojection_threshold_px**2
     T, H = T0, np.full((6, 6), np.nan)
     for _ in range(cfg.max_inlier_rounds):
         if mask.sum() < MIN_POINTS:
             break
         T, H, _ = refine_pose_lm(T, X[mask], uv[mask], K, w[mask], cfg.lm_max_iterations)
-        proj, Xc, _ = _project(T[:3, :3], T[:3, 3], X, K)
-        r2 = np.sum((proj - uv) ** 2, axis=1)
-        new_mask = (Xc[:, 2] > 1e-9) & np.isfinite(r2) & (r2 <= thr2)
+        new_mask = _inlier_mask(T, X, uv, K, cfg.reprojection_threshold_px)
         if np.array_equal(new_mask, mask):
             break
         mask = new_mask
