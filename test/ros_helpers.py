@@ -240,6 +240,28 @@ def _call(client, request, timeout: float):
     return future.result()
 
 
+def connect_node(
+    start: Callable[[], NodeProcess], session_name: str, attempts: int = 2, timeout: float = 30.0
+) -> tuple[NodeProcess, RosSession, LifecycleClient]:
+    """Start a node and a session that reach each other both ways (a ``get_state`` round trip).
+
+    Why the retry: discovery between two new Fast DDS participants once stalled half-way in CI: the node got the
+    request, its reply "failed to send response (timeout)", and no topic between the two matched for minutes.
+    Both are then replaced by new ones (new participants), once.
+    """
+    log = ""
+    for _ in range(attempts):
+        proc = start()
+        ros = RosSession(session_name)
+        lc = LifecycleClient(ros.node)
+        if lc.wait_ready(timeout):
+            return proc, ros, lc
+        log = proc.log()
+        ros.close()
+        proc.stop()
+    raise RuntimeError(f"the node never answered get_state ({attempts} tries); last log:\n{log[-3000:]}")
+
+
 class LifecycleClient:
     """Drives a lifecycle node through its services, as ``ros2 lifecycle set`` or launch_ros would."""
 
@@ -269,7 +291,18 @@ class LifecycleClient:
         return bool(_call(self._change, ChangeState.Request(transition=Transition(id=tid)), timeout).success)
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
-        return self._change.wait_for_service(timeout_sec=timeout) and self._get.wait_for_service(timeout_sec=timeout)
+        """The lifecycle services are discovered and answer a call: a service whose replies cannot reach us
+        (discovery complete one way only) is not ready."""
+        end = time.monotonic() + timeout
+        if not (self._change.wait_for_service(timeout_sec=timeout) and self._get.wait_for_service(timeout_sec=timeout)):
+            return False
+        while time.monotonic() < end:
+            try:
+                self.get_state(timeout=min(5.0, max(0.1, end - time.monotonic())))
+                return True
+            except TimeoutError:
+                continue
+        return False
 
     def configure(self, timeout: float = 60.0) -> bool:
         return self.change("configure", timeout)

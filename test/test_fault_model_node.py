@@ -62,10 +62,13 @@ def real(demo_data, tmp_path_factory):
         "map_cloud_max_points": 0,
         "providers": "auto",
     }
-    proc = rh.start_node(params, remaps=REMAPS, faults=["cuda"], log_dir=tmp_path_factory.mktemp("fault_real"))
-    h = Harness(proc, "ep2p_fault_real_test")
+    log_dir = tmp_path_factory.mktemp("fault_real")
+    h = Harness(
+        *rh.connect_node(
+            lambda: rh.start_node(params, remaps=REMAPS, faults=["cuda"], log_dir=log_dir), "ep2p_fault_real_test"
+        )
+    )
     try:
-        assert h.lc.wait_ready(60), proc.log()
         yield h
     finally:
         h.close()

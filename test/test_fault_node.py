@@ -27,9 +27,8 @@ T0 = 5000.0
 
 
 class Harness:
-    def __init__(self, proc, name: str):
-        self.proc = proc
-        self.ros = rh.RosSession(name)
+    def __init__(self, proc, ros, lc):
+        self.proc, self.ros, self.lc = proc, ros, lc
         n = self.ros.node
         self.poses = self.ros.collect(PoseWithCovarianceStamped, "/ep2p_loc/pose")
         self.diags = self.ros.collect(DiagnosticArray, "/diagnostics")
@@ -39,7 +38,6 @@ class Harness:
             TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         )
         self.init_pub = n.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
-        self.lc = rh.LifecycleClient(n)
 
     def send(self, image_msg, info_msg=None, timeout: float = 20.0):
         """(diagnostics values of this frame, pose msg or None)."""
@@ -67,15 +65,20 @@ REMAPS = {"image": "/cam/image_raw", "camera_info": "/cam/camera_info"}
 
 @pytest.fixture(scope="module")
 def oracle(demo_data, tmp_path_factory):
-    proc = rh.start_node(
-        {"map_path": str(demo_data.map_dir), "image_timeout_s": 0.5, "diagnostics_period": 0.2},
-        remaps=REMAPS,
-        oracle_sequence=demo_data.sequence_dir,
-        log_dir=tmp_path_factory.mktemp("fault_oracle"),
+    log_dir = tmp_path_factory.mktemp("fault_oracle")
+    h = Harness(
+        *rh.connect_node(
+            lambda: rh.start_node(
+                {"map_path": str(demo_data.map_dir), "image_timeout_s": 0.5, "diagnostics_period": 0.2},
+                remaps=REMAPS,
+                oracle_sequence=demo_data.sequence_dir,
+                log_dir=log_dir,
+            ),
+            "ep2p_fault_oracle_test",
+        )
     )
-    h = Harness(proc, "ep2p_fault_oracle_test")
+    proc = h.proc
     try:
-        assert h.lc.wait_ready(60), proc.log()
         assert h.lc.configure() and h.lc.activate(), proc.log()
         assert h.ros.wait_for(lambda: h.img_pub.get_subscription_count() > 0, 10)
         yield h

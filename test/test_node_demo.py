@@ -35,9 +35,8 @@ T0 = 1000.0  # stamps: T0 + the sequence's times
 
 
 class Harness:
-    def __init__(self, demo, proc, tmp):
-        self.demo, self.proc = demo, proc
-        self.ros = rh.RosSession("ep2p_node_demo_test")
+    def __init__(self, demo, proc, ros, lc):
+        self.demo, self.proc, self.ros, self.lc = demo, proc, ros, lc
         n = self.ros.node
         self.poses = self.ros.collect(PoseWithCovarianceStamped, "/ep2p_loc/pose")
         self.diags = self.ros.collect(DiagnosticArray, "/diagnostics")
@@ -51,7 +50,6 @@ class Harness:
         )
         self.tf_pub = n.create_publisher(TFMessage, "/tf", 100)
         self.init_pub = n.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
-        self.lc = rh.LifecycleClient(n)
         self.latencies_ms: list[float] = []
         self.node_latencies_ms: list[float] = []
 
@@ -85,15 +83,17 @@ class Harness:
 @pytest.fixture(scope="module")
 def h(demo_data, demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node_demo")
-    proc = rh.start_node(
-        {"map_path": str(demo_data.map_dir), "publish_debug_image": True},
-        remaps={"image": "/cam/image_raw", "camera_info": "/cam/camera_info"},
-        oracle_sequence=demo_data.sequence_dir,
-        log_dir=tmp,
+    proc, ros, lc = rh.connect_node(
+        lambda: rh.start_node(
+            {"map_path": str(demo_data.map_dir), "publish_debug_image": True},
+            remaps={"image": "/cam/image_raw", "camera_info": "/cam/camera_info"},
+            oracle_sequence=demo_data.sequence_dir,
+            log_dir=tmp,
+        ),
+        "ep2p_node_demo_test",
     )
-    harness = Harness(demo, proc, tmp)
+    harness = Harness(demo, proc, ros, lc)
     try:
-        assert harness.lc.wait_ready(60), proc.log()
         yield harness
     finally:
         harness.close()
