@@ -24,7 +24,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .model.config import ModelConfig
-from .model.heads import MatchingHead, patch_index, top_per_group
+from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
@@ -387,7 +387,7 @@ class Localizer:
                 break
             best = (view[0], best[1], view[1])
         if best is not None:
-            est, m = self._polish(best[0], best[2], patch, camera, cam_net, stage, cfg.prior_pnp() if near else cfg.pnp)
+            est, m = self._polish(best[0], best[2], patch, camera, cam_net, stage, near)
             best = (est, best[1], m)
         timings.update(stage)
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -524,7 +524,8 @@ class Localizer:
             expected = torch.from_numpy(cam_net.project(transform_points(T_guess_map, pts)).uv.astype(np.float32))
         lazy = cfg.refine_pixels and cfg.refine_after_pnp
         feats_t = torch.from_numpy(feats)
-        idx, px_net, conf = self._match(feats_t, patch, cap, expected, radius, refine=not lazy)
+        refine_now = cfg.refine_pixels and not cfg.refine_after_pnp
+        idx, px_net, conf = self._match(feats_t, patch, cap, expected, radius, refine=refine_now)
         if cap > 0 and len(idx):
             keep_m = _cap_per_patch(px_net, conf, self.model_config, cap)
             idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]
@@ -540,12 +541,14 @@ class Localizer:
     ) -> PoseEstimate:
         """PnP on the matches, its upright search around each of ``guesses`` (see :func:`_search_guess`):
         ``prior_search_*`` bounds when ``near_guess``, the PnP config's around submap viewpoints otherwise."""
-        cfg = self.config
         tc = time.perf_counter()
-        pnp_cfg = cfg.prior_pnp() if near_guess else cfg.pnp
-        est = solve_pnp(m.X, m.px, camera, pnp_cfg, weights=m.conf, guess=guesses)
+        est = solve_pnp(m.X, m.px, camera, self._pnp_config(near_guess), weights=m.conf, guess=guesses)
         stage["pnp"] += (time.perf_counter() - tc) * 1e3
         return est
+
+    def _pnp_config(self, near_guess: bool) -> PnPConfig:
+        """Around a prior or a pose found before: the ``prior_search_*`` bounds; around viewpoints: ``pnp``'s."""
+        return self.config.prior_pnp() if near_guess else self.config.pnp
 
     def _polish(
         self,
@@ -555,7 +558,7 @@ class Localizer:
         camera: PinholeCamera,
         cam_net: PinholeCamera,
         stage: dict[str, float],
-        pnp_cfg: PnPConfig,
+        near_guess: bool,
     ) -> tuple[PoseEstimate, _Matches]:
         """Refine the pixels of the matches that ``est`` (found on patch centres) reprojects within
         ``refine_radius_px``, then polish the pose on them (LM from ``est``, no new search).
@@ -577,6 +580,7 @@ class Localizer:
         refined = replace(m, px=_to_image_pixels(px_net, camera, cam_net), px_net=px_net, refined=True)
         tc = time.perf_counter()
         stage["matching"] += (tc - tb) * 1e3
+        pnp_cfg = self._pnp_config(near_guess)
         polished = solve_pnp(refined.X, refined.px, camera, pnp_cfg, weights=refined.conf, start=est.T_world_cam)
         stage["pnp"] += (time.perf_counter() - tc) * 1e3
         return (polished, refined) if polished.ok else (est, m)
@@ -611,7 +615,6 @@ class Localizer:
         cfg = self.config
         limits = (cfg.min_confidence, cap, cfg.max_matches)
         idx, px, conf = self.head.match(feats, patch, *limits, expected=expected, radius=radius, refine=refine)
-        if not cfg.refine_pixels:  # ablation: the centre of the chosen patch (the refined pixel lies inside it)
-            s = self.model_config.patch_stride
-            px = torch.floor((px + 0.5) / s) * s + (s - 1) / 2
+        if not cfg.refine_pixels:  # ablation: the centre of the chosen patch, whatever pixels the head gave
+            px = patch_centers(self.model_config)[patch_index(px, self.model_config)]
         return idx, px, conf

@@ -35,7 +35,7 @@ from enum import Enum
 import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
-from .upright_ransac import SCORES, UprightBounds, occupied_cells, upright_ransac
+from .upright_ransac import SCORES, UprightBounds, search_rank, upright_ransac
 
 __all__ = [
     "BACKENDS",
@@ -450,7 +450,7 @@ def _search_guesses(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The upright search around each guess; the best result (image cells with inliers, then inliers, with
     ``search_score="cells"``; inliers alone otherwise) and the guess it came from. LM then runs on one pose."""
-    best: tuple[tuple[int, int], np.ndarray, np.ndarray, int] | None = None
+    best: tuple[int, np.ndarray, np.ndarray, int] | None = None
     for g, guess in enumerate(guesses):
         T, mask = upright_ransac(
             X,
@@ -464,8 +464,7 @@ def _search_guesses(
         )
         if not np.all(np.isfinite(T)) or not mask.any():
             continue
-        cells = int(occupied_cells(mask[None], uv0)[0]) if cfg.search_score == "cells" else 0
-        key = (cells, int(mask.sum()))
+        key = int(search_rank(mask[None], uv0, cfg.search_score)[0])  # the search's own ranking, across guesses
         if best is None or key > best[0]:
             best = (key, T, mask, g)
     if best is None:

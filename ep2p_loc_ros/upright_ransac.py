@@ -46,6 +46,7 @@ __all__ = [
     "UprightBounds",
     "occupied_cells",
     "rot_y",
+    "search_rank",
     "upright_candidates",
     "upright_ransac",
     "yaw_about_camera_y",
@@ -132,6 +133,14 @@ def occupied_cells(masks: np.ndarray, uv: np.ndarray, cell: float = 32.0) -> np.
     return occupied.sum(1)
 
 
+def search_rank(masks: np.ndarray, uv: np.ndarray, score: str = "cells") -> np.ndarray:
+    """(H,) rank of hypotheses by their inlier ``masks`` (H, N) over pixels ``uv`` (N, 2), higher is better: the
+    image cells holding inliers first (``score="cells"``), the inlier count breaking ties; the count alone for
+    ``score="inliers"``."""
+    inliers = masks.sum(1)
+    return inliers + (occupied_cells(masks, uv) * (len(uv) + 1) if score == "cells" else 0)
+
+
 def _inliers(
     phi: np.ndarray, c: np.ndarray, Y: np.ndarray, uv: np.ndarray, K: np.ndarray, threshold_px: float
 ) -> np.ndarray:
@@ -202,19 +211,14 @@ def upright_ransac(
     # Preemptive scoring: every hypothesis on a subset, the best few on all matches.
     subset = rng.choice(n, min(score_subset, n), replace=False)
 
-    def rank(masks: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        """Higher is better: cells first (with ``score="cells"``), the inlier count breaks ties."""
-        inliers = masks.sum(1)
-        return inliers + (occupied_cells(masks, pixels) * (len(pixels) + 1) if score == "cells" else 0)
-
     Y_sub, uv_sub = Y[subset], uv[subset]
     preliminary = np.zeros(len(phi))
     for start in range(0, len(phi), 1024):  # bounded memory: (1024, subset) arrays
         sl = slice(start, start + 1024)
-        preliminary[sl] = rank(_inliers(phi[sl], c[sl], Y_sub, uv_sub, K, threshold_px), uv_sub)
+        preliminary[sl] = search_rank(_inliers(phi[sl], c[sl], Y_sub, uv_sub, K, threshold_px), uv_sub, score)
     top = np.argsort(-preliminary, kind="stable")[:finalists]
     full = _inliers(phi[top], c[top], Y, uv, K, threshold_px)
-    k = int(np.argmax(rank(full, uv)))
+    k = int(np.argmax(search_rank(full, uv, score)))
     phi_b, c_b = phi[top[k]], c[top[k]]
     R_wq = R_g @ rot_y(np.asarray(phi_b))
     C_wq = C_g + R_g @ c_b
