@@ -142,3 +142,31 @@ def test_train_init_from_starts_from_the_given_model(trained, drive, tmp_path):
         torch.testing.assert_close(x, y, msg=name)
     with pytest.raises(DataError, match="configuration differs"):
         train([drive], tmp_path / "bad", ModelConfig(), _cfg(1), progress=False, init_from=trained)
+
+
+def test_train_frozen_point_encoder_trains_the_image_side_only(trained, drive, tmp_path):
+    """``--freeze-point-encoder``: the point encoder's weights stay exactly the initial ones, the image side learns
+    (its patch loss falls on the cached point features), and a frozen encoder without ``--init-from`` is refused."""
+    from ep2p_loc_ros.errors import DataError
+
+    torch.set_num_threads(1)
+    out = tmp_path / "frozen"
+    cfg = _cfg(24, freeze_point_encoder=True, use_pose_loss=False, photometric_jitter=0.2, lr=3e-3)
+    train([drive], out, None, cfg, progress=False, init_from=trained)
+    a, _ = load_network(trained)
+    b, info = load_network(out)
+    assert info["train"]["freeze_point_encoder"] is True
+    for (name, x), y in zip(a.point_encoder.state_dict().items(), b.point_encoder.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, msg=name, rtol=0, atol=0)
+    moved = [
+        n
+        for (n, x), y in zip(a.image_encoder.named_parameters(), b.image_encoder.parameters(), strict=True)
+        if not torch.equal(x, y)
+    ]
+    assert len(moved) > 10, moved
+    log = [json.loads(line) for line in (out.with_name("frozen.training") / "metrics.jsonl").read_text().splitlines()]
+    first = np.mean([r["patch"] for r in log[:4]])
+    last = np.mean([r["patch"] for r in log[-4:]])
+    assert last < first, (first, last)
+    with pytest.raises(DataError, match="needs --init-from"):
+        train([drive], tmp_path / "bad", TINY, _cfg(1, freeze_point_encoder=True), progress=False)

@@ -83,6 +83,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--other-points", dest="other_points", type=int, help="hidden / outside points per frame in the patch loss"
     )
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
+    p.add_argument(
+        "--freeze-point-encoder",
+        dest="freeze_point_encoder",
+        action="store_true",
+        default=None,
+        help="fine-tune the image side only (needs --init-from): point features are computed once per frame and "
+        "kept in memory (~5 MB a frame), about 8x faster steps on a CPU",
+    )
+    p.add_argument(
+        "--photometric-jitter",
+        dest="photometric_jitter",
+        type=float,
+        help="brightness/contrast jitter amplitude of the training images (default 0: off)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

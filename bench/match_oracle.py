@@ -1,0 +1,153 @@
+"""Where the pose error comes from: PnP on the matcher's output with oracle help (held-out drives).
+
+For every n-th frame of a held-out drive (the sequences and maps ``bench/eval_model.py`` caches; made if missing)
+it takes the submap whose viewpoint is nearest the true camera, keeps the points visible from that viewpoint
+(IPR, thinned to ``max_points`` like the localizer), matches them with the shipped settings (patch centres, the
+per-patch cap), and runs the localizer's PnP (upright search around the viewpoint, then LM) on:
+
+- ``centres``: every match at its patch centre (what the pipeline searches on);
+- ``centres, 25 % most confident``: the same, only the quarter of the matches the classifier is surest of;
+- ``pixel MLP``: every match refined by the in-patch MLP;
+- ``perfect refinement``: the true pixel for each match whose patch is right, the centre otherwise: the best any
+  in-patch refinement could do with these patches;
+- ``right patches only, centres`` / ``right patches only, true pixels``: the outliers removed by the oracle.
+
+It also prints how often the classifier is right: top-1 / top-5 patch over all visible points, the right-patch
+share of the matches and of the 10 % most confident ones. Why: it says which part of the matcher limits the fine
+recall (R@0.5m,5°), the patch classification or the pixel inside the patch.
+
+    python bench/match_oracle.py [--model models] [--kinds outdoor indoor] [--stride 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVES = {"outdoor": (900, 60, 10.0), "indoor": (901, 40, 4.0)}  # kind -> (seed, frames, submap spacing m)
+
+
+def _drive(kind: str, cache: Path, model: Path) -> tuple[Path, Path]:
+    """The cached held-out sequence and its map with ``model``'s features (built the way eval_model does)."""
+    from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
+    from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
+    from ep2p_loc_ros.model.features import submap_feature_fn
+    from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
+
+    seed, frames, spacing = DRIVES[kind]
+    seq_dir = cache / f"{kind}-seed{seed}-{frames}f"
+    if not (seq_dir / "sim.json").exists():
+        generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
+    map_dir = cache / f"oracle-map-{seq_dir.name}"
+    camera = KittiOdometrySequence(seq_dir).calib.camera
+    save_map(build_map(seq_dir, MapBuildParams(spacing=spacing), submap_feature_fn(model, camera)), map_dir)
+    return seq_dir, map_dir
+
+
+def main() -> None:
+    from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
+    from ep2p_loc_ros.evaluation.metrics import pose_errors
+    from ep2p_loc_ros.geometry import invert, transform_points
+    from ep2p_loc_ros.ipr import visible_mask
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
+    from ep2p_loc_ros.map import nearest_submaps
+    from ep2p_loc_ros.model.heads import patch_index
+    from ep2p_loc_ros.model.preprocess import prepare_image
+    from ep2p_loc_ros.pnp import solve_pnp
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "models")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
+    ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
+    ap.add_argument("--stride", type=int, default=3, help="every n-th frame")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+
+    print(f"# PnP with oracle help, model {args.model}\n")
+    print("| drive | matches | variant | frames | R@0.5m,5° | R@1m,5° | R@5m,10° | median t (m) | median R (°) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    stats_rows = []
+    for kind in args.kinds:
+        seq_dir, map_dir = _drive(kind, args.cache, args.model)
+        seq = KittiOdometrySequence(seq_dir)
+        cam = seq.calib.camera
+        cfg = LocalizerConfig()
+        loc = Localizer.from_paths(map_dir, args.model, cfg)
+        mcfg, head = loc.model_config, loc.head
+        errors: dict[str, list[tuple[float, float]]] = {}
+        stats = []
+        for i in range(0, len(seq), args.stride):
+            T = seq.T_world_cam(i)
+            sub = loc.map.submap(int(nearest_submaps(loc.map, T, 1)[0][0]))
+            image, cam_net = prepare_image(seq.image(i), cam, mcfg, f"frame {i}")
+            patches = torch.from_numpy(np.ascontiguousarray(loc.session.run(image)[0][0]))
+            rows = np.flatnonzero(
+                visible_mask(sub.points.astype(np.float64), invert(sub.T_map_viewpoint), cam, cfg.ipr)
+            )
+            if len(rows) > cfg.max_points:
+                rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(int)]
+            feats = torch.from_numpy(np.asarray(sub.features[rows], np.float32))
+            pts = sub.points[rows].astype(np.float64)
+            uv = torch.from_numpy(cam_net.project(transform_points(invert(T), pts)).uv.astype(np.float32))
+            seen = torch.isfinite(uv).all(1)
+            in_image = seen & (uv[:, 0] > -0.5) & (uv[:, 0] < mcfg.image_width - 0.5)
+            in_image &= (uv[:, 1] > -0.5) & (uv[:, 1] < mcfg.image_height - 0.5)
+            truth = patch_index(torch.nan_to_num(uv), mcfg)
+            top5 = head.in_image_logits(feats, patches).topk(5, dim=1).indices
+            idx, centres, conf = head.match(
+                feats, patches, max_per_patch=cfg.max_matches_per_patch, max_matches=cfg.max_matches, refine=False
+            )
+            right = in_image[idx] & (truth[idx] == patch_index(centres, mcfg))
+            confident = torch.argsort(conf, descending=True)[: max(1, len(conf) // 10)]
+            stats.append(
+                (
+                    float((top5[:, 0] == truth)[in_image].float().mean()),
+                    float((top5 == truth[:, None]).any(1)[in_image].float().mean()),
+                    float(right.float().mean()),
+                    float(right[confident].float().mean()),
+                    len(idx),
+                )
+            )
+            top25 = torch.argsort(conf, descending=True)[: max(1, len(conf) // 4)]
+            mlp = head.refine_pixels(feats[idx], patches, centres)
+            variants = {
+                "centres": (idx, centres),
+                "centres, 25 % most confident": (idx[top25], centres[top25]),
+                "pixel MLP": (idx, mlp),
+                "perfect refinement": (idx, torch.where(right[:, None], uv[idx], centres)),
+                "right patches only, centres": (idx[right], centres[right]),
+                "right patches only, true pixels": (idx[right], uv[idx][right]),
+            }
+            scale = np.array([cam.width / cam_net.width, cam.height / cam_net.height])
+            for name, (sel, px) in variants.items():
+                px_orig = (px.numpy().astype(np.float64) + 0.5) * scale - 0.5
+                est = solve_pnp(pts[sel.numpy()], px_orig, cam, cfg.pnp, guess=sub.T_map_viewpoint)
+                if est.T_world_cam is None:
+                    errors.setdefault(name, []).append((np.inf, np.inf))
+                    continue
+                te, re = pose_errors(est.T_world_cam[None], T[None])
+                errors.setdefault(name, []).append((float(te[0]), float(re[0])))
+            print(f"{kind} frame {i}: {len(idx)} matches, {int(right.sum())} in the right patch", flush=True)
+        s = np.array(stats)
+        stats_rows.append((kind, s))
+        for name, errs in errors.items():
+            e = np.nan_to_num(np.array(errs), nan=np.inf)
+            t, r = e[:, 0], e[:, 1]
+            print(
+                f"| {kind} | {s[:, 4].mean():.0f} | {name} | {len(e)} | {np.mean((t < 0.5) & (r < 5)):.0%} | "
+                f"{np.mean((t < 1) & (r < 5)):.0%} | {np.mean((t < 5) & (r < 10)):.0%} | {np.median(t):.2f} | "
+                f"{np.median(r):.2f} |"
+            )
+    print("\n| drive | top-1 patch (visible points) | top-5 | right patch (matches) | right (10 % most confident) |")
+    print("|---|---|---|---|---|")
+    for kind, s in stats_rows:
+        m = np.nanmean(s, axis=0)
+        print(f"| {kind} | {m[0]:.1%} | {m[1]:.1%} | {m[2]:.1%} | {m[3]:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
