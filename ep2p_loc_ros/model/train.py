@@ -55,6 +55,7 @@ class TrainConfig:
     # Image side only: the point encoder stays as initialised (``init_from``) and each frame's sample and point
     # features are computed once and kept in memory (about 5 MB a frame). Why: on a CPU the point encoder's
     # backward pass is ~85 % of a step, so this gives about 8x the steps for the image encoder and the heads.
+    # Resuming works, but is not bit-exact in this mode: the cache starts empty and frames are sampled again.
     freeze_point_encoder: bool = False
     photometric_jitter: float = 0.0  # brightness/contrast jitter amplitude (0: off), e.g. 0.2 for +-20 %
 
