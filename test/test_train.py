@@ -170,3 +170,5 @@ def test_train_frozen_point_encoder_trains_the_image_side_only(trained, drive, t
     assert last < first, (first, last)
     with pytest.raises(DataError, match="needs --init-from"):
         train([drive], tmp_path / "bad", TINY, _cfg(1, freeze_point_encoder=True), progress=False)
+    with pytest.raises(ValueError, match="photometric_jitter"):
+        train([drive], tmp_path / "bad", None, _cfg(1, photometric_jitter=1.5), progress=False, init_from=trained)

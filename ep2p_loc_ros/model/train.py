@@ -231,6 +231,10 @@ def train(
     from tqdm import tqdm
 
     cfg = cfg or TrainConfig()
+    if cfg.freeze_point_encoder and init_from is None:
+        raise DataError("--freeze-point-encoder needs --init-from: a frozen, untrained point encoder learns nothing")
+    if not 0.0 <= cfg.photometric_jitter < 1.0:
+        raise ValueError(f"photometric_jitter must be in [0, 1), got {cfg.photometric_jitter}")
     init_net = None
     if init_from is not None:
         init_net, _ = load_network(init_from)
@@ -262,10 +266,6 @@ def train(
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     if cfg.freeze_point_encoder:
-        if init_from is None:
-            raise DataError(
-                "--freeze-point-encoder needs --init-from: a frozen, untrained point encoder learns nothing"
-            )
         net.point_encoder.requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
