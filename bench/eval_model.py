@@ -23,6 +23,7 @@ from ep2p_loc_ros.pnp import PnPConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 DRIVES = {"outdoor": (900, 60), "indoor": (901, 40)}  # kind -> (world seed, frames)
+SUBMAP_SPACING = {"outdoor": 10.0, "indoor": 4.0}  # metres of path between submap viewpoints
 ABLATIONS = {
     "full": {},
     "6-DoF RANSAC, no upright search": {"pnp": PnPConfig(upright_search=False)},
@@ -44,13 +45,28 @@ ABLATIONS = {
 }
 
 
-def main() -> None:
+def prepare_drive(kind: str, cache: Path, model: Path, map_cache: Path | None = None) -> tuple[Path, Path]:
+    """The held-out drive of ``kind`` (generated into ``cache`` if missing) and its map built with ``model``'s
+    features (into ``map_cache``, default ``cache``; rebuilt every time, since it depends on the model)."""
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
-    from ep2p_loc_ros.evaluation.evaluate import evaluate_sequence
-    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
     from ep2p_loc_ros.model.features import submap_feature_fn
     from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
+
+    seed, frames = DRIVES[kind]
+    seq_dir = cache / f"{kind}-seed{seed}-{frames}f"
+    if not (seq_dir / "sim.json").exists():
+        generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
+    map_dir = (map_cache or cache) / f"map-{seq_dir.name}"
+    camera = KittiOdometrySequence(seq_dir).calib.camera
+    params = MapBuildParams(spacing=SUBMAP_SPACING[kind])
+    save_map(build_map(seq_dir, params, submap_feature_fn(model, camera)), map_dir)
+    return seq_dir, map_dir
+
+
+def main() -> None:
+    from ep2p_loc_ros.evaluation.evaluate import evaluate_sequence
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models")
@@ -64,15 +80,8 @@ def main() -> None:
 
     rows = []
     for kind in args.kinds:
-        seed, frames = DRIVES[kind]
-        seq_dir = args.cache / f"{kind}-seed{seed}-{frames}f"
-        if not (seq_dir / "sim.json").exists():
-            generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
-        map_dir = (args.map_cache or args.cache) / f"map-{seq_dir.name}"
-        camera = KittiOdometrySequence(seq_dir).calib.camera
-        spacing = 10.0 if kind == "outdoor" else 4.0
-        lidar_map = build_map(seq_dir, MapBuildParams(spacing=spacing), submap_feature_fn(args.model, camera))
-        save_map(lidar_map, map_dir)
+        seed = DRIVES[kind][0]
+        seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, args.map_cache)
         for name in args.variants:
             overrides = dict(ABLATIONS[name])
             noise = overrides.pop("prior_noise", None)

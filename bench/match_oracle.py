@@ -28,31 +28,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVES = {"outdoor": (900, 60, 10.0), "indoor": (901, 40, 4.0)}  # kind -> (seed, frames, submap spacing m)
-
-
-def _drive(kind: str, cache: Path, model: Path) -> tuple[Path, Path]:
-    """The cached held-out sequence and its map with ``model``'s features (built the way eval_model does)."""
-    from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
-    from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
-    from ep2p_loc_ros.model.features import submap_feature_fn
-    from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
-
-    seed, frames, spacing = DRIVES[kind]
-    seq_dir = cache / f"{kind}-seed{seed}-{frames}f"
-    if not (seq_dir / "sim.json").exists():
-        generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
-    map_dir = cache / f"oracle-map-{seq_dir.name}"
-    camera = KittiOdometrySequence(seq_dir).calib.camera
-    save_map(build_map(seq_dir, MapBuildParams(spacing=spacing), submap_feature_fn(model, camera)), map_dir)
-    return seq_dir, map_dir
 
 
 def main() -> None:
+    from eval_model import DRIVES, prepare_drive  # bench/ is the script's directory, so first on sys.path
+
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.evaluation.metrics import pose_errors
     from ep2p_loc_ros.geometry import invert, transform_points
-    from ep2p_loc_ros.ipr import visible_mask
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map import nearest_submaps
     from ep2p_loc_ros.model.heads import patch_index
@@ -72,7 +55,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     stats_rows = []
     for kind in args.kinds:
-        seq_dir, map_dir = _drive(kind, args.cache, args.model)
+        seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, args.cache / "oracle")
         seq = KittiOdometrySequence(seq_dir)
         cam = seq.calib.camera
         cfg = LocalizerConfig()
@@ -85,13 +68,9 @@ def main() -> None:
             sub = loc.map.submap(int(nearest_submaps(loc.map, T, 1)[0][0]))
             image, cam_net = prepare_image(seq.image(i), cam, mcfg, f"frame {i}")
             patches = torch.from_numpy(np.ascontiguousarray(loc.session.run(image)[0][0]))
-            rows = np.flatnonzero(
-                visible_mask(sub.points.astype(np.float64), invert(sub.T_map_viewpoint), cam, cfg.ipr)
-            )
-            if len(rows) > cfg.max_points:
-                rows = rows[np.linspace(0, len(rows) - 1, cfg.max_points).astype(int)]
+            # The localizer's own point selection: IPR at the viewpoint, thinned evenly to max_points.
+            pts, _, rows = loc._visible(sub, sub.T_map_viewpoint, cam, {"ipr": 0.0}, features=False)
             feats = torch.from_numpy(np.asarray(sub.features[rows], np.float32))
-            pts = sub.points[rows].astype(np.float64)
             uv = torch.from_numpy(cam_net.project(transform_points(invert(T), pts)).uv.astype(np.float32))
             seen = torch.isfinite(uv).all(1)
             in_image = seen & (uv[:, 0] > -0.5) & (uv[:, 0] < mcfg.image_width - 0.5)
