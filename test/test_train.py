@@ -97,6 +97,39 @@ def test_train_matches_beat_random_correspondences(trained, drive):
     assert float(err.median()) < 0.7 * float(err_rand.median())
 
 
+def test_freeze_sample_keeps_the_encoder_features_of_a_fixed_subset(trained, drive):
+    """The frozen-encoder cache: features computed on the whole crop (not on the kept rows alone), a subset of at
+    most twice what a step draws with every kept row consistent, the image in float16, and far fewer bytes."""
+    from ep2p_loc_ros.model.dataset import SequenceData
+    from ep2p_loc_ros.model.losses import make_targets
+    from ep2p_loc_ros.model.train import TrainingModel, freeze_sample
+
+    net, _ = load_network(trained)
+    net.eval()
+    s = SequenceData(drive, progress=False).sample(1, TINY, np.random.default_rng(0))
+    cfg = _cfg(1, match_points=64, other_points=16)
+    f = freeze_sample(net, s, cfg, np.random.default_rng(1))
+    with torch.no_grad():
+        out = net.point_encoder(s.points_local, s.reflectance, priority=cell_priority(s.points_map, TINY.point_voxel))
+    rows = [int(np.flatnonzero((s.points_map == p).all(1))[0]) for p in f.points_map]
+    assert len(set(rows)) == len(rows) == len(f.point_features)
+    inside = make_targets(torch.from_numpy(f.uv), torch.from_numpy(f.visible), TINY).patch < TINY.num_patches
+    assert int(inside.sum()) == 2 * 64 and int((~inside).sum()) == 2 * 16  # the drive has more of both
+    np.testing.assert_array_equal(f.uv, s.uv[rows])
+    np.testing.assert_array_equal(f.visible, s.visible[rows])
+    np.testing.assert_array_equal(f.points_local, s.points_local[rows])
+    torch.testing.assert_close(torch.from_numpy(f.point_features).float(), out.features[rows], atol=2e-3, rtol=1e-2)
+    feats, desc = TrainingModel(net, cfg).encode_points(f)  # what the loss sees: the cached rows, as float32
+    assert feats.dtype == torch.float32 and feats.shape == (len(rows), TINY.feature_dim)
+    torch.testing.assert_close(desc, out.global_descriptor)
+    assert f.image.dtype == np.float16 and np.abs(f.image.astype(np.float32) - s.image).max() < 1e-3
+
+    def size(x):
+        return sum(v.nbytes for v in vars(x).values() if isinstance(v, np.ndarray))
+
+    assert size(f) < 0.5 * (size(s) + out.features.numel() * 2), (size(f), size(s))
+
+
 def test_train_resume_continues_exactly(drive, tmp_path, monkeypatch):
     import ep2p_loc_ros.model.train as train_mod
 

@@ -42,7 +42,7 @@ def frustum_mask(
 
 @dataclass(frozen=True)
 class FrameSample:
-    image: np.ndarray  # (3, h, w) float32 in [0, 1]
+    image: np.ndarray  # (3, h, w) float32 in [0, 1] (float16 in the frozen-encoder training cache)
     camera: PinholeCamera  # network-size camera
     T_cam_map: np.ndarray  # (4, 4) true pose (map -> camera optical frame)
     points_map: np.ndarray  # (N, 3) float64 map-frame points (voxelised)
@@ -52,6 +52,10 @@ class FrameSample:
     uv: np.ndarray  # (N, 2) float32 true network-image pixels (NaN behind the camera)
     sequence: str
     frame: int
+    # Set only in the frozen-encoder training cache (:func:`..train.freeze_sample`): the point encoder's output,
+    # computed once on the whole crop, for the rows kept here.
+    point_features: np.ndarray | None = None  # (N, D) float16
+    point_descriptor: np.ndarray | None = None  # (G,) float32 global submap descriptor
 
 
 class SequenceData:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from .losses import make_targets, matching_losses, pose_loss, retrieval_loss
 from .network import EP2PLocNet, load_network, save_model_dir
 from .point_encoder import cell_priority
 
-__all__ = ["TrainConfig", "TrainingModel", "train"]
+__all__ = ["TrainConfig", "TrainingModel", "freeze_sample", "train"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     # Image side only: the point encoder stays as initialised (``init_from``) and each frame's sample and point
-    # features are computed once and kept in memory (about 5 MB a frame). Why: on a CPU the point encoder's
+    # features are computed once and kept in memory (:func:`freeze_sample`: 2.3 MB a frame outdoors with the
+    # stage-6 recipe, against 4.3 MB for the whole sample and its features). Why: on a CPU the point encoder's
     # backward pass is ~85 % of a step, so this gives about 8x the steps for the image encoder and the heads.
     # Resuming works, but is not bit-exact in this mode: the cache starts empty and frames are sampled again.
     freeze_point_encoder: bool = False
@@ -68,22 +69,16 @@ class TrainingModel(nn.Module):
         self.net = net
         self.cfg = cfg
         self.mc_loss = MonteCarloPoseLoss(num_samples=cfg.mc_samples, huber_delta=cfg.huber_delta)
-        self._point_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def encode_points(self, s: FrameSample) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, global descriptor) of a sample's points; cached per frame when the point encoder is frozen
-        (its features are invariant to the viewpoint jitter, the only random part of a sample)."""
-        key = (s.sequence, s.frame)
-        if key in self._point_cache:
-            feats, desc = self._point_cache[key]
-            return feats.float(), desc
+        """(features, global descriptor) of a sample's points: the ones :func:`freeze_sample` stored, else the
+        point encoder's (with gradients)."""
+        device = self.net.log_weight_scale.device
+        if s.point_features is not None and s.point_descriptor is not None:
+            feats = torch.from_numpy(s.point_features).to(device).float()
+            return feats, torch.from_numpy(s.point_descriptor).to(device)
         priority = cell_priority(s.points_map, self.net.config.point_voxel)
-        if not self.cfg.freeze_point_encoder:
-            out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
-            return out.features, out.global_descriptor
-        with torch.no_grad():
-            out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
-        self._point_cache[key] = (out.features.half(), out.global_descriptor)
+        out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
         return out.features, out.global_descriptor
 
     def forward(
@@ -91,7 +86,7 @@ class TrainingModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         cfg, mcfg = self.cfg, self.net.config
         device = self.net.log_weight_scale.device
-        images = torch.from_numpy(np.stack([s.image for s in batch])).to(device)
+        images = torch.from_numpy(np.stack([s.image for s in batch]).astype(np.float32, copy=False)).to(device)
         if cfg.photometric_jitter > 0:
             a = cfg.photometric_jitter
             gain = torch.from_numpy(rng.uniform(1 - a, 1 + a, (len(batch), 1, 1, 1)).astype(np.float32))
@@ -145,6 +140,43 @@ class TrainingModel(nn.Module):
             total = total + cfg.pose_weight * result["pose"]
         result["total"] = total
         return result
+
+
+# --------------------------------------------------------------------------- frozen point encoder
+
+
+@torch.no_grad()
+def freeze_sample(net: EP2PLocNet, s: FrameSample, cfg: TrainConfig, rng: np.random.Generator) -> FrameSample:
+    """The sample as the frozen-encoder cache keeps it: the point encoder's features computed once, on the whole
+    crop; only a fixed random subset of the rows (twice what a step draws: ``2 * match_points`` in-image and
+    ``2 * other_points`` other points, so steps still draw different points); the image in float16.
+
+    Why: the full sample with its features is about 5 MB a frame (15-24k points, float32 image), which caps the
+    worlds that fit in memory; this keeps what the losses can use in about half of that (2.3 MB outdoors with
+    ``--match-points 4096 --other-points 512``).
+    """
+    device = net.log_weight_scale.device
+    priority = cell_priority(s.points_map, net.config.point_voxel)
+    out = net.point_encoder(s.points_local, s.reflectance, priority=priority)
+    inside = (
+        make_targets(torch.from_numpy(s.uv), torch.from_numpy(s.visible), net.config).patch < net.config.num_patches
+    ).numpy()
+    pos, neg = np.flatnonzero(inside), np.flatnonzero(~inside)
+    rows = np.sort(
+        np.concatenate([rng.permutation(pos)[: 2 * cfg.match_points], rng.permutation(neg)[: 2 * cfg.other_points]])
+    )
+    keep = torch.from_numpy(rows).to(device)
+    return replace(
+        s,
+        image=s.image.astype(np.float16),
+        points_map=s.points_map[rows],
+        points_local=s.points_local[rows],
+        reflectance=s.reflectance[rows],
+        visible=s.visible[rows],
+        uv=s.uv[rows],
+        point_features=out.features[keep].half().cpu().numpy(),
+        point_descriptor=out.global_descriptor.float().cpu().numpy(),
+    )
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -306,7 +338,7 @@ def train(
                 batch.append(data[si].sample(fi, model_config, rng))
                 continue
             if (si, fi) not in samples:  # frozen: a frame's sample (and its point features) are made once
-                samples[(si, fi)] = data[si].sample(fi, model_config, rng)
+                samples[(si, fi)] = freeze_sample(net, data[si].sample(fi, model_config, rng), cfg, rng)
             batch.append(samples[(si, fi)])
         use_pose = cfg.use_pose_loss and step >= cfg.pose_warmup
         losses = ddp(batch, rng, use_pose, generator)
