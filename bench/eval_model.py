@@ -9,7 +9,10 @@ guided or not). Prints one markdown table (recall at the three thresholds, media
 recall@1/5, p50 latency per stage).
 
     python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--variants ...]
-        [--stride N] [--json]
+        [--stride N] [--seed KIND=SEED ...] [--json]
+
+``--seed outdoor=902 indoor=903`` evaluates on other never-trained worlds: the default drives have been used to
+choose between models for several sessions, so a fresh pair confirms a choice made on them.
 """
 
 from __future__ import annotations
@@ -45,15 +48,19 @@ ABLATIONS = {
 }
 
 
-def prepare_drive(kind: str, cache: Path, model: Path, map_cache: Path | None = None) -> tuple[Path, Path]:
-    """The held-out drive of ``kind`` (generated into ``cache`` if missing) and its map built with ``model``'s
-    features (into ``map_cache``, default ``cache``; rebuilt every time, since it depends on the model)."""
+def prepare_drive(
+    kind: str, cache: Path, model: Path, map_cache: Path | None = None, seed: int | None = None
+) -> tuple[Path, Path]:
+    """The held-out drive of ``kind`` (world ``seed``, default ``DRIVES``'; generated into ``cache`` if missing)
+    and its map built with ``model``'s features (into ``map_cache``, default ``cache``; rebuilt every time, since
+    it depends on the model)."""
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
     from ep2p_loc_ros.model.features import submap_feature_fn
     from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
 
-    seed, frames = DRIVES[kind]
+    default_seed, frames = DRIVES[kind]
+    seed = default_seed if seed is None else seed
     seq_dir = cache / f"{kind}-seed{seed}-{frames}f"
     if not (seq_dir / "sim.json").exists():
         generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
@@ -75,13 +82,20 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--stride", type=int, default=1, help="localize every n-th frame only (quick looks)")
     ap.add_argument("--map-cache", type=Path, default=None, help="where maps go (default: --cache; one per model)")
+    ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    seeds = {kind: DRIVES[kind][0] for kind in DRIVES}
+    for item in args.seed:
+        kind, _, value = item.partition("=")
+        if kind not in DRIVES or not value.isdigit():
+            ap.error(f"--seed takes KIND=SEED with KIND one of {', '.join(DRIVES)}, got {item!r}")
+        seeds[kind] = int(value)
 
     rows = []
     for kind in args.kinds:
-        seed = DRIVES[kind][0]
-        seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, args.map_cache)
+        seed = seeds[kind]
+        seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, args.map_cache, seed)
         for name in args.variants:
             overrides = dict(ABLATIONS[name])
             noise = overrides.pop("prior_noise", None)
