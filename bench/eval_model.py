@@ -5,8 +5,8 @@ with the model's features, and localizes every image globally (retrieval -> IPR 
 then again for each variant in ``ABLATIONS`` (PnP without the upright search or won by inlier count, other caps,
 each submap matched on its own, no IPR, no pixel refinement, every match refined before PnP, 6,000 points,
 run-time point encoding, guided rounds after the global search, and tracking from a prior 1 m / 3 degrees off,
-guided or not). Prints one markdown table (recall at the three thresholds, median errors, inlier ratio, retrieval
-recall@1/5, p50 latency per stage).
+guided or not, with or without the soft prior). Prints one markdown table (recall at the three thresholds,
+median errors, inlier ratio, retrieval recall@1/5, p50 latency per stage).
 
     python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--variants ...]
         [--stride N] [--seed KIND=SEED ...] [--json]
@@ -42,6 +42,11 @@ ABLATIONS = {
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
     "tracking, prior 1 m / 3°, 2 guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 2},
+    "tracking, prior 1 m / 3°, no soft prior": {
+        "prior_noise": (1.0, 3.0),
+        "prior_sigma_m": 0.0,
+        "prior_sigma_deg": 0.0,
+    },
     "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0},
     "tracking, prior 1 m / 3°, run-time encoding": {"prior_noise": (1.0, 3.0), "encode_points_at_runtime": True},
     "tracking, prior 1 m / 3°, 6-DoF RANSAC": {"prior_noise": (1.0, 3.0), "pnp": PnPConfig(upright_search=False)},

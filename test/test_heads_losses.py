@@ -110,6 +110,40 @@ def test_heads_guided_match_stays_inside_the_window():
         assert float(conf[k]) >= float(conf_g[i]) - 1e-6
 
 
+def test_heads_guided_match_soft_prior_favours_patches_near_the_expected_pixel():
+    """``sigma``: inside the window, the logits lose (distance / sigma)^2 / 2; a huge sigma is the window alone,
+    smaller ones move choices to patches nearer the expected pixel; a sigma without expected pixels is refused."""
+    import pytest
+
+    torch.manual_seed(3)
+    head = MatchingHead(CFG)
+    pf = torch.nn.functional.normalize(torch.randn(16, 8, 12), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(200, 16), dim=1)
+    expected = torch.rand(200, 2) * torch.tensor([96.0, 64.0])
+    centres = patch_centers(CFG)
+    window = head.match(pts, pf, expected=expected, radius=30.0, refine=False)
+    loose = head.match(pts, pf, expected=expected, radius=30.0, refine=False, sigma=torch.full((200,), 1e6))
+    for a, b in zip(window, loose, strict=True):
+        torch.testing.assert_close(a, b)
+    sigma = torch.linspace(2.0, 40.0, 200)
+    idx, px, conf = head.match(pts, pf, expected=expected, radius=30.0, refine=False, sigma=sigma)
+    d2 = ((centres[None] - expected[idx][:, None]) ** 2).sum(2)
+    with torch.no_grad():
+        logits = head.patch_logits(pts, pf)[idx, :-1] - d2 / (2 * sigma[idx][:, None] ** 2)
+    posterior = torch.softmax(logits.masked_fill(d2 > 30.0**2, float("-inf")), 1)
+    chosen = ((px[:, 1] // 8) * 12 + px[:, 0] // 8).long()
+    assert chosen.tolist() == posterior.argmax(1).tolist()
+    torch.testing.assert_close(conf, posterior.max(1).values)
+    assert torch.equal(idx, window[0])  # the same points matched (the window decides which), other patches
+    changed = (window[1] != px).any(1)
+    assert float(changed.float().mean()) > 0.2  # the prior changed many choices, each to a nearer patch
+    dist_prior = (px - expected[idx]).norm(dim=1)
+    dist_window = (window[1] - expected[idx]).norm(dim=1)
+    assert bool((dist_prior[changed] < dist_window[changed]).all())
+    with pytest.raises(ValueError, match="needs the expected pixels"):
+        head.match(pts, pf, sigma=sigma)
+
+
 def test_heads_matching_losses_train_patch_and_pixel_classification():
     """Point features that are noisy copies of their patch's feature: both losses fall, accuracy rises."""
     torch.manual_seed(0)

@@ -313,8 +313,9 @@ class CodedSession(FakeSession):
 def test_localizer_prior_guided_matching_rejects_look_alike_patches(scene):
     """Every point looks a little more like the mirror image of its true patch (the repeated-facade failure),
     through the real matching head. Matched over the whole image, the mirror wins and no right pose comes out;
-    matched only near where a prior 1 m / 3 degrees off projects each point, the true patch wins and the pose
-    is recovered far closer than the prior was."""
+    matched only near where a prior 1 m / 3 degrees off projects each point (a hard window, or a soft prior
+    whose spread depends on each point's depth), the true patch wins and the pose is recovered far closer than
+    the prior was."""
     from ep2p_loc_ros.geometry import rotvec_to_matrix
 
     seq, _ = scene
@@ -352,6 +353,14 @@ def test_localizer_prior_guided_matching_rejects_look_alike_patches(scene):
     guided = run(prior_radius_px=64.0, guided_rounds=2)
     assert guided.ok, guided.message
     t_err, r_err = _errors(guided.T_map_cam, T_gt)
+    assert t_err < 0.3 * prior_err[0] and r_err < 0.3 * prior_err[1], (t_err, r_err, prior_err)
+    # A window as wide as the image lets the mirror win again; the soft prior (the spread a prior 1 m / 3 degrees
+    # off gives each point at its depth) brings the true patch back, in one matching pass.
+    wide = run(prior_radius_px=1000.0, prior_sigma_m=0.0, prior_sigma_deg=0.0)
+    assert not wide.ok or _errors(wide.T_map_cam, T_gt)[0] > 2.0
+    soft = run(prior_radius_px=1000.0, prior_sigma_m=1.0, prior_sigma_deg=3.0)
+    assert soft.ok, soft.message
+    t_err, r_err = _errors(soft.T_map_cam, T_gt)
     assert t_err < 0.3 * prior_err[0] and r_err < 0.3 * prior_err[1], (t_err, r_err, prior_err)
 
 
@@ -532,6 +541,12 @@ def test_localizer_refines_only_the_matches_near_the_coarse_pose_then_polishes_i
             assert refined_rows == []  # every match refined inside match()
 
 
-def test_localizer_config_refuses_a_non_positive_refine_radius():
+def test_localizer_config_refuses_a_non_positive_refine_radius_and_a_negative_prior_sigma():
     with pytest.raises(DataError, match="refine_radius_px"):
         LocalizerConfig.from_dict({"refine_radius_px": 0.0})
+    for key in ("prior_sigma_m", "prior_sigma_deg"):
+        with pytest.raises(DataError, match="prior_sigma"):
+            LocalizerConfig.from_dict({key: -1.0})
+        with pytest.raises(DataError, match="prior_sigma"):
+            LocalizerConfig.from_dict({key: float("nan")})
+    assert LocalizerConfig.from_dict({"prior_sigma_m": 0.0, "prior_sigma_deg": 0.0}).prior_sigma_m == 0.0

@@ -124,6 +124,7 @@ class MatchingHead(nn.Module):
         expected: torch.Tensor | None = None,
         radius: float | None = None,
         refine: bool = True,
+        sigma: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run-time matching: indices of matched points, their network-image pixels (K, 2), confidences (K,).
 
@@ -135,11 +136,15 @@ class MatchingHead(nn.Module):
         overall (0: no limit); both are applied before pixel refinement, so only kept matches pay for the MLP.
         Guided matching: with ``expected`` (M, 2) pixels and ``radius``, a point may only match patches whose
         centre lies within ``radius`` of its expected pixel (points with no such patch get no match), and the
-        confidence is the softmax over those patches. ``refine=False``: the pixels are the patch centres
-        (:meth:`refine_pixels` refines some of them later).
+        confidence is the softmax over those patches. With ``sigma`` (M,) as well, a Gaussian prior on the distance
+        to the expected pixel (standard deviation ``sigma`` network pixels per point) is added to the window's
+        logits: a patch near where the guess projects the point beats a slightly likelier look-alike farther away.
+        ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
         logits = self.in_image_logits(point_features, patch_features)
         candidates = torch.ones(len(logits), dtype=torch.bool)
+        if sigma is not None and expected is None:
+            raise ValueError("a prior sigma needs the expected pixels")
         if expected is not None:
             if radius is None or not radius > 0:
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
@@ -156,7 +161,14 @@ class MatchingHead(nn.Module):
             # each masked one adds < exp(-40) to the softmax sum next to the winner's exp(0) = 1.
             outside = float(logits.min()) - 40.0
             grid = logits.view(len(e), rows, cols)
+            inv2s2 = None
+            if sigma is not None:
+                inv2s2 = (0.5 / sigma.to(logits.dtype).clamp_min(1e-3) ** 2)[:, None]  # (M, 1)
+                # the prior's largest penalty inside the window: the fill must stay below every window logit
+                outside -= float(inv2s2.max()) * radius**2
             for r in range(rows):
+                if inv2s2 is not None:
+                    grid[:, r].sub_((du2 + dv2[:, r : r + 1]) * inv2s2)
                 grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
             candidates = du2.min(1).values + dv2.min(1).values <= radius**2
         top, best = logits.max(1)
