@@ -4,9 +4,9 @@ For each drive (outdoor seed 900, indoor seed 901 by default) it generates the s
 with the model's features, and localizes every image globally (retrieval -> IPR -> matching -> PnP) in process,
 then again for each variant in ``ABLATIONS`` (PnP without the upright search or won by inlier count, other caps,
 each submap matched on its own, no IPR, no pixel refinement, every match refined before PnP, 6,000 points,
-run-time point encoding, guided rounds after the global search, and tracking from a prior 1 m / 3 degrees off,
-guided or not, with or without the soft prior). Prints one markdown table (recall at the three thresholds,
-median errors, inlier ratio, retrieval recall@1/5, p50 latency per stage).
+run-time point encoding, no soft prior after retrieval, guided rounds after the global search, and tracking from
+a prior 1 m / 3 degrees off, guided or not, with or without the soft prior). Prints one markdown table (recall at
+the three thresholds, median errors, inlier ratio, retrieval recall@1/5, p50 latency per stage).
 
     python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--variants ...]
         [--stride N] [--seed KIND=SEED ...] [--json]
@@ -38,6 +38,7 @@ ABLATIONS = {
     "every match refined before PnP": {"refine_after_pnp": False},
     "6,000 points (previous default)": {"max_points": 6000},
     "run-time point encoding": {"encode_points_at_runtime": True},  # full uses the map's stored point features
+    "no soft prior after retrieval": {"viewpoint_sigma_m": 0.0, "viewpoint_sigma_deg": 0.0},
     "global + 2 guided rounds": {"global_guided_rounds": 2},
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},

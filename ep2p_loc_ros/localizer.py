@@ -8,6 +8,7 @@ the result, never exceptions, so a node can publish "no pose" and say why.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,11 @@ class LocalizerConfig:
     # with 1 m / 3 degrees, tracking from such priors went from 7 to 17-30 % within 0.5 m / 5 deg outdoors)
     prior_sigma_m: float = 1.0
     prior_sigma_deg: float = 3.0
+    # After retrieval (pooled matching), the same soft prior around the viewpoint of the submap each point comes
+    # from, over the whole image (no window): a viewpoint is up to half the submap spacing from the camera
+    # (0 and 0: off; measured in models/README.md, "Soft geometric priors")
+    viewpoint_sigma_m: float = 3.0
+    viewpoint_sigma_deg: float = 6.0
     guided_rounds: int = 0  # tracking: re-match around the pose found, each point near where it projects (0: off;
     # with PnP's search bounded around the prior they no longer pay: models/README.md)
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
@@ -94,10 +100,9 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if not self.refine_radius_px > 0:
             raise ValueError(f"refine_radius_px must be > 0, got {self.refine_radius_px}")
-        if not (self.prior_sigma_m >= 0 and self.prior_sigma_deg >= 0):
-            raise ValueError(
-                f"prior_sigma_m and prior_sigma_deg must be >= 0, got {self.prior_sigma_m}, {self.prior_sigma_deg}"
-            )
+        for name in ("prior_sigma_m", "prior_sigma_deg", "viewpoint_sigma_m", "viewpoint_sigma_deg"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         # The tracking search is a PnPConfig with these bounds: build it once so a bad value fails at load.
         self.prior_pnp()
 
@@ -253,6 +258,18 @@ def prior_sigma_px(depth: np.ndarray, focal_px: float, sigma_m: float, sigma_deg
     """
     z = np.clip(np.asarray(depth, dtype=np.float64), 0.5, None)
     return np.hypot(focal_px * sigma_m / z, focal_px * np.tan(np.radians(sigma_deg))).astype(np.float32)
+
+
+def _guide(
+    pts: np.ndarray, T_guess_map: np.ndarray, cam_net: PinholeCamera, sigma_m: float, sigma_deg: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Where the guess camera projects each point (network pixels) and, when a sigma is set, the soft prior's
+    spread there (:func:`prior_sigma_px`; None when both sigmas are 0)."""
+    in_guess = transform_points(T_guess_map, pts)
+    expected = cam_net.project(in_guess).uv.astype(np.float32)
+    if not (sigma_m > 0 or sigma_deg > 0):
+        return expected, None
+    return expected, prior_sigma_px(in_guess[:, 2], cam_net.fx, sigma_m, sigma_deg)
 
 
 def _search_guess(guess: np.ndarray, sub: Any) -> np.ndarray:
@@ -446,8 +463,13 @@ class Localizer:
         pts, feats, _ = self._visible(sub, guess, camera, stage, encoded)
         if len(pts) == 0:
             return None
-        cap = self.config.prior_max_matches_per_patch if near_guess else self.config.max_matches_per_patch
-        m = self._matches(pts, feats, patch, camera, cam_net, stage, cap, invert(guess), radius, soft_prior)
+        cfg = self.config
+        cap = cfg.prior_max_matches_per_patch if near_guess else cfg.max_matches_per_patch
+        expected = sigma = None
+        if radius is not None:
+            sigmas = (cfg.prior_sigma_m, cfg.prior_sigma_deg) if soft_prior else (0.0, 0.0)
+            expected, sigma = _guide(pts, invert(guess), cam_net, *sigmas)
+        m = self._matches(pts, feats, patch, camera, cam_net, stage, cap, expected, radius, sigma)
         return self._pnp(m, camera, _search_guess(guess, sub), stage, near_guess), m
 
     def _solve_pooled(
@@ -480,7 +502,21 @@ class Localizer:
         pts = np.concatenate([v[0] for v in visible])[first]
         feats = self.map.point_features(gidx)  # only the rows matched: a submap's features are ~10 MB
         stage["ipr"] += (time.perf_counter() - ta) * 1e3
-        m = self._matches(pts, feats, patch, camera, cam_net, stage, self.config.max_matches_per_patch)
+        cfg = self.config
+        expected = sigma = None
+        if cfg.viewpoint_sigma_m > 0 or cfg.viewpoint_sigma_deg > 0:
+            # each point's prior: where the viewpoint of the submap it was gathered with projects it
+            tb = time.perf_counter()
+            owner = np.concatenate([np.full(len(v[0]), k) for k, v in enumerate(visible)])[first]
+            expected, sigma = np.zeros((len(pts), 2), np.float32), np.zeros(len(pts), np.float32)
+            for k, sub in enumerate(subs):
+                sel = owner == k
+                sigmas = (cfg.viewpoint_sigma_m, cfg.viewpoint_sigma_deg)
+                expected[sel], sigma[sel] = _guide(pts[sel], invert(sub.T_map_viewpoint), cam_net, *sigmas)
+            stage["matching"] += (time.perf_counter() - tb) * 1e3
+        m = self._matches(
+            pts, feats, patch, camera, cam_net, stage, cfg.max_matches_per_patch, expected, math.inf, sigma
+        )
         guesses = np.stack([_search_guess(sub.T_map_viewpoint, sub) for sub in subs])
         est = self._pnp(m, camera, guesses, stage, near_guess=False)
         return est, int(subs[max(est.guess_index, 0)].id), m
@@ -534,27 +570,22 @@ class Localizer:
         cam_net: PinholeCamera,
         stage: dict[str, float],
         cap: int,
-        T_guess_map: np.ndarray | None = None,
+        expected: np.ndarray | None = None,
         radius: float | None = None,
-        soft_prior: bool = False,
+        sigma: np.ndarray | None = None,
     ) -> _Matches:
-        """Match points to pixels (guided within ``radius`` of where ``T_guess_map`` projects them, if given),
-        at most ``cap`` per image patch (0: no cap). The pixels are refined now, or (``refine_after_pnp``) only
-        for the matches near the pose found, in :meth:`_polish`."""
+        """Match points to pixels (guided within ``radius`` of their ``expected`` network pixels, if given, with
+        the soft prior ``sigma``, if given: see :func:`_guide`), at most ``cap`` per image patch (0: no cap). The
+        pixels are refined now, or (``refine_after_pnp``) only for the matches near the pose found, in
+        :meth:`_polish`."""
         cfg = self.config
         tb = time.perf_counter()
-        expected = sigma = None
-        if radius is not None and T_guess_map is not None:
-            in_guess = transform_points(T_guess_map, pts)
-            expected = torch.from_numpy(cam_net.project(in_guess).uv.astype(np.float32))
-            if soft_prior and (cfg.prior_sigma_m > 0 or cfg.prior_sigma_deg > 0):
-                sigma = torch.from_numpy(
-                    prior_sigma_px(in_guess[:, 2], cam_net.fx, cfg.prior_sigma_m, cfg.prior_sigma_deg)
-                )
+        expected_t = None if expected is None else torch.from_numpy(expected)
+        sigma_t = None if sigma is None else torch.from_numpy(sigma)
         lazy = cfg.refine_pixels and cfg.refine_after_pnp
         feats_t = torch.from_numpy(feats)
         refine_now = cfg.refine_pixels and not cfg.refine_after_pnp
-        idx, px_net, conf = self._match(feats_t, patch, cap, expected, radius, refine=refine_now, sigma=sigma)
+        idx, px_net, conf = self._match(feats_t, patch, cap, expected_t, radius, refine=refine_now, sigma=sigma_t)
         if cap > 0 and len(idx):
             keep_m = _cap_per_patch(px_net, conf, self.model_config, cap)
             idx, px_net, conf = idx[keep_m], px_net[keep_m], conf[keep_m]

@@ -142,6 +142,15 @@ def test_heads_guided_match_soft_prior_favours_patches_near_the_expected_pixel()
     assert bool((dist_prior[changed] < dist_window[changed]).all())
     with pytest.raises(ValueError, match="needs the expected pixels"):
         head.match(pts, pf, sigma=sigma)
+    # an infinite radius: no window, the prior over the whole image (every point with an expected pixel matched)
+    idx, px, conf = head.match(pts, pf, expected=expected, radius=float("inf"), refine=False, sigma=sigma)
+    assert torch.equal(idx, torch.arange(200))
+    d2 = ((centres[None] - expected[:, None]) ** 2).sum(2)
+    with torch.no_grad():
+        posterior = torch.softmax(head.patch_logits(pts, pf)[:, :-1] - d2 / (2 * sigma[:, None] ** 2), 1)
+    chosen = ((px[:, 1] // 8) * 12 + px[:, 0] // 8).long()
+    assert chosen.tolist() == posterior.argmax(1).tolist()
+    torch.testing.assert_close(conf, posterior.max(1).values)
 
 
 def test_heads_matching_losses_train_patch_and_pixel_classification():

@@ -8,6 +8,8 @@ true camera pose. Statuses for bad input are checked on the same set-up.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -444,7 +446,7 @@ def test_localizer_global_guided_rounds_rematch_around_the_global_pose(scene):
         )
         assert res.ok, res.message
         assert _errors(res.T_map_cam, T_gt)[0] < 0.02
-        assert radii == [None, 40.0, 20.0][: 1 + rounds]
+        assert radii == [math.inf, 40.0, 20.0][: 1 + rounds]  # inf: the soft prior after retrieval, no window
 
 
 def test_localizer_pools_the_retrieved_submaps_into_one_matching_pass(scene):
@@ -544,9 +546,9 @@ def test_localizer_refines_only_the_matches_near_the_coarse_pose_then_polishes_i
 def test_localizer_config_refuses_a_non_positive_refine_radius_and_a_negative_prior_sigma():
     with pytest.raises(DataError, match="refine_radius_px"):
         LocalizerConfig.from_dict({"refine_radius_px": 0.0})
-    for key in ("prior_sigma_m", "prior_sigma_deg"):
-        with pytest.raises(DataError, match="prior_sigma"):
+    for key in ("prior_sigma_m", "prior_sigma_deg", "viewpoint_sigma_m", "viewpoint_sigma_deg"):
+        with pytest.raises(DataError, match=key):
             LocalizerConfig.from_dict({key: -1.0})
-        with pytest.raises(DataError, match="prior_sigma"):
+        with pytest.raises(DataError, match=key):
             LocalizerConfig.from_dict({key: float("nan")})
     assert LocalizerConfig.from_dict({"prior_sigma_m": 0.0, "prior_sigma_deg": 0.0}).prior_sigma_m == 0.0

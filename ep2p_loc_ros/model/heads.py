@@ -134,11 +134,12 @@ class MatchingHead(nn.Module):
         patch mass is spread over a few look-alike patches, which is exactly where PnP's RANSAC does the sorting.
         ``max_per_patch`` keeps the most confident matches of each patch and ``max_matches`` the most confident
         overall (0: no limit); both are applied before pixel refinement, so only kept matches pay for the MLP.
-        Guided matching: with ``expected`` (M, 2) pixels and ``radius``, a point may only match patches whose
-        centre lies within ``radius`` of its expected pixel (points with no such patch get no match), and the
-        confidence is the softmax over those patches. With ``sigma`` (M,) as well, a Gaussian prior on the distance
-        to the expected pixel (standard deviation ``sigma`` network pixels per point) is added to the window's
-        logits: a patch near where the guess projects the point beats a slightly likelier look-alike farther away.
+        Guided matching: with ``expected`` (M, 2) pixels and ``radius`` (``inf``: no window), a point may only match
+        patches whose centre lies within ``radius`` of its expected pixel (points with no such patch or no finite
+        expected pixel get no match), and the confidence is the softmax over those patches. With ``sigma`` (M,) as
+        well, a Gaussian prior on the distance to the expected pixel (standard deviation ``sigma`` network pixels
+        per point) is added to the window's logits: a patch near where the guess projects the point beats a
+        slightly likelier look-alike farther away.
         ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
         logits = self.in_image_logits(point_features, patch_features)
@@ -165,11 +166,13 @@ class MatchingHead(nn.Module):
             if sigma is not None:
                 inv2s2 = (0.5 / sigma.to(logits.dtype).clamp_min(1e-3) ** 2)[:, None]  # (M, 1)
                 # the prior's largest penalty inside the window: the fill must stay below every window logit
-                outside -= float(inv2s2.max()) * radius**2
+                if math.isfinite(radius):
+                    outside -= float(inv2s2.max()) * radius**2
             for r in range(rows):
                 if inv2s2 is not None:
                     grid[:, r].sub_((du2 + dv2[:, r : r + 1]) * inv2s2)
-                grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
+                if math.isfinite(radius):  # an infinite radius: the whole image, the soft prior alone
+                    grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
             candidates = du2.min(1).values + dv2.min(1).values <= radius**2
         top, best = logits.max(1)
         # The winning patch's softmax probability, 1 / sum(exp(logits - top)), computed in place: the (M, P)
