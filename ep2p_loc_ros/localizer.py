@@ -509,9 +509,9 @@ class Localizer:
             tb = time.perf_counter()
             owner = np.concatenate([np.full(len(v[0]), k) for k, v in enumerate(visible)])[first]
             expected, sigma = np.zeros((len(pts), 2), np.float32), np.zeros(len(pts), np.float32)
+            sigmas = (cfg.viewpoint_sigma_m, cfg.viewpoint_sigma_deg)
             for k, sub in enumerate(subs):
                 sel = owner == k
-                sigmas = (cfg.viewpoint_sigma_m, cfg.viewpoint_sigma_deg)
                 expected[sel], sigma[sel] = _guide(pts[sel], invert(sub.T_map_viewpoint), cam_net, *sigmas)
             stage["matching"] += (time.perf_counter() - tb) * 1e3
         m = self._matches(

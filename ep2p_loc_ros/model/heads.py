@@ -162,16 +162,16 @@ class MatchingHead(nn.Module):
             # each masked one adds < exp(-40) to the softmax sum next to the winner's exp(0) = 1.
             outside = float(logits.min()) - 40.0
             grid = logits.view(len(e), rows, cols)
+            windowed = math.isfinite(radius)  # an infinite radius: the whole image, the soft prior alone
             inv2s2 = None
             if sigma is not None:
                 inv2s2 = (0.5 / sigma.to(logits.dtype).clamp_min(1e-3) ** 2)[:, None]  # (M, 1)
-                # the prior's largest penalty inside the window: the fill must stay below every window logit
-                if math.isfinite(radius):
+                if windowed:  # the prior's largest penalty in the window: the fill stays below every window logit
                     outside -= float(inv2s2.max()) * radius**2
             for r in range(rows):
                 if inv2s2 is not None:
                     grid[:, r].sub_((du2 + dv2[:, r : r + 1]) * inv2s2)
-                if math.isfinite(radius):  # an infinite radius: the whole image, the soft prior alone
+                if windowed:
                     grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
             candidates = du2.min(1).values + dv2.min(1).values <= radius**2
         top, best = logits.max(1)

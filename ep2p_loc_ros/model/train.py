@@ -99,11 +99,7 @@ class TrainingModel(nn.Module):
             point_feats, point_desc = self.encode_points(s)
             sub_desc.append(point_desc)
             uv = torch.from_numpy(s.uv)
-            targets_all = make_targets(uv, torch.from_numpy(s.visible), mcfg)
-            inside = (targets_all.patch < mcfg.num_patches).numpy()
-            pos = np.flatnonzero(inside)
-            neg = np.flatnonzero(~inside)
-            idx = np.concatenate([rng.permutation(pos)[: cfg.match_points], rng.permutation(neg)[: cfg.other_points]])
+            idx = _draw_rows(s, mcfg, cfg.match_points, cfg.other_points, rng)
             if len(idx) == 0:
                 continue
             sel = torch.from_numpy(idx)
@@ -142,6 +138,16 @@ class TrainingModel(nn.Module):
         return result
 
 
+def _draw_rows(
+    s: FrameSample, mcfg: ModelConfig, n_in_image: int, n_other: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Random rows of a sample: up to ``n_in_image`` points seen in an image patch, then up to ``n_other``
+    hidden or outside ones (the "not in this image" class)."""
+    inside = (make_targets(torch.from_numpy(s.uv), torch.from_numpy(s.visible), mcfg).patch < mcfg.num_patches).numpy()
+    pos, neg = np.flatnonzero(inside), np.flatnonzero(~inside)
+    return np.concatenate([rng.permutation(pos)[:n_in_image], rng.permutation(neg)[:n_other]])
+
+
 # --------------------------------------------------------------------------- frozen point encoder
 
 
@@ -158,13 +164,7 @@ def freeze_sample(net: EP2PLocNet, s: FrameSample, cfg: TrainConfig, rng: np.ran
     device = net.log_weight_scale.device
     priority = cell_priority(s.points_map, net.config.point_voxel)
     out = net.point_encoder(s.points_local, s.reflectance, priority=priority)
-    inside = (
-        make_targets(torch.from_numpy(s.uv), torch.from_numpy(s.visible), net.config).patch < net.config.num_patches
-    ).numpy()
-    pos, neg = np.flatnonzero(inside), np.flatnonzero(~inside)
-    rows = np.sort(
-        np.concatenate([rng.permutation(pos)[: 2 * cfg.match_points], rng.permutation(neg)[: 2 * cfg.other_points]])
-    )
+    rows = np.sort(_draw_rows(s, net.config, 2 * cfg.match_points, 2 * cfg.other_points, rng))
     keep = torch.from_numpy(rows).to(device)
     return replace(
         s,
