@@ -88,9 +88,32 @@ class MatchingHead(nn.Module):
         inside = self.in_image_logits(point_features, patch_features)
         return torch.cat([inside, point_features @ outside * self.logit_scale], 1)
 
-    def in_image_logits(self, point_features: torch.Tensor, patch_features: torch.Tensor) -> torch.Tensor:
-        """(M, P) logits of the image patches only (run-time matching: no copy of an (M, P + 1) matrix)."""
-        return point_features @ (patch_features.flatten(1) * self.logit_scale)
+    def in_image_logits(
+        self,
+        point_features: torch.Tensor,
+        patch_features: torch.Tensor,
+        expected: torch.Tensor | None = None,
+        inv2s2: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(M, P) logits of the image patches only (run-time matching: no copy of an (M, P + 1) matrix).
+
+        With ``expected`` (M, 2) network pixels and ``inv2s2`` (M,) = 1 / (2 sigma²), each logit also loses
+        inv2s2 · |patch centre - expected|², the soft prior of :meth:`match`. That penalty is bilinear in
+        (point, patch), so it rides in the same matrix product as four more columns instead of a second pass over
+        the (M, P) logits (coordinates relative to the image centre keep float32's cancellation error ~1e-3).
+        """
+        patch_side = patch_features.flatten(1) * self.logit_scale  # (D, P)
+        if inv2s2 is None:
+            return point_features @ patch_side
+        if expected is None:
+            raise ValueError("a prior sigma needs the expected pixels")
+        centres = patch_centers(self.config).to(patch_side.dtype)
+        middle = centres.mean(0)
+        c, e, w = centres - middle, expected.to(patch_side.dtype) - middle, inv2s2.to(patch_side.dtype)[:, None]
+        # -w |c - e|² = 2w e·c - w |c|² - w |e|²
+        point_side = torch.cat([point_features, 2 * w * e, -w, -w * (e**2).sum(1, keepdim=True)], 1)
+        patch_side = torch.cat([patch_side, c.T, (c**2).sum(1)[None], torch.ones_like(c[:, :1]).T], 0)
+        return point_side @ patch_side
 
     def pixel_logits(self, point_features: torch.Tensor, patch_features_at: torch.Tensor) -> torch.Tensor:
         """(M, D), (M, D) features of each point's patch -> (M, stride²) scores of the in-patch positions."""
@@ -142,10 +165,12 @@ class MatchingHead(nn.Module):
         slightly likelier look-alike farther away.
         ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
-        logits = self.in_image_logits(point_features, patch_features)
-        candidates = torch.ones(len(logits), dtype=torch.bool)
         if sigma is not None and expected is None:
             raise ValueError("a prior sigma needs the expected pixels")
+        # the soft prior's 1 / (2 sigma²); sigma floored at 1 px (an eighth of a patch: tighter changes no choice)
+        inv2s2 = None if sigma is None else 0.5 / sigma.to(point_features.dtype).clamp_min(1.0) ** 2
+        logits = self.in_image_logits(point_features, patch_features, expected, inv2s2)
+        candidates = torch.ones(len(logits), dtype=torch.bool)
         if expected is not None:
             if radius is None or not radius > 0:
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
@@ -157,27 +182,24 @@ class MatchingHead(nn.Module):
             centres = patch_centers(self.config).to(e.dtype)  # row-major: first row's u, first column's v
             du2 = (e[:, :1] - centres[:cols, 0]) ** 2  # (M, cols)
             dv2 = (e[:, 1:] - centres[::cols, 1]) ** 2  # (M, rows)
-            # Not -inf: exp() of -inf (or of a result below float32's normal range) takes a slow path, twice
-            # the time of the whole pass. 40 below the smallest logit: a window patch always wins the max, and
-            # each masked one adds < exp(-40) to the softmax sum next to the winner's exp(0) = 1.
-            outside = float(logits.min()) - 40.0
-            grid = logits.view(len(e), rows, cols)
-            windowed = math.isfinite(radius)  # an infinite radius: the whole image, the soft prior alone
-            inv2s2 = None
-            if sigma is not None:
-                inv2s2 = (0.5 / sigma.to(logits.dtype).clamp_min(1e-3) ** 2)[:, None]  # (M, 1)
-                if windowed:  # the prior's largest penalty in the window: the fill stays below every window logit
-                    outside -= float(inv2s2.max()) * radius**2
-            for r in range(rows):
+            if math.isfinite(radius):  # an infinite radius: the whole image, the soft prior alone
+                # 40 below the smallest logit a window patch can have (Cauchy-Schwarz on the features, the prior's
+                # largest penalty in the window): a masked patch never wins the max and adds < exp(-40) to the
+                # softmax sum. Finite, so that a point with no patch in its window gets no NaN.
+                bound = float(point_features.norm(dim=1).max() * patch_features.flatten(1).norm(dim=0).max())
+                outside = -bound * self.logit_scale - 40.0
                 if inv2s2 is not None:
-                    grid[:, r].sub_((du2 + dv2[:, r : r + 1]) * inv2s2)
-                if windowed:
+                    outside -= float(inv2s2.max()) * radius**2
+                grid = logits.view(len(e), rows, cols)
+                for r in range(rows):
                     grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
             candidates = du2.min(1).values + dv2.min(1).values <= radius**2
         top, best = logits.max(1)
         # The winning patch's softmax probability, 1 / sum(exp(logits - top)), computed in place: the (M, P)
         # matrix is the largest thing matching touches, and logsumexp would make two more passes over it.
-        conf = 1.0 / logits.sub_(top[:, None]).exp_().sum(1)
+        # Clamped at -80 (each clamped patch adds < 2e-35): exp() of a result below float32's normal range takes a
+        # slow path, and the soft prior's penalty on far patches went there (matching took twice as long).
+        conf = 1.0 / logits.sub_(top[:, None]).clamp_(min=-80.0).exp_().sum(1)
         idx = torch.nonzero((conf >= min_confidence) & candidates)[:, 0]
         if max_per_patch > 0:
             idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]
