@@ -77,6 +77,17 @@ def prepare_drive(
     return seq_dir, map_dir
 
 
+def parse_seeds(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, int]:
+    """The world seed of each drive kind: ``DRIVES``', replaced by ``--seed KIND=SEED`` items."""
+    seeds = {kind: DRIVES[kind][0] for kind in DRIVES}
+    for item in items:
+        kind, _, value = item.partition("=")
+        if kind not in DRIVES or not value.isdigit():
+            ap.error(f"--seed takes KIND=SEED with KIND one of {', '.join(DRIVES)}, got {item!r}")
+        seeds[kind] = int(value)
+    return seeds
+
+
 def main() -> None:
     from ep2p_loc_ros.evaluation.evaluate import evaluate_sequence
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
@@ -91,12 +102,7 @@ def main() -> None:
     ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    seeds = {kind: DRIVES[kind][0] for kind in DRIVES}
-    for item in args.seed:
-        kind, _, value = item.partition("=")
-        if kind not in DRIVES or not value.isdigit():
-            ap.error(f"--seed takes KIND=SEED with KIND one of {', '.join(DRIVES)}, got {item!r}")
-        seeds[kind] = int(value)
+    seeds = parse_seeds(ap, args.seed)
 
     rows = []
     for kind in args.kinds:

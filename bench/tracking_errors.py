@@ -30,7 +30,7 @@ RIGHT_PX = 8.0
 
 
 def main() -> None:
-    from eval_model import DRIVES, prepare_drive  # bench/ is the script's directory, so first on sys.path
+    from eval_model import DRIVES, parse_seeds, prepare_drive  # bench/ is the script's directory, so first on sys.path
 
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.evaluation.evaluate import _perturb
@@ -46,12 +46,7 @@ def main() -> None:
     ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
     ap.add_argument("--stride", type=int, default=2, help="open loop: every n-th frame")
     args = ap.parse_args()
-    seeds = {kind: DRIVES[kind][0] for kind in DRIVES}
-    for item in args.seed:
-        kind, _, value = item.partition("=")
-        if kind not in DRIVES or not value.isdigit():
-            ap.error(f"--seed takes KIND=SEED with KIND one of {', '.join(DRIVES)}, got {item!r}")
-        seeds[kind] = int(value)
+    seeds = parse_seeds(ap, args.seed)
 
     def errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
         t, r = pose_errors(T_est[None], T_gt[None])
