@@ -122,3 +122,47 @@ def test_point_encoder_map_features_agree_with_training_crops(encoder):
     with torch.no_grad():
         own = encoder(local, rv, priority=cell_priority(local, 0.3)).features.numpy()[inverse]
     assert np.quantile(np.sum(whole[crop][inner] * own[inner], axis=1), 0.05) < 0.999
+
+
+def test_point_context_cell_statistics_and_agreement_between_map_and_crop():
+    """``PointContext``: per cell size, the mean feature of the point's map-grid cell and its offset from the
+    cell's centroid; a new module is the identity; and with it the map's and a crop's features still agree away
+    from the crop's border, because the grid is anchored in the map frame (not at the crop's viewpoint)."""
+    from ep2p_loc_ros.model.point_context import PointContext
+
+    cfg = ModelConfig(point_context_cells=(2.0, 8.0))
+    ctx_mod = PointContext(cfg)
+    pts, _ = _scene()
+    feats = torch.nn.functional.normalize(
+        torch.randn(len(pts), cfg.feature_dim, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    ctx = ctx_mod.pool(pts, feats)
+    assert ctx.shape == (len(pts), ctx_mod.context_dim) == (len(pts), 2 * (cfg.feature_dim + 3))
+    d = cfg.feature_dim
+    for i in (0, 500, len(pts) - 1):
+        for k, size in enumerate(cfg.point_context_cells):
+            same = (np.floor(pts / size) == np.floor(pts[i] / size)).all(1)
+            block = ctx[i, k * (d + 3) : (k + 1) * (d + 3)]
+            torch.testing.assert_close(block[:d], feats[torch.from_numpy(same)].mean(0))
+            np.testing.assert_allclose(block[d:].numpy(), (pts[i] - pts[same].mean(0)) / size, atol=1e-5)
+    torch.testing.assert_close(ctx_mod(feats, ctx), feats)  # zero-initialised output: starts as the identity
+
+    torch.manual_seed(0)
+    encoder = PointEncoder(cfg).eval()
+    torch.nn.init.normal_(encoder.context.out.weight, std=0.3)  # as if trained
+    from scipy.spatial import cKDTree
+
+    pts, refl = _street()
+    viewpoint = np.array([1000.0, 500.0, 0.0])
+    whole = encoder.encode_cloud(pts, refl, viewpoint).features
+    crop = pts[:, 0] < 1018.0
+    part = encoder.encode_cloud(pts[crop], refl[crop], viewpoint + np.array([2.13, -1.37, 0.0])).features
+    plain = PointEncoder(ModelConfig()).eval()
+    plain.load_state_dict({k: v for k, v in encoder.state_dict().items() if not k.startswith("context.")})
+    assert float((whole - plain.encode_cloud(pts, refl, viewpoint).features).norm(dim=1).min()) > 1e-3  # it acts
+    dist, _ = cKDTree(pts[~crop]).query(pts[crop])
+    whole_cells = np.floor(pts[crop][:, 0] / 8.0) < np.floor(1018.0 / 8.0)  # 8 m cells the cut leaves whole
+    inner = torch.from_numpy((dist > 10.0) & whole_cells)
+    assert int(inner.sum()) > 3000
+    cos = (whole[torch.from_numpy(crop)][inner] * part[inner]).sum(1)
+    assert float(torch.quantile(cos, 0.01)) > 0.9999, float(cos.min())

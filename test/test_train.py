@@ -205,3 +205,33 @@ def test_train_frozen_point_encoder_trains_the_image_side_only(trained, drive, t
         train([drive], tmp_path / "bad", TINY, _cfg(1, freeze_point_encoder=True), progress=False)
     with pytest.raises(ValueError, match="photometric_jitter"):
         train([drive], tmp_path / "bad", None, _cfg(1, photometric_jitter=1.5), progress=False, init_from=trained)
+
+
+def test_train_frozen_point_encoder_adds_and_trains_a_point_context(trained, drive, tmp_path):
+    """``--point-context-cells`` on a model without the module: it is added as the identity and, with the encoder
+    frozen, trains on the cached features (its cache rows are the whole crop's cell statistics) while the
+    encoder's own weights stay bit-identical; the model directory then carries it (config and weights)."""
+    from dataclasses import replace
+
+    from ep2p_loc_ros.model.dataset import SequenceData
+    from ep2p_loc_ros.model.train import freeze_sample
+
+    torch.set_num_threads(1)
+    cfg_ctx = replace(TINY, point_context_cells=(2.0, 8.0))
+    out = tmp_path / "ctx"
+    cfg = _cfg(12, freeze_point_encoder=True, use_pose_loss=False, lr=3e-3)
+    train([drive], out, cfg_ctx, cfg, progress=False, init_from=trained)
+    a, _ = load_network(trained)
+    b, _ = load_network(out)
+    assert a.point_encoder.context is None and b.config == cfg_ctx and b.point_encoder.context is not None
+    for name, x in a.point_encoder.state_dict().items():
+        torch.testing.assert_close(x, b.point_encoder.state_dict()[name], msg=name, rtol=0, atol=0)
+    assert float(b.point_encoder.context.out.weight.detach().abs().sum()) > 0  # moved off its zero start
+
+    s = SequenceData(drive, progress=False).sample(1, cfg_ctx, np.random.default_rng(0))
+    f = freeze_sample(b, s, _cfg(1, match_points=64, other_points=16), np.random.default_rng(1))
+    with torch.no_grad():
+        base = b.point_encoder(s.points_local, s.reflectance, priority=cell_priority(s.points_map, TINY.point_voxel))
+        full = b.point_encoder.context.pool(s.points_map, base.features)
+    rows = [int(np.flatnonzero((s.points_map == p).all(1))[0]) for p in f.points_map]
+    torch.testing.assert_close(torch.from_numpy(f.point_context).float(), full[rows], atol=2e-3, rtol=1e-2)

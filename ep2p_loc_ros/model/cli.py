@@ -19,6 +19,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     cfg = TrainConfig(**overrides)
     model_config = None if args.init_from else ModelConfig()
+    if args.point_context_cells:
+        from dataclasses import replace
+
+        from .network import read_model_config
+
+        base = read_model_config(args.init_from)[0] if args.init_from else ModelConfig()
+        model_config = replace(base, point_context_cells=tuple(args.point_context_cells))
     metrics = train(
         args.sequences, args.out, model_config, cfg, resume=args.resume, device=args.device, init_from=args.init_from
     )
@@ -90,6 +97,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="fine-tune the image side only (needs --init-from): point features are computed once per frame and "
         "kept in memory (~2.3 MB a frame), about 8x faster steps on a CPU",
+    )
+    p.add_argument(
+        "--point-context-cells",
+        dest="point_context_cells",
+        type=float,
+        nargs="+",
+        metavar="M",
+        help="map-grid cell sizes (m) whose statistics widen each point feature's context (point_context.py); "
+        "with --init-from the module is added, starting as identity, and trains with --freeze-point-encoder too",
     )
     p.add_argument(
         "--photometric-jitter",

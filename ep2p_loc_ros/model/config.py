@@ -7,6 +7,8 @@ Shapes every module agrees on:
   L2-normalised along the channel axis; ``global_descriptor`` (B, global_dim), L2-normalised.
 - Point encoder: points (N, 3) in metres relative to the submap's reference viewpoint (map axes, z up) and
   reflectance (N,) → ``point_features`` (N, feature_dim) L2-normalised, ``global_descriptor`` (global_dim,).
+  With ``point_context_cells``, ``point_context.py`` then widens each feature with the statistics of the map-grid
+  cells around the point (the descriptor is unchanged).
 - Matching heads (``heads.py``): point × patch similarity → patch id (or "outside the image"), then an MLP over
   positional encodings of the ``patch_stride²`` pixel positions inside the patch → the pixel.
 """
@@ -39,6 +41,8 @@ class ModelConfig:
     pe_frequencies: int = 6  # positional-encoding frequencies of the in-patch pixel MLP
     refine_hidden: int = 64
     temperature: float = 0.05  # softmax temperature of point-patch similarities
+    # Map-grid cell sizes (metres) whose statistics widen each point feature's context (point_context.py); () off
+    point_context_cells: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.image_height % 32 or self.image_width % 32:
@@ -46,6 +50,9 @@ class ModelConfig:
         if self.patch_stride != 8:
             raise ValueError("the image encoder is built for patch_stride 8")
         object.__setattr__(self, "image_channels", tuple(int(c) for c in self.image_channels))
+        object.__setattr__(self, "point_context_cells", tuple(float(c) for c in self.point_context_cells))
+        if not all(c > 0 for c in self.point_context_cells):  # also refuses NaN
+            raise ValueError(f"point_context_cells must be positive sizes, got {self.point_context_cells}")
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -46,6 +46,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from .config import ModelConfig
+from .point_context import PointContext
 
 __all__ = [
     "COARSE_LAYERS",
@@ -438,6 +439,8 @@ class PointEncoder(nn.Module):
         self.global_proj = nn.Linear(c, 2 * c)
         self.gem_p = nn.Parameter(torch.tensor(3.0))
         self.global_head = nn.Linear(2 * c, config.global_dim)
+        # optional wider context, applied where the map-frame points are known (encode_voxels, training)
+        self.context = PointContext(config) if config.point_context_cells else None
 
     def forward(
         self,
@@ -494,6 +497,8 @@ class PointEncoder(nn.Module):
         o = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(3)
         local = (pv.astype(np.float64) - o).astype(np.float32)
         out = self.forward(local, rv, chunk_size, priority=cell_priority(pv, self.config.point_voxel))
+        if self.context is not None:
+            out = out._replace(features=self.context(out.features, self.context.pool(pv, out.features)))
         return pv, inverse, out
 
     @torch.no_grad()

@@ -74,12 +74,16 @@ class TrainingModel(nn.Module):
         """(features, global descriptor) of a sample's points: the ones :func:`freeze_sample` stored, else the
         point encoder's (with gradients)."""
         device = self.net.log_weight_scale.device
+        context = self.net.point_encoder.context
         if s.point_features is not None and s.point_descriptor is not None:
             feats = torch.from_numpy(s.point_features).to(device).float()
+            if context is not None:  # the frozen encoder's features, the trainable context on top
+                feats = context(feats, torch.from_numpy(s.point_context).to(device).float())
             return feats, torch.from_numpy(s.point_descriptor).to(device)
         priority = cell_priority(s.points_map, self.net.config.point_voxel)
         out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
-        return out.features, out.global_descriptor
+        feats = out.features if context is None else context(out.features, context.pool(s.points_map, out.features))
+        return feats, out.global_descriptor
 
     def forward(
         self, batch: list[FrameSample], rng: np.random.Generator, use_pose: bool, generator: torch.Generator
@@ -166,6 +170,9 @@ def freeze_sample(net: EP2PLocNet, s: FrameSample, cfg: TrainConfig, rng: np.ran
     out = net.point_encoder(s.points_local, s.reflectance, priority=priority)
     rows = np.sort(_draw_rows(s, net.config, 2 * cfg.match_points, 2 * cfg.other_points, rng))
     keep = torch.from_numpy(rows).to(device)
+    context = net.point_encoder.context
+    if context is not None:  # the cell statistics of the whole crop, for the rows kept
+        s = replace(s, point_context=context.pool(s.points_map, out.features)[keep].half().cpu().numpy())
     return replace(
         s,
         image=s.image.astype(np.float16),
@@ -270,9 +277,11 @@ def train(
     init_net = None
     if init_from is not None:
         init_net, _ = load_network(init_from)
-        if model_config is not None and model_config != init_net.config:
+        # the one change a fine-tune may make: give the point features a context module (it starts as identity)
+        add_context = replace(init_net.config, point_context_cells=getattr(model_config, "point_context_cells", ()))
+        if model_config is not None and model_config not in (init_net.config, add_context):
             raise DataError(f"{init_from}: its model configuration differs from the one asked for")
-        model_config = init_net.config
+        model_config = model_config or init_net.config
     model_config = model_config or ModelConfig()
     rank, world = _dist()
     dev = torch.device(
@@ -291,7 +300,9 @@ def train(
         raise DataError("training needs at least one frame")
     net = EP2PLocNet(model_config)
     if init_net is not None:
-        net.load_state_dict(init_net.state_dict())
+        missing, unexpected = net.load_state_dict(init_net.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("point_encoder.context.") for k in missing):
+            raise DataError(f"{init_from}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
     net = net.to(dev)
     model = TrainingModel(net, cfg)
     ddp = model
@@ -299,6 +310,8 @@ def train(
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     if cfg.freeze_point_encoder:
         net.point_encoder.requires_grad_(False)
+        if net.point_encoder.context is not None:  # cheap: trained on the cached features
+            net.point_encoder.context.requires_grad_(True)
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
