@@ -12,9 +12,12 @@ per-patch cap), and runs the localizer's PnP (upright search around the viewpoin
   in-patch refinement could do with these patches;
 - ``right patches only, centres`` / ``right patches only, true pixels``: the outliers removed by the oracle.
 
-It also prints how often the classifier is right: top-1 / top-5 patch over all visible points, the right-patch
-share of the matches and of the 10 % most confident ones. Why: it says which part of the matcher limits the fine
-recall (R@0.5m,5°), the patch classification or the pixel inside the patch.
+It also prints how often the classifier is right: top-1 / top-5 patch over all visible points, top-1 within one /
+two patches of the truth, the right-patch share of the matches and of the 10 % most confident ones. Why: it says
+which part of the matcher limits the fine recall (R@0.5m,5°), the patch classification or the pixel inside the
+patch. And how distinct the features are: their effective dimensions (participation ratio of the PCA variances;
+per frame, the in-image points' and the patches'), and the share of in-image points whose feature has a twin
+(cosine > 0.95) more than two patches away, which no patch classifier can tell apart.
 
     python bench/match_oracle.py [--model models] [--kinds outdoor indoor] [--stride 3] [--seed outdoor=902 ...]
 """
@@ -86,6 +89,13 @@ def main() -> None:
             )
             right = in_image[idx] & (truth[idx] == patch_index(centres, mcfg))
             confident = torch.argsort(conf, descending=True)[: max(1, len(conf) // 10)]
+            # How distinct the features are: effective dimensions, and points with a near twin far away
+            inside = feats[in_image]
+            far = torch.maximum(
+                (truth[in_image, None] // cols - truth[None, in_image] // cols).abs(),
+                (truth[in_image, None] % cols - truth[None, in_image] % cols).abs(),
+            )
+            twin = (inside @ inside.T).masked_fill(far <= 2, -2.0).max(1).values > 0.95 if len(inside) > 1 else None
             stats.append(
                 (
                     float((top5[:, 0] == truth)[in_image].float().mean()),
@@ -94,6 +104,9 @@ def main() -> None:
                     float((off <= 2)[in_image].float().mean()),
                     float(right.float().mean()),
                     float(right[confident].float().mean()),
+                    participation_ratio(inside) if twin is not None else np.nan,
+                    participation_ratio(patches.flatten(1).T),
+                    float(twin.float().mean()) if twin is not None else np.nan,
                     len(idx),
                 )
             )
@@ -123,18 +136,27 @@ def main() -> None:
             e = np.nan_to_num(np.array(errs), nan=np.inf)
             t, r = e[:, 0], e[:, 1]
             print(
-                f"| {kind} ({seeds[kind]}) | {s[:, 6].mean():.0f} | {name} | {len(e)} | "
+                f"| {kind} ({seeds[kind]}) | {s[:, -1].mean():.0f} | {name} | {len(e)} | "
                 f"{np.mean((t < 0.5) & (r < 5)):.0%} | {np.mean((t < 1) & (r < 5)):.0%} | "
                 f"{np.mean((t < 5) & (r < 10)):.0%} | {np.median(t):.2f} | {np.median(r):.2f} |"
             )
     print(
         "\n| drive | top-1 patch (visible points) | top-5 | top-1 within 1 / 2 patches | right patch (matches) "
-        "| right (10 % most confident) |"
+        "| right (10 % most confident) | effective dims: points / patches | points with a twin > 2 patches away |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for kind, s in stats_rows:
         m = np.nanmean(s, axis=0)
-        print(f"| {kind} | {m[0]:.1%} | {m[1]:.1%} | {m[2]:.1%} / {m[3]:.1%} | {m[4]:.1%} | {m[5]:.1%} |")
+        print(
+            f"| {kind} | {m[0]:.1%} | {m[1]:.1%} | {m[2]:.1%} / {m[3]:.1%} | {m[4]:.1%} | {m[5]:.1%} "
+            f"| {m[6]:.1f} / {m[7]:.1f} | {m[8]:.0%} |"
+        )
+
+
+def participation_ratio(x: torch.Tensor) -> float:
+    """Effective number of dimensions of the rows of ``x``: (sum of PCA variances)² / sum of their squares."""
+    var = torch.linalg.svdvals((x - x.mean(0)).double()) ** 2
+    return float(var.sum() ** 2 / (var**2).sum())
 
 
 if __name__ == "__main__":
