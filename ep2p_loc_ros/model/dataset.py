@@ -56,9 +56,8 @@ class FrameSample:
     # computed once on the whole crop, for the rows kept here.
     point_features: np.ndarray | None = None  # (N, D) float16
     point_descriptor: np.ndarray | None = None  # (G,) float32 global submap descriptor
-    point_context: np.ndarray | None = (
-        None  # (N, C) float16 PointContext.pool of the whole crop (when the model has it)
-    )
+    # (N, C) float16: PointContext.pool over the whole crop, for the rows kept (when the model has the module)
+    point_context: np.ndarray | None = None
 
 
 class SequenceData:

@@ -2,7 +2,7 @@
 
 Why: the point encoder's features are nearly alike far apart (session 8, ``models/README.md``: 90 % of the
 points of an outdoor frame have a twin above 0.95 cosine more than two patches away, and the features span about
-six effective dimensions), so no image-side training can tell their patches apart. This module adds, per cell
+five effective dimensions), so no image-side training can tell their patches apart. This module adds, per cell
 size, the mean feature of the points in the point's cell of a map-anchored grid and the point's offset from their
 centroid (in cell sizes), and maps that through a small MLP onto a residual of the feature. The last layer starts
 at zero: a model that gains this module starts exactly where it was. The grid is anchored at the map origin, so a

@@ -277,9 +277,11 @@ def train(
     init_net = None
     if init_from is not None:
         init_net, _ = load_network(init_from)
-        # the one change a fine-tune may make: give the point features a context module (it starts as identity)
-        add_context = replace(init_net.config, point_context_cells=getattr(model_config, "point_context_cells", ()))
-        if model_config is not None and model_config not in (init_net.config, add_context):
+        # the one change a fine-tune may make: give a model without one a point context module (starts as identity)
+        allowed = [init_net.config]
+        if model_config is not None and not init_net.config.point_context_cells:
+            allowed.append(replace(init_net.config, point_context_cells=model_config.point_context_cells))
+        if model_config is not None and model_config not in allowed:
             raise DataError(f"{init_from}: its model configuration differs from the one asked for")
         model_config = model_config or init_net.config
     model_config = model_config or ModelConfig()
