@@ -17,6 +17,7 @@ bench: setup
 	.venv/bin/python bench/bench_ipr.py
 	.venv/bin/python bench/bench_pnp.py
 	.venv/bin/python bench/bench_map_memory.py
+	.venv/bin/python bench/bench_matching.py
 
 clean:
 	rm -rf .venv reports .pytest_cache .ruff_cache build *.egg-info
