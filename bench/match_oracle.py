@@ -82,8 +82,8 @@ def main() -> None:
             in_image &= (uv[:, 1] > -0.5) & (uv[:, 1] < mcfg.image_height - 0.5)
             truth = patch_index(torch.nan_to_num(uv), mcfg)
             top5 = head.in_image_logits(feats, patches).topk(5, dim=1).indices
-            cols = mcfg.grid_size[1]  # how many patches (rows or columns, whichever is more) top-1 is off
-            off = torch.maximum((top5[:, 0] // cols - truth // cols).abs(), (top5[:, 0] % cols - truth % cols).abs())
+            cols = mcfg.grid_size[1]
+            off = patch_offset(top5[:, 0], truth, cols)  # how many patches top-1 is off
             idx, centres, conf = head.match(
                 feats, patches, max_per_patch=cfg.max_matches_per_patch, max_matches=cfg.max_matches, refine=False
             )
@@ -91,10 +91,7 @@ def main() -> None:
             confident = torch.argsort(conf, descending=True)[: max(1, len(conf) // 10)]
             # How distinct the features are: effective dimensions, and points with a near twin far away
             inside = feats[in_image]
-            far = torch.maximum(
-                (truth[in_image, None] // cols - truth[None, in_image] // cols).abs(),
-                (truth[in_image, None] % cols - truth[None, in_image] % cols).abs(),
-            )
+            far = patch_offset(truth[in_image, None], truth[None, in_image], cols)
             twin = (inside @ inside.T).masked_fill(far <= 2, -2.0).max(1).values > 0.95 if len(inside) > 1 else None
             stats.append(
                 (
@@ -151,6 +148,11 @@ def main() -> None:
             f"| {kind} | {m[0]:.1%} | {m[1]:.1%} | {m[2]:.1%} / {m[3]:.1%} | {m[4]:.1%} | {m[5]:.1%} "
             f"| {m[6]:.1f} / {m[7]:.1f} | {m[8]:.0%} |"
         )
+
+
+def patch_offset(a: torch.Tensor, b: torch.Tensor, cols: int) -> torch.Tensor:
+    """How many patches apart row-major patch indices ``a`` and ``b`` are (rows or columns, whichever is more)."""
+    return torch.maximum((a // cols - b // cols).abs(), (a % cols - b % cols).abs())
 
 
 def participation_ratio(x: torch.Tensor) -> float:

@@ -165,11 +165,9 @@ class MatchingHead(nn.Module):
         slightly likelier look-alike farther away.
         ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
-        if sigma is not None and expected is None:
-            raise ValueError("a prior sigma needs the expected pixels")
         # the soft prior's 1 / (2 sigma²); sigma floored at 1 px (an eighth of a patch: tighter changes no choice)
         inv2s2 = None if sigma is None else 0.5 / sigma.to(point_features.dtype).clamp_min(1.0) ** 2
-        logits = self.in_image_logits(point_features, patch_features, expected, inv2s2)
+        logits = self.in_image_logits(point_features, patch_features, expected, inv2s2)  # refuses sigma alone
         candidates = torch.ones(len(logits), dtype=torch.bool)
         if expected is not None:
             if radius is None or not radius > 0:

@@ -56,6 +56,10 @@ class PointContext(nn.Module):
             out += [mean_f[inverse], ((p - mean_p[inverse]) / size).to(features.dtype)]
         return torch.cat(out, 1)
 
+    def widen(self, points_map: np.ndarray | torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The features of a whole cloud with their own cells' context: ``forward(features, pool(...))``."""
+        return self(features, self.pool(points_map, features))
+
     def forward(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """(N, D) features and their (N, context_dim) ``pool`` context -> (N, D) L2-normalised features."""
         hidden = self.mlp(torch.cat([features, context.to(features.dtype)], 1))

@@ -498,7 +498,7 @@ class PointEncoder(nn.Module):
         local = (pv.astype(np.float64) - o).astype(np.float32)
         out = self.forward(local, rv, chunk_size, priority=cell_priority(pv, self.config.point_voxel))
         if self.context is not None:
-            out = out._replace(features=self.context(out.features, self.context.pool(pv, out.features)))
+            out = out._replace(features=self.context.widen(pv, out.features))
         return pv, inverse, out
 
     @torch.no_grad()

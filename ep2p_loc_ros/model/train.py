@@ -82,7 +82,7 @@ class TrainingModel(nn.Module):
             return feats, torch.from_numpy(s.point_descriptor).to(device)
         priority = cell_priority(s.points_map, self.net.config.point_voxel)
         out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
-        feats = out.features if context is None else context(out.features, context.pool(s.points_map, out.features))
+        feats = out.features if context is None else context.widen(s.points_map, out.features)
         return feats, out.global_descriptor
 
     def forward(
