@@ -4,8 +4,9 @@ The reference builds the (M, P) logits, subtracts the soft prior's full (M, P) p
 with -inf and takes ``torch.softmax``: the obvious way to write it. ``match`` folds the prior into the logits'
 matrix product (four more columns) and keeps ``exp`` off float32's subnormal slow path. Both get the shipped
 model's grid (80 x 24 patches of a 640 x 192 network image), 4,000 points with unit features, expected pixels
-over the image and the tracking prior's spread at depths 3-60 m (``prior_sigma_px``, 1 m / 3 deg). The table
-says how often both pick the same patch and how far their confidences are apart.
+over the image and the tracking prior's spread at depths 3-60 m (``prior_sigma_px``, 1 m / 3 deg), or the
+viewpoint prior's covariance there (``prior_cov_px``, the default offsets; six more columns). The table says how
+often both pick the same patch and how far their confidences are apart.
 
     .venv/bin/python bench/bench_matching.py          # ~20 s on 2 cores
 """
@@ -25,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ep2p_loc_ros.localizer import prior_sigma_px  # noqa: E402
+from ep2p_loc_ros.localizer import prior_cov_px, prior_sigma_px  # noqa: E402
 from ep2p_loc_ros.model.heads import MatchingHead, patch_centers  # noqa: E402
 from ep2p_loc_ros.model.network import read_model_config  # noqa: E402
 
@@ -42,7 +43,11 @@ def reference(
     logits = head.in_image_logits(points, patch)
     if expected is not None:
         d2 = ((patch_centers(head.config)[None] - expected[:, None]) ** 2).sum(2)
-        if sigma is not None:
+        if sigma is not None and sigma.dim() == 3:  # a covariance per point: the Mahalanobis penalty
+            d = patch_centers(head.config)[None] - expected[:, None]
+            precision = torch.linalg.inv(sigma + torch.eye(2))
+            logits = logits - 0.5 * torch.einsum("mpi,mij,mpj->mp", d, precision, d)
+        elif sigma is not None:
             logits = logits - d2 / (2 * sigma.clamp_min(1.0)[:, None] ** 2)
         logits = logits.masked_fill(d2 > radius**2, -math.inf)
     conf, best = torch.softmax(logits, 1).max(1)
@@ -78,11 +83,20 @@ def main() -> None:
     depth = np.random.default_rng(0).uniform(3.0, 60.0, m)
     focal = 718.0 * cfg.image_width / 1241.0  # KITTI's focal length at the network image's scale
     sigma = torch.from_numpy(prior_sigma_px(depth, focal, 1.0, 3.0))
+    # the viewpoint prior after retrieval: points at those depths, spread by the default viewpoint offsets
+    from ep2p_loc_ros.geometry import PinholeCamera
+
+    cam = PinholeCamera(
+        int(size[0]), int(size[1]), np.array([[focal, 0, size[0] / 2], [0, focal, size[1] / 2], [0, 0, 1]])
+    )
+    rays = np.c_[(expected.numpy() - cam.K[:2, 2]) / focal, np.ones(m)] * depth[:, None]
+    cov = torch.from_numpy(prior_cov_px(rays, cam, (0.5, 0.2, 3.0), (0.0, 2.0, 0.0)))
     cases = {
         "no prior": (None, math.inf, None),
         "window 96 px": (expected, 96.0, None),
         "soft prior, whole image (global)": (expected, math.inf, sigma),
         "window 96 px + soft prior (tracking)": (expected, 96.0, sigma),
+        "shaped prior, whole image (global)": (expected, math.inf, cov),
     }
     print(f"# Patch matching, {m} points x {rows * cols} patches, {args.threads} threads\n")
     print("| case | reference (ms) | match (ms) | ratio | same patch | max conf difference |")

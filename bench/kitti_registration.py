@@ -5,6 +5,10 @@ LiDAR frame (z up, as the point encoder expects), the map is built from that sca
 the image is localized by the full pipeline (retrieval of the single submap, IPR, matching, PnP). The true
 ``T_map_cam`` is ``inv(T_cam_velo)``. The shipped model never saw a real image: this measures domain transfer.
 
+Each frame runs twice: with the localizer's defaults, and without the soft prior after retrieval. The one
+submap's viewpoint *is* the true camera here, so the first row says how far the matches pull the pose away from a
+prior that is right; the second, what the matches give on their own (the domain-transfer figure).
+
     python bench/kitti_registration.py [--model models] [--json]
 """
 
@@ -22,7 +26,7 @@ from ep2p_loc_ros.datasets.kitti_object import iter_frames
 from ep2p_loc_ros.datasets.kitti_odometry import write_calib, write_poses
 from ep2p_loc_ros.evaluation.metrics import pose_errors
 from ep2p_loc_ros.geometry import invert
-from ep2p_loc_ros.localizer import Localizer
+from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
 from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
 from ep2p_loc_ros.model.features import submap_feature_fn
 
@@ -64,31 +68,34 @@ def main() -> None:
                 progress=False,
             )
             save_map(lidar_map, tmp / f"map-{frame.frame_id}")
-            loc = Localizer.from_paths(tmp / f"map-{frame.frame_id}", args.model)
-            res = loc.localize(frame.image, frame.calib.camera)
-            t, r = pose_errors(res.T_map_cam[None], T_gt[None])
-            rows.append(
-                {
-                    "frame": frame.frame_id,
-                    "status": res.status.value,
-                    "matches": res.num_matches,
-                    "inliers": res.num_inliers,
-                    "t_err_m": float(t[0]),
-                    "r_err_deg": float(r[0]),
-                    "total_ms": res.timings_ms.get("total", float("nan")),
-                }
-            )
+            no_prior = dict.fromkeys(LocalizerConfig().viewpoint_sigmas(), 0.0)
+            for prior, cfg in (("viewpoint prior", LocalizerConfig()), ("none", LocalizerConfig(**no_prior))):
+                loc = Localizer.from_paths(tmp / f"map-{frame.frame_id}", args.model, cfg)
+                res = loc.localize(frame.image, frame.calib.camera)
+                t, r = pose_errors(res.T_map_cam[None], T_gt[None])
+                rows.append(
+                    {
+                        "frame": frame.frame_id,
+                        "prior": prior,
+                        "status": res.status.value,
+                        "matches": res.num_matches,
+                        "inliers": res.num_inliers,
+                        "t_err_m": float(t[0]),
+                        "r_err_deg": float(r[0]),
+                        "total_ms": res.timings_ms.get("total", float("nan")),
+                    }
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     print(f"# Real KITTI image-to-own-scan registration, model {args.model}\n")
-    print("| frame | status | matches | inliers | t err (m) | R err (°) | total (ms) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| frame | prior after retrieval | status | matches | inliers | t err (m) | R err (°) | total (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['frame']} | {r['status']} | {r['matches']} | {r['inliers']} | {r['t_err_m']:.2f} | "
+            f"| {r['frame']} | {r['prior']} | {r['status']} | {r['matches']} | {r['inliers']} | {r['t_err_m']:.2f} | "
             f"{r['r_err_deg']:.2f} | {r['total_ms']:.0f} |"
         )
 

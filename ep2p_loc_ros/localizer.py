@@ -76,11 +76,16 @@ class LocalizerConfig:
     # with 1 m / 3 degrees, tracking from such priors went from 7 to 17-30 % within 0.5 m / 5 deg outdoors)
     prior_sigma_m: float = 1.0
     prior_sigma_deg: float = 3.0
-    # After retrieval (pooled matching), the same soft prior around the viewpoint of the submap each point comes
-    # from, over the whole image (no window): a viewpoint is up to half the submap spacing from the camera
-    # (0 and 0: off; measured in models/README.md, "Soft geometric priors")
-    viewpoint_sigma_m: float = 3.0
-    viewpoint_sigma_deg: float = 6.0
+    # After retrieval (pooled matching), a soft prior around the viewpoint of the submap each point comes from,
+    # over the whole image (no window), shaped by how the camera may sit relative to that viewpoint, in the
+    # viewpoint camera's axes: mostly forward or back along its optical axis (a viewpoint is up to half the submap
+    # spacing along the path from the camera), a little sideways, up or down, or turned about the vertical. Such
+    # an offset moves a point along its ray from the image centre, so the prior is long along that ray and narrow
+    # across it (prior_cov_px). All four 0: off. Measured in models/README.md, "Soft geometric priors".
+    viewpoint_sigma_forward_m: float = 3.0
+    viewpoint_sigma_lateral_m: float = 0.5
+    viewpoint_sigma_vertical_m: float = 0.2
+    viewpoint_sigma_yaw_deg: float = 2.0
     guided_rounds: int = 0  # tracking: re-match around the pose found, each point near where it projects (0: off;
     # with PnP's search bounded around the prior they no longer pay: models/README.md)
     guided_radius_px: float = 48.0  # window radius (network-image pixels) of the first guided round; halved after
@@ -100,11 +105,16 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if not self.refine_radius_px > 0:
             raise ValueError(f"refine_radius_px must be > 0, got {self.refine_radius_px}")
-        for name in ("prior_sigma_m", "prior_sigma_deg", "viewpoint_sigma_m", "viewpoint_sigma_deg"):
+        for name in ("prior_sigma_m", "prior_sigma_deg", *self.viewpoint_sigmas()):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         # The tracking search is a PnPConfig with these bounds: build it once so a bad value fails at load.
         self.prior_pnp()
+
+    def viewpoint_sigmas(self) -> dict[str, float]:
+        """The viewpoint prior's spreads by field name (translation in the viewpoint camera's x, y, z; yaw)."""
+        names = ("lateral_m", "vertical_m", "forward_m", "yaw_deg")
+        return {f"viewpoint_sigma_{n}": getattr(self, f"viewpoint_sigma_{n}") for n in names}
 
     def prior_pnp(self) -> PnPConfig:
         """The PnP config used around a prior or a pose being refined (``prior_search_*`` replace the bounds)."""
@@ -258,6 +268,38 @@ def prior_sigma_px(depth: np.ndarray, focal_px: float, sigma_m: float, sigma_deg
     """
     z = np.clip(np.asarray(depth, dtype=np.float64), 0.5, None)
     return np.hypot(focal_px * sigma_m / z, focal_px * np.tan(np.radians(sigma_deg))).astype(np.float32)
+
+
+def prior_cov_px(
+    in_guess: np.ndarray, camera: PinholeCamera, sigma_xyz_m: np.ndarray, sigma_rot_deg: np.ndarray
+) -> np.ndarray:
+    """(M, 2, 2) covariance (pixels²) of where points ``in_guess`` (M, 3; guess camera frame) land when the camera
+    sits off the guess by independent errors ``sigma_xyz_m`` (x right, y down, z forward) and ``sigma_rot_deg``
+    (about x, y, z: pitch, yaw, roll), to first order.
+
+    Why not one radius per point (:func:`prior_sigma_px`): a camera forward or back along its optical axis moves
+    every point along its ray from the image centre, by r / z per metre (r its distance from the centre, z its
+    depth), and hardly across it. After retrieval that is most of the uncertainty (the viewpoint lies on the path,
+    metres ahead or behind), so a round prior wide enough for it is far too loose sideways.
+    """
+    p = np.asarray(in_guess, dtype=np.float64)
+    x, y = p[:, 0], p[:, 1]
+    z = np.clip(p[:, 2], 0.5, None)
+    zero = np.zeros_like(z)
+    # d(u, v) / d(point), and d(point) / d(camera rotation): a point p moves by p x w when the camera turns by w
+    jp = np.stack(
+        [
+            np.stack([camera.fx / z, zero, -camera.fx * x / z**2], 1),
+            np.stack([zero, camera.fy / z, -camera.fy * y / z**2], 1),
+        ],
+        1,
+    )  # (M, 2, 3)
+    turn = np.stack([np.stack([zero, -z, y], 1), np.stack([z, zero, -x], 1), np.stack([-y, x, zero], 1)], 1)
+    jr = np.matmul(jp, turn)  # d(u, v) / d(camera rotation)
+    var_t = np.asarray(sigma_xyz_m, np.float64) ** 2
+    var_r = np.radians(np.asarray(sigma_rot_deg, np.float64)) ** 2
+    cov = np.matmul(jp * var_t, jp.transpose(0, 2, 1)) + np.matmul(jr * var_r, jr.transpose(0, 2, 1))
+    return cov.astype(np.float32)
 
 
 def _guide(
@@ -504,15 +546,14 @@ class Localizer:
         stage["ipr"] += (time.perf_counter() - ta) * 1e3
         cfg = self.config
         expected = sigma = None
-        if cfg.viewpoint_sigma_m > 0 or cfg.viewpoint_sigma_deg > 0:
+        if any(v > 0 for v in cfg.viewpoint_sigmas().values()):
             # each point's prior: where the viewpoint of the submap it was gathered with projects it
             tb = time.perf_counter()
             owner = np.concatenate([np.full(len(v[0]), k) for k, v in enumerate(visible)])[first]
-            expected, sigma = np.zeros((len(pts), 2), np.float32), np.zeros(len(pts), np.float32)
-            sigmas = (cfg.viewpoint_sigma_m, cfg.viewpoint_sigma_deg)
+            expected, sigma = np.zeros((len(pts), 2), np.float32), np.zeros((len(pts), 2, 2), np.float32)
             for k, sub in enumerate(subs):
                 sel = owner == k
-                expected[sel], sigma[sel] = _guide(pts[sel], invert(sub.T_map_viewpoint), cam_net, *sigmas)
+                expected[sel], sigma[sel] = self._viewpoint_prior(sub.T_map_viewpoint, pts[sel], cam_net)
             stage["matching"] += (time.perf_counter() - tb) * 1e3
         m = self._matches(
             pts, feats, patch, camera, cam_net, stage, cfg.max_matches_per_patch, expected, math.inf, sigma
@@ -520,6 +561,18 @@ class Localizer:
         guesses = np.stack([_search_guess(sub.T_map_viewpoint, sub) for sub in subs])
         est = self._pnp(m, camera, guesses, stage, near_guess=False)
         return est, int(subs[max(est.guess_index, 0)].id), m
+
+    def _viewpoint_prior(
+        self, T_map_viewpoint: np.ndarray, pts: np.ndarray, cam_net: PinholeCamera
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a camera at ``T_map_viewpoint`` projects ``pts`` (network pixels; NaN behind it) and the spread the
+        ``viewpoint_sigma_*`` offsets give each of them there (:func:`prior_cov_px`)."""
+        cfg = self.config
+        in_vp = transform_points(invert(T_map_viewpoint), pts)
+        s_xyz = (cfg.viewpoint_sigma_lateral_m, cfg.viewpoint_sigma_vertical_m, cfg.viewpoint_sigma_forward_m)
+        s_rot = (0.0, cfg.viewpoint_sigma_yaw_deg, 0.0)
+        expected = cam_net.project(in_vp).uv.astype(np.float32)
+        return expected, prior_cov_px(in_vp, cam_net, s_xyz, s_rot)
 
     def _visible(
         self,

@@ -153,6 +153,42 @@ def test_heads_guided_match_soft_prior_favours_patches_near_the_expected_pixel()
     torch.testing.assert_close(conf, posterior.max(1).values)
 
 
+def test_heads_soft_prior_with_a_covariance_is_the_gaussian_penalty():
+    """``sigma`` (M, 2, 2): each logit loses (c - e)ᵀ (Σ + I)⁻¹ (c - e) / 2 (one px² floor), computed inside the
+    logits' matrix product; Σ = σ² I is the round prior (the same up to the floor); wrong shapes are refused."""
+    import pytest
+
+    torch.manual_seed(4)
+    head = MatchingHead(CFG)
+    pf = torch.nn.functional.normalize(torch.randn(16, 8, 12), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(150, 16), dim=1)
+    expected = torch.rand(150, 2) * torch.tensor([96.0, 64.0])
+    a = torch.randn(150, 2, 2) * 6.0
+    cov = a @ a.transpose(1, 2) + 0.5 * torch.eye(2)  # random elongated covariances
+    centres = patch_centers(CFG)
+    d = centres[None] - expected[:, None]  # (M, P, 2)
+    precision = torch.linalg.inv(cov.double() + torch.eye(2, dtype=torch.float64)).float()
+    penalty = 0.5 * torch.einsum("mpi,mij,mpj->mp", d, precision, d)
+    with torch.no_grad():
+        reference = head.patch_logits(pts, pf)[:, :-1] - penalty
+        got = head.in_image_logits(pts, pf, expected, 0.5 * precision)
+    torch.testing.assert_close(got, reference, atol=2e-3, rtol=1e-4)
+    idx, px, conf = head.match(pts, pf, expected=expected, radius=float("inf"), refine=False, sigma=cov)
+    assert torch.equal(idx, torch.arange(150))
+    chosen = ((px[:, 1] // 8) * 12 + px[:, 0] // 8).long()
+    assert chosen.tolist() == reference.argmax(1).tolist()
+    torch.testing.assert_close(conf, torch.softmax(reference, 1).max(1).values, atol=1e-4, rtol=1e-3)
+    # a round covariance is the round prior: sigma² I + I against sqrt(sigma² + 1)
+    sigma = torch.linspace(2.0, 40.0, 150)
+    round_cov = sigma[:, None, None] ** 2 * torch.eye(2)
+    as_cov = head.match(pts, pf, expected=expected, radius=30.0, refine=False, sigma=round_cov)
+    as_std = head.match(pts, pf, expected=expected, radius=30.0, refine=False, sigma=(sigma**2 + 1).sqrt())
+    for x, y in zip(as_cov, as_std, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="covariances"):
+        head.match(pts, pf, expected=expected, radius=30.0, sigma=torch.ones(150, 3, 3))
+
+
 def test_heads_matching_losses_train_patch_and_pixel_classification():
     """Point features that are noisy copies of their patch's feature: both losses fall, accuracy rises."""
     torch.manual_seed(0)

@@ -312,15 +312,10 @@ class CodedSession(FakeSession):
         return patch, self.descriptor[None].astype(np.float32)
 
 
-def test_localizer_prior_guided_matching_rejects_look_alike_patches(scene):
-    """Every point looks a little more like the mirror image of its true patch (the repeated-facade failure),
-    through the real matching head. Matched over the whole image, the mirror wins and no right pose comes out;
-    matched only near where a prior 1 m / 3 degrees off projects each point (a hard window, or a soft prior
-    whose spread depends on each point's depth), the true patch wins and the pose is recovered far closer than
-    the prior was."""
-    from ep2p_loc_ros.geometry import rotvec_to_matrix
-
-    seq, _ = scene
+def _mirror_map(seq) -> tuple[object, np.ndarray]:
+    """A map whose point features look a little more like the mirror image (left-right) of each point's true
+    patch at ``FRAME`` than like the true one, with patch ``codes`` (P, D) for :class:`CodedSession`: the
+    repeated-facade failure. Submap ``s`` is retrieved by the one-hot descriptor ``e_s``."""
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(MC.num_patches, MC.feature_dim))
     codes /= np.linalg.norm(codes, axis=1, keepdims=True)
@@ -337,9 +332,24 @@ def test_localizer_prior_guided_matching_rejects_look_alike_patches(scene):
         row = np.clip(np.floor((uv[:, 1] + 0.5) / s), 0, rows - 1).astype(int)
         true, mirror = row * cols + col, row * cols + (cols - 1 - col)
         f = np.where(ok[:, None], 0.9 * codes[true] + codes[mirror], rng.normal(size=(len(ok), MC.feature_dim)))
-        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32), np.zeros(MC.global_dim, np.float32)
+        desc = np.zeros(MC.global_dim, np.float32)
+        desc[sub.id % MC.global_dim] = 1.0
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32), desc
 
-    lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
+    return build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False), codes
+
+
+def test_localizer_prior_guided_matching_rejects_look_alike_patches(scene):
+    """Every point looks a little more like the mirror image of its true patch (the repeated-facade failure),
+    through the real matching head. Matched over the whole image, the mirror wins and no right pose comes out;
+    matched only near where a prior 1 m / 3 degrees off projects each point (a hard window, or a soft prior
+    whose spread depends on each point's depth), the true patch wins and the pose is recovered far closer than
+    the prior was."""
+    from ep2p_loc_ros.geometry import rotvec_to_matrix
+
+    seq, _ = scene
+    lidar_map, codes = _mirror_map(seq)
+    T_gt = seq.T_world_cam(FRAME)
     prior = T_gt.copy()
     prior[:3, :3] = rotvec_to_matrix(np.radians([1.0, 2.5, 1.0])) @ T_gt[:3, :3]
     prior[:3, 3] += [0.6, -0.3, 0.7]
@@ -546,9 +556,74 @@ def test_localizer_refines_only_the_matches_near_the_coarse_pose_then_polishes_i
 def test_localizer_config_refuses_a_non_positive_refine_radius_and_a_negative_prior_sigma():
     with pytest.raises(DataError, match="refine_radius_px"):
         LocalizerConfig.from_dict({"refine_radius_px": 0.0})
-    for key in ("prior_sigma_m", "prior_sigma_deg", "viewpoint_sigma_m", "viewpoint_sigma_deg"):
+    for key in ("prior_sigma_m", "prior_sigma_deg", *LocalizerConfig().viewpoint_sigmas()):
         with pytest.raises(DataError, match=key):
             LocalizerConfig.from_dict({key: -1.0})
         with pytest.raises(DataError, match=key):
             LocalizerConfig.from_dict({key: float("nan")})
     assert LocalizerConfig.from_dict({"prior_sigma_m": 0.0, "prior_sigma_deg": 0.0}).prior_sigma_m == 0.0
+
+
+def test_localizer_viewpoint_prior_rejects_look_alike_patches_after_retrieval(scene):
+    """The mirror map of :func:`_mirror_map`, localized globally, its viewpoint moved 2.5 m ahead of the camera
+    along the path. Without a prior the mirror wins; with the default viewpoint prior (long along each point's
+    ray from the image centre, narrow across it) the true patches win and the pose is right. A round prior as
+    wide as the forward offset lets the mirror win again."""
+    from ep2p_loc_ros.map import nearest_submaps
+
+    seq, _ = scene
+    lidar_map, codes = _mirror_map(seq)
+    T_gt = seq.T_world_cam(FRAME)
+    sid, _ = nearest_submaps(lidar_map, T_gt, 1)
+    ahead = np.eye(4)
+    ahead[2, 3] = 2.5  # along the viewpoint camera's optical axis
+    lidar_map.T_map_viewpoint[int(sid[0])] = lidar_map.T_map_viewpoint[int(sid[0])] @ ahead
+    session = CodedSession(codes)
+    session.descriptor = np.eye(MC.global_dim, dtype=np.float32)[int(sid[0]) % MC.global_dim]
+    off = {k: 0.0 for k in LocalizerConfig().viewpoint_sigmas()}
+
+    def run(**cfg):
+        loc = Localizer(lidar_map, session, MatchingHead(MC), MC, _cfg(refine_pixels=False, top_k=1, **cfg))
+        return loc.localize(seq.image(FRAME), seq.calib.camera)
+
+    without = run(**off)
+    assert not without.ok or _errors(without.T_map_cam, T_gt)[0] > 2.0
+    with_prior = run()
+    assert with_prior.ok, with_prior.message
+    assert with_prior.submap_id == int(sid[0])
+    t_err, r_err = _errors(with_prior.T_map_cam, T_gt)
+    assert t_err < 0.3 and r_err < 1.0, (t_err, r_err)
+
+
+def test_prior_cov_px_is_the_first_order_spread_of_the_projections():
+    """Monte Carlo: cameras drawn around the guess with the given spreads project points with the covariance
+    ``prior_cov_px`` predicts (small spreads: first order holds). A forward spread alone moves each point along
+    its ray from the principal point: the covariance is a line along that ray."""
+    from ep2p_loc_ros.calib import PinholeCamera
+    from ep2p_loc_ros.geometry import rotvec_to_matrix
+    from ep2p_loc_ros.localizer import prior_cov_px
+
+    cam = PinholeCamera(384, 128, np.array([[180.0, 0.0, 192.0], [0.0, 170.0, 64.0], [0.0, 0.0, 1.0]]))
+    rng = np.random.default_rng(1)
+    pts = np.array([[-6.0, 1.5, 12.0], [4.0, -2.0, 8.0], [0.5, 0.2, 40.0], [9.0, 1.0, 15.0]])
+    s_xyz, s_rot = np.array([0.05, 0.02, 0.3]), np.array([0.1, 0.3, 0.2])
+    n = 20000
+    t = rng.normal(size=(n, 3)) * s_xyz
+    w = np.radians(rng.normal(size=(n, 3)) * s_rot)
+    uv = np.empty((n, len(pts), 2))
+    for i in range(n):  # the true camera: the guess turned by w and moved by t (both in the guess frame)
+        R = rotvec_to_matrix(w[i])
+        uv[i] = cam.project((pts - t[i]) @ R).uv
+    empirical = np.einsum("nmi,nmj->mij", uv - uv.mean(0), uv - uv.mean(0)) / n
+    predicted = prior_cov_px(pts, cam, s_xyz, s_rot)
+    np.testing.assert_allclose(predicted, empirical, rtol=0.08, atol=0.02)
+    line = prior_cov_px(pts, cam, (0.0, 0.0, 2.0), (0.0, 0.0, 0.0))
+    vals, vecs = np.linalg.eigh(line)
+    ray = cam.project(pts).uv - cam.K[:2, 2]
+    ray /= np.linalg.norm(ray, axis=1, keepdims=True)
+    assert (vals[:, 0] < 1e-6 * vals[:, 1]).all()
+    np.testing.assert_allclose(np.abs((vecs[:, :, 1] * ray).sum(1)), 1.0, atol=1e-6)
+    # r / z pixels per metre along the ray (r: the pixel's distance from the principal point, z: the depth)
+    np.testing.assert_allclose(
+        np.sqrt(vals[:, 1]), 2.0 * np.linalg.norm(cam.project(pts).uv - cam.K[:2, 2], axis=1) / pts[:, 2], rtol=1e-5
+    )

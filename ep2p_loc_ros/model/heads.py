@@ -62,6 +62,20 @@ def top_per_group(group: torch.Tensor, score: torch.Tensor, cap: int) -> torch.T
     return order[rank < cap]
 
 
+def _half_precision(sigma: torch.Tensor) -> torch.Tensor:
+    """The soft prior's weights: 1 / (2 sigma²) for standard deviations (M,), Σ⁻¹ / 2 for covariances (M, 2, 2).
+
+    Floored at 1 px (an eighth of a patch: tighter changes no choice): sigma clamped, or one px² added to Σ.
+    """
+    if sigma.dim() == 1:
+        return 0.5 / sigma.clamp_min(1.0) ** 2
+    if sigma.dim() != 3 or sigma.shape[1:] != (2, 2):
+        raise ValueError(f"sigma must be standard deviations (M,) or covariances (M, 2, 2), got {tuple(sigma.shape)}")
+    a, b, c, d = (sigma[:, 0, 0] + 1.0, sigma[:, 0, 1], sigma[:, 1, 0], sigma[:, 1, 1] + 1.0)
+    det = (a * d - b * c).clamp_min(1e-12)  # a covariance plus the identity: det >= 1
+    return 0.5 * torch.stack([torch.stack([d, -b], 1), torch.stack([-c, a], 1)], 1) / det[:, None, None]
+
+
 class MatchingHead(nn.Module):
     """Point-to-patch classifier and in-patch pixel regressor."""
 
@@ -98,8 +112,9 @@ class MatchingHead(nn.Module):
         """(M, P) logits of the image patches only (run-time matching: no copy of an (M, P + 1) matrix).
 
         With ``expected`` (M, 2) network pixels and ``inv2s2`` (M,) = 1 / (2 sigma²), each logit also loses
-        inv2s2 · |patch centre - expected|², the soft prior of :meth:`match`. That penalty is bilinear in
-        (point, patch), so it rides in the same matrix product as four more columns instead of a second pass over
+        inv2s2 · |patch centre - expected|², the soft prior of :meth:`match`; with ``inv2s2`` (M, 2, 2) = Σ⁻¹ / 2
+        (an anisotropic prior of covariance Σ), it loses (c - e)ᵀ inv2s2 (c - e). That penalty is bilinear in
+        (point, patch), so it rides in the same matrix product as a few more columns instead of a second pass over
         the (M, P) logits (coordinates relative to the image centre keep float32's cancellation error ~1e-3).
         """
         patch_side = patch_features.flatten(1) * self.logit_scale  # (D, P)
@@ -107,13 +122,23 @@ class MatchingHead(nn.Module):
             return point_features @ patch_side
         if expected is None:
             raise ValueError("a prior sigma needs the expected pixels")
-        centres = patch_centers(self.config).to(patch_side.dtype)
+        prior_points, prior_patches = self._prior_columns(expected.to(patch_side.dtype), inv2s2.to(patch_side.dtype))
+        return torch.cat([point_features, prior_points], 1) @ torch.cat([patch_side, prior_patches], 0)
+
+    def _prior_columns(self, expected: torch.Tensor, inv2s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, K) and (K, P) factors whose product is minus the soft prior's penalty (see :meth:`in_image_logits`)."""
+        centres = patch_centers(self.config).to(expected.dtype)
         middle = centres.mean(0)
-        c, e, w = centres - middle, expected.to(patch_side.dtype) - middle, inv2s2.to(patch_side.dtype)[:, None]
-        # -w |c - e|² = 2w e·c - w |c|² - w |e|²
-        point_side = torch.cat([point_features, 2 * w * e, -w, -w * (e**2).sum(1, keepdim=True)], 1)
-        patch_side = torch.cat([patch_side, c.T, (c**2).sum(1)[None], torch.ones_like(c[:, :1]).T], 0)
-        return point_side @ patch_side
+        c, e, w = centres - middle, expected - middle, inv2s2
+        if w.dim() == 1:  # isotropic: -w |c - e|² = 2w e·c - w |c|² - w |e|²
+            w = w[:, None]
+            points = torch.cat([2 * w * e, -w, -w * (e**2).sum(1, keepdim=True)], 1)
+            return points, torch.cat([c.T, (c**2).sum(1)[None], torch.ones_like(c[:, :1]).T], 0)
+        # -(c - e)ᵀ A (c - e) = 2 (A e)·c - A_uu c_u² - 2 A_uv c_u c_v - A_vv c_v² - eᵀ A e
+        ae = (w @ e[:, :, None])[:, :, 0]  # (M, 2)
+        quad = torch.stack([-w[:, 0, 0], -(w[:, 0, 1] + w[:, 1, 0]), -w[:, 1, 1], -(ae * e).sum(1)], 1)
+        monomials = torch.stack([c[:, 0] ** 2, c[:, 0] * c[:, 1], c[:, 1] ** 2, torch.ones_like(c[:, 0])], 0)
+        return torch.cat([2 * ae, quad], 1), torch.cat([c.T, monomials], 0)
 
     def pixel_logits(self, point_features: torch.Tensor, patch_features_at: torch.Tensor) -> torch.Tensor:
         """(M, D), (M, D) features of each point's patch -> (M, stride²) scores of the in-patch positions."""
@@ -162,11 +187,11 @@ class MatchingHead(nn.Module):
         expected pixel get no match), and the confidence is the softmax over those patches. With ``sigma`` (M,) as
         well, a Gaussian prior on the distance to the expected pixel (standard deviation ``sigma`` network pixels
         per point) is added to the window's logits: a patch near where the guess projects the point beats a
-        slightly likelier look-alike farther away.
+        slightly likelier look-alike farther away. ``sigma`` (M, 2, 2) is a covariance (network pixels²) instead:
+        an elongated prior, e.g. along the ray a forward offset moves the point (see ``localizer.prior_cov_px``).
         ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
-        # the soft prior's 1 / (2 sigma²); sigma floored at 1 px (an eighth of a patch: tighter changes no choice)
-        inv2s2 = None if sigma is None else 0.5 / sigma.to(point_features.dtype).clamp_min(1.0) ** 2
+        inv2s2 = None if sigma is None else _half_precision(sigma.to(point_features.dtype))
         logits = self.in_image_logits(point_features, patch_features, expected, inv2s2)  # refuses sigma alone
         candidates = torch.ones(len(logits), dtype=torch.bool)
         if expected is not None:
@@ -186,8 +211,10 @@ class MatchingHead(nn.Module):
                 # softmax sum. Finite, so that a point with no patch in its window gets no NaN.
                 bound = float(point_features.norm(dim=1).max() * patch_features.flatten(1).norm(dim=0).max())
                 outside = -bound * self.logit_scale - 40.0
-                if inv2s2 is not None:
-                    outside -= float(inv2s2.max()) * radius**2
+                if inv2s2 is not None:  # the trace bounds a 2x2 precision's largest eigenvalue
+                    outside -= (
+                        float((inv2s2 if inv2s2.dim() == 1 else inv2s2.diagonal(0, 1, 2).sum(1)).max()) * radius**2
+                    )
                 grid = logits.view(len(e), rows, cols)
                 for r in range(rows):
                     grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
