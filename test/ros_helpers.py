@@ -50,6 +50,9 @@ def ros_env(domain_id: int | str | None = None, ros_home: str | Path | None = No
     env["ROS_HOME"] = str(ros_home or os.environ.get("ROS_HOME") or tempfile.mkdtemp(prefix="ep2p-ros-home-"))
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = (
+        "1"  # a crash in a child (e.g. a rare SIGSEGV at exit) leaves its Python stacks in the log
+    )
     env["RCUTILS_COLORIZED_OUTPUT"] = "0"
     env.update({k: str(v) for k, v in extra.items()})
     return env
