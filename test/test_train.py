@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -130,11 +131,12 @@ def test_freeze_sample_keeps_the_encoder_features_of_a_fixed_subset(trained, dri
     assert size(f) < 0.5 * (size(s) + out.features.numel() * 2), (size(f), size(s))
 
 
-def test_train_resume_continues_exactly(drive, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process samples", "2 sample workers"])
+def test_train_resume_continues_exactly(drive, tmp_path, monkeypatch, workers):
     import ep2p_loc_ros.model.train as train_mod
 
     torch.set_num_threads(1)
-    cfg = _cfg(4, pose_warmup=2)
+    cfg = _cfg(4, pose_warmup=2, workers=workers)
     train([drive], tmp_path / "straight", TINY, cfg, progress=False)
 
     save = train_mod._save_checkpoint
@@ -235,3 +237,59 @@ def test_train_frozen_point_encoder_adds_and_trains_a_point_context(trained, dri
         full = b.point_encoder.context.pool(s.points_map, base.features)
     rows = [int(np.flatnonzero((s.points_map == p).all(1))[0]) for p in f.points_map]
     torch.testing.assert_close(torch.from_numpy(f.point_context).float(), full[rows], atol=2e-3, rtol=1e-2)
+
+
+def test_train_sample_workers_make_each_sample_from_its_number_alone(drive):
+    """Which worker makes sample n, and from where the stream starts (a resume), changes nothing: the sample and
+    its kNN graph are those the training process would make itself."""
+    from ep2p_loc_ros.model.dataset import SequenceData
+    from ep2p_loc_ros.model.point_encoder import build_point_graph
+    from ep2p_loc_ros.model.train import _sample_stream
+
+    data = [SequenceData(drive, progress=False)]
+    frames = [(0, i) for i in range(len(data[0]))]
+    cfg = _cfg(1, workers=2, seed=5)
+    first = [next(s) for s in [_sample_stream(data, frames, TINY, cfg, 0, 1, 0)] for _ in range(6)]
+    later = _sample_stream(data, frames, TINY, replace(cfg, workers=1), 0, 1, 4)
+    # every frame once per pass, in an order that differs between passes
+    assert sorted(s.frame for s in first[:4]) == list(range(4)) and {s.frame for s in first[4:]} <= set(range(4))
+    for a, b in zip(first[4:], [next(later), next(later)], strict=True):
+        assert a.frame == b.frame
+        np.testing.assert_array_equal(a.points_local, b.points_local)  # the same viewpoint jitter
+        np.testing.assert_array_equal(a.image, b.image)
+        for x, y in zip(_graph_tensors(a.point_graph), _graph_tensors(b.point_graph), strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    s = first[0]
+    own = build_point_graph(s.points_local, s.reflectance, TINY, priority=cell_priority(s.points_map, TINY.point_voxel))
+    for x, y in zip(_graph_tensors(s.point_graph), _graph_tensors(own), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # two runs that differ only in their seed draw different viewpoints
+    other = next(_sample_stream(data, frames, TINY, replace(cfg, seed=6), 0, 1, 0))
+    assert other.frame != s.frame or not np.array_equal(other.points_local, s.points_local)
+
+
+def _graph_tensors(g):
+    return [
+        g.fine.geometry,
+        g.fine.pairs,
+        g.fine.neighbors,
+        g.coarse.geometry,
+        g.coarse.neighbors,
+        g.pool_index,
+        g.up_index,
+        g.up_weight,
+    ]
+
+
+def test_train_sample_workers_refuse_a_frozen_point_encoder(trained, drive, tmp_path):
+    from ep2p_loc_ros.errors import DataError
+
+    with pytest.raises(DataError, match="--workers"):
+        train(
+            [drive],
+            tmp_path / "m",
+            None,
+            _cfg(1, workers=2, freeze_point_encoder=True),
+            init_from=trained,
+            progress=False,
+        )

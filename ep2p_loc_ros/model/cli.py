@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes that make samples and their kNN graphs ahead of the step (default 0: in the training "
+        "process); a sample takes ~0.18 s of CPU a frame, so on a GPU give them most of the cores",
+    )
     p.add_argument("--steps", type=int, help="optimisation steps")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="frames per step")
     p.add_argument("--lr", type=float, help="learning rate")

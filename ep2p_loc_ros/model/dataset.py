@@ -18,7 +18,7 @@ from ..datasets.kitti_odometry import KittiOdometrySequence
 from ..geometry import PinholeCamera, invert, transform_points
 from ..ipr import IPRConfig, visible_mask
 from .config import ModelConfig
-from .point_encoder import voxel_downsample
+from .point_encoder import PointGraph, voxel_downsample
 from .preprocess import prepare_image
 
 __all__ = ["FrameSample", "SequenceData", "frustum_mask", "load_sequences"]
@@ -58,6 +58,8 @@ class FrameSample:
     point_descriptor: np.ndarray | None = None  # (G,) float32 global submap descriptor
     # (N, C) float16: PointContext.pool over the whole crop, for the rows kept (when the model has the module)
     point_context: np.ndarray | None = None
+    # Set when a loader worker built the point encoder's kNN graph beside the sample (``TrainConfig.workers``)
+    point_graph: PointGraph | None = None
 
 
 class SequenceData:

@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .dataset import FrameSample, SequenceData
 from .epro_pnp import MonteCarloPoseLoss
 from .losses import make_targets, matching_losses, pose_loss, retrieval_loss
 from .network import EP2PLocNet, load_network, save_model_dir
-from .point_encoder import cell_priority
+from .point_encoder import build_point_graph, cell_priority
 
 __all__ = ["TrainConfig", "TrainingModel", "freeze_sample", "train"]
 
@@ -58,6 +59,10 @@ class TrainConfig:
     # backward pass is ~85 % of a step, so this gives about 8x the steps for the image encoder and the heads.
     # Resuming works, but is not bit-exact in this mode: the cache starts empty and frames are sampled again.
     freeze_point_encoder: bool = False
+    # Worker processes that make samples and their kNN graphs ahead of the step (0: in the loop's own process).
+    # Why: a sample and its graph take ~0.18 s of CPU a frame (bench/bench_train_step.py); a GPU step shorter than
+    # that would wait for them. Frame n of a run is then a function of (seed, rank, n) alone.
+    workers: int = 0
     photometric_jitter: float = 0.0  # brightness/contrast jitter amplitude (0: off), e.g. 0.2 for +-20 %
 
 
@@ -80,8 +85,11 @@ class TrainingModel(nn.Module):
             if context is not None:  # the frozen encoder's features, the trainable context on top
                 feats = context(feats, torch.from_numpy(s.point_context).to(device).float())
             return feats, torch.from_numpy(s.point_descriptor).to(device)
-        priority = cell_priority(s.points_map, self.net.config.point_voxel)
-        out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
+        if s.point_graph is not None:  # built by a loader worker
+            out = self.net.point_encoder.forward_graph(s.point_graph)
+        else:
+            priority = cell_priority(s.points_map, self.net.config.point_voxel)
+            out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
         feats = out.features if context is None else context.widen(s.points_map, out.features)
         return feats, out.global_descriptor
 
@@ -186,6 +194,75 @@ def freeze_sample(net: EP2PLocNet, s: FrameSample, cfg: TrainConfig, rng: np.ran
     )
 
 
+# --------------------------------------------------------------------------- samples made in worker processes
+
+
+class _Samples(torch.utils.data.Dataset):
+    """Item ``(n, si, fi)``: frame ``fi`` of sequence ``si`` as the run's n-th sample, with its kNN graph.
+
+    Its randomness (the viewpoint jitter) comes from ``(seed, rank, n)`` alone, so it does not depend on which
+    worker made it or when: resuming at sample n is exact.
+    """
+
+    def __init__(self, data: list[SequenceData], config: ModelConfig, seed: int, rank: int) -> None:
+        self.data, self.config, self.seed, self.rank = data, config, seed, rank
+
+    def __getitem__(self, task: tuple[int, int, int]) -> FrameSample:
+        n, si, fi = task
+        s = self.data[si].sample(fi, self.config, np.random.default_rng([self.seed, self.rank, n]))
+        priority = cell_priority(s.points_map, self.config.point_voxel)
+        graph = build_point_graph(s.points_local, s.reflectance, self.config, workers=1, priority=priority)
+        return replace(s, point_graph=graph)
+
+
+class _Tasks(torch.utils.data.Sampler):
+    """The run's samples from number ``start`` on, without end: each pass over the frames in an order drawn from
+    ``(seed, pass)``, shared by all ranks, so that the ranks split every pass between them."""
+
+    def __init__(self, frames: list[tuple[int, int]], seed: int, rank: int, world: int, start: int) -> None:
+        self.frames, self.seed, self.rank, self.world, self.start = frames, seed, rank, world, start
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        per_pass = len(range(self.rank, len(self.frames), self.world))
+        if per_pass == 0:
+            raise DataError(f"{len(self.frames)} frames cannot be shared by {self.world} training processes")
+        n, mine = self.start, None
+        while True:
+            if mine is None or n % per_pass == 0:
+                mine = np.random.default_rng([self.seed, n // per_pass]).permutation(len(self.frames))[
+                    self.rank :: self.world
+                ]
+            si, fi = self.frames[mine[n % per_pass]]
+            yield n, si, fi
+            n += 1
+
+
+def _as_is(item: FrameSample) -> FrameSample:
+    return item
+
+
+def _sample_stream(
+    data: list[SequenceData],
+    frames: list[tuple[int, int]],
+    config: ModelConfig,
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+    start: int,
+) -> Iterator[FrameSample]:
+    """Samples number ``start``, ``start + 1``, ... made by ``cfg.workers`` processes, a few ahead of the step."""
+    loader = torch.utils.data.DataLoader(
+        _Samples(data, config, cfg.seed, rank),
+        batch_size=None,
+        sampler=_Tasks(frames, cfg.seed, rank, world, start),
+        num_workers=cfg.workers,
+        collate_fn=_as_is,
+        prefetch_factor=4,
+        multiprocessing_context="fork",  # the workers share the fused maps and KD-trees with this process
+    )
+    return iter(loader)
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -272,6 +349,13 @@ def train(
     cfg = cfg or TrainConfig()
     if cfg.freeze_point_encoder and init_from is None:
         raise DataError("--freeze-point-encoder needs --init-from: a frozen, untrained point encoder learns nothing")
+    if cfg.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.workers > 0 and cfg.freeze_point_encoder:
+        raise DataError(
+            "--workers makes samples for the point encoder's training; with --freeze-point-encoder "
+            "each frame's sample is made once and cached, so leave --workers at 0"
+        )
     if not 0.0 <= cfg.photometric_jitter < 1.0:
         raise ValueError(f"photometric_jitter must be in [0, 1), got {cfg.photometric_jitter}")
     init_net = None
@@ -341,9 +425,15 @@ def train(
     net.train()
     if cfg.freeze_point_encoder:
         net.point_encoder.eval()
+    # With workers the samples come numbered from a stream; ``cursor`` then counts those used (``order`` stays empty)
+    stream = _sample_stream(data, frames, model_config, cfg, rank, world, cursor) if cfg.workers > 0 else None
     while step < cfg.steps:
         batch = []
         while len(batch) < cfg.batch_size:
+            if stream is not None:
+                batch.append(next(stream))
+                cursor += 1
+                continue
             if cursor >= len(order):
                 order = [frames[i] for i in rng.permutation(len(frames))][rank::world]
                 cursor = 0
@@ -382,6 +472,7 @@ def train(
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             _save_checkpoint(ckpt, model, opt, step, rng, order, cursor, generator)
     bar.close()
+    stream = None  # ends the sample workers
     if log is not None:
         log.close()
     if rank == 0:
