@@ -9,6 +9,7 @@ milliseconds now and then (two OpenMP runtimes in one process), which would be m
 
     .venv/bin/python bench/bench_ipr.py            # ~1-2 min on 2 cores
     .venv/bin/python bench/bench_ipr.py --quick    # 10k and 100k only, fewer repetitions
+    python bench/bench_ipr.py --cuda --no-hpr       # on a CUDA machine without Open3D: IPR on CPU against CUDA
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main() -> None:
         help="torch CPU threads (default 1: stable on a shared machine; 0: torch's choice)",
     )
     ap.add_argument("--frame", type=int, default=0, help="KITTI frame the sized point sets are drawn from")
+    ap.add_argument("--cuda", action="store_true", help="also time IPR on the GPU (torch CUDA), against the CPU")
+    ap.add_argument("--no-hpr", dest="hpr", action="store_false", help="skip Open3D's HPR (needs no open3d)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +97,14 @@ def main() -> None:
     batch = 8
     Ts = np.stack([T] * batch)
     ipr_batch = median_ms(lambda: visible_mask(sets[100_000], Ts, cam, cfg), 3 if args.quick else 5)[0]
+
+    if args.cuda:
+        print_cuda(sets, T, cam, cfg, ipr)
+    if not args.hpr:
+        print("| points | IPR ms (CPU) |\n|---:|---:|")
+        for n in sets:
+            print(f"| {n:,} | {ipr[n][0]:.1f} |")
+        return
 
     # Phase 2: Open3D HPR, radius = 100 x the cloud's diameter (Open3D's own example uses this factor).
     import open3d as o3d
@@ -146,6 +157,32 @@ def main() -> None:
         f"\nBatched: {batch} poses x 100k points in one call: {ipr_batch:.1f} ms "
         f"({ipr_batch / batch:.1f} ms per pose; single pose {ipr[100_000][0]:.1f} ms)."
     )
+
+
+def print_cuda(sets: dict[int, np.ndarray], T: np.ndarray, cam: PinholeCamera, cfg: IPRConfig, ipr: dict) -> None:
+    """IPR on the GPU: points already there (what a GPU pipeline holds) and numpy in / numpy out, against the CPU."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda: torch sees no CUDA device")
+
+    def gpu_ms(fn: Callable[[], object], reps: int = 20) -> tuple[float, object]:
+        def synced() -> object:
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        return median_ms(synced, reps)
+
+    print(f"## IPR on {torch.cuda.get_device_name()} against the CPU ({torch.get_num_threads()} threads)\n")
+    print("| points | CPU ms | CUDA ms (tensors on the GPU) | CUDA ms (numpy in / out) | CPU / CUDA | same mask |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for n, p in sets.items():
+        cpu_ms, cpu_mask = ipr[n]
+        pts, pose = torch.from_numpy(p).cuda(), torch.from_numpy(T).cuda()
+        on_gpu, mask = gpu_ms(lambda pts=pts, pose=pose: visible_mask(pts, pose, cam, cfg))
+        round_trip, _ = gpu_ms(lambda p=p: visible_mask(p, T, cam, cfg, device="cuda"))
+        same = np.mean(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask) == cpu_mask)
+        print(f"| {n:,} | {cpu_ms:.1f} | {on_gpu:.2f} | {round_trip:.2f} | {cpu_ms / on_gpu:.0f}x | {same:.4f} |")
+    print()
 
 
 if __name__ == "__main__":

@@ -103,12 +103,15 @@ class NodeProcess:
         return False
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGINT, then SIGKILL after ``timeout``; returns the exit code."""
+        """SIGINT, then SIGKILL after ``timeout``; returns the exit code. A node still running at the timeout is
+        first asked for its threads' stacks (SIGUSR1, the node's faulthandler), so the log shows where it hung."""
         if self.alive:
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()

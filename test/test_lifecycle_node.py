@@ -193,12 +193,19 @@ def test_lifecycle_autostart_with_a_bad_parameter_stays_unconfigured(ros, demo_d
     # a params file in place of the default one (note: rcl drops a `-p` override whose type differs from the
     # params file's, e.g. `-p transform_tolerance:=abc` over the default file's 0.1, so a file is what can be wrong)
     bad = {"map_path": str(demo_data.map_dir), "qos.depth": 0, "transform_tolerance": "abc"}
-    proc = rh.start_node(autostart=True, params_file=rh.write_params_file(bad, tmp_path / "bad.yaml"), log_dir=tmp_path)
+    name = "ep2p_loc_bad_autostart"  # its own name: the module's other node (the fixture) is still up
+    proc = rh.start_node(
+        autostart=True,
+        params_file=rh.write_params_file(bad, tmp_path / "bad.yaml"),
+        extra_args=["-r", f"__node:={name}"],
+        log_dir=tmp_path,
+    )
     try:
         assert proc.wait_log("autostart: configure failed", 60), proc.log()
         log = proc.log()
         assert "bad parameter qos.depth" in log and "bad parameter transform_tolerance" in log, log
-        assert rh.LifecycleClient(ros.node).get_state() == "unconfigured" and proc.alive
+        lc = rh.LifecycleClient(ros.node, name)
+        assert lc.wait_ready(30) and lc.get_state() == "unconfigured" and proc.alive
     finally:
         assert proc.stop() == 0
 
@@ -208,6 +215,8 @@ def test_lifecycle_autostart_with_the_documented_command_line(ros, demo_data, tm
     proc = rh.start_node(
         autostart=True,
         extra_args=[
+            "-r",  # its own name: the module's other node (the fixture) is still up
+            "__node:=ep2p_loc_autostart",
             "-p",
             f"map_path:={demo_data.map_dir}",
             "-p",
@@ -220,12 +229,36 @@ def test_lifecycle_autostart_with_the_documented_command_line(ros, demo_data, tm
         log_dir=tmp_path,
     )
     try:
-        lc = rh.LifecycleClient(ros.node)
+        lc = rh.LifecycleClient(ros.node, "ep2p_loc_autostart")
         assert lc.wait_ready(60)
         assert ros.wait_for(lambda: lc.get_state() == "active", 60), proc.log()
         assert ros.wait_for(lambda: ros.node.count_subscribers("/camera/image_raw") >= 1, 10)
         assert ros.node.count_subscribers("/camera/camera_info") >= 1
-        assert ros.node.count_publishers("/ep2p_loc/pose") >= 1
+        assert ros.node.count_publishers("/ep2p_loc_autostart/pose") >= 1
     finally:
         assert proc.stop() == 0
+    assert "Traceback" not in proc.log()
+
+
+def test_lifecycle_sigusr1_dumps_the_stacks_and_the_node_runs_on(ros, demo_data, tmp_path):
+    """`kill -USR1 <pid>` writes where each thread is to the log (how to see where a stuck node waits); the node
+    stays up, and SIGINT then stops it within a second."""
+    import signal
+
+    name = "ep2p_loc_sigusr1"  # its own name: the module's other node (the fixture) is still up
+    proc = rh.start_node(
+        autostart=True, extra_args=["-r", f"__node:={name}", "-p", f"map_path:={demo_data.map_dir}"], log_dir=tmp_path
+    )
+    try:
+        lc = rh.LifecycleClient(ros.node, name)
+        assert lc.wait_ready(60) and ros.wait_for(lambda: lc.get_state() == "active", 60), proc.log()
+        proc.proc.send_signal(signal.SIGUSR1)
+        assert proc.wait_log("in main", 10), proc.log()
+        assert "ep2p_loc_ros/ros/node.py" in proc.log() and proc.alive
+        assert lc.get_state() == "active"
+        t0 = time.monotonic()
+        assert proc.stop() == 0
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        proc.stop()
     assert "Traceback" not in proc.log()
