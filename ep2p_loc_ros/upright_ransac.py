@@ -126,10 +126,14 @@ def occupied_cells(masks: np.ndarray, uv: np.ndarray, cell: float = 32.0) -> np.
     masks = np.atleast_2d(masks)
     if masks.size == 0 or len(uv) == 0:
         return np.zeros(len(masks), dtype=np.int64)
-    _, cell_id = np.unique(np.floor(uv / cell).astype(np.int64), axis=0, return_inverse=True)
+    cells = np.floor(uv / cell).astype(np.int64)
+    cells -= cells.min(axis=0)
+    cell_id = cells[:, 0] * (int(cells[:, 1].max()) + 1) + cells[:, 1]  # one int per cell, row-major
+    if int(cell_id.max()) >= 4 * len(uv):  # a sparse spread (pixels far apart): number the cells densely
+        cell_id = np.unique(cell_id, return_inverse=True)[1].reshape(-1)
     occupied = np.zeros((len(masks), int(cell_id.max()) + 1), dtype=bool)
     h, m = np.nonzero(masks)
-    occupied[h, cell_id.reshape(-1)[m]] = True
+    occupied[h, cell_id[m]] = True
     return occupied.sum(1)
 
 

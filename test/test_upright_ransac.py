@@ -144,6 +144,10 @@ def test_occupied_cells_counts_distinct_cells_per_mask() -> None:
     uv = np.array([[1.0, 1.0], [30.0, 5.0], [33.0, 1.0], [100.0, 100.0]])
     masks = np.array([[True, True, False, False], [True, False, True, True], [False] * 4])
     assert occupied_cells(masks, uv).tolist() == [1, 3, 0]
+    # pixels far apart (cells numbered densely, not by position) count the same way
+    far = np.array([[0.0, 0.0], [1e6, 3e5], [5.0, 5.0], [-2e5, 40.0]])
+    masks = np.array([[True, True, True, True], [True, False, True, False], [False, True, False, True]])
+    assert occupied_cells(masks, far).tolist() == [3, 1, 2]
 
 
 def test_upright_ransac_cells_score_prefers_spread_inliers() -> None:
