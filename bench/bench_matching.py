@@ -42,9 +42,9 @@ def reference(
     """Best patch and its softmax probability per point, the straightforward way."""
     logits = head.in_image_logits(points, patch)
     if expected is not None:
-        d2 = ((patch_centers(head.config)[None] - expected[:, None]) ** 2).sum(2)
+        d = patch_centers(head.config)[None] - expected[:, None]
+        d2 = (d**2).sum(2)
         if sigma is not None and sigma.dim() == 3:  # a covariance per point: the Mahalanobis penalty
-            d = patch_centers(head.config)[None] - expected[:, None]
             precision = torch.linalg.inv(sigma + torch.eye(2))
             logits = logits - 0.5 * torch.einsum("mpi,mij,mpj->mp", d, precision, d)
         elif sigma is not None:

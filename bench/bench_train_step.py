@@ -38,8 +38,7 @@ def main() -> None:
     from ep2p_loc_ros.model.config import ModelConfig
     from ep2p_loc_ros.model.dataset import SequenceData
     from ep2p_loc_ros.model.network import EP2PLocNet
-    from ep2p_loc_ros.model.point_encoder import build_point_graph, cell_priority
-    from ep2p_loc_ros.model.train import TrainConfig, train
+    from ep2p_loc_ros.model.train import TrainConfig, sample_graph, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
@@ -61,9 +60,7 @@ def main() -> None:
         t0 = time.perf_counter()
         s = data.sample(int(i), config, rng)
         t1 = time.perf_counter()
-        graph = build_point_graph(
-            s.points_local, s.reflectance, config, priority=cell_priority(s.points_map, config.point_voxel)
-        )
+        graph = sample_graph(s, config)
         t2 = time.perf_counter()
         out = net.point_encoder.forward_graph(graph)
         (out.features.sum() + out.global_descriptor.sum()).backward()

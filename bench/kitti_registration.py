@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = []
+    no_prior = dict.fromkeys(LocalizerConfig().viewpoint_sigmas(), 0.0)
+    configs = (("viewpoint prior", LocalizerConfig()), ("none", LocalizerConfig(**no_prior)))
     tmp = Path(tempfile.mkdtemp(prefix="kitti-reg-"))
     try:
         for frame in iter_frames(args.data):
@@ -68,8 +70,7 @@ def main() -> None:
                 progress=False,
             )
             save_map(lidar_map, tmp / f"map-{frame.frame_id}")
-            no_prior = dict.fromkeys(LocalizerConfig().viewpoint_sigmas(), 0.0)
-            for prior, cfg in (("viewpoint prior", LocalizerConfig()), ("none", LocalizerConfig(**no_prior))):
+            for prior, cfg in configs:
                 loc = Localizer.from_paths(tmp / f"map-{frame.frame_id}", args.model, cfg)
                 res = loc.localize(frame.image, frame.calib.camera)
                 t, r = pose_errors(res.T_map_cam[None], T_gt[None])

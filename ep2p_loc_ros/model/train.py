@@ -28,7 +28,7 @@ from .dataset import FrameSample, SequenceData
 from .epro_pnp import MonteCarloPoseLoss
 from .losses import make_targets, matching_losses, pose_loss, retrieval_loss
 from .network import EP2PLocNet, load_network, save_model_dir
-from .point_encoder import build_point_graph, cell_priority
+from .point_encoder import PointGraph, build_point_graph, cell_priority
 
 __all__ = ["TrainConfig", "TrainingModel", "freeze_sample", "train"]
 
@@ -85,11 +85,8 @@ class TrainingModel(nn.Module):
             if context is not None:  # the frozen encoder's features, the trainable context on top
                 feats = context(feats, torch.from_numpy(s.point_context).to(device).float())
             return feats, torch.from_numpy(s.point_descriptor).to(device)
-        if s.point_graph is not None:  # built by a loader worker
-            out = self.net.point_encoder.forward_graph(s.point_graph)
-        else:
-            priority = cell_priority(s.points_map, self.net.config.point_voxel)
-            out = self.net.point_encoder(s.points_local, s.reflectance, priority=priority)
+        graph = s.point_graph if s.point_graph is not None else sample_graph(s, self.net.config)  # a worker's, or now
+        out = self.net.point_encoder.forward_graph(graph)
         feats = out.features if context is None else context.widen(s.points_map, out.features)
         return feats, out.global_descriptor
 
@@ -160,6 +157,13 @@ def _draw_rows(
     return np.concatenate([rng.permutation(pos)[:n_in_image], rng.permutation(neg)[:n_other]])
 
 
+def sample_graph(s: FrameSample, config: ModelConfig, workers: int | None = None) -> PointGraph:
+    """The point encoder's kNN graph of a sample: its points relative to the (jittered) viewpoint, the coarse
+    points ranked by their *map* cells, so that training crops and map submaps pick the same ones."""
+    priority = cell_priority(s.points_map, config.point_voxel)
+    return build_point_graph(s.points_local, s.reflectance, config, workers=workers, priority=priority)
+
+
 # --------------------------------------------------------------------------- frozen point encoder
 
 
@@ -174,8 +178,7 @@ def freeze_sample(net: EP2PLocNet, s: FrameSample, cfg: TrainConfig, rng: np.ran
     ``--match-points 4096 --other-points 512``): 26 worlds (3,900 frames) trained in 9.2 GB.
     """
     device = net.log_weight_scale.device
-    priority = cell_priority(s.points_map, net.config.point_voxel)
-    out = net.point_encoder(s.points_local, s.reflectance, priority=priority)
+    out = net.point_encoder.forward_graph(sample_graph(s, net.config))
     rows = np.sort(_draw_rows(s, net.config, 2 * cfg.match_points, 2 * cfg.other_points, rng))
     keep = torch.from_numpy(rows).to(device)
     context = net.point_encoder.context
@@ -210,9 +213,7 @@ class _Samples(torch.utils.data.Dataset):
     def __getitem__(self, task: tuple[int, int, int]) -> FrameSample:
         n, si, fi = task
         s = self.data[si].sample(fi, self.config, np.random.default_rng([self.seed, self.rank, n]))
-        priority = cell_priority(s.points_map, self.config.point_voxel)
-        graph = build_point_graph(s.points_local, s.reflectance, self.config, workers=1, priority=priority)
-        return replace(s, point_graph=graph)
+        return replace(s, point_graph=sample_graph(s, self.config, workers=1))
 
 
 class _Tasks(torch.utils.data.Sampler):
