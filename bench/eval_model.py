@@ -5,9 +5,9 @@ with the model's features, and localizes every image globally (retrieval -> IPR 
 then again for each variant in ``ABLATIONS`` (PnP without the upright search or won by inlier count, other caps,
 each submap matched on its own, no IPR, no pixel refinement, every match refined before PnP, 6,000 points,
 run-time point encoding, no soft prior after retrieval or a tighter one, guided rounds after the global search,
-and tracking from a prior 1 m / 3 degrees off, guided or not, with or without the soft prior). Prints one
-markdown table (recall at the three thresholds, median errors, inlier ratio, retrieval recall@1/5, p50 latency
-per stage).
+PnP's covariance without the model's calibrated error, and tracking from a prior 1 m / 3 degrees off, guided or
+not, with or without the soft prior). Prints one markdown table (recall at the three thresholds, median errors,
+inlier ratio, retrieval recall@1/5, NEES of the published covariance, p50 latency per stage).
 
     python bench/eval_model.py [--model models] [--cache .cache/eval] [--kinds outdoor indoor] [--variants ...]
         [--stride N] [--seed KIND=SEED ...] [--json]
@@ -58,6 +58,7 @@ ABLATIONS = {
         "viewpoint_sigma_yaw_deg": 1.0,
     },
     "global + 2 guided rounds": {"global_guided_rounds": 2},
+    "PnP covariance alone": {"calibrated_covariance": False},  # without MODEL/covariance.json's model error
     # tracking: the prior is the true pose moved 1 m and turned 3 degrees in random directions
     "tracking, prior 1 m / 3°": {"prior_noise": (1.0, 3.0)},
     "tracking, prior 1 m / 3°, 2 guided rounds": {"prior_noise": (1.0, 3.0), "guided_rounds": 2},
@@ -69,6 +70,7 @@ ABLATIONS = {
     "tracking, prior 1 m / 3°, unguided": {"prior_noise": (1.0, 3.0), "prior_radius_px": 0.0},
     "tracking, prior 1 m / 3°, run-time encoding": {"prior_noise": (1.0, 3.0), "encode_points_at_runtime": True},
     "tracking, prior 1 m / 3°, 6-DoF RANSAC": {"prior_noise": (1.0, 3.0), "pnp": PnPConfig(upright_search=False)},
+    "tracking, prior 1 m / 3°, PnP covariance alone": {"prior_noise": (1.0, 3.0), "calibrated_covariance": False},
 }
 
 
@@ -161,16 +163,17 @@ def main() -> None:
     print(f"# Held-out drives, model {args.model}\n")
     print(
         "| drive | variant | frames | localized | R@0.25m,2° | R@0.5m,5° | R@5m,10° | median t (m) | median R (°) "
-        "| inlier ratio | retrieval R@1 / R@5 | p50 total (ms) |"
+        "| inlier ratio | retrieval R@1 / R@5 | NEES median / within χ²₆ 95 % | p50 total (ms) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rec, rr = r["recall"], r["retrieval_recall"]
         print(
             f"| {r['drive']} | {r['variant']} | {r['frames']} | {r['localized']:.0%} | {rec['0.25m_2deg']:.1%} | "
             f"{rec['0.5m_5deg']:.1%} | {rec['5m_10deg']:.1%} | {r['median_translation_m']:.2f} | "
             f"{r['median_rotation_deg']:.2f} | {r['inlier_ratio']:.2f} | {rr.get('1', float('nan')):.0%} / "
-            f"{rr.get('5', float('nan')):.0%} | {r['latency_ms'].get('total', float('nan')):.0f} |"
+            f"{rr.get('5', float('nan')):.0%} | {r['nees_median']:.3g} / {r['nees_within_95']:.0%} | "
+            f"{r['latency_ms'].get('total', float('nan')):.0f} |"
         )
     main_rows = [r for r in rows if r["variant"] in ("full", "tracking, prior 1 m / 3°")]
     if main_rows:

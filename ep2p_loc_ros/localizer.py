@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .covariance_calibration import CALIBRATION_FILE, CovarianceCalibration
 from .errors import DataError
 from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
@@ -101,6 +102,9 @@ class LocalizerConfig:
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
+    # Add the model's own error, measured on held-out drives (MODEL/covariance.json, `ep2p-loc
+    # calibrate-covariance`), to PnP's covariance; false: PnP's alone, which is far too small for a weak matcher
+    calibrated_covariance: bool = True
 
     def __post_init__(self) -> None:
         if not self.refine_radius_px > 0:
@@ -351,8 +355,11 @@ class Localizer:
         model_config: ModelConfig,
         config: LocalizerConfig | None = None,
         point_encoder: torch.nn.Module | None = None,
+        calibration: CovarianceCalibration | None = None,
     ) -> None:
         self.map = lidar_map
+        # used only when config.calibrated_covariance is on (from_paths loads it from the model directory)
+        self.calibration = calibration
         self.point_encoder = point_encoder.eval() if point_encoder is not None else None
         self.session = image_session
         self.head = head.eval()
@@ -371,7 +378,7 @@ class Localizer:
         cls, map_dir: str | Path, model_dir: str | Path, config: LocalizerConfig | None = None, providers: str = "auto"
     ) -> Localizer:
         """Load and validate the map and the model; errors name the file and the fault."""
-        from .model.network import ONNX_FILE, load_network, verify_model_file
+        from .model.network import ONNX_FILE, WEIGHTS_FILE, load_network, sha256_file, verify_model_file
         from .runtime import ImageEncoderSession
 
         config = config or LocalizerConfig()
@@ -385,7 +392,20 @@ class Localizer:
             intra_op_threads=config.threads,
             allow_spinning=False,
         )
-        return cls(load_map(map_dir), session, net.head, net.config, config, point_encoder=net.point_encoder)
+        calibration = None
+        cal_path = Path(model_dir) / CALIBRATION_FILE
+        if config.calibrated_covariance and cal_path.exists():
+            weights_sha = sha256_file(verify_model_file(model_dir, WEIGHTS_FILE))
+            calibration = CovarianceCalibration.load(cal_path, weights_sha)
+        return cls(
+            load_map(map_dir),
+            session,
+            net.head,
+            net.config,
+            config,
+            point_encoder=net.point_encoder,
+            calibration=calibration,
+        )
 
     def localize(
         self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None = None, source: str = "image"
@@ -480,7 +500,11 @@ class Localizer:
                 retrieved=retrieved,
             )
         est, sid, m = best
-        return result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
+        res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
+        if res.ok and cfg.calibrated_covariance and self.calibration is not None:
+            mode = "global" if T_map_cam_prior is None else "tracking"
+            res = replace(res, covariance=self.calibration.apply(mode, res.T_map_cam, res.covariance))
+        return res
 
     def _solve_view(
         self,

@@ -27,7 +27,7 @@ def _localizer_config(args: argparse.Namespace) -> Any:
         except (OSError, yaml.YAMLError) as exc:
             raise ValueError(f"{args.config}: cannot read localizer config ({exc})") from exc
     cfg = LocalizerConfig.from_dict(data, str(args.config or "config"))
-    names = ("top_k", "use_ipr", "refine_pixels")
+    names = ("top_k", "use_ipr", "refine_pixels", "calibrated_covariance")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if overrides:
         cfg = LocalizerConfig.from_dict({**cfg.to_dict(), **overrides})
@@ -141,6 +141,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..covariance_calibration import CALIBRATION_FILE
+    from .calibrate import calibrate_covariance, format_calibration
+
+    out = args.out if args.out is not None else args.model / CALIBRATION_FILE
+    cal = calibrate_covariance(
+        [(Path(m), Path(s)) for m, s in args.drive],
+        args.model,
+        _localizer_config(args),
+        modes=tuple(args.modes),
+        prior_noise=tuple(args.prior_noise),
+        stride=args.stride,
+        gross=tuple(args.gross),
+        progress=not args.json,
+    )
+    cal.save(out)
+    if args.json:
+        print(json.dumps(cal.to_json(), indent=2))
+    else:
+        print(format_calibration(cal))
+        print(f"written: {out}")
+    return 0
+
+
 def _evaluate_result(args: argparse.Namespace) -> int:
     """Score what a replay recorded (result directory or result bag) against the bag's ground truth."""
     from .report import format_table
@@ -172,6 +196,13 @@ def _add_common(p: argparse.ArgumentParser, map_required: bool = True) -> None:
         action="store_false",
         default=None,
         help="ablation: patch centres instead of the pixel-refinement MLP",
+    )
+    p.add_argument(
+        "--pnp-covariance",
+        dest="calibrated_covariance",
+        action="store_false",
+        default=None,
+        help="PnP's covariance alone, without the model error of MODEL/covariance.json",
     )
     p.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime providers")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -223,3 +254,48 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="tracking mode from a wrong prior: the true pose moved and turned by this much in random directions",
     )
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "calibrate-covariance",
+        help="measure the model's pose errors on held-out drives and store the covariance term it needs",
+        description="Localize each drive globally and from noisy priors (tracking) with PnP's covariance alone, "
+        "then fit per mode the model-error covariance (camera axes) that makes the median NEES consistent (χ²₆). "
+        "Writes MODEL/covariance.json (atomically), which the localizer and the node add to PnP's covariance. "
+        "Use drives the model never trained on.",
+    )
+    p.add_argument(
+        "--drive",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("MAP", "SEQUENCE"),
+        help="a map directory and the KITTI-layout sequence to localize in it (repeat for more drives)",
+    )
+    p.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields (nested ipr/pnp)")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL/covariance.json)")
+    p.add_argument(
+        "--modes", nargs="+", choices=("global", "tracking"), default=["global", "tracking"], help="modes to fit"
+    )
+    p.add_argument(
+        "--prior-noise",
+        dest="prior_noise",
+        nargs=2,
+        type=float,
+        metavar=("METRES", "DEGREES"),
+        default=(1.0, 3.0),
+        help="tracking priors: the true pose moved and turned this much (default: 1 m, 3°)",
+    )
+    p.add_argument(
+        "--gross",
+        nargs=2,
+        type=float,
+        metavar=("METRES", "DEGREES"),
+        default=(5.0, 10.0),
+        help="errors beyond these are gross failures, left out of the fit and counted (default: 5 m, 10°)",
+    )
+    p.add_argument("--stride", type=int, default=1, help="every n-th frame")
+    p.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    p.set_defaults(func=_cmd_calibrate)

@@ -12,7 +12,7 @@ from ..datasets.kitti_odometry import KittiOdometrySequence
 from ..geometry import rotvec_to_matrix
 from ..localizer import LocalizationResult, Localizer
 from ..map import nearest_submaps
-from .metrics import nees, pose_errors, recall_table, summarize_errors
+from .metrics import CHI2_6_95, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = ["SequenceEvaluation", "evaluate_sequence"]
 
@@ -46,6 +46,8 @@ class SequenceEvaluation:
             "retrieval_recall": {str(k): float(np.mean(v)) for k, v in self.retrieval_hits.items() if v},
             "latency_ms": latency,
             "nees_median": float(np.nanmedian(n)) if np.isfinite(n).any() else float("nan"),
+            # share of the localized frames whose NEES is within chi-square(6)'s 95th percentile (consistent: 0.95)
+            "nees_within_95": float(np.mean(n[np.isfinite(n)] <= CHI2_6_95)) if np.isfinite(n).any() else float("nan"),
             "status_counts": statuses,
         }
 

@@ -6,7 +6,11 @@ import numpy as np
 
 from ..geometry import matrix_to_rotvec
 
-__all__ = ["RECALL_THRESHOLDS", "nees", "pose_errors", "recall_table", "summarize_errors"]
+__all__ = ["CHI2_6_95", "CHI2_6_MEDIAN", "RECALL_THRESHOLDS", "nees", "pose_errors", "recall_table", "summarize_errors"]
+
+# chi-square with 6 degrees of freedom (a pose's NEES when its covariance is right): median, 95th percentile
+CHI2_6_MEDIAN = 5.348120627447116
+CHI2_6_95 = 12.591587243743977
 
 # name -> (metres, degrees), as in the EP2P-Loc paper and the usual visual-localization benchmarks
 RECALL_THRESHOLDS: dict[str, tuple[float, float]] = {

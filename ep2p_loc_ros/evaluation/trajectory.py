@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..geometry import invert, matrix_to_quaternion, quaternion_to_matrix
-from .metrics import RECALL_THRESHOLDS, nees, pose_errors, recall_table, summarize_errors
+from .metrics import CHI2_6_95, RECALL_THRESHOLDS, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = [
     "RESULT_FILE",
@@ -40,7 +40,6 @@ __all__ = [
 RESULT_FILE = "replay_result.json"
 RESULT_FORMAT = "ep2p-loc-replay-result"
 RESULT_VERSION = 1
-NEES_CHI2_95 = 12.592  # chi-square 95% quantile with 6 degrees of freedom
 STAMP_TOL_NS = 1_000_000  # estimate <-> ground truth association tolerance
 
 
@@ -228,7 +227,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
             "frames": len(finite),
             "mean": float(np.mean(finite)) if len(finite) else float("nan"),
             "median": float(np.median(finite)) if len(finite) else float("nan"),
-            "within_chi2_95": float(np.mean(finite <= NEES_CHI2_95)) if len(finite) else float("nan"),
+            "within_chi2_95": float(np.mean(finite <= CHI2_6_95)) if len(finite) else float("nan"),
             "expected_mean": 6.0,
         },
         "latency_ms": _stats(run.latency_ms) | {"p99": _pct(run.latency_ms, 99)},

@@ -34,6 +34,7 @@ __all__ = [
     "EP2PLocNet",
     "load_network",
     "save_model_dir",
+    "sha256_file",
     "verify_model_file",
 ]
 
@@ -81,7 +82,7 @@ def save_model_dir(
             net.eval()
             export_image_encoder(net.image_encoder, net.config, tmp / ONNX_FILE)
             net.train(was_training)
-        files = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE) if (tmp / name).exists()}
+        files = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE) if (tmp / name).exists()}
         doc = {**net.config.to_json(), "files": files, "info": info or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         for f in tmp.iterdir():
@@ -107,7 +108,7 @@ def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, dict[str, Any
     return ModelConfig.from_json(data, str(path)), info
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -128,7 +129,7 @@ def verify_model_file(model_dir: str | Path, name: str) -> Path:
         raise DataError(f"{cfg_path}: no sha256 recorded for {name}; re-save the model (ep2p-loc export)")
     if not path.is_file():
         raise DataError(f"{path}: missing")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != files[name]:
         raise DataError(f"{path}: sha256 {actual[:12]}… does not match config.json ({files[name][:12]}…): corrupt")
     return path
