@@ -8,6 +8,7 @@ the result, never exceptions, so a node can publish "no pose" and say why.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -360,6 +363,9 @@ class Localizer:
         self.map = lidar_map
         # used only when config.calibrated_covariance is on (from_paths loads it from the model directory)
         self.calibration = calibration
+        # what the published covariance is, for logs and diagnostics (from_paths names the file)
+        on = calibration is not None and (config or LocalizerConfig()).calibrated_covariance
+        self.covariance_source = "PnP + calibrated model error" if on else "PnP alone"
         self.point_encoder = point_encoder.eval() if point_encoder is not None else None
         self.session = image_session
         self.head = head.eval()
@@ -397,7 +403,14 @@ class Localizer:
         if config.calibrated_covariance and cal_path.exists():
             weights_sha = sha256_file(verify_model_file(model_dir, WEIGHTS_FILE))
             calibration = CovarianceCalibration.load(cal_path, weights_sha)
-        return cls(
+        elif config.calibrated_covariance:
+            logger.warning(
+                "%s: no %s, so poses carry PnP's covariance alone, which a weak matcher makes far too small; "
+                "run `ep2p-loc calibrate-covariance` on held-out drives",
+                model_dir,
+                CALIBRATION_FILE,
+            )
+        loc = cls(
             load_map(map_dir),
             session,
             net.head,
@@ -406,6 +419,11 @@ class Localizer:
             point_encoder=net.point_encoder,
             calibration=calibration,
         )
+        if calibration is not None:
+            loc.covariance_source += f" ({cal_path})"
+        elif config.calibrated_covariance:
+            loc.covariance_source += f" (no {cal_path})"
+        return loc
 
     def localize(
         self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None = None, source: str = "image"

@@ -85,6 +85,11 @@ def test_fault_onnxruntime_cuda_fails_falls_back_to_cpu_with_a_warning(real, dem
     )
     assert conf and conf[-1]["provider"] == "CPUExecutionProvider" and conf[-1]["level"] == "1", conf
     assert "CUDA provider failed" in conf[-1]["degraded"] and "injected" in conf[-1]["degraded"]
+    # the shipped model's covariance calibration is found and named (models/covariance.json)
+    assert (
+        conf[-1]["covariance"].startswith("PnP + calibrated model error (")
+        and "covariance.json" in conf[-1]["covariance"]
+    ), conf
     real.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
     assert real.ros.wait_for(lambda: real.img_pub.get_subscription_count() > 0, 10)
     time.sleep(0.3)

@@ -86,6 +86,9 @@ def test_replay_matches_in_process_run(demo, oracle_replay) -> None:
     # same poses (camera frame, after the node's base_link rebase and back) and covariances
     np.testing.assert_allclose(run.T_est[ok], ref_run.T_est[ok], atol=1e-6)
     np.testing.assert_allclose(run.covariances[ok], ref_run.covariances[ok], rtol=1e-5, atol=1e-12)
+    # nothing refused here: the poses before the gate (~/raw_pose) are the published ones
+    np.testing.assert_allclose(run.T_raw[ok], run.T_est[ok], atol=1e-9)
+    assert summary["before_gate"]["poses"] == int(ok.sum()) and summary["before_gate"]["refused"] == 0
     for row, ref in zip(result["frames"], ref_results, strict=True):
         assert row["localizer_status"] == ref.status.value
         assert row["inliers"] == ref.num_inliers and row["matches"] == ref.num_matches
@@ -120,6 +123,9 @@ def test_replay_outputs(oracle_replay) -> None:
     assert alone["localized_frames"] == summary["localized_frames"]
     assert alone["recall"] == pytest.approx(summary["recall"])
     assert alone["median_translation_m"] == pytest.approx(summary["median_translation_m"], abs=1e-9)
+    a, b = alone["before_gate"], summary["before_gate"]
+    assert (a["poses"], a["refused"], a["recall"]) == (b["poses"], b["refused"], b["recall"])
+    assert a["median_translation_m"] == pytest.approx(b["median_translation_m"], abs=1e-9)
 
 
 def test_replay_on_bag_time_with_the_model(demo, tmp_path: Path) -> None:
@@ -141,9 +147,21 @@ def test_replay_on_bag_time_with_the_model(demo, tmp_path: Path) -> None:
 
     ref_run, ref_results = run_in_process(Localizer.from_paths(data.map_dir, data.model_dir), bag)
     by_stamp = dict(zip(ref_run.stamps_ns.tolist(), ref_results, strict=True))
-    for r in answered:
+    run = load_result(out, bag)
+    found = 0
+    for k, r in enumerate(rows):
+        if r["result"] == "no answer":
+            continue
         ref = by_stamp[r["stamp_ns"]]
         assert r["localizer_status"] == ref.status.value
         assert r["matches"] == ref.num_matches
         if ref.ok:
             assert r["inliers"] == ref.num_inliers
+            # every pose found is on ~/raw_pose, published or refused by the gate (the shipped model's mostly are)
+            np.testing.assert_allclose(run.T_raw[k], ref.T_map_cam, atol=1e-6)
+            found += 1
+        else:
+            assert np.isnan(run.T_raw[k]).all()
+    summary = evaluate_run(run)
+    assert summary["before_gate"]["poses"] == found
+    assert summary["before_gate"]["refused"] == found - summary["localized_frames"]

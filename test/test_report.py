@@ -146,12 +146,16 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     for k, (t_ns, T_base) in enumerate(zip(info.stamps_ns, s.T_map_base_gt, strict=True)):
         if k in (2, 4):  # refused by the gate, for the same cause with different numbers
             reason = f"inlier ratio too low: 0.1{k} < gate.min_inlier_ratio 0.25"
-            frames.append({"stamp_ns": t_ns, "pose": None, "covariance": None, "latency_ms": None, "reason": reason})
+            # ... though the localizer found the exact pose: the node's ~/raw_pose, before the gate
+            frames.append(
+                {"stamp_ns": t_ns, "pose": None, "covariance": None, "latency_ms": None, "reason": reason}
+                | {"raw_pose": T_base, "pose_of": "base_link"}
+            )
             T_est_cam.append(np.full((4, 4), np.nan))
             cov_cam.append(np.full((6, 6), np.nan))
             continue
         Tb = _perturb(T_base, cov_base, rng)
-        frames.append({"stamp_ns": t_ns, "pose": Tb, "covariance": cov_base, "latency_ms": 100.0 + k})
+        frames.append({"stamp_ns": t_ns, "pose": Tb, "covariance": cov_base, "latency_ms": 100.0 + k, "raw_pose": Tb})
         T_est_cam.append(Tb @ s.T_base_cam)
         cov_cam.append(covariance_base_to_camera(cov_base, Tb, Tb @ s.T_base_cam))
     write_result(tmp_path / "res", frames, input_bag=str(tmp_path / "bag"), pose_frame="base_link", dropped=0)
@@ -159,8 +163,13 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     np.testing.assert_allclose(run.T_gt, s.T_map_base_gt @ s.T_base_cam, atol=1e-9)
     np.testing.assert_allclose(run.T_est, np.stack(T_est_cam), atol=1e-9)
     np.testing.assert_allclose(run.covariances, np.stack(cov_cam), atol=1e-12)
+    # raw poses (base_link) come back as camera poses: the published ones, and the two refused exact ones
+    T_raw_expected = np.stack(T_est_cam)
+    T_raw_expected[[2, 4]] = run.T_gt[[2, 4]]
+    np.testing.assert_allclose(run.T_raw, T_raw_expected, atol=1e-9)
     summary = evaluate_result(tmp_path / "res", out_dir=tmp_path / "report")
     assert summary["localized_frames"] == 4 and summary["no_pose"] == 2
+    assert summary["before_gate"]["poses"] == 6 and summary["before_gate"]["refused"] == 2
     assert summary["no_pose_reasons"] == {"inlier ratio too low": 2}
     assert "| inlier ratio too low | 2 |" in Path(summary["report"]).read_text()
     assert "inlier ratio too low (2 frames)" in format_table(summary)
@@ -195,3 +204,25 @@ def test_report_folder(tmp_path: Path) -> None:
     table = format_table(s)
     assert "recall @ 0.25 m, 2°" in table and "ATE" in table and "NEES" in table
     assert (tmp_path / "rep" / "estimate.tum").is_file()
+
+
+def test_poses_refused_by_the_gate_are_scored_before_the_gate(tmp_path: Path) -> None:
+    """``Run.T_raw`` (the node's ~/raw_pose): what the localizer found, published or not. Its recall counts the
+    refused poses too; the report names them and the trajectory plot draws them."""
+    from ep2p_loc_ros.evaluation.report import format_table, write_report
+
+    run = make_run(40, fail=(5, 17, 30))
+    raw = run.T_est.copy()
+    raw[[5, 17]] = run.T_gt[[5, 17]]  # two poses the gate refused (exact), one frame with no pose at all (30)
+    run.T_raw = raw
+    s = evaluate_run(run)
+    bg = s["before_gate"]
+    assert (bg["poses"], bg["refused"]) == (39, 2)
+    t_pub, t_raw = s["recall"]["0.5m_5deg"], bg["recall"]["0.5m_5deg"]
+    assert t_raw == pytest.approx(t_pub + 2 / 40)  # the two refused exact poses count before the gate only
+    assert "before the gate: poses found (refused)" in format_table(s) and "39 (2 refused)" in format_table(s)
+    text = write_report(run, s, tmp_path / "rep").read_text()
+    assert "before the gate: recall @ 0.5 m, 5° / 5 m, 10°" in text and "~/raw_pose" in text
+    # without raw poses (older results, in-process runs) there is no such section
+    run.T_raw = None
+    assert "before_gate" not in evaluate_run(run)

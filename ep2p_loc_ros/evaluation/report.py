@@ -77,6 +77,23 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if reasons:
         top = max(reasons.items(), key=lambda kv: (kv[1], kv[0]))
         rows.append(("most common reason for no pose", f"{top[0]} ({top[1]} frames)"))
+    raw = summary.get("before_gate")
+    if raw:
+        rec = raw["recall"]
+        rows += [
+            (
+                "before the gate: poses found (refused)",
+                f"{raw['poses']} ({raw['refused']} refused)",
+            ),
+            (
+                "before the gate: recall @ 0.5 m, 5° / 5 m, 10°",
+                f"{100 * rec['0.5m_5deg']:.1f}% / {100 * rec['5m_10deg']:.1f}%",
+            ),
+            (
+                "before the gate: median error",
+                f"{_fmt(raw['median_translation_m'])} m, {_fmt(raw['median_rotation_deg'], digits=2)}°",
+            ),
+        ]
     return rows
 
 
@@ -145,6 +162,12 @@ def plot_trajectory(run: Run, path: Path) -> None:
         ax.scatter(P[~good, a], P[~good, b], s=22, c="tab:red", marker="x", label="estimate, worse", zorder=3)
     if (~ok).any():
         ax.scatter(P_gt[~ok, a], P_gt[~ok, b], s=40, facecolors="none", edgecolors="k", label="no pose", zorder=3)
+    refused = ~ok & np.isfinite(run.T_raw).all(axis=(1, 2)) if run.T_raw is not None else np.zeros(len(run), bool)
+    if refused.any():  # what the localizer found where the gate published nothing
+        P = run.T_raw[refused, :3, 3]
+        for g, e in zip(P_gt[refused], P, strict=True):
+            ax.plot([g[a], e[a]], [g[b], e[b]], "-", color="tab:orange", lw=0.5, alpha=0.4, zorder=2)
+        ax.scatter(P[:, a], P[:, b], s=14, c="tab:orange", marker="+", label="refused by the gate", zorder=3)
     # keep the view on the drive even when a few estimates are far off
     lo, hi = P_gt[:, [a, b]].min(0), P_gt[:, [a, b]].max(0)
     pad = max(10.0, 0.15 * float(np.max(hi - lo)))
@@ -322,7 +345,13 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: str | Path, match_f
         *(f"| {k} | {v} |" for k, v in table_rows(summary)),
         "",
         "ATE: evo APE (translation part) over localized frames, raw and after an SE(3) Umeyama alignment. "
-        "NEES: eᵀΣ⁻¹e of each pose with its published covariance; a consistent estimator averages 6.",
+        "NEES: eᵀΣ⁻¹e of each pose with its published covariance; a consistent estimator averages 6."
+        + (
+            " Before the gate: every pose the localizer found (the node's ~/raw_pose), published or refused by the"
+            " quality gate; the trajectory plot marks the refused ones."
+            if summary.get("before_gate")
+            else ""
+        ),
         "",
         *_reason_lines(summary.get("no_pose_reasons") or {}),
         "## Plots",

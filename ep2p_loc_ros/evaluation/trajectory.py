@@ -108,6 +108,9 @@ class Run:
     stage_latency_ms: dict[str, list[float]] = field(default_factory=dict)  # node-reported, from /diagnostics
     meta: dict[str, Any] = field(default_factory=dict)
     no_pose_reasons: dict[str, int] = field(default_factory=dict)  # why frames got no pose: reason -> frames
+    # (N, 4, 4) T_map_cam of every pose the localizer found, before the node's quality gate (NaN: none found);
+    # None when the run did not record them (older results, in-process runs)
+    T_raw: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.stamps_ns)
@@ -145,7 +148,10 @@ def write_result(out_dir: str | Path, frames: list[dict[str, Any]], **meta: Any)
     def arr(v: Any) -> Any:
         return None if v is None else np.asarray(v, dtype=np.float64).tolist()
 
-    rows = [f | {"pose": arr(f.get("pose")), "covariance": arr(f.get("covariance"))} for f in frames]
+    rows = [
+        f | {"pose": arr(f.get("pose")), "covariance": arr(f.get("covariance")), "raw_pose": arr(f.get("raw_pose"))}
+        for f in frames
+    ]
     doc = {"format": RESULT_FORMAT, "format_version": RESULT_VERSION, **meta, "frames": rows}
     path = out_dir / RESULT_FILE
     tmp = path.with_name(path.name + ".tmp")
@@ -237,6 +243,16 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         "node_latency_ms": {k: _stats(np.asarray(v)) for k, v in sorted(run.stage_latency_ms.items())},
         "no_pose_reasons": dict(sorted(run.no_pose_reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
+    if run.T_raw is not None:
+        # What the localizer found before the gate: what a looser gate would publish, and what the gate refused.
+        t_raw, r_raw = pose_errors(run.T_raw, run.T_gt)
+        found = np.isfinite(run.T_raw).all(axis=(1, 2))
+        out["before_gate"] = {
+            "poses": int(found.sum()),
+            "recall": recall_table(t_raw, r_raw),
+            **summarize_errors(t_raw, r_raw),
+            "refused": int((found & ~ok).sum()),
+        }
     return out
 
 
@@ -331,18 +347,22 @@ def load_result(result: str | Path, ground_truth: str | Path | None = None) -> R
     T_est = np.full((n, 4, 4), np.nan)
     cov = np.full((n, 6, 6), np.nan)
     lat = np.full(n, np.nan)
+    T_raw = np.full((n, 4, 4), np.nan) if any("raw_pose" in f for f in frames) else None
     reasons: list[str | None] = []
     for k, f in enumerate(frames):
         g = _lookup(gt, int(f["stamp_ns"]))
         if g is None:
             raise DataError(f"{result}: no ground truth for image stamp {f['stamp_ns']}")
         T_gt[k] = g
+        of = f.get("pose_of") or pose_frame  # per frame: the node knows the mount only once /tf_static came
+        to_cam = mount if of == "base_link" and mount is not None else np.eye(4)
+        if T_raw is not None and f.get("raw_pose") is not None:
+            T_raw[k] = np.asarray(f["raw_pose"], dtype=np.float64).reshape(4, 4) @ to_cam
         if f.get("pose") is None:
             reasons.append(f.get("reason") or f.get("result"))
             continue
         T = np.asarray(f["pose"], dtype=np.float64).reshape(4, 4)
         C = np.asarray(f["covariance"], dtype=np.float64).reshape(6, 6)
-        of = f.get("pose_of") or pose_frame  # per frame: the node knows the mount only once /tf_static came
         if of == "base_link" and mount is not None:
             T_cam = T @ mount
             C = covariance_base_to_camera(C, T, T_cam)
@@ -362,6 +382,7 @@ def load_result(result: str | Path, ground_truth: str | Path | None = None) -> R
         stage_latency_ms={k: list(v) for k, v in meta.get("node_latency_ms", {}).items()},
         meta={k: v for k, v in meta.items() if k != "frames"},
         no_pose_reasons=_count_reasons(reasons),
+        T_raw=T_raw,
     )
 
 

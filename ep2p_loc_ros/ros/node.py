@@ -16,9 +16,10 @@ Topics (relative names: namespaces and remaps apply)
          /initialpose (PoseWithCovarianceStamped of base_frame in map_frame, as RViz's "2D Pose Estimate")
     out  ~/pose (PoseWithCovarianceStamped, header.stamp = image stamp, header.frame_id = map_frame; the pose
          is of base_frame when the base->camera mount is known, else of the camera's optical frame:
-         /diagnostics key ``pose_of`` says which), ~/visible_points (PointCloud2, map frame, intensity 1 for
-         PnP inliers), ~/debug_image (optional), ~/map_cloud (the map, thinned, latched: for RViz), /tf,
-         /diagnostics.
+         /diagnostics key ``pose_of`` says which), ~/raw_pose (the same for every pose the localizer finds,
+         before the quality gate: for evaluation and tuning the gate, never for fusion), ~/visible_points
+         (PointCloud2, map frame, intensity 1 for PnP inliers), ~/debug_image (optional), ~/map_cloud (the map,
+         thinned, latched: for RViz), /tf, /diagnostics.
 
 TF (REP-105, like nav2_amcl): map->odom when odom->base exists at the image stamp, else map->base (or
 map->camera when the mount is unknown); stamped image stamp + transform_tolerance.
@@ -153,9 +154,16 @@ class LocalizationNode(LifecycleNode):
             self._degraded = getattr(session, "fallback", None) or ""
             if self._degraded:
                 self.get_logger().warning(f"degraded: {self._degraded}")
+            covariance_source = getattr(localizer, "covariance_source", "n/a")
+            if params.localizer.calibrated_covariance and covariance_source.startswith("PnP alone"):
+                self.get_logger().warning(
+                    f"covariance: {covariance_source}: PnP's covariance is far too small for a weak matcher; run "
+                    "`ep2p-loc calibrate-covariance` on held-out drives"
+                )
             self._gate = PoseGate(params.gate)
             self._pubs = {
                 "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
+                "raw_pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/raw_pose", 10),
                 "visible_points": self.create_lifecycle_publisher(PointCloud2, "~/visible_points", 2),
                 "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", 2),
                 "map_cloud": self.create_lifecycle_publisher(
@@ -172,9 +180,17 @@ class LocalizationNode(LifecycleNode):
             self.get_logger().info(
                 f"configured in {time.perf_counter() - t0:.2f} s: map {params.map_path} "
                 f"({localizer.map.num_submaps} submaps, {localizer.map.num_points} points), "
-                f"model {params.model_path}, providers {params.providers}"
+                f"model {params.model_path}, providers {params.providers}; "
+                f"covariance: {covariance_source}"
             )
-            self._report(Level.OK, "configured", {"provider": getattr(session, "provider", "n/a")})
+            self._report(
+                Level.OK,
+                "configured",
+                {
+                    "provider": getattr(session, "provider", "n/a"),
+                    "covariance": covariance_source,
+                },
+            )
             return TransitionCallbackReturn.SUCCESS
         except Exception as exc:  # never die in a transition
             self.get_logger().error(f"configure failed: {exc}\n{traceback.format_exc()}")
@@ -407,6 +423,16 @@ class LocalizationNode(LifecycleNode):
             reason = f"{result.status.value}: {result.message}"
             self._reject(frame, level, "no pose", f"{outside}; {reason}" if outside else reason, extra)
             return
+        mount_known = T_base_cam is not None or not p.require_mount or cam_frame == p.base_frame
+        if T_base_cam is not None:
+            T_map_out, cov_out = rebase_pose(result.T_map_cam, result.covariance, T_base_cam)
+            child, pose_of = p.base_frame, p.base_frame
+        else:  # the camera's own pose (its frame is the base frame, or no mount is required)
+            T_map_out, cov_out, child, pose_of = result.T_map_cam, result.covariance, cam_frame, cam_frame
+        if mount_known:
+            extra["pose_of"] = pose_of  # of ~/raw_pose too, so a refused frame's raw pose can be scored
+            if p.publish_raw_pose:
+                self._pubs["raw_pose"].publish(self._pose_msg(T_map_out, cov_out, stamp))
         decision = self._gate.check(
             result.T_map_cam, result.covariance, result.num_inliers, stamp_s, num_matches=result.num_matches
         )
@@ -416,7 +442,7 @@ class LocalizationNode(LifecycleNode):
             self._reject(frame, Level.WARN, "held" if decision.held else "rejected", decision.reason, extra)
             return
 
-        if T_base_cam is None and p.require_mount and cam_frame != p.base_frame:
+        if not mount_known:
             # a camera pose where the vehicle's is expected would be a wrong pose: publish none, say why
             self._reject(
                 frame,
@@ -427,19 +453,7 @@ class LocalizationNode(LifecycleNode):
                 extra,
             )
             return
-        if T_base_cam is not None:
-            T_map_out, cov_out = rebase_pose(result.T_map_cam, result.covariance, T_base_cam)
-            child, pose_of = p.base_frame, p.base_frame
-        elif cam_frame == p.base_frame:
-            T_map_out, cov_out, child, pose_of = result.T_map_cam, result.covariance, cam_frame, cam_frame
-        else:
-            T_map_out, cov_out, child, pose_of = result.T_map_cam, result.covariance, cam_frame, cam_frame
-        out = PoseWithCovarianceStamped()
-        out.header.stamp = stamp
-        out.header.frame_id = p.map_frame
-        out.pose.pose = matrix_to_pose(T_map_out)
-        out.pose.covariance = [float(v) for v in 0.5 * (cov_out + cov_out.T).ravel()]
-        self._pubs["pose"].publish(out)
+        self._pubs["pose"].publish(self._pose_msg(T_map_out, cov_out, stamp))
         latency_ms = (time.perf_counter() - frame.received) * 1e3
 
         tf_note = self._publish_tf(T_map_out, child, stamp) if p.publish_tf else "off"
@@ -521,6 +535,14 @@ class LocalizationNode(LifecycleNode):
             self._failures += 1
             if self._failures >= self.params.tracking_max_failures and self._tracked is not None:
                 self._tracked = None  # next frame: global search
+
+    def _pose_msg(self, T_map_out: np.ndarray, cov_out: np.ndarray, stamp) -> PoseWithCovarianceStamped:
+        out = PoseWithCovarianceStamped()
+        out.header.stamp = stamp
+        out.header.frame_id = self.params.map_frame
+        out.pose.pose = matrix_to_pose(T_map_out)
+        out.pose.covariance = [float(v) for v in 0.5 * (cov_out + cov_out.T).ravel()]
+        return out
 
     def _publish_tf(self, T_map_child: np.ndarray, child: str, stamp) -> str:
         p = self.params

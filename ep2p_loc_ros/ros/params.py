@@ -109,6 +109,12 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_visible_points", True, "publish ~/visible_points (matched map points, intensity 1 = inlier)"),
     ParamSpec("publish_debug_image", False, "publish ~/debug_image (matches drawn on the image)"),
     ParamSpec(
+        "publish_raw_pose",
+        True,
+        "publish ~/raw_pose: every pose the localizer finds, before the quality gate (for evaluation and gate "
+        "tuning; fuse ~/pose, never this)",
+    ),
+    ParamSpec(
         "map_cloud_max_points",
         200000,
         "~/map_cloud (latched, for RViz) carries at most this many map points, evenly thinned; 0: not published",
@@ -188,6 +194,7 @@ class NodeParams:
     transform_tolerance: float
     publish_visible_points: bool
     publish_debug_image: bool
+    publish_raw_pose: bool
     map_cloud_max_points: int
     tracking_enabled: bool
     tracking_max_failures: int
@@ -295,6 +302,7 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         transform_tolerance=v["transform_tolerance"],
         publish_visible_points=v["publish_visible_points"],
         publish_debug_image=v["publish_debug_image"],
+        publish_raw_pose=v["publish_raw_pose"],
         map_cloud_max_points=v["map_cloud_max_points"],
         tracking_enabled=v["tracking.enabled"],
         tracking_max_failures=v["tracking.max_failures"],

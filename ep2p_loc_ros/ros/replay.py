@@ -9,7 +9,8 @@
    times divided by ``rate``, with ``/clock`` following the bag time (so the node's clock is the bag's).
    ``lockstep`` instead sends each image once the node has answered the previous one (a ``/diagnostics``
    report naming its stamp): every frame is processed, whatever the machine's speed.
-3. A recorder keeps ``/ep2p_loc/pose``, ``/ep2p_loc/visible_points``, ``/diagnostics`` and the node's ``/tf`` in
+3. A recorder keeps ``/ep2p_loc/pose``, ``/ep2p_loc/raw_pose`` (before the gate), ``/ep2p_loc/visible_points``,
+   ``/diagnostics`` and the node's ``/tf`` in
    the result bag (log time = bag time at receipt), together with the played ``/camera/camera_info``,
    ``/tf_static`` and ``/ground_truth/pose``, so the result bag alone can be scored. Per image it notes when it
    was sent and when its pose (or the node's verdict) came back: end-to-end latency, drops.
@@ -43,6 +44,7 @@ __all__ = ["NODE_NAME", "ReplayError", "ReplayOptions", "frames_from_result_bag"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_NAME = "ep2p_loc"
 POSE_TOPIC = f"/{NODE_NAME}/pose"
+RAW_POSE_TOPIC = f"/{NODE_NAME}/raw_pose"  # every pose found, before the node's quality gate
 POINTS_TOPIC = f"/{NODE_NAME}/visible_points"
 DIAG_TOPIC = "/diagnostics"
 DIAG_NAME = "ep2p_loc: localization"
@@ -198,6 +200,7 @@ class _Replayer:
         self.lock = threading.Condition()
         self.sent_mono: dict[int, float] = {}  # image stamp -> monotonic send time
         self.poses: dict[int, tuple[Any, float]] = {}  # image stamp -> (msg, monotonic receive time)
+        self.raw_poses: dict[int, Any] = {}  # image stamp -> the pose before the gate
         self.verdicts: dict[int, dict[str, str]] = {}  # image stamp -> the node's per-frame diagnostics
         self.last_diag: dict[str, str] = {}
         self.sim_ns = int(summary.image_stamps_ns[0])
@@ -219,6 +222,14 @@ class _Replayer:
         with self.lock:
             self.poses[stamp_to_ns(msg.header.stamp)] = (msg, now)
             self.lock.notify_all()
+
+    def _on_raw_pose(self, raw: bytes) -> None:
+        from rclpy.serialization import deserialize_message
+
+        msg = deserialize_message(raw, msg_class("geometry_msgs/msg/PoseWithCovarianceStamped"))
+        self._record(RAW_POSE_TOPIC, raw)
+        with self.lock:
+            self.raw_poses[stamp_to_ns(msg.header.stamp)] = msg
 
     def _on_diag(self, raw: bytes) -> None:
         from rclpy.serialization import deserialize_message
@@ -265,6 +276,7 @@ class _Replayer:
         try:
             for topic, msgtype in (
                 (POSE_TOPIC, "geometry_msgs/msg/PoseWithCovarianceStamped"),
+                (RAW_POSE_TOPIC, "geometry_msgs/msg/PoseWithCovarianceStamped"),
                 (POINTS_TOPIC, "sensor_msgs/msg/PointCloud2"),
                 (DIAG_TOPIC, "diagnostic_msgs/msg/DiagnosticArray"),
                 (TOPICS["tf"], "tf2_msgs/msg/TFMessage"),
@@ -324,6 +336,9 @@ class _Replayer:
         deep = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(
             msg_class("geometry_msgs/msg/PoseWithCovarianceStamped"), POSE_TOPIC, self._on_pose, deep, raw=True
+        )
+        node.create_subscription(
+            msg_class("geometry_msgs/msg/PoseWithCovarianceStamped"), RAW_POSE_TOPIC, self._on_raw_pose, deep, raw=True
         )
         node.create_subscription(
             msg_class("diagnostic_msgs/msg/DiagnosticArray"), DIAG_TOPIC, self._on_diag, deep, raw=True
@@ -492,6 +507,7 @@ class _Replayer:
                     "pose_of": v.get("pose_of"),
                     "pose": None,
                     "covariance": None,
+                    "raw_pose": None,
                     "latency_ms": None,
                 }
                 if row["node_latency_ms"] is not None:
@@ -500,6 +516,8 @@ class _Replayer:
                     loc_ms.append(row["localize_ms"])
                 if v.get("pose_of"):
                     pose_of = v["pose_of"]
+                if stamp in self.raw_poses:
+                    row["raw_pose"] = pose_to_matrix(self.raw_poses[stamp].pose.pose)
                 if stamp in self.poses:
                     msg, t_recv = self.poses[stamp]
                     row["pose"] = pose_to_matrix(msg.pose.pose)
@@ -547,9 +565,12 @@ def frames_from_result_bag(result_bag: str | Path) -> tuple[list[dict[str, Any]]
     rows: dict[int, dict[str, Any]] = {}
     last: dict[str, str] = {}
     pose_of = None
-    for topic, _, msg in read_bag(result_bag, [TOPICS["camera_info"], POSE_TOPIC, DIAG_TOPIC]):
+    for topic, _, msg in read_bag(result_bag, [TOPICS["camera_info"], POSE_TOPIC, RAW_POSE_TOPIC, DIAG_TOPIC]):
         if topic == TOPICS["camera_info"]:
             rows.setdefault(stamp_to_ns(msg.header.stamp), {"stamp_ns": stamp_to_ns(msg.header.stamp)})
+        elif topic == RAW_POSE_TOPIC:
+            r = rows.setdefault(stamp_to_ns(msg.header.stamp), {"stamp_ns": stamp_to_ns(msg.header.stamp)})
+            r["raw_pose"] = pose_to_matrix(msg.pose.pose)
         elif topic == POSE_TOPIC:
             r = rows.setdefault(stamp_to_ns(msg.header.stamp), {"stamp_ns": stamp_to_ns(msg.header.stamp)})
             r["pose"] = pose_to_matrix(msg.pose.pose)
