@@ -361,16 +361,16 @@ class Localizer:
         calibration: CovarianceCalibration | None = None,
     ) -> None:
         self.map = lidar_map
-        # used only when config.calibrated_covariance is on (from_paths loads it from the model directory)
-        self.calibration = calibration
-        # what the published covariance is, for logs and diagnostics (from_paths names the file)
-        on = calibration is not None and (config or LocalizerConfig()).calibrated_covariance
-        self.covariance_source = "PnP + calibrated model error" if on else "PnP alone"
         self.point_encoder = point_encoder.eval() if point_encoder is not None else None
         self.session = image_session
         self.head = head.eval()
         self.model_config = model_config
         self.config = config or LocalizerConfig()
+        # used only when config.calibrated_covariance is on (from_paths loads it from the model directory)
+        self.calibration = calibration
+        # what the published covariance is, for logs and diagnostics (from_paths names the file)
+        on = calibration is not None and self.config.calibrated_covariance
+        self.covariance_source = "PnP + calibrated model error" if on else "PnP alone"
         self.last_descriptor: np.ndarray | None = None  # global descriptor of the last image (for evaluation)
         if lidar_map.feature_dim != model_config.feature_dim:
             where = lidar_map.path or "map"

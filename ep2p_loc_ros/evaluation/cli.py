@@ -208,6 +208,19 @@ def _add_common(p: argparse.ArgumentParser, map_required: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
+def _add_metres_degrees(p: argparse.ArgumentParser, flag: str, default: Any, help_text: str) -> None:
+    """An option taking a distance and an angle (``--prior-noise 1 3``)."""
+    p.add_argument(
+        flag,
+        dest=flag.lstrip("-").replace("-", "_"),
+        nargs=2,
+        type=float,
+        metavar=("METRES", "DEGREES"),
+        default=default,
+        help=help_text,
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "localize",
@@ -244,14 +257,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--use-prior", dest="use_prior", action="store_true", help="tracking mode: the true pose as the prior"
     )
-    p.add_argument(
+    _add_metres_degrees(
+        p,
         "--prior-noise",
-        dest="prior_noise",
-        nargs=2,
-        type=float,
-        metavar=("METRES", "DEGREES"),
-        default=None,
-        help="tracking mode from a wrong prior: the true pose moved and turned by this much in random directions",
+        None,
+        "tracking mode from a wrong prior: the true pose moved and turned by this much in random directions",
     )
     p.set_defaults(func=_cmd_evaluate)
 
@@ -279,22 +289,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--modes", nargs="+", choices=("global", "tracking"), default=["global", "tracking"], help="modes to fit"
     )
-    p.add_argument(
-        "--prior-noise",
-        dest="prior_noise",
-        nargs=2,
-        type=float,
-        metavar=("METRES", "DEGREES"),
-        default=(1.0, 3.0),
-        help="tracking priors: the true pose moved and turned this much (default: 1 m, 3°)",
+    _add_metres_degrees(
+        p, "--prior-noise", (1.0, 3.0), "tracking priors: the true pose moved and turned this much (default: 1 m, 3°)"
     )
-    p.add_argument(
+    _add_metres_degrees(
+        p,
         "--gross",
-        nargs=2,
-        type=float,
-        metavar=("METRES", "DEGREES"),
-        default=(5.0, 10.0),
-        help="errors beyond these are gross failures, left out of the fit and counted (default: 5 m, 10°)",
+        (5.0, 10.0),
+        "errors beyond these are gross failures, left out of the fit and counted (default: 5 m, 10°)",
     )
     p.add_argument("--stride", type=int, default=1, help="every n-th frame")
     p.add_argument("--json", action="store_true", help="print the calibration as JSON")
