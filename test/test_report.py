@@ -223,6 +223,9 @@ def test_poses_refused_by_the_gate_are_scored_before_the_gate(tmp_path: Path) ->
     assert "before the gate: poses found (refused)" in format_table(s) and "39 (2 refused)" in format_table(s)
     text = write_report(run, s, tmp_path / "rep").read_text()
     assert "before the gate: recall @ 0.5 m, 5° / 5 m, 10°" in text and "~/raw_pose" in text
-    # without raw poses (older results, in-process runs) there is no such section
+    # without raw poses (older results, in-process runs) there is no such section, and the plots lack them
     run.T_raw = None
     assert "before_gate" not in evaluate_run(run)
+    write_report(run, evaluate_run(run), tmp_path / "plain")
+    for name in ("trajectory_topdown.png", "error_over_time.png", "error_cdf.png"):
+        assert (tmp_path / "rep" / name).read_bytes() != (tmp_path / "plain" / name).read_bytes(), name

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import RECALL_THRESHOLDS
+from .metrics import RECALL_THRESHOLDS, pose_errors
 from .trajectory import Run, per_frame_errors
 
 __all__ = ["format_table", "plot_matches", "write_report", "write_summary_json"]
@@ -194,6 +194,7 @@ def plot_trajectory(run: Run, path: Path) -> None:
 def plot_errors_over_time(run: Run, path: Path) -> None:
     plt = _plt()
     t_err, r_err = per_frame_errors(run)
+    raw = _raw_errors(run)
     t = run.t_s
     ok = np.isfinite(t_err)
     fig, axes = plt.subplots(2, 1, figsize=(8, 5.5), dpi=110, sharex=True)
@@ -201,7 +202,11 @@ def plot_errors_over_time(run: Run, path: Path) -> None:
         (axes[0], t_err, "m", "translation error", [v[0] for v in RECALL_THRESHOLDS.values()]),
         (axes[1], r_err, "°", "rotation error", [v[1] for v in RECALL_THRESHOLDS.values()]),
     ):
-        ax.plot(t[ok], err[ok], "o-", ms=3, lw=1, color="tab:blue")
+        ax.plot(t[ok], err[ok], "o-", ms=3, lw=1, color="tab:blue", label="published")
+        if raw is not None:  # the poses the gate refused, where it refused them
+            refused = np.isfinite(raw[0]) & ~ok
+            ax.plot(t[refused], (raw[0] if unit == "m" else raw[1])[refused], "+", ms=6, color="tab:orange")
+            ax.plot([], [], "+", color="tab:orange", label="refused by the gate")
         for v in th:
             ax.axhline(v, color="0.5", ls="--", lw=0.8)
             ax.text(t[-1] if len(t) else 0, v, f" {v:g} {unit}", va="center", fontsize=7, color="0.4")
@@ -227,20 +232,36 @@ def plot_errors_over_time(run: Run, path: Path) -> None:
     plt.close(fig)
 
 
+def _raw_errors(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    """Errors of the poses found before the gate (``Run.T_raw``), or None when the run has none."""
+    if run.T_raw is None or not np.isfinite(run.T_raw).all(axis=(1, 2)).any():
+        return None
+    return pose_errors(run.T_raw, run.T_gt)
+
+
 def plot_error_cdf(run: Run, path: Path) -> None:
     plt = _plt()
     t_err, r_err = per_frame_errors(run)
+    raw = _raw_errors(run)
     n = max(len(t_err), 1)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
-    for ax, err, unit, name, th in (
-        (axes[0], t_err, "m", "translation error", [v[0] for v in RECALL_THRESHOLDS.values()]),
-        (axes[1], r_err, "°", "rotation error", [v[1] for v in RECALL_THRESHOLDS.values()]),
+    for i, (ax, err, unit, name, th) in enumerate(
+        (
+            (axes[0], t_err, "m", "translation error", [v[0] for v in RECALL_THRESHOLDS.values()]),
+            (axes[1], r_err, "°", "rotation error", [v[1] for v in RECALL_THRESHOLDS.values()]),
+        )
     ):
-        e = np.sort(err[np.isfinite(err)])
-        if len(e):
-            x = np.concatenate([[min(e[0], 1e-3)], e])
-            y = np.concatenate([[0.0], np.arange(1, len(e) + 1) / n])  # share of all frames: failures never count
-            ax.step(x, 100 * y, where="post", color="tab:blue")
+        curves = [(err, "tab:blue", "-", "published")]
+        if raw is not None:
+            curves.append((raw[i], "tab:orange", "--", "before the gate"))
+        for values, color, ls, label in curves:
+            e = np.sort(values[np.isfinite(values)])
+            if len(e):
+                x = np.concatenate([[min(e[0], 1e-3)], e])
+                y = np.concatenate([[0.0], np.arange(1, len(e) + 1) / n])  # share of all frames: failures never count
+                ax.step(x, 100 * y, where="post", color=color, ls=ls, label=label)
+        if raw is not None:
+            ax.legend(loc="upper left", fontsize=8)
         for v in th:
             ax.axvline(v, color="0.5", ls="--", lw=0.8)
         ax.set_xscale("log")
