@@ -19,10 +19,34 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
         odometry=not args.no_odometry,
         start_time_s=args.start_time,
         progress=not args.no_progress,
+        lidar=args.lidar,
     )
     topics = ", ".join(f"{t} ×{n}" for t, n in info.topics.items())
     print(
         f"make-bag: {len(info.frames)} frames -> {info.path} ({info.storage}, {info.size_bytes / 1e6:.1f} MB): {topics}"
+    )
+    return 0
+
+
+def _cmd_bag_to_sequence(args: argparse.Namespace) -> int:
+    from .ros.bag_to_sequence import bag_to_sequence
+
+    s = bag_to_sequence(
+        args.bag,
+        args.out,
+        image_topic=args.image_topic,
+        camera_info_topic=args.camera_info_topic,
+        lidar_topic=args.lidar_topic,
+        pose_topic=args.pose_topic,
+        base_frame=args.base_frame,
+        max_dt_s=args.max_dt,
+        intensity_scale=args.intensity_scale,
+        progress=not args.no_progress,
+    )
+    left = ", ".join(f"{n} {why}" for why, n in s.skipped.items() if n) or "none"
+    print(
+        f"bag-to-sequence: {s.frames} frames -> {s.out} (of {s.images} images and {s.scans} scans; left out: {left}; "
+        f"largest image-scan offset {s.max_pair_dt_ms:.1f} ms)"
     )
     return 0
 
@@ -107,8 +131,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=1, help="every S-th frame (default: %(default)s)")
     p.add_argument("--no-odometry", action="store_true", help="leave out /tf odom -> base_link")
     p.add_argument("--start-time", type=float, default=None, help="bag time (s) of times.txt's 0 (default: fixed)")
+    p.add_argument(
+        "--lidar",
+        action="store_true",
+        help="also the scans on /velodyne_points and base_link -> velodyne on /tf_static",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_make_bag)
+
+    from .ros.bags import FRAMES, TOPICS
+
+    p = sub.add_parser(
+        "bag-to-sequence",
+        help="ROS 2 bag (rectified images, camera_info, LiDAR scans, poses, tf_static) -> KITTI-layout sequence",
+        description="Pair each rectified image with the nearest LiDAR scan, take the base pose at the image stamp "
+        "from the pose topic (interpolated), move the scan to the image stamp, and write the pairs in the KITTI "
+        "odometry layout (image_2, velodyne, calib.txt, poses.txt, times.txt) that build-map, train and evaluate "
+        "read. Mounts (base -> camera, base -> LiDAR) come from /tf_static. The output appears complete or not "
+        "at all.",
+    )
+    p.add_argument("bag", type=Path, help="input bag directory")
+    p.add_argument("out", type=Path, help="sequence directory to create (must not exist)")
+    p.add_argument("--image-topic", default=TOPICS["image"], help="rectified images (default: %(default)s)")
+    p.add_argument("--camera-info-topic", default=TOPICS["camera_info"], help="default: %(default)s")
+    p.add_argument("--lidar-topic", default=TOPICS["lidar"], help="PointCloud2 scans (default: %(default)s)")
+    p.add_argument(
+        "--pose-topic",
+        default=TOPICS["ground_truth"],
+        help="base pose in the map: PoseStamped, PoseWithCovarianceStamped or Odometry (default: %(default)s)",
+    )
+    p.add_argument("--base-frame", default=FRAMES["base"], help="parent of the mounts on /tf_static")
+    p.add_argument(
+        "--max-dt", type=float, default=0.05, help="largest image-scan stamp difference (s) of a pair (default: 0.05)"
+    )
+    p.add_argument(
+        "--intensity-scale",
+        type=float,
+        default=None,
+        help="reflectance = intensity x this (default: 1/255 for scans with intensities above 1, else 1)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bag_to_sequence)
 
     p = sub.add_parser(
         "replay",

@@ -50,8 +50,9 @@ TOPICS = {
     "tf": "/tf",
     "tf_static": "/tf_static",
     "ground_truth": "/ground_truth/pose",
+    "lidar": "/velodyne_points",  # only with make-bag --lidar
 }
-FRAMES = {"map": "map", "odom": "odom", "base": "base_link", "camera": "camera"}
+FRAMES = {"map": "map", "odom": "odom", "base": "base_link", "camera": "camera", "lidar": "velodyne"}
 DEFAULT_START_S = 1_700_000_000.0  # bag time of frame 0 when times.txt starts at 0 (fixed: reproducible bags)
 STORAGES = ("mcap", "sqlite3")
 
@@ -61,6 +62,7 @@ _TYPES = {
     TOPICS["tf"]: "tf2_msgs/msg/TFMessage",
     TOPICS["tf_static"]: "tf2_msgs/msg/TFMessage",
     TOPICS["ground_truth"]: "geometry_msgs/msg/PoseStamped",
+    TOPICS["lidar"]: "sensor_msgs/msg/PointCloud2",
 }
 
 
@@ -143,8 +145,12 @@ def sequence_to_bag(
     odometry: bool = True,
     start_time_s: float | None = None,
     progress: bool = False,
+    lidar: bool = False,
 ) -> BagInfo:
     """Write a KITTI odometry-layout sequence (dir or reader) as a ROS 2 bag at ``out`` (must not exist).
+
+    ``lidar``: also each frame's scan on ``/velodyne_points`` (x, y, z, intensity = reflectance, frame
+    ``velodyne``) and the ``base_link -> velodyne`` mount on ``/tf_static`` (what ``bag-to-sequence`` reads back).
 
     Written into a staging directory next to ``out`` first and renamed, so ``out`` is either complete or absent.
     """
@@ -155,7 +161,7 @@ def sequence_to_bag(
     from tqdm import tqdm
 
     from ..datasets.kitti_odometry import KittiOdometrySequence
-    from .convert import matrix_to_pose, rgb_to_image
+    from .convert import matrix_to_pose, rgb_to_image, xyz_to_pointcloud2
     from .tf import make_transform_stamped
 
     if storage not in STORAGES:
@@ -206,7 +212,7 @@ def sequence_to_bag(
     with Writer(tmp, version=9, storage_plugin=plugin) as w:
         conns = {}
         for key, topic in TOPICS.items():
-            if key == "tf" and not odometry:
+            if (key == "tf" and not odometry) or (key == "lidar" and not lidar):
                 continue
             qos = [latched] if key == "tf_static" else []
             conns[topic] = w.add_connection(topic, _TYPES[topic], typestore=ts, offered_qos_profiles=qos)
@@ -218,8 +224,13 @@ def sequence_to_bag(
         from geometry_msgs.msg import PoseStamped
         from tf2_msgs.msg import TFMessage
 
-        static = make_transform_stamped(T_base_cam, FRAMES["base"], FRAMES["camera"], stamp_from_ns(stamps[0]))
-        put(TOPICS["tf_static"], stamps[0], TFMessage(transforms=[static]))
+        static = [make_transform_stamped(T_base_cam, FRAMES["base"], FRAMES["camera"], stamp_from_ns(stamps[0]))]
+        if lidar:
+            T_base_velo = T_base_cam @ seq.calib.T_cam_velo
+            static.append(
+                make_transform_stamped(T_base_velo, FRAMES["base"], FRAMES["lidar"], stamp_from_ns(stamps[0]))
+            )
+        put(TOPICS["tf_static"], stamps[0], TFMessage(transforms=static))
         for k, (i, t_ns) in enumerate(
             zip(tqdm(idx, desc="make-bag", unit="frame", disable=not progress), stamps, strict=True)
         ):
@@ -229,6 +240,9 @@ def sequence_to_bag(
                 put(TOPICS["tf"], t_ns, TFMessage(transforms=[odo]))
             put(TOPICS["camera_info"], t_ns, camera_to_camera_info(camera, stamp=stamp))
             put(TOPICS["image"], t_ns, rgb_to_image(seq.image(i), frame_id=FRAMES["camera"], stamp=stamp))
+            if lidar:
+                scan = seq.scan(i)
+                put(TOPICS["lidar"], t_ns, xyz_to_pointcloud2(scan[:, :3], scan[:, 3], FRAMES["lidar"], stamp))
             gt = PoseStamped()
             gt.header.stamp, gt.header.frame_id = stamp, FRAMES["map"]
             gt.pose = matrix_to_pose(T_map_base[k])

@@ -25,6 +25,7 @@ __all__ = [
     "matrix_to_pose",
     "matrix_to_transform",
     "pointcloud2_to_xyz",
+    "pointcloud2_to_xyzi",
     "pose_to_matrix",
     "rgb_to_image",
     "xyz_to_pointcloud2",
@@ -186,20 +187,18 @@ _PF_DTYPES = {
 }
 
 
-def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
-    """``PointCloud2`` -> float64 (N, 3) of its x, y, z fields (sensor_msgs_py when installed).
-
-    The layout is checked before any byte is read: fields within ``point_step``, points within ``row_step``,
-    ``len(data) == row_step * height``.
-    """
-    names = {f.name: f for f in msg.fields}
-    if not all(k in names for k in "xyz"):
-        raise ConversionError(f"pointcloud2: needs x, y, z fields, has {sorted(names)}")
+def _pointcloud2_fields(msg: PointCloud2, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The float64 values (N,) of the fields ``names`` of a ``PointCloud2``, layout checked before any byte is read:
+    fields within ``point_step``, points within ``row_step``, ``len(data) == row_step * height``."""
+    by_name = {f.name: f for f in msg.fields}
+    missing = [k for k in names if k not in by_name]
+    if missing:
+        raise ConversionError(f"pointcloud2: needs fields {list(names)}, has {sorted(by_name)}")
     width, height, point_step, row_step = int(msg.width), int(msg.height), int(msg.point_step), int(msg.row_step)
     n = width * height
     if len(msg.data) != row_step * height or point_step * width > row_step:
         raise ConversionError("pointcloud2: data size does not match row_step*height / point_step*width")
-    fields = [names[k] for k in "xyz"]
+    fields = [by_name[k] for k in names]
     for f in fields:
         if f.datatype not in _PF_DTYPES or f.count != 1:
             raise ConversionError(
@@ -209,15 +208,11 @@ def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
         if end > point_step:
             raise ConversionError(f"pointcloud2: field {f.name!r} ends at byte {end}, beyond point_step {point_step}")
     if n == 0:
-        return np.zeros((0, 3), np.float64)
-    if has_sensor_msgs_py():
-        from sensor_msgs_py import point_cloud2
-
-        return point_cloud2.read_points_numpy(msg, field_names=("x", "y", "z")).astype(np.float64).reshape(n, 3)
+        return {k: np.zeros(0, np.float64) for k in names}
     order = ">" if msg.is_bigendian else "<"
     dt = np.dtype(
         {
-            "names": list("xyz"),
+            "names": list(names),
             "formats": [order + _PF_DTYPES[f.datatype] for f in fields],
             "offsets": [int(f.offset) for f in fields],
             "itemsize": point_step,
@@ -226,7 +221,26 @@ def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
     rows = np.frombuffer(memoryview(msg.data).cast("B"), np.uint8).reshape(height, row_step)
     rows = np.ascontiguousarray(rows[:, : point_step * width])
     pts = rows.view(dt).reshape(n)
-    return np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float64)
+    return {k: pts[k].astype(np.float64) for k in names}
+
+
+def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
+    """``PointCloud2`` -> float64 (N, 3) of its x, y, z fields (sensor_msgs_py when installed; the layout is
+    checked first either way)."""
+    f = _pointcloud2_fields(msg, ("x", "y", "z"))
+    if len(f["x"]) and has_sensor_msgs_py():
+        from sensor_msgs_py import point_cloud2
+
+        n = int(msg.width) * int(msg.height)
+        return point_cloud2.read_points_numpy(msg, field_names=("x", "y", "z")).astype(np.float64).reshape(n, 3)
+    return np.stack([f["x"], f["y"], f["z"]], axis=1)
+
+
+def pointcloud2_to_xyzi(msg: PointCloud2) -> np.ndarray:
+    """``PointCloud2`` -> float64 (N, 4): x, y, z and the ``intensity`` field (zeros when the cloud has none)."""
+    has_i = any(f.name == "intensity" for f in msg.fields)
+    f = _pointcloud2_fields(msg, ("x", "y", "z", "intensity") if has_i else ("x", "y", "z"))
+    return np.stack([f["x"], f["y"], f["z"], f["intensity"] if has_i else np.zeros_like(f["x"])], axis=1)
 
 
 def pose_to_matrix(pose: Pose | Transform) -> np.ndarray:
