@@ -71,10 +71,11 @@ def _vehicle(t: float) -> np.ndarray:
     return make_T(rotvec_to_matrix([0.0, 0.0, 0.3 * t]), [8.0 * t, 2.0 * t, 0.1 * t])
 
 
-def _recorded_bag(path: Path, world: np.ndarray) -> None:
-    """Images at 10 Hz, each scan 30 ms later, poses at 100 Hz from t = 0.1 s; an image at t = 0 (before the
-    poses) and one at t = 0.65 s (no scan near it)."""
-    from geometry_msgs.msg import PoseStamped
+def _recorded_bag(path: Path, world: np.ndarray, pose_type: str) -> None:
+    """Images at 10 Hz, each scan 30 ms later, poses (``pose_type``) at 100 Hz from t = 0.1 s; an image at t = 0
+    (before the poses) and one at t = 0.65 s (no scan near it)."""
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from nav_msgs.msg import Odometry
     from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -93,9 +94,14 @@ def _recorded_bag(path: Path, world: np.ndarray) -> None:
     msgs: list[tuple[str, int, object]] = []
     for k in range(100):
         t = 0.1 + 0.01 * k
-        pose = PoseStamped()
+        pose = {"PoseStamped": PoseStamped, "PoseWithCovarianceStamped": PoseWithCovarianceStamped}.get(
+            pose_type, Odometry
+        )()
         pose.header.stamp, pose.header.frame_id = stamp_from_ns(t0 + round(t * 1e9)), "map"
-        pose.pose = matrix_to_pose(_vehicle(t))
+        if pose_type == "PoseStamped":
+            pose.pose = matrix_to_pose(_vehicle(t))
+        else:
+            pose.pose.pose = matrix_to_pose(_vehicle(t))
         msgs.append(("/slam/pose", t0 + round(t * 1e9), pose))
     for t in [0.0, 0.2, 0.3, 0.4, 0.5, 0.65]:
         stamp = stamp_from_ns(t0 + round(t * 1e9))
@@ -116,7 +122,7 @@ def _recorded_bag(path: Path, world: np.ndarray) -> None:
     )
     msgs.append(("/tf_static", t0, static))
     types = {
-        "/slam/pose": "geometry_msgs/msg/PoseStamped",
+        "/slam/pose": "nav_msgs/msg/Odometry" if pose_type == "Odometry" else f"geometry_msgs/msg/{pose_type}",
         "/cam/info": "sensor_msgs/msg/CameraInfo",
         "/cam/image_rect": "sensor_msgs/msg/Image",
         "/lidar/points": "sensor_msgs/msg/PointCloud2",
@@ -128,9 +134,10 @@ def _recorded_bag(path: Path, world: np.ndarray) -> None:
             w.write(conns[topic], t_ns, serialize_message(msg))
 
 
-def test_a_recorded_bag_with_late_scans_lands_on_the_same_world_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pose_type", ["PoseStamped", "PoseWithCovarianceStamped", "Odometry"])
+def test_a_recorded_bag_with_late_scans_lands_on_the_same_world_points(tmp_path: Path, pose_type: str) -> None:
     world = np.random.default_rng(1).uniform([-20, -20, -2], [40, 40, 8], (300, 3))
-    _recorded_bag(tmp_path / "bag", world)
+    _recorded_bag(tmp_path / "bag", world, pose_type)
     s = bag_to_sequence(
         tmp_path / "bag",
         tmp_path / "seq",

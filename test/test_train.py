@@ -293,3 +293,48 @@ def test_train_sample_workers_refuse_a_frozen_point_encoder(trained, drive, tmp_
             init_from=trained,
             progress=False,
         )
+
+
+def test_training_prior_is_the_run_time_viewpoint_prior_of_a_guess_camera(drive):
+    """``--viewpoint-prior``: with no offset the guess is the true camera, so each point's expected pixel is its true
+    pixel; the prior then lowers the patch loss of random features (it points at the truth), and with the default
+    offsets the guess moves along the optical axis, so the expected pixels slide along their rays."""
+    from ep2p_loc_ros.model.dataset import SequenceData
+    from ep2p_loc_ros.model.heads import MatchingHead
+    from ep2p_loc_ros.model.losses import make_targets, matching_losses
+    from ep2p_loc_ros.model.train import training_prior
+
+    s = SequenceData(drive, progress=False).sample(1, TINY, np.random.default_rng(0))
+    targets_all = make_targets(torch.from_numpy(s.uv), torch.from_numpy(s.visible), TINY)
+    rows = np.flatnonzero((targets_all.patch < TINY.num_patches).numpy())[:300]
+    exact = replace(_cfg(1), viewpoint_prior=True, viewpoint_forward_m=0.0, viewpoint_lateral_m=0.0)
+    expected, weight = training_prior(s, rows, replace(exact, viewpoint_yaw_deg=0.0), np.random.default_rng(0))
+    np.testing.assert_allclose(expected.numpy(), s.uv[rows], atol=1e-3)
+    assert weight.shape == (len(rows), 2, 2) and bool((weight.diagonal(0, 1, 2) > 0).all())
+
+    torch.manual_seed(0)
+    head = MatchingHead(TINY)
+    feats = torch.nn.functional.normalize(torch.randn(len(rows), TINY.feature_dim), dim=1)
+    patches = torch.nn.functional.normalize(torch.randn(TINY.feature_dim, *TINY.grid_size), dim=0)
+    targets = make_targets(torch.from_numpy(s.uv[rows]), torch.from_numpy(s.visible[rows]), TINY)
+    plain = matching_losses(head, feats, patches, targets)
+    guided = matching_losses(head, feats, patches, targets, prior=(expected, weight))
+    # wide along each ray (3 m forward), so random features still miss most patches, but far less badly
+    assert guided["patch"] < plain["patch"] - 1.0 and guided["patch_acc"] > plain["patch_acc"] + 0.02
+
+    moved, _ = training_prior(s, rows, replace(exact, viewpoint_forward_m=6.0), np.random.default_rng(3))
+    centre = np.array([(TINY.image_width - 1) / 2, (TINY.image_height - 1) / 2])
+    a, b = s.uv[rows] - centre, moved.numpy() - centre
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-9)
+    assert np.median(cos) > 0.99 and np.median(np.abs(np.linalg.norm(b, axis=1) - np.linalg.norm(a, axis=1))) > 1.0
+
+
+def test_train_with_the_viewpoint_prior_runs_and_records_it(trained, drive, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "prior"
+    cfg = _cfg(4, freeze_point_encoder=True, use_pose_loss=False, viewpoint_prior=True)
+    train([drive], out, None, cfg, progress=False, init_from=trained)
+    _, info = load_network(out)
+    assert info["train"]["viewpoint_prior"] is True
+    log = [json.loads(line) for line in (out.with_name("prior.training") / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["patch"]) for r in log)

@@ -119,6 +119,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="brightness/contrast jitter amplitude of the training images (default 0: off)",
     )
+    p.add_argument(
+        "--viewpoint-prior",
+        dest="viewpoint_prior",
+        action="store_true",
+        default=None,
+        help="train the patch classifier with the soft prior the run time adds after retrieval (each point's "
+        "projection from a guess camera up to 6 m ahead or behind), so it learns what the prior leaves open",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -20,7 +20,14 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["MatchingHead", "patch_centers", "patch_index", "positional_encoding", "top_per_group"]
+__all__ = [
+    "MatchingHead",
+    "half_precision",
+    "patch_centers",
+    "patch_index",
+    "positional_encoding",
+    "top_per_group",
+]
 
 
 def positional_encoding(xy: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -62,7 +69,7 @@ def top_per_group(group: torch.Tensor, score: torch.Tensor, cap: int) -> torch.T
     return order[rank < cap]
 
 
-def _half_precision(sigma: torch.Tensor) -> torch.Tensor:
+def half_precision(sigma: torch.Tensor) -> torch.Tensor:
     """The soft prior's weights: 1 / (2 sigma²) for standard deviations (M,), Σ⁻¹ / 2 for covariances (M, 2, 2).
 
     Floored at 1 px (an eighth of a patch: tighter changes no choice): sigma clamped, or one px² added to Σ.
@@ -96,10 +103,17 @@ class MatchingHead(nn.Module):
         self.feat_proj = nn.Linear(2 * d, h)
         self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
 
-    def patch_logits(self, point_features: torch.Tensor, patch_features: torch.Tensor) -> torch.Tensor:
-        """(M, D) x (D, rows, cols) -> (M, P + 1) logits; the last column is "not in this image"."""
+    def patch_logits(
+        self,
+        point_features: torch.Tensor,
+        patch_features: torch.Tensor,
+        expected: torch.Tensor | None = None,
+        inv2s2: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(M, D) x (D, rows, cols) -> (M, P + 1) logits; the last column is "not in this image". With
+        ``expected`` / ``inv2s2``, the image patches carry the soft prior of :meth:`in_image_logits`."""
         outside = nn.functional.normalize(self.outside, dim=0)[:, None]
-        inside = self.in_image_logits(point_features, patch_features)
+        inside = self.in_image_logits(point_features, patch_features, expected, inv2s2)
         return torch.cat([inside, point_features @ outside * self.logit_scale], 1)
 
     def in_image_logits(
@@ -191,7 +205,7 @@ class MatchingHead(nn.Module):
         an elongated prior, e.g. along the ray a forward offset moves the point (see ``localizer.prior_cov_px``).
         ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
-        inv2s2 = None if sigma is None else _half_precision(sigma.to(point_features.dtype))
+        inv2s2 = None if sigma is None else half_precision(sigma.to(point_features.dtype))
         logits = self.in_image_logits(point_features, patch_features, expected, inv2s2)  # refuses sigma alone
         candidates = torch.ones(len(logits), dtype=torch.bool)
         if expected is not None:

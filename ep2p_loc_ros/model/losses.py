@@ -41,14 +41,17 @@ def matching_losses(
     patch_features: torch.Tensor,
     targets: MatchTargets,
     max_pixel_points: int | None = None,
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Cross-entropy of the patch class, and of the in-patch position at the true patch (teacher forcing).
 
     The pixel loss uses at most ``max_pixel_points`` of the in-image points (the first ones: pass points in
-    random order); its MLP runs over stride² positions per point, the costliest part of a step.
+    random order); its MLP runs over stride² positions per point, the costliest part of a step. ``prior``:
+    (expected network pixels (M, 2), Σ⁻¹/2 (M, 2, 2)), the soft geometric prior the run time adds after
+    retrieval, added here too so the classifier learns what the prior leaves open (``TrainConfig.viewpoint_prior``).
     """
     num_patches = head.config.num_patches
-    logits = head.patch_logits(point_features, patch_features)
+    logits = head.patch_logits(point_features, patch_features, *(prior or (None, None)))
     losses = {"patch": nn.functional.cross_entropy(logits, targets.patch)}
     inside = targets.patch < num_patches
     if inside.any():

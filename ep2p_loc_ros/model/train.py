@@ -30,7 +30,7 @@ from .losses import make_targets, matching_losses, pose_loss, retrieval_loss
 from .network import EP2PLocNet, load_network, save_model_dir
 from .point_encoder import PointGraph, build_point_graph, cell_priority
 
-__all__ = ["TrainConfig", "TrainingModel", "freeze_sample", "train"]
+__all__ = ["TrainConfig", "TrainingModel", "freeze_sample", "train", "training_prior"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,14 @@ class TrainConfig:
     # that would wait for them. Frame n of a run is then a function of (seed, rank, n) alone.
     workers: int = 0
     photometric_jitter: float = 0.0  # brightness/contrast jitter amplitude (0: off), e.g. 0.2 for +-20 %
+    # Train the patch classifier with the soft geometric prior the run time adds after retrieval (each point's
+    # projection from a guess camera off the true one like a retrieved viewpoint, LocalizerConfig.viewpoint_sigma_*).
+    # Why: trained without it, the classifier spends its capacity on what the prior already says (roughly where a
+    # point lands) instead of what it leaves open (where along its ray, i.e. the camera's offset along its axis).
+    viewpoint_prior: bool = False
+    viewpoint_forward_m: float = 6.0  # the guess is up to this far ahead or behind the camera (uniform) ...
+    viewpoint_lateral_m: float = 0.3  # ... this far to the side, up or down (standard deviation) ...
+    viewpoint_yaw_deg: float = 1.0  # ... and turned this much about the vertical (standard deviation)
 
 
 class TrainingModel(nn.Module):
@@ -114,7 +122,11 @@ class TrainingModel(nn.Module):
             sel = torch.from_numpy(idx)
             feats = point_feats[sel.to(device)]
             targets = make_targets(uv[sel], torch.from_numpy(s.visible[idx]), mcfg)
-            losses = matching_losses(self.net.head, feats, patch_feats[b], targets, max_pixel_points=cfg.pixel_points)
+            prior = training_prior(s, idx, cfg, rng) if cfg.viewpoint_prior else None
+            prior = None if prior is None else (prior[0].to(device), prior[1].to(device))
+            losses = matching_losses(
+                self.net.head, feats, patch_feats[b], targets, max_pixel_points=cfg.pixel_points, prior=prior
+            )
             for k in ("patch", "pixel", "patch_acc"):
                 terms[k].append(losses[k])
             front = np.isfinite(s.uv[idx, 0])  # at run time IPR never offers points behind the camera
@@ -145,6 +157,35 @@ class TrainingModel(nn.Module):
             total = total + cfg.pose_weight * result["pose"]
         result["total"] = total
         return result
+
+
+def training_prior(
+    s: FrameSample, rows: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run time's soft viewpoint prior for the sample's ``rows``: (expected network pixels (M, 2), Σ⁻¹/2
+    (M, 2, 2)) from a guess camera drawn off the true one as a retrieved viewpoint is (``cfg.viewpoint_*``), with
+    the spreads the localizer's defaults give (``LocalizerConfig.viewpoint_sigma_*``). Points behind the guess
+    get no prior (zero weight)."""
+    from ..geometry import invert, make_T, transform_points
+    from ..localizer import LocalizerConfig, prior_cov_px
+    from ..upright_ransac import rot_y
+    from .heads import half_precision
+
+    offset = [
+        rng.normal(0.0, cfg.viewpoint_lateral_m),
+        rng.normal(0.0, cfg.viewpoint_lateral_m),
+        rng.uniform(-cfg.viewpoint_forward_m, cfg.viewpoint_forward_m),
+    ]
+    turn = rot_y(np.radians(rng.normal(0.0, cfg.viewpoint_yaw_deg)))
+    T_guess_map = invert(make_T(turn, offset)) @ s.T_cam_map  # the guess camera in the true camera's frame
+    in_guess = transform_points(T_guess_map, s.points_map[rows])
+    lc = LocalizerConfig()
+    s_xyz = (lc.viewpoint_sigma_lateral_m, lc.viewpoint_sigma_vertical_m, lc.viewpoint_sigma_forward_m)
+    cov = prior_cov_px(in_guess, s.camera, s_xyz, (0.0, lc.viewpoint_sigma_yaw_deg, 0.0))
+    ahead = in_guess[:, 2] > 0.5
+    expected = np.where(ahead[:, None], s.camera.project(in_guess).uv, 0.0).astype(np.float32)
+    weight = half_precision(torch.from_numpy(cov)) * torch.from_numpy(ahead.astype(np.float32))[:, None, None]
+    return torch.from_numpy(expected), weight
 
 
 def _draw_rows(
