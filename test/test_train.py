@@ -338,3 +338,20 @@ def test_train_with_the_viewpoint_prior_runs_and_records_it(trained, drive, tmp_
     assert info["train"]["viewpoint_prior"] is True
     log = [json.loads(line) for line in (out.with_name("prior.training") / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["patch"]) for r in log)
+
+
+def test_viewpoint_prior_fraction_primes_that_share_of_frames_and_leaves_full_runs_unchanged(drive, tmp_path):
+    """``--viewpoint-prior-fraction``: about that share of frames get the prior; at 1 no random number is drawn, so
+    runs with the prior on every frame keep their random stream; out of [0, 1] is refused before training."""
+    from ep2p_loc_ros.model.train import _prior_this_frame
+
+    on = replace(_cfg(1), viewpoint_prior=True)
+    rng = np.random.default_rng(5)
+    before = rng.bit_generator.state
+    assert all(_prior_this_frame(on, rng) for _ in range(50)) and rng.bit_generator.state == before
+    assert not any(_prior_this_frame(replace(on, viewpoint_prior=False), rng) for _ in range(50))
+    assert not any(_prior_this_frame(replace(on, viewpoint_prior_fraction=0.0), rng) for _ in range(50))
+    share = np.mean([_prior_this_frame(replace(on, viewpoint_prior_fraction=0.3), rng) for _ in range(2000)])
+    assert 0.26 < share < 0.34
+    with pytest.raises(ValueError, match="viewpoint_prior_fraction"):
+        train([drive], tmp_path / "m", None, replace(on, viewpoint_prior_fraction=1.5), progress=False)

@@ -127,6 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train the patch classifier with the soft prior the run time adds after retrieval (each point's "
         "projection from a guess camera up to 6 m ahead or behind), so it learns what the prior leaves open",
     )
+    p.add_argument(
+        "--viewpoint-prior-fraction",
+        dest="viewpoint_prior_fraction",
+        type=float,
+        help="with --viewpoint-prior: the share of frames trained with the prior, the rest without (default 1)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
