@@ -79,8 +79,8 @@ class SoakResult:
 
     def rss_levels(self) -> tuple[float, float, float]:
         """(median of the first quarter after warm-up, median of the last quarter, peak) in MB. Why medians: RSS
-        stays flat but for spikes of a few 0.5-s samples (up to 22 MB over 345 MB: messages in flight while a
-        frame is processed); a leak lifts the whole last quarter, a spike only its own samples."""
+        stays flat but for spikes of single 0.5-s samples (up to 22 MB over 345 MB, cause not traced: they fall
+        back at once); a leak lifts the whole last quarter, a spike only its own samples."""
         after = [m for t, m in self.rss_mb if t >= self.warmup_s]
         if len(after) < 8:
             return float("nan"), float("nan"), float("nan")
