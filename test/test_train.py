@@ -355,3 +355,5 @@ def test_viewpoint_prior_fraction_primes_that_share_of_frames_and_leaves_full_ru
     assert 0.26 < share < 0.34
     with pytest.raises(ValueError, match="viewpoint_prior_fraction"):
         train([drive], tmp_path / "m", None, replace(on, viewpoint_prior_fraction=1.5), progress=False)
+    with pytest.raises(ValueError, match="needs viewpoint_prior"):
+        train([drive], tmp_path / "m", None, replace(_cfg(1), viewpoint_prior_fraction=0.5), progress=False)

@@ -131,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--viewpoint-prior-fraction",
         dest="viewpoint_prior_fraction",
         type=float,
-        help="with --viewpoint-prior: the share of frames trained with the prior, the rest without (default 1)",
+        help="with --viewpoint-prior (refused without it): the share of frames trained with the prior, the rest "
+        "without (default 1)",
     )
     p.set_defaults(func=_cmd_train)
 

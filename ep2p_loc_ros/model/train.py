@@ -414,6 +414,8 @@ def train(
         raise ValueError(f"photometric_jitter must be in [0, 1), got {cfg.photometric_jitter}")
     if not 0.0 <= cfg.viewpoint_prior_fraction <= 1.0:
         raise ValueError(f"viewpoint_prior_fraction must be in [0, 1], got {cfg.viewpoint_prior_fraction}")
+    if cfg.viewpoint_prior_fraction < 1.0 and not cfg.viewpoint_prior:
+        raise ValueError("viewpoint_prior_fraction below 1 needs viewpoint_prior, or it does nothing")
     init_net = None
     if init_from is not None:
         init_net, _ = load_network(init_from)
