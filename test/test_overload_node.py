@@ -1,5 +1,7 @@
-"""Overload: images at 30 Hz (3x the camera rate) for 60 s into the node over real DDS (``bench/soak.py``, whose
-10-minute run is the long soak). Memory stays flat after warm-up (RSS growth < 5 %, quarter medians), latency
+"""Overload: images at 90 Hz (9x the camera rate) for 60 s into the node over real DDS (``bench/soak.py``, whose
+10-minute run is the long soak). Why 90: on session 15's host the node (its stand-in localizer runs PnP on true
+matches) took 12 ms a frame and kept up with 30 Hz, so nothing was dropped and the overload went untested.
+Memory stays flat after warm-up (RSS growth < 5 %, quarter medians), latency
 stays bounded, frames are dropped rather than queued, and lifecycle services answer within 100 ms (p99; every call
 within 1 s: a CI run once saw its slowest of 121 calls take 241 ms against a median of 2.6 ms: a stall of the
 shared host).
@@ -54,7 +56,7 @@ def test_overload_30hz_for_60s_memory_flat_latency_bounded_drops_not_queue(tmp_p
     pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not generated (scripts/build_tf2_msgs.sh)")
     soak = _soak_module()
     # warm-up 20 s: DDS shared-memory pools and the allocator settle in the first seconds of the flood
-    res = soak.run_soak(duration_s=60.0, rate_hz=30.0, warmup_s=20.0, log_dir=tmp_path)
+    res = soak.run_soak(duration_s=60.0, rate_hz=90.0, warmup_s=20.0, log_dir=tmp_path)
     print("\n" + res.table())
     failed = {k: v for k, (ok, v) in res.checks().items() if not ok}
     assert not failed, res.table()
