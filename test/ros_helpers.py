@@ -128,6 +128,7 @@ def start_node(
     domain_id: int | str | None = None,
     log_dir: str | Path | None = None,
     oracle_sequence: str | Path | None = None,
+    oracle_cost_ms: float = 0.0,
     env: dict[str, str] | None = None,
     faults: Iterable[str] = (),
 ) -> NodeProcess:
@@ -135,8 +136,8 @@ def start_node(
 
     ``params``: flat dotted names -> values, written to a params file passed after the default one.
     ``remaps``: ``{"image": "/camera/image_raw"}`` -> ``-r image:=/camera/image_raw``. ``extra_args``: more
-    ``--ros-args`` items. ``oracle_sequence``: run with :class:`OracleLocalizer` on that sequence. ``faults``:
-    injected faults (:func:`install_faults`).
+    ``--ros-args`` items. ``oracle_sequence``: run with :class:`OracleLocalizer` on that sequence;
+    ``oracle_cost_ms``: the least time it takes a frame. ``faults``: injected faults (:func:`install_faults`).
     """
     faults = list(faults)
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ep2p-node-"))
@@ -160,6 +161,8 @@ def start_node(
     if ros_args:
         cmd += ["--ros-args", *ros_args]
     env = dict(env or ros_env(domain_id))
+    if oracle_cost_ms > 0:
+        env["EP2P_ORACLE_COST_MS"] = f"{oracle_cost_ms:g}"
     if faults:
         env["EP2P_TEST_FAULTS"] = ",".join(faults)
     return NodeProcess(cmd, env, log_dir / "node.log")
@@ -439,9 +442,13 @@ class OracleLocalizer:
     true pose that project into the image get their true pixel plus 0.5 px noise, 15 % are replaced by
     outliers, and the real ``solve_pnp`` (RANSAC + LM + covariance) makes the pose. Deterministic per frame,
     so a test can compute exactly what the node must publish.
+
+    ``cost_ms``: the least time a frame takes (it sleeps the rest, releasing the GIL as onnxruntime and torch do).
+    Why: PnP on true matches takes 12 ms on a fast host, so a test that must overload the node cannot rely on the
+    host being slow; with a set cost the node's capacity is known on any host.
     """
 
-    def __init__(self, map_dir: str | Path, sequence_dir: str | Path, config=None) -> None:
+    def __init__(self, map_dir: str | Path, sequence_dir: str | Path, config=None, cost_ms: float = 0.0) -> None:
         import hashlib
 
         from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
@@ -451,11 +458,13 @@ class OracleLocalizer:
         self.config = config or LocalizerConfig()
         self.map = load_map(map_dir)
         self.seq = KittiOdometrySequence(sequence_dir)
+        self.cost_ms = float(cost_ms)
         self._index = {hashlib.sha1(self.seq.image(i).tobytes()).hexdigest(): i for i in range(len(self.seq))}
 
     @classmethod
     def from_paths(cls, map_dir, model_dir=None, config=None, providers: str = "auto") -> OracleLocalizer:
-        return cls(map_dir, os.environ["EP2P_ORACLE_SEQUENCE"], config)
+        cost_ms = float(os.environ.get("EP2P_ORACLE_COST_MS", "0"))
+        return cls(map_dir, os.environ["EP2P_ORACLE_SEQUENCE"], config, cost_ms)
 
     def frame_of(self, rgb: np.ndarray) -> int | None:
         import hashlib
@@ -489,6 +498,7 @@ class OracleLocalizer:
         out = rng.random(len(px)) < 0.15
         px[out] = rng.uniform([0, 0], [camera.width - 1, camera.height - 1], (int(out.sum()), 2))
         est = solve_pnp(X, px, camera, self.config.pnp)
+        time.sleep(max(0.0, self.cost_ms / 1e3 - (time.perf_counter() - t0)))
         return result_from_pnp(est, X, px, {"total": (time.perf_counter() - t0) * 1e3})
 
 

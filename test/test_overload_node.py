@@ -1,6 +1,7 @@
-"""Overload: images at 90 Hz (9x the camera rate) for 60 s into the node over real DDS (``bench/soak.py``, whose
-10-minute run is the long soak). Why 90: on session 15's host the node (its stand-in localizer runs PnP on true
-matches) took 12 ms a frame and kept up with 30 Hz, so nothing was dropped and the overload went untested.
+"""Overload: images at 30 Hz (3x the camera rate) for 60 s over real DDS into a node that takes 100 ms a frame
+(``bench/soak.py``, whose 10-minute run is the long soak). The stand-in localizer (PnP on true matches) is given
+that set cost because on a fast host it took 12 ms a frame and kept up with 30 Hz: nothing was dropped and the
+overload went untested (session 15 raised the rate to 90 Hz, which only moves the host speed at which it breaks).
 Memory stays flat after warm-up (RSS growth < 5 %, quarter medians), latency stays bounded, frames are dropped rather
 than queued, and lifecycle services answer within 100 ms (p99; every call within 1 s: a CI run once saw its slowest
 of 121 calls take 241 ms against a median of 2.6 ms: a stall of the shared host).
@@ -50,13 +51,17 @@ def test_overload_memory_check_takes_a_spike_and_refuses_a_leak():
     assert not res.checks()["RSS growth < 5 % after warm-up"][0]
 
 
-def test_overload_90hz_for_60s_memory_flat_latency_bounded_drops_not_queue(tmp_path):
+def test_overload_30hz_into_100ms_frames_for_60s_memory_flat_latency_bounded_drops_not_queue(tmp_path):
     pytest.importorskip("rclpy")
     pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not generated (scripts/build_tf2_msgs.sh)")
     soak = _soak_module()
     # warm-up 20 s: DDS shared-memory pools and the allocator settle in the first seconds of the flood
-    res = soak.run_soak(duration_s=60.0, rate_hz=90.0, warmup_s=20.0, log_dir=tmp_path)
+    res = soak.run_soak(duration_s=60.0, rate_hz=30.0, warmup_s=20.0, log_dir=tmp_path, frame_cost_ms=100.0)
     print("\n" + res.table())
     failed = {k: v for k, (ok, v) in res.checks().items() if not ok}
     assert not failed, res.table()
+    # the set cost holds: at most one frame per 100 ms was processed, each took at least that long
+    processed = res.counters["frames_localized"] + res.counters["frames_rejected"]
+    assert processed <= 60.0 / 0.1 * 1.05, res.counters
+    assert min(v for _, v in res.latency_ms) >= 100.0, res.latency_ms[:5]
     assert res.results.get("localized", 0) > 0, res.results
