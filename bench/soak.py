@@ -113,10 +113,15 @@ class SoakResult:
         last = np.percentile([v for _, v in lat[-q:]], 95)
         return float(first), float(last)
 
+    @property
+    def processed(self) -> int:
+        """Frames the node finished (localized or rejected), from its last diagnostics."""
+        return self.counters.get("frames_localized", 0) + self.counters.get("frames_rejected", 0)
+
     def checks(self) -> dict[str, tuple[bool, str]]:
         c = self.counters
         received, dropped = c.get("frames_received", 0), c.get("frames_dropped", 0)
-        done = c.get("frames_localized", 0) + c.get("frames_rejected", 0)
+        done = self.processed
         lat = [v for t, v in self.latency_ms if t >= self.warmup_s]
         p99 = float(np.percentile(lat, 99)) if lat else float("nan")
         first, last = self.latency_quarters()
