@@ -357,3 +357,89 @@ def test_viewpoint_prior_fraction_primes_that_share_of_frames_and_leaves_full_ru
         train([drive], tmp_path / "m", None, replace(on, viewpoint_prior_fraction=1.5), progress=False)
     with pytest.raises(ValueError, match="needs viewpoint_prior"):
         train([drive], tmp_path / "m", None, replace(_cfg(1), viewpoint_prior_fraction=0.5), progress=False)
+
+
+@pytest.fixture(scope="module")
+def pack(drive, tmp_path_factory):
+    from ep2p_loc_ros.model.training_pack import write_training_pack
+
+    return write_training_pack(drive, tmp_path_factory.mktemp("pack") / "drive.npz", TINY, progress=False)
+
+
+def test_training_pack_gives_the_samples_of_its_sequence(drive, pack):
+    """A pack holds the sequence's fused map bit for bit, so its samples have the same points, visibility and
+    pixels; only the image differs, by JPEG's loss. It is much smaller than the sequence."""
+    from ep2p_loc_ros.model.dataset import SequenceData
+
+    a, b = SequenceData(drive, progress=False), SequenceData(pack, progress=False)
+    assert len(a) == len(b) == 4
+    np.testing.assert_array_equal(a.points, b.points)
+    np.testing.assert_array_equal(a.reflectance, b.reflectance)
+    for i in range(len(a)):
+        sa, sb = a.sample(i, TINY, np.random.default_rng(i)), b.sample(i, TINY, np.random.default_rng(i))
+        np.testing.assert_array_equal(sa.T_cam_map, sb.T_cam_map)
+        np.testing.assert_array_equal(sa.points_local, sb.points_local)
+        np.testing.assert_array_equal(sa.visible, sb.visible)
+        np.testing.assert_array_equal(sa.uv, sb.uv)
+        np.testing.assert_array_equal(sa.camera.K, sb.camera.K)
+        assert sa.image.shape == sb.image.shape == (3, TINY.image_height, TINY.image_width)
+        assert np.abs(sa.image - sb.image).mean() < 4 / 255  # JPEG quality 95
+    sequence_bytes = sum(p.stat().st_size for p in drive.rglob("*") if p.is_file())
+    assert pack.stat().st_size < 0.2 * sequence_bytes, (pack.stat().st_size, sequence_bytes)
+
+
+def test_train_from_a_pack_stops_at_its_time_limit_and_resumes_exactly(pack, tmp_path):
+    """``--time-limit``: the run stops after the step that crossed it with a checkpoint and a model; ``--resume``
+    then ends where an uninterrupted run ends."""
+    torch.set_num_threads(1)
+    cfg = _cfg(4, pose_warmup=2)
+    train([pack], tmp_path / "straight", TINY, cfg, progress=False)
+    train([pack], tmp_path / "cut", TINY, cfg, progress=False, time_limit_s=1e-6)
+    log = (tmp_path / "cut.training" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1]
+    _, info = load_network(tmp_path / "cut")
+    assert info["steps_done"] == 1 and info["train"]["steps"] == 4
+    train([pack], tmp_path / "cut", TINY, cfg, resume=True, progress=False)
+    a, _ = load_network(tmp_path / "straight")
+    b, info = load_network(tmp_path / "cut")
+    assert info["steps_done"] == 4
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name, atol=1e-6, rtol=1e-5)
+
+
+def test_training_pack_refuses_bad_files_and_another_image_size(pack, tmp_path):
+    from ep2p_loc_ros.errors import DataError
+    from ep2p_loc_ros.model.config import ModelConfig
+    from ep2p_loc_ros.model.dataset import SequenceData
+
+    with pytest.raises(DataError, match="packed for 320x96 network images, the model takes 640x192"):
+        SequenceData(pack, progress=False).sample(0, ModelConfig(), np.random.default_rng(0))
+    with pytest.raises(DataError, match="map voxel"):
+        SequenceData(pack, map_voxel=0.3, progress=False)
+    raw = pack.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="cannot read training pack"):
+        SequenceData(truncated, progress=False)
+    with np.load(pack, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    cases = {
+        "version": {**arrays, "format_version": np.array(2)},
+        "foreign": {"points": arrays["points"]},
+        "nan": {**arrays, "points": np.full_like(arrays["points"], np.nan)},
+        "offsets": {**arrays, "jpeg_offsets": arrays["jpeg_offsets"][:-1]},
+        "pickled": {**arrays, "T_world_cam": np.array([object()], dtype=object)},
+    }
+    messages = {
+        "version": "format_version 2 is not supported",
+        "foreign": "not a training pack",
+        "nan": "points have NaN",
+        "offsets": "jpeg_offsets",
+        "pickled": "cannot read training pack",
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.npz"
+        with open(path, "wb") as f:
+            np.savez(f, **content)
+        with pytest.raises(DataError, match=messages[name]):
+            SequenceData(path, progress=False)

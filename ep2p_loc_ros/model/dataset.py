@@ -1,4 +1,5 @@
-"""Training samples from KITTI-layout sequences: image, the map points around the camera, and 2D targets.
+"""Training samples from KITTI-layout sequences (or their training packs, ``training_pack.py``): image, the map
+points around the camera, and 2D targets.
 
 Each sequence is fused into a map once (the map builder, without features). A sample is one frame:
 - the image at the network size and the camera scaled to it;
@@ -21,7 +22,7 @@ from .config import ModelConfig
 from .point_encoder import PointGraph, voxel_downsample
 from .preprocess import prepare_image
 
-__all__ = ["FrameSample", "SequenceData", "frustum_mask", "load_sequences"]
+__all__ = ["FrameSample", "SequenceData", "SequenceFrames", "frustum_mask", "load_sequences"]
 
 
 def frustum_mask(
@@ -62,23 +63,45 @@ class FrameSample:
     point_graph: PointGraph | None = None
 
 
-class SequenceData:
-    """One sequence with its fused map points and a KD-tree over them."""
+class SequenceFrames:
+    """A KITTI-layout sequence as training reads it: its map fused by the map builder, poses, full-size images."""
 
     def __init__(self, root: str | Path, map_voxel: float = 0.2, progress: bool = True) -> None:
-        from scipy.spatial import cKDTree
-
         from ..map import MapBuildParams, build_map
 
         self.seq = KittiOdometrySequence(Path(root))
+        self.root = self.seq.root
         lidar_map = build_map(self.seq, MapBuildParams(voxel=map_voxel), progress=progress)
-        self.points = np.asarray(lidar_map.points, dtype=np.float64)
-        self.reflectance = np.asarray(lidar_map.reflectance, dtype=np.float32)
-        self.tree = cKDTree(self.points)
+        self.points, self.reflectance = lidar_map.points, lidar_map.reflectance
         self.camera = self.seq.calib.camera
 
     def __len__(self) -> int:
         return len(self.seq)
+
+    def T_world_cam(self, i: int) -> np.ndarray:
+        return self.seq.T_world_cam(i)
+
+    def network_image(self, i: int, config: ModelConfig) -> tuple[np.ndarray, PinholeCamera]:
+        return prepare_image(self.seq.image(i), self.camera, config, source=str(self.seq.image_paths[i]))
+
+
+class SequenceData:
+    """One sequence (a KITTI-layout directory or a training pack file) with its fused map and a KD-tree over it."""
+
+    def __init__(self, root: str | Path, map_voxel: float = 0.2, progress: bool = True) -> None:
+        from scipy.spatial import cKDTree
+
+        from .training_pack import TrainingPack
+
+        root = Path(root)
+        self.frames = TrainingPack(root, map_voxel) if root.is_file() else SequenceFrames(root, map_voxel, progress)
+        self.points = np.asarray(self.frames.points, dtype=np.float64)
+        self.reflectance = np.asarray(self.frames.reflectance, dtype=np.float32)
+        self.tree = cKDTree(self.points)
+        self.camera = self.frames.camera
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
     def sample(
         self,
@@ -89,7 +112,7 @@ class SequenceData:
         viewpoint_jitter: float = 3.0,
         ipr: IPRConfig | None = None,
     ) -> FrameSample:
-        T_map_cam = self.seq.T_world_cam(i)
+        T_map_cam = self.frames.T_world_cam(i)
         T_cam_map = invert(T_map_cam)
         cam_pos = T_map_cam[:3, 3]
         idx = np.asarray(self.tree.query_ball_point(cam_pos, max_depth), dtype=np.int64)
@@ -100,8 +123,7 @@ class SequenceData:
         pts_v, refl_v, _ = voxel_downsample(pts, refl, config.point_voxel)
         viewpoint = cam_pos + np.append(rng.uniform(-viewpoint_jitter, viewpoint_jitter, 2), 0.0)
         visible = visible_mask(pts_v, T_cam_map, self.camera, ipr or IPRConfig())
-        rgb = self.seq.image(i)
-        image, cam_net = prepare_image(rgb, self.camera, config, source=str(self.seq.image_paths[i]))
+        image, cam_net = self.frames.network_image(i, config)
         proj = cam_net.project(transform_points(T_cam_map, pts_v))
         return FrameSample(
             image=image[0],
@@ -112,7 +134,7 @@ class SequenceData:
             reflectance=refl_v.astype(np.float32),
             visible=visible,
             uv=proj.uv.astype(np.float32),
-            sequence=str(self.seq.root),
+            sequence=str(self.frames.root),
             frame=i,
         )
 

@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..geometry import PinholeCamera
 from .config import ModelConfig
 
-__all__ = ["MIN_IMAGE_SIDE", "camera_for_network", "prepare_image", "resize_camera"]
+__all__ = ["MIN_IMAGE_SIDE", "camera_for_network", "prepare_image", "resize_camera", "resize_rgb"]
 
 MIN_IMAGE_SIDE = 32  # pixels; smaller images carry too little to localise and usually mean a decoding fault
 
@@ -59,6 +59,17 @@ def _check_image(rgb: object, camera: PinholeCamera, source: str) -> np.ndarray:
     return rgb
 
 
+def resize_rgb(rgb: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """A uint8 RGB image at the network size (unchanged if it is that size already).
+
+    INTER_AREA averages when shrinking (no aliasing); it uses the same half-pixel centre map as ``resize_camera``.
+    """
+    size = (config.image_width, config.image_height)
+    if rgb.shape[1] == size[0] and rgb.shape[0] == size[1]:
+        return rgb
+    return cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
+
+
 def prepare_image(
     rgb: np.ndarray, camera: PinholeCamera, config: ModelConfig, source: str = "image"
 ) -> tuple[np.ndarray, PinholeCamera]:
@@ -67,11 +78,8 @@ def prepare_image(
     ``source`` names the image in errors (a file path or a topic). Raises ``DataError`` for a wrong dtype or
     shape, a tiny image, or an image whose size disagrees with ``camera``.
     """
-    rgb = _check_image(rgb, camera, source)
+    rgb = resize_rgb(_check_image(rgb, camera, source), config)
     size = (config.image_width, config.image_height)
-    if rgb.shape[1] != size[0] or rgb.shape[0] != size[1]:
-        # INTER_AREA averages when shrinking (no aliasing); it uses the same half-pixel centre map as above.
-        rgb = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
     image = np.empty((1, 3, size[1], size[0]), dtype=np.float32)
     np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=image[0], casting="unsafe")
     return image, camera_for_network(camera, config)

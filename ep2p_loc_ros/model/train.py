@@ -392,11 +392,15 @@ def train(
     progress: bool = True,
     device: str | None = None,
     init_from: str | Path | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
-    """Train on the given KITTI-layout sequences; write the model directory ``out_dir``. Returns final metrics.
+    """Train on the given KITTI-layout sequences (directories or training packs); write the model directory
+    ``out_dir``. Returns final metrics.
 
     ``init_from`` (a model directory) starts from its weights and configuration with a fresh optimizer and
     schedule: fine-tuning, e.g. after a change to the encoders' inputs, without paying for the first hours again.
+    ``time_limit_s``: stop after this much training time, checkpoint and write the model at the step reached
+    (the schedule stays the one for ``cfg.steps``, so ``resume`` carries on where it stopped).
     """
     from tqdm import tqdm
 
@@ -405,6 +409,8 @@ def train(
         raise DataError("--freeze-point-encoder needs --init-from: a frozen, untrained point encoder learns nothing")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ValueError(f"time_limit_s must be > 0, got {time_limit_s}")
     if cfg.workers > 0 and cfg.freeze_point_encoder:
         raise DataError(
             "--workers makes samples for the point encoder's training; with --freeze-point-encoder "
@@ -512,7 +518,12 @@ def train(
         sched.step()
         step += 1
         last = {k: float(v.detach()) for k, v in losses.items()}
-        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+        out_of_time = time_limit_s is not None and time.perf_counter() - t_start >= time_limit_s
+        if world > 1:  # every rank stops at the same step, or the others wait in the next all-reduce forever
+            flag = torch.tensor([float(out_of_time)], device=dev)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps or out_of_time):
             log.write(
                 json.dumps(
                     {
@@ -527,8 +538,10 @@ def train(
             log.flush()
         bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k in ("total", "patch_acc", "pose")})
         bar.update(1)
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time):
             _save_checkpoint(ckpt, model, opt, step, rng, order, cursor, generator)
+        if out_of_time:
+            break
     bar.close()
     stream = None  # ends the sample workers
     if log is not None:
@@ -540,6 +553,7 @@ def train(
             "sequences": [str(Path(d)) for d in sequence_dirs],
             "init_from": None if init_from is None else str(init_from),
             "final_metrics": last,
+            "steps_done": step,
             "train_time_s": round(time.perf_counter() - t_start, 1),
         }
         save_model_dir(net.cpu(), out_dir, info)
