@@ -111,7 +111,7 @@ def _residual_jacobian(R, t, X, x2d, w2d, K, huber_delta=None):
         ],
         1,
     )  # (N, 2, 3)
-    dXc = torch.cat([torch.eye(3, dtype=X.dtype).expand(len(X), 3, 3), -_skew(RX)], 2)  # (N, 3, 6)
+    dXc = torch.cat([torch.eye(3, dtype=X.dtype, device=X.device).expand(len(X), 3, 3), -_skew(RX)], 2)  # (N, 3, 6)
     J = (d_uv_dXc @ dXc) * w2d[:, :, None]
     sq = (res.reshape(-1, 2) ** 2).sum(1)
     cost = _huber(sq, huber_delta).sum()
@@ -196,11 +196,13 @@ class MonteCarloPoseLoss(torch.nn.Module):
             self.huber_delta,
         )
         # Proposal: mixture of N(0, Σ) and N(0, s²Σ), Σ = H⁻¹ (regularised so a flat direction stays finite).
-        H = sol.hessian + 1e-6 * torch.eye(6, dtype=sol.hessian.dtype) * sol.hessian.diagonal().mean().clamp_min(1.0)
+        eye = torch.eye(6, dtype=sol.hessian.dtype, device=sol.hessian.device)
+        H = sol.hessian + 1e-6 * eye * sol.hessian.diagonal().mean().clamp_min(1.0)
         L = torch.linalg.cholesky(torch.linalg.inv(H))
         n, s = self.num_samples, self.wide_scale
-        eps = torch.randn(n, 6, dtype=H.dtype, generator=generator)
-        scale = torch.ones(n, 1, dtype=H.dtype)
+        # drawn by the (CPU) generator, then moved: the same samples on any device, and a checkpointable state
+        eps = torch.randn(n, 6, dtype=H.dtype, generator=generator).to(H.device)
+        scale = torch.ones(n, 1, dtype=H.dtype, device=H.device)
         scale[n // 2 :] = s
         delta = (eps * scale) @ L.T
         logdet = torch.log(torch.diagonal(L)).sum()

@@ -141,7 +141,7 @@ class MatchingHead(nn.Module):
 
     def _prior_columns(self, expected: torch.Tensor, inv2s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, K) and (K, P) factors whose product is minus the soft prior's penalty (see :meth:`in_image_logits`)."""
-        centres = patch_centers(self.config).to(expected.dtype)
+        centres = patch_centers(self.config).to(device=expected.device, dtype=expected.dtype)
         middle = centres.mean(0)
         c, e, w = centres - middle, expected - middle, inv2s2
         if w.dim() == 1:  # isotropic: -w |c - e|² = 2w e·c - w |c|² - w |e|²

@@ -125,7 +125,7 @@ class TrainingModel(nn.Module):
                 continue
             sel = torch.from_numpy(idx)
             feats = point_feats[sel.to(device)]
-            targets = make_targets(uv[sel], torch.from_numpy(s.visible[idx]), mcfg)
+            targets = make_targets(uv[sel].to(device), torch.from_numpy(s.visible[idx]).to(device), mcfg)
             prior = training_prior(s, idx, cfg, rng) if _prior_this_frame(cfg, rng) else None
             prior = None if prior is None else (prior[0].to(device), prior[1].to(device))
             losses = matching_losses(
@@ -135,13 +135,13 @@ class TrainingModel(nn.Module):
                 terms[k].append(losses[k])
             front = np.isfinite(s.uv[idx, 0])  # at run time IPR never offers points behind the camera
             if use_pose and front.sum() >= 6:
-                T = torch.from_numpy(s.T_cam_map)
+                T = torch.from_numpy(s.T_cam_map).to(device)
                 lp = pose_loss(
                     self.net.head,
                     feats[torch.from_numpy(front).to(device)],
                     patch_feats[b],
-                    torch.from_numpy(s.points_map[idx[front]]),
-                    torch.from_numpy(s.camera.K),
+                    torch.from_numpy(s.points_map[idx[front]]).to(device),
+                    torch.from_numpy(s.camera.K).to(device),
                     T[:3, :3],
                     T[:3, 3],
                     self.mc_loss,
