@@ -2,7 +2,7 @@
 
 The node runs the shipped code with :class:`ros_helpers.OracleLocalizer` standing in for the model (real PnP on
 ground-truth matches with noise and outliers), so these tests check the node itself: lifecycle, message
-conversion, the mount from /tf_static, pose and covariance re-basing, TF (map->base_link, map->odom),
+conversion, the mount from /tf_static, pose and covariance re-basing, TF (map->base_link, map->odom), fusion,
 visible points, diagnostics, /initialpose, dropped frames and bad messages. The node with the real model is
 in test_lifecycle_node.py.
 """
@@ -25,12 +25,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 
-from ep2p_loc_ros.geometry import make_T, rotation_angle_deg, rotvec_to_matrix
+from ep2p_loc_ros.geometry import invert, make_T, rotation_angle_deg, rotvec_to_matrix
 from ep2p_loc_ros.pose_gate import rebase_pose
 from ep2p_loc_ros.ros.convert import pointcloud2_to_xyz, pose_to_matrix
 from ep2p_loc_ros.ros.tf import make_transform_stamped
 
-FRAMES = list(range(0, 36, 3))  # 12 frames of the 40-frame drive (36..39 for the odom and initial pose tests)
+FRAMES = list(range(0, 36, 3))  # 12 frames of the 40-frame drive (34..39 for the odom and initial pose tests)
 T0 = 1000.0  # stamps: T0 + the sequence's times
 
 
@@ -170,18 +170,27 @@ def test_node_localizes_demo_sequence_over_dds(h, demo, demo_data):
     )
 
 
-def test_node_publishes_map_to_odom_when_odometry_exists(h, demo):
-    i = FRAMES[-1] + 1
-    stamp = _stamp(i, demo)
-    T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.4]), [3.0, -1.0, 0.0])
-    # odometry around the image stamp (it is interpolated at the stamp)
-    for dt in (-0.05, 0.0, 0.05):
-        st = rh.stamp_msg(T0 + float(demo.seq.times[i]) + dt)
-        h.tf_pub.publish(TFMessage(transforms=[make_transform_stamped(T_odom_base, "odom", "base_link", st)]))
-    time.sleep(0.3)
-    diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
-    assert diag["result"] == "localized" and diag["tf"] == "map->odom", diag
-    assert diag["mode"] == "tracking"  # the last pose had no odometry yet: it is the prior as it is
+def test_node_fuses_localizations_through_odometry_and_publishes_map_to_odom(h, demo):
+    """With odometry the node publishes the map->odom filter's pose: held until three localizations agree, then
+    the fused pose, with map->odom on /tf such that map->odom->base is that pose."""
+    T_odom_map = make_T(rotvec_to_matrix([0, 0, 0.4]), [3.0, -1.0, 0.0])  # odometry: the truth, from elsewhere
+    results = []
+    for i in (FRAMES[-1] + 1, FRAMES[-1] + 2, FRAMES[-1] + 3):
+        T_odom_base = T_odom_map @ demo.T_map_base(i)
+        for dt in (-0.05, 0.0, 0.05):  # odometry around the image stamp (it is interpolated at the stamp)
+            st = rh.stamp_msg(T0 + float(demo.seq.times[i]) + dt)
+            h.tf_pub.publish(TFMessage(transforms=[make_transform_stamped(T_odom_base, "odom", "base_link", st)]))
+        time.sleep(0.3)
+        stamp = _stamp(i, demo)
+        diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
+        results.append((i, T_odom_base, diag, pose))
+    for _, _, diag, pose in results[:2]:
+        assert diag["result"] == "held" and "fusion: waiting for 3 agreeing" in diag["reason"], diag
+        assert pose is None
+    i, T_odom_base, diag, pose = results[2]
+    assert diag["result"] == "localized" and diag["reason"] == "fused" and diag["tf"] == "map->odom", diag
+    T_pose = pose_to_matrix(pose.pose.pose)
+    assert np.linalg.norm(T_pose[:3, 3] - demo.T_map_base(i)[:3, 3]) < 0.1  # oracle matches: near the truth
     tf_s = rh.stamp_str(rh.stamp_msg(T0 + float(demo.seq.times[i]) + 0.1))
     hit = h.ros.wait_for(
         lambda: h.tf.find(
@@ -191,11 +200,12 @@ def test_node_publishes_map_to_odom_when_odometry_exists(h, demo):
     )
     assert hit is not None
     T_map_odom = pose_to_matrix(hit[1].transforms[0].transform)
-    np.testing.assert_allclose(T_map_odom @ T_odom_base, pose_to_matrix(pose.pose.pose), atol=1e-9)
+    np.testing.assert_allclose(T_map_odom @ T_odom_base, T_pose, atol=1e-9)
+    np.testing.assert_allclose(T_map_odom, invert(T_odom_map), atol=0.1)
 
 
 def test_node_initialpose_seeds_the_next_frame(h, demo):
-    i = FRAMES[-1] + 3
+    i = FRAMES[-1] + 6
     msg = PoseWithCovarianceStamped()
     msg.header.frame_id = "map"
     from ep2p_loc_ros.ros.convert import matrix_to_pose

@@ -33,10 +33,12 @@ from ep2p_loc_ros.ros.replay import ReplayOptions, replay_and_evaluate, replay_b
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 8
-# What the comparison needs from the node: every frame localized on its own (no tracking prior), nothing held
-# back by the quality gate (the in-process Localizer has none); everything else is the shipped configuration.
+# What the comparison needs from the node: every frame localized on its own (no tracking prior, no fusion over
+# time), nothing held back by the quality gate (the in-process Localizer has none); everything else is the shipped
+# configuration.
 COMPARABLE = {
     "tracking.enabled": False,
+    "fusion.enabled": False,
     "gate.min_inliers": 0,
     "gate.max_position_std_m": 1.0e6,
     "gate.max_rotation_std_deg": 1.0e6,

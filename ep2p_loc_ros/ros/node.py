@@ -2,7 +2,10 @@
 
 Thin on purpose: it converts messages, calls the same :class:`~ep2p_loc_ros.localizer.Localizer` (and the same
 :class:`~ep2p_loc_ros.localizer.LocalizerConfig`) as the CLI, gates the result
-(:mod:`ep2p_loc_ros.pose_gate`) and publishes it.
+(:mod:`ep2p_loc_ros.pose_gate`) and publishes it. With odometry (odom->base on /tf) and ``fusion.enabled`` it
+instead feeds every localization to a map->odom filter (:mod:`ep2p_loc_ros.map_odom_filter`) and publishes the
+filter's pose: one image fixes the camera poorly along its optical axis, and averaging over time through odometry
+cancels what varies between frames (``bench/fusion.py``).
 
 Lifecycle
     configure   declare + validate parameters, load the model and the (memory-mapped) map, create publishers.
@@ -52,6 +55,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ..geometry import invert, make_T, quaternion_to_matrix
 from ..localizer import Localizer
+from ..map_odom_filter import MapOdomFilter
 from ..pose_gate import PoseGate, rebase_pose
 from .convert import (
     ConversionError,
@@ -161,6 +165,7 @@ class LocalizationNode(LifecycleNode):
                     "`ep2p-loc calibrate-covariance` on held-out drives"
                 )
             self._gate = PoseGate(params.gate)
+            self._fusion = MapOdomFilter(params.fusion) if params.fusion_enabled else None
             self._pubs = {
                 "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
                 "raw_pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/raw_pose", 10),
@@ -417,6 +422,10 @@ class LocalizationNode(LifecycleNode):
             self._publish_debug(rgb, result, stamp, cam_frame)
         if outside:
             extra["map"] = outside
+        T_odom_base = self._odom_T(stamp) if self._fusion is not None and T_base_cam is not None else None
+        if T_odom_base is not None:
+            self._fuse(frame, result, T_base_cam, T_odom_base, extra)
+            return
         if not result.ok:
             self._tracking_failed()
             level = Level.ERROR if result.status.value == "bad_input" else Level.WARN
@@ -475,6 +484,51 @@ class LocalizationNode(LifecycleNode):
             },
         )
 
+    def _fuse(self, frame: _Frame, result: Any, T_base_cam: np.ndarray, T_odom_base: np.ndarray, extra: dict) -> None:
+        """With odometry: the localization (if any, with ``gate.min_inliers``) updates the map->odom filter, and the
+        filter's pose is published (map_odom_filter.py: it averages what varies between frames and refuses gross
+        errors by its own χ² test and hypotheses, so the per-frame gate's other tests do not apply here)."""
+        p, stamp = self.params, frame.msg.header.stamp
+        note = f"no localization ({result.status.value}: {result.message})"
+        if result.ok:
+            T_map_base, cov_base = rebase_pose(result.T_map_cam, result.covariance, T_base_cam)
+            extra["pose_of"] = p.base_frame
+            if p.publish_raw_pose:
+                self._pubs["raw_pose"].publish(self._pose_msg(T_map_base, cov_base, stamp))
+            note = f"not fused: {result.num_inliers} inliers < gate.min_inliers {p.gate.min_inliers}"
+            if result.num_inliers >= p.gate.min_inliers:
+                try:
+                    up = self._fusion.update(T_map_base, cov_base, T_odom_base)
+                except ValueError as exc:  # e.g. a covariance that is not positive definite
+                    note = f"not fused: {exc}"
+                else:
+                    note = "fused" if up.accepted else f"not fused: {up.reason}"
+                    extra.update(fusion_mahalanobis2=up.mahalanobis2, fusion_hypotheses=up.hypotheses)
+        self._fusion.predict(T_odom_base)  # (again after an update: a no-op) the drift grows with the path
+        fused = self._fusion.pose(T_odom_base)
+        if fused is None:
+            self._tracking_failed()
+            waiting = f"fusion: waiting for {p.fusion.min_updates} agreeing localizations; {note}"
+            self._reject(frame, Level.WARN, "held", waiting, extra)
+            return
+        T_map_base, cov = fused
+        self._pubs["pose"].publish(self._pose_msg(T_map_base, cov, stamp))
+        tf_note = self._publish_tf(T_map_base, p.base_frame, stamp) if p.publish_tf else "off"
+        with self._cond:
+            self._tracked = (T_map_base @ T_base_cam, _stamp_s(stamp), T_odom_base)
+            self._failures = 0
+        self._counters["frames_localized"] += 1
+        values = {
+            "result": "localized",
+            "reason": note,
+            "image_stamp": _stamp_str(stamp),
+            "latency_ms": (time.perf_counter() - frame.received) * 1e3,
+            "pose_of": p.base_frame,
+            "tf": tf_note,
+            **extra,
+        }
+        self._report(Level.OK, f"localized (fused): {note}", values)
+
     # -- helpers of the worker ------------------------------------------------------------------------------
     def _outside_map(self, prior: np.ndarray | None) -> str:
         """'' or why the prior is outside the map (farther from every submap viewpoint than a submap reaches)."""
@@ -516,6 +570,8 @@ class LocalizationNode(LifecycleNode):
             tracked = self._tracked
         if initial is not None:
             self._gate.reset()
+            if self._fusion is not None:  # re-localized by hand: what the filter believed no longer counts
+                self._fusion.reset()
             self._failures = 0
             T_map_cam = initial @ T_base_cam if T_base_cam is not None else initial
             return T_map_cam, "initial pose"
@@ -603,6 +659,8 @@ class LocalizationNode(LifecycleNode):
         self._last_stamp: float | None = None
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()
+        if getattr(self, "_fusion", None) is not None:
+            self._fusion.reset()
 
     def _report(self, level: int, message: str, values: dict[str, Any], keep_last: bool = False) -> None:
         pub = self._diag_pub

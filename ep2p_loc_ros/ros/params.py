@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..localizer import LocalizerConfig
+from ..map_odom_filter import FusionConfig
 from ..pose_gate import GateConfig
 
 __all__ = [
@@ -130,6 +131,12 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         max=1000,
     ),
     ParamSpec(
+        "fusion.enabled",
+        True,
+        "with odometry (odom->base on /tf): fuse every localization over time in a map->odom filter and publish its "
+        "pose (false: each frame's pose after the quality gate)",
+    ),
+    ParamSpec(
         "time_jump_reset_s", 3.0, "s: a stamp this far back is a restart (bag loop): state resets", min=0.0, max=1e9
     ),
     ParamSpec(
@@ -155,6 +162,18 @@ _GATE_DESCRIPTIONS = {
 }
 
 
+_FUSION_DESCRIPTIONS = {
+    "drift_m_per_m": "fusion: odometry position drift, m (std) per m driven",
+    "drift_deg_per_m": "fusion: odometry rotation drift, deg (std) per m driven",
+    "floor_m": "fusion: m, position std added at every update (measurements of one scene are not independent)",
+    "floor_deg": "fusion: deg, rotation std added at every update",
+    "gate_chi2": "fusion: a localization farther than this (Mahalanobis squared, 6 dof) starts another hypothesis",
+    "min_updates": "fusion: agreeing localizations before the first fused pose",
+    "switch_after": "fusion: agreeing localizations before another hypothesis replaces the published one",
+    "max_hypotheses": "fusion: hypotheses kept (the published one and its rivals)",
+}
+
+
 def _dataclass_specs(prefix: str, obj: Any, descriptions: dict[str, str] | None = None) -> list[ParamSpec]:
     specs: list[ParamSpec] = []
     for f in fields(obj):
@@ -171,6 +190,7 @@ def all_param_specs() -> tuple[ParamSpec, ...]:
     return (
         *NODE_PARAMS,
         *_dataclass_specs("gate", GateConfig(), _GATE_DESCRIPTIONS),
+        *_dataclass_specs("fusion", FusionConfig(), _FUSION_DESCRIPTIONS),
         *_dataclass_specs("localizer", LocalizerConfig()),
     )
 
@@ -198,10 +218,12 @@ class NodeParams:
     map_cloud_max_points: int
     tracking_enabled: bool
     tracking_max_failures: int
+    fusion_enabled: bool
     time_jump_reset_s: float
     diagnostics_period: float
     image_timeout_s: float
     gate: GateConfig = field(default_factory=GateConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
 
 
@@ -279,6 +301,12 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         gate = GateConfig(**gate_vals)
     except ValueError as exc:
         raise ParamError(str(exc)) from exc
+    fusion_vals = {k[len("fusion.") :]: val for k, val in v.items() if k.startswith("fusion.")}
+    fusion_vals.pop("enabled")
+    try:
+        fusion = FusionConfig(**fusion_vals)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from exc
     loc_vals = _nest({k[len("localizer.") :]: val for k, val in v.items() if k.startswith("localizer.")})
     try:
         localizer = LocalizerConfig.from_dict(loc_vals, source="localizer")
@@ -306,10 +334,12 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         map_cloud_max_points=v["map_cloud_max_points"],
         tracking_enabled=v["tracking.enabled"],
         tracking_max_failures=v["tracking.max_failures"],
+        fusion_enabled=v["fusion.enabled"],
         time_jump_reset_s=v["time_jump_reset_s"],
         diagnostics_period=v["diagnostics_period"],
         image_timeout_s=v["image_timeout_s"],
         gate=gate,
+        fusion=fusion,
         localizer=localizer,
     )
 

@@ -1,0 +1,111 @@
+"""Single images against fusion over time: the map->odom filter (``map_odom_filter.py``) on held-out drives.
+
+For each drive (``bench/eval_model.py``'s, made if missing) every image is localized globally (no prior), as the
+node does before it has a pose. Odometry is the true motion corrupted per step in proportion to its length
+(``--drift``: position fraction and degrees per metre, each axis; 0 0 is drift-free, as the demo bag's is). The
+filter fuses each localization with its calibrated covariance; its pose of a frame is ``T_map_odom · T_odom_cam``
+from the localizations up to that frame (nothing later: what the node can publish at that moment). A frame with no
+published pose counts as a miss. Prints one table: recall at 0.25 m / 2°, 0.5 m / 5°, 5 m / 10°, median errors,
+the share of frames with a pose, and the share of fused poses inside their covariance's 99 % bound (χ²₆).
+
+    python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CHI2_99_6DOF = 16.81
+
+
+def odometry(T_gt: np.ndarray, frac: float, deg_per_m: float, rng: np.random.Generator) -> np.ndarray:
+    """``T_odom_cam`` per frame: the true relative motions, each corrupted in proportion to its length."""
+    from ep2p_loc_ros.geometry import invert, make_T, rotvec_to_matrix
+
+    out = [np.eye(4)]
+    for i in range(1, len(T_gt)):
+        rel = invert(T_gt[i - 1]) @ T_gt[i]
+        d = float(np.linalg.norm(rel[:3, 3]))
+        noise = make_T(rotvec_to_matrix(rng.normal(0.0, np.radians(deg_per_m) * d, 3)), rng.normal(0.0, frac * d, 3))
+        out.append(out[-1] @ rel @ noise)
+    return np.stack(out)
+
+
+def main() -> None:
+    from eval_model import DRIVES, parse_seeds, prepare_drive  # bench/ is the script's directory, so first on sys.path
+
+    from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
+    from ep2p_loc_ros.evaluation.metrics import pose_errors
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
+    from ep2p_loc_ros.map_odom_filter import FusionConfig, MapOdomFilter
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "models")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
+    ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
+    ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
+    ap.add_argument(
+        "--drift", nargs=2, type=float, action="append", metavar=("FRAC", "DEG_PER_M"), help="odometry drift"
+    )
+    args = ap.parse_args()
+    seeds = parse_seeds(ap, args.seed)
+    drifts = args.drift or [[0.0, 0.0], [0.01, 0.02], [0.03, 0.1]]
+
+    def score(est: list, cov: list, T_gt: np.ndarray) -> str:
+        n = len(T_gt)
+        have = [i for i, e in enumerate(est) if e is not None]
+        if not have:
+            return "| 0.0 % | 0.0 % | 0.0 % | – | – | 0 % | – |"
+        t, r = pose_errors(np.stack([est[i] for i in have]), T_gt[have])
+        rec = [100 * np.sum((t < a) & (r < b)) / n for a, b in ((0.25, 2), (0.5, 5), (5, 10))]
+        inside = "–"
+        if cov is not None:
+            from ep2p_loc_ros.geometry import matrix_to_rotvec
+
+            m2 = []
+            for i in have:
+                y = np.concatenate(
+                    [est[i][:3, 3] - T_gt[i][:3, 3], matrix_to_rotvec(est[i][:3, :3] @ T_gt[i][:3, :3].T)]
+                )
+                m2.append(float(y @ np.linalg.solve(cov[i], y)))
+            inside = f"{100 * np.mean(np.array(m2) < CHI2_99_6DOF):.0f} %"
+        return (
+            f"| {rec[0]:.1f} % | {rec[1]:.1f} % | {rec[2]:.1f} % | {np.median(t):.2f} m | {np.median(r):.2f}° "
+            f"| {100 * len(have) / n:.0f} % | {inside} |"
+        )
+
+    print(f"# Fusion over time (map->odom filter, defaults {FusionConfig()}), model {args.model}\n")
+    print(
+        "| drive | odometry drift | poses | R@0.25m,2° | R@0.5m,5° | R@5m,10° | median t | median R | with a pose "
+        "| in 99 % bound |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind in args.kinds:
+        seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, None, seeds[kind])
+        seq = KittiOdometrySequence(seq_dir)
+        T_gt = np.stack([seq.T_world_cam(i) for i in range(len(seq))])
+        loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig())
+        results = [loc.localize(seq.image(i), seq.calib.camera) for i in range(len(seq))]
+        raw = [r.T_map_cam if r.ok else None for r in results]
+        name = f"{kind} ({seeds[kind]})"
+        print(f"| {name} | – | single images {score(raw, None, T_gt)}")
+        for k, (frac, deg) in enumerate(drifts):
+            odo = odometry(T_gt, frac, deg, np.random.default_rng(k))
+            filt = MapOdomFilter()
+            fused, cov = [], []
+            for i, r in enumerate(results):
+                if r.ok:
+                    filt.update(r.T_map_cam, r.covariance, odo[i])
+                p = filt.pose(odo[i])
+                fused.append(None if p is None else p[0])
+                cov.append(None if p is None else p[1])
+            drift = f"{100 * frac:g} %, {deg:g}°/m"
+            print(f"| {name} | {drift} | fused {score(fused, cov, T_gt)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Fusing single-image localizations over time through odometry: a filter on the ``map -> odom`` transform.
+
+Why: one image fixes the camera well across its optical axis and poorly along it (models/README.md: the error is
+mostly depth), and after retrieval each estimate leans toward the submap viewpoint it started from, so along a
+drive the errors change from frame to frame. Odometry (``odom -> base_link``) is smooth and locally accurate. So the
+quantity to estimate is the one that REP-105 publishes anyway, ``T_map_odom``: every localization gives one
+measurement of it (``T_map_base · T_odom_base⁻¹``), which is constant while odometry does not drift, and averaging
+them cancels what varies between frames.
+
+- State: ``T_map_odom`` and its 6×6 covariance in ``pnp.py``'s convention (ROS order ``x, y, z, roll, pitch, yaw``;
+  the position moves in the map frame, the rotation is a small rotation about the map's fixed axes).
+- Prediction: odometry drifts in proportion to the distance driven (``drift_m_per_m``, ``drift_deg_per_m``, about
+  the vehicle), which moves the best ``T_map_odom``; the lever from the odom origin to the vehicle turns a heading
+  drift into a position one. A small per-update floor keeps the filter from believing itself exactly.
+- Update: an extended Kalman update with the measurement's covariance, when its Mahalanobis distance passes the
+  χ² gate (``gate_chi2``, 6 degrees of freedom).
+- Outliers and re-localization: several hypotheses. A measurement no hypothesis accepts starts a new one. The
+  first hypothesis that ``min_updates`` localizations agree with is published. Another takes over only once
+  ``switch_after`` localizations have agreed with it while none agreed with the published one: a vehicle that was
+  moved (kidnapped) is found again after that many, while gross errors (a wrong submap), which do not agree with
+  each other, never take over, and neither does a short run of look-alike ones.
+
+ROS-free; the node feeds it results and odometry (:mod:`ep2p_loc_ros.ros.node`) and ``bench/fusion.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import invert, matrix_to_rotvec, rotvec_to_matrix
+
+__all__ = ["FusionConfig", "FusionUpdate", "MapOdomFilter"]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Parameters of :class:`MapOdomFilter` (node parameters ``fusion.<field>``)."""
+
+    drift_m_per_m: float = 0.02  # odometry position drift: standard deviation per metre driven (each axis)
+    drift_deg_per_m: float = 0.05  # odometry rotation drift: degrees per metre driven (each axis)
+    floor_m: float = 0.02  # added to the position std at every update: measurements of one scene are not independent
+    floor_deg: float = 0.05  # ... and to the rotation std
+    gate_chi2: float = 22.46  # a measurement farther than this (Mahalanobis², 6 dof; 99.9 %) is not of this hypothesis
+    min_updates: int = 3  # localizations that must agree before the first pose is published
+    switch_after: int = 5  # ... and before another hypothesis replaces the published one
+    max_hypotheses: int = 5  # the published one and rivals; the rival with the least recent support goes
+
+    def __post_init__(self) -> None:
+        for name in ("drift_m_per_m", "drift_deg_per_m", "floor_m", "floor_deg"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"fusion.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.floor_m > 0 or not self.floor_deg > 0:
+            raise ValueError("fusion.floor_m and fusion.floor_deg must be > 0 (else the covariance can collapse)")
+        if not self.gate_chi2 > 0:
+            raise ValueError(f"fusion.gate_chi2 must be > 0, got {self.gate_chi2}")
+        for name in ("min_updates", "switch_after"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"fusion.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.max_hypotheses) < 1:
+            raise ValueError(f"fusion.max_hypotheses must be >= 1, got {self.max_hypotheses}")
+
+
+@dataclass(eq=False)  # compared by identity
+class _Hypothesis:
+    T: np.ndarray  # T_map_odom
+    P: np.ndarray  # its covariance at its last update
+    T_odom_base: np.ndarray  # the odometry when it was last brought up to date
+    path_m: float = 0.0  # metres driven since its last update (the odometry's drift grows with them)
+    updates: int = 1  # localizations it holds
+    recent: int = 1  # ... of which since the published hypothesis last took one
+
+
+@dataclass(frozen=True)
+class FusionUpdate:
+    """What one measurement did (for logs and diagnostics)."""
+
+    accepted: bool  # it joined the published hypothesis
+    mahalanobis2: float  # its distance² to the hypothesis published before it (inf: none yet)
+    hypotheses: int
+    published: bool  # the filter has a hypothesis to publish after this measurement
+    reason: str = field(default="ok")
+
+
+def _lever_jacobian(a: np.ndarray) -> np.ndarray:
+    """d(pose of a frame whose origin lies ``a`` from the perturbed one's) / d(perturbation): [[I, -[a]x], [0, I]]."""
+    J = np.eye(6)
+    J[:3, 3:] = -np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+    return J
+
+
+def _boxminus(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return np.concatenate([A[:3, 3] - B[:3, 3], matrix_to_rotvec(A[:3, :3] @ B[:3, :3].T)])
+
+
+def _boxplus(B: np.ndarray, d: np.ndarray) -> np.ndarray:
+    T = B.copy()
+    T[:3, 3] = B[:3, 3] + d[:3]
+    T[:3, :3] = rotvec_to_matrix(d[3:]) @ B[:3, :3]
+    return T
+
+
+def _finite_pose(T: np.ndarray, what: str) -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise ValueError(f"fusion needs a finite 4x4 {what}")
+    return T
+
+
+class MapOdomFilter:
+    """Multi-hypothesis EKF on ``T_map_odom`` (see the module docstring). Feed it with :meth:`update` (and
+    :meth:`predict` for odometry without a localization); read it with :meth:`pose` or :meth:`map_odom`."""
+
+    def __init__(self, config: FusionConfig | None = None) -> None:
+        self.config = config or FusionConfig()
+        self._hyps: list[_Hypothesis] = []
+        self._published: _Hypothesis | None = None
+
+    def reset(self) -> None:
+        self._hyps = []
+        self._published = None
+
+    @property
+    def hypotheses(self) -> int:
+        return len(self._hyps)
+
+    def predict(self, T_odom_base: np.ndarray) -> None:
+        """Bring every hypothesis up to the odometry ``T_odom_base``: add the path driven since the last call.
+
+        Call it with each odometry reading, localized or not (the node does, per image): the drift grows with the
+        path, which the straight line between two far-apart readings would underestimate.
+        """
+        T_odom_base = _finite_pose(T_odom_base, "odometry pose")
+        for h in self._hyps:
+            h.path_m += float(np.linalg.norm(T_odom_base[:3, 3] - h.T_odom_base[:3, 3]))
+            h.T_odom_base = T_odom_base
+
+    def _covariance(self, h: _Hypothesis, T_odom_base: np.ndarray, path_m: float) -> np.ndarray:
+        """``h``'s covariance after ``path_m`` metres of odometry drift, with the vehicle at ``T_odom_base``.
+
+        The drift is about the vehicle, with a standard deviation proportional to the path (odometry errors are
+        mostly scale and heading biases, so they add up rather than average out); the lever from the odom origin
+        to the vehicle turns a heading drift into a move of ``T_map_odom``'s origin.
+        """
+        cfg = self.config
+        std_m = cfg.drift_m_per_m * path_m
+        std_r = math.radians(cfg.drift_deg_per_m * path_m)
+        Q = np.diag([std_m**2] * 3 + [std_r**2] * 3)
+        J = _lever_jacobian(-(h.T[:3, :3] @ T_odom_base[:3, 3]))
+        return h.P + J @ Q @ J.T
+
+    def update(self, T_map_base: np.ndarray, cov_base: np.ndarray, T_odom_base: np.ndarray) -> FusionUpdate:
+        """One localization (the vehicle's pose in the map and its 6×6 covariance) with the odometry at its stamp."""
+        T_map_base = _finite_pose(T_map_base, "pose")
+        T_odom_base = _finite_pose(T_odom_base, "odometry pose")
+        cov = np.asarray(cov_base, dtype=np.float64)
+        if cov.shape != (6, 6) or not np.isfinite(cov).all():
+            raise ValueError("fusion needs a finite 6x6 covariance")
+        cov = 0.5 * (cov + cov.T)
+        if np.linalg.eigvalsh(cov)[0] <= 0:
+            raise ValueError("fusion needs a positive definite covariance")
+        cfg = self.config
+        z = T_map_base @ invert(T_odom_base)  # the measured T_map_odom ...
+        J = _lever_jacobian(z[:3, 3] - T_map_base[:3, 3])  # ... and its covariance, moved to the odom origin
+        Cz = J @ cov @ J.T
+        floor = np.diag([cfg.floor_m**2] * 3 + [math.radians(cfg.floor_deg) ** 2] * 3)
+        self.predict(T_odom_base)
+        before = self._published
+        d2_published, best_d2, chosen, prior = math.inf, math.inf, None, None
+        for h in self._hyps:
+            P = self._covariance(h, T_odom_base, h.path_m) + floor
+            y = _boxminus(z, h.T)
+            d2 = float(y @ np.linalg.solve(P + Cz, y))
+            if h is before:
+                d2_published = d2
+            if d2 < cfg.gate_chi2 and d2 < best_d2:
+                best_d2, chosen, prior = d2, h, P
+        if chosen is None:
+            # room for a new hypothesis: the rival with the least recent support goes (never the published one)
+            rivals = [h for h in self._hyps if h is not self._published]
+            if len(self._hyps) >= int(cfg.max_hypotheses) and rivals:
+                self._hyps.remove(min(rivals, key=lambda h: (h.recent, h.updates)))
+            if len(self._hyps) < int(cfg.max_hypotheses):
+                self._hyps.append(_Hypothesis(z, Cz + floor, T_odom_base))
+                reason = "new hypothesis"
+            else:
+                reason = "fits no hypothesis"
+        else:
+            K = np.linalg.solve(prior + Cz, prior).T  # P S⁻¹ (both symmetric)
+            chosen.T = _boxplus(chosen.T, K @ _boxminus(z, chosen.T))
+            IK = np.eye(6) - K
+            chosen.P = IK @ prior @ IK.T + K @ Cz @ K.T  # Joseph form: stays symmetric positive definite
+            chosen.path_m = 0.0
+            chosen.updates += 1
+            chosen.recent += 1
+            if chosen is self._published:
+                for h in self._hyps:
+                    h.recent = 0 if h is not chosen else h.recent
+            reason = "ok"
+        self._choose_published()
+        if chosen is not None and chosen is not self._published:
+            reason = "supports another hypothesis"
+        return FusionUpdate(
+            accepted=chosen is not None and chosen is self._published,
+            mahalanobis2=d2_published,
+            hypotheses=len(self._hyps),
+            published=self._published is not None,
+            reason=reason,
+        )
+
+    def _choose_published(self) -> None:
+        """The first hypothesis with ``min_updates``; later, a rival with ``switch_after`` since the published
+        one last agreed with a localization (the most recently supported rival, if several)."""
+        cfg = self.config
+        if self._published is None:
+            ready = [h for h in self._hyps if h.updates >= int(cfg.min_updates)]
+            self._published = max(ready, key=lambda h: h.updates, default=None)
+            return
+        rivals = [h for h in self._hyps if h is not self._published and h.recent >= int(cfg.switch_after)]
+        if rivals:
+            self._published = max(rivals, key=lambda h: h.recent)
+
+    def map_odom(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The published ``T_map_odom`` and its covariance now, or None before ``min_updates`` agree."""
+        h = self._published
+        return None if h is None else (h.T.copy(), self._covariance(h, h.T_odom_base, h.path_m))
+
+    def pose(self, T_odom_base: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The vehicle's pose in the map from the published ``T_map_odom`` and the odometry ``T_odom_base`` now, with
+        its covariance (the filter's and the drift since its last update, moved to the vehicle); None before one.
+        Reading it changes nothing."""
+        h = self._published
+        if h is None:
+            return None
+        T_odom_base = _finite_pose(T_odom_base, "odometry pose")
+        path = h.path_m + float(np.linalg.norm(T_odom_base[:3, 3] - h.T_odom_base[:3, 3]))
+        P = self._covariance(h, T_odom_base, path)
+        T = h.T @ T_odom_base
+        J = _lever_jacobian(T[:3, 3] - h.T[:3, 3])
+        return T, J @ P @ J.T

@@ -1,0 +1,159 @@
+"""The map->odom filter: fusion cuts frame-to-frame error, gross errors never publish, a moved vehicle is found
+again, and its covariances follow the poses they describe (checked by Monte Carlo)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from ep2p_loc_ros.geometry import invert, make_T, matrix_to_rotvec, rotvec_to_matrix
+from ep2p_loc_ros.map_odom_filter import FusionConfig, MapOdomFilter
+
+SIGMA = np.array([0.4, 0.4, 2.0, math.radians(0.5), math.radians(0.5), math.radians(1.0)])  # depth is the weak axis
+
+
+def _perturb(T: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``T`` moved by ``d`` = (position in the parent frame, rotation vector about the parent's axes)."""
+    out = T.copy()
+    out[:3, 3] += d[:3]
+    out[:3, :3] = rotvec_to_matrix(d[3:]) @ T[:3, :3]
+    return out
+
+
+def _diff(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return np.concatenate([A[:3, 3] - B[:3, 3], matrix_to_rotvec(A[:3, :3] @ B[:3, :3].T)])
+
+
+def _drive(n: int, step: float = 1.0, turn_deg: float = 2.0) -> list[np.ndarray]:
+    """``T_odom_base`` along a gentle left curve (``turn_deg`` per step), ``step`` metres apart."""
+    out, T = [], np.eye(4)
+    for _ in range(n):
+        out.append(T.copy())
+        T = T @ make_T(rotvec_to_matrix([0.0, 0.0, math.radians(turn_deg)]), [step, 0.0, 0.0])
+    return out
+
+
+T_MAP_ODOM = make_T(rotvec_to_matrix([0.0, 0.0, 0.7]), [120.0, -40.0, 1.5])
+
+
+def _measure(T_map_odom: np.ndarray, T_odom_base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A localization of the vehicle: its true pose moved by noise of std ``SIGMA`` about the vehicle."""
+    return _perturb(T_map_odom @ T_odom_base, rng.normal(0.0, SIGMA))
+
+
+def test_fusion_cuts_the_error_of_single_localizations_and_its_covariance_holds():
+    rng = np.random.default_rng(0)
+    f = MapOdomFilter()
+    cov = np.diag(SIGMA**2)
+    single, fused, nees = [], [], []
+    for i, T_ob in enumerate(_drive(60)):
+        meas = _measure(T_MAP_ODOM, T_ob, rng)
+        up = f.update(meas, cov, T_ob)
+        assert up.published == (i >= 2)  # three agreeing localizations before the first pose
+        truth = T_MAP_ODOM @ T_ob
+        single.append(np.linalg.norm(meas[:3, 3] - truth[:3, 3]))
+        est = f.pose(T_ob)
+        if i >= 20:
+            err = _diff(est[0], truth)
+            fused.append(np.linalg.norm(err[:3]))
+            nees.append(err @ np.linalg.solve(est[1], err))
+    assert np.median(fused) < 0.3 * np.median(single), (np.median(fused), np.median(single))
+    assert np.mean(np.array(nees) < 16.81) > 0.9  # the 99 % bound holds (it may be conservative)
+    assert f.hypotheses == 1
+
+
+def test_gross_errors_never_publish_and_do_not_move_the_pose():
+    rng = np.random.default_rng(1)
+    f = MapOdomFilter()
+    cov = np.diag(SIGMA**2)
+    for i, T_ob in enumerate(_drive(80)):
+        truth = T_MAP_ODOM @ T_ob
+        if i % 4 == 3:  # a quarter of the localizations: a wrong submap, 10-60 m away, each elsewhere
+            wrong = _perturb(truth, np.concatenate([rng.uniform(10, 60, 3) * rng.choice([-1, 1], 3), [0, 0, 1.0]]))
+            up = f.update(wrong, cov, T_ob)
+            assert not up.accepted and up.mahalanobis2 > 16.81
+        else:
+            f.update(_measure(T_MAP_ODOM, T_ob, rng), cov, T_ob)
+        if i >= 3:
+            est = f.pose(T_ob)[0]
+            assert np.linalg.norm(est[:3, 3] - truth[:3, 3]) < 1.5
+    assert 1 < f.hypotheses <= FusionConfig().max_hypotheses
+
+
+def test_a_moved_vehicle_is_found_again_after_a_few_agreeing_localizations():
+    """Kidnapped (or odometry reset): the old map->odom no longer holds; the new one takes over within four."""
+    rng = np.random.default_rng(2)
+    f = MapOdomFilter()
+    cov = np.diag(SIGMA**2)
+    drive = _drive(60)
+    for T_ob in drive[:40]:
+        f.update(_measure(T_MAP_ODOM, T_ob, rng), cov, T_ob)
+    moved = make_T(rotvec_to_matrix([0.0, 0.0, -1.2]), [300.0, 80.0, 0.0])
+    switched = None
+    for k, T_ob in enumerate(drive[40:]):
+        f.update(_measure(moved, T_ob, rng), cov, T_ob)
+        est = f.pose(T_ob)[0]
+        if np.linalg.norm(est[:3, 3] - (moved @ T_ob)[:3, 3]) < 2.0:
+            switched = k if switched is None else switched
+        elif switched is not None:
+            pytest.fail(f"went back to the old hypothesis after switching at measurement {switched}")
+    assert switched is not None and switched <= 4, switched
+
+
+def test_measurement_and_pose_covariances_match_monte_carlo():
+    """``update`` moves a vehicle-pose covariance to the odom origin and ``pose`` moves it back: sampled poses,
+    carried the same way, have the covariance the filter computes."""
+    rng = np.random.default_rng(3)
+    T_ob = _drive(30, step=2.0)[-1]  # 40 m of lever arm: rotation noise becomes position noise
+    T_mb = T_MAP_ODOM @ T_ob
+    cov = np.diag(SIGMA**2)
+    n = 20000
+    samples = [_perturb(T_mb, d) @ invert(T_ob) for d in rng.normal(0.0, SIGMA, (n, 6))]
+    emp = np.cov(np.stack([_diff(z, T_MAP_ODOM) for z in samples]).T)
+    f = MapOdomFilter(FusionConfig(min_updates=1, floor_m=1e-9, floor_deg=1e-9))
+    f.update(T_mb, cov, T_ob)
+    T_mo, P = f.map_odom()
+    np.testing.assert_allclose(T_mo, T_MAP_ODOM, atol=1e-9)
+    d = np.sqrt(np.diag(P))
+    assert (np.abs(P - emp) <= 5 * np.outer(d, d) / math.sqrt(n)).all()  # within sampling noise, every entry
+    assert np.abs(P[0, 5]) > 50 * d[0] * d[5] / math.sqrt(n)  # and the lever really couples heading and position
+    T_back, cov_back = f.pose(T_ob)
+    np.testing.assert_allclose(T_back, T_mb, atol=1e-9)
+    np.testing.assert_allclose(cov_back, cov, rtol=1e-6, atol=1e-12)
+
+
+def test_covariance_grows_with_the_distance_driven_since_the_last_fix():
+    f = MapOdomFilter()
+    cov = np.diag(SIGMA**2) * 0.01
+    drive = _drive(225, step=1.0, turn_deg=-1.6)  # most of a full circle of 225 m: back near where it started
+    for T_ob in drive[:5]:
+        f.update(T_MAP_ODOM @ T_ob, cov, T_ob)
+    stds = []
+    for k, T_ob in enumerate(drive[4:], start=4):
+        f.predict(T_ob)  # odometry keeps coming, no localization
+        if k % 20 == 4:
+            stds.append(math.sqrt(np.linalg.eigvalsh(f.pose(T_ob)[1][:3, :3])[-1]))
+    assert all(b > a for a, b in itertools.pairwise(stds)), stds
+    # 220 m at 2 cm/m: the odometry's drift over the path driven, not over the short way back to the start
+    assert stds[-1] > 0.02 * 220 * 0.95 and f.hypotheses == 1
+
+
+def test_bad_input_and_bad_config_are_refused():
+    f = MapOdomFilter()
+    good = np.eye(4)
+    with pytest.raises(ValueError, match="finite"):
+        f.update(np.full((4, 4), np.nan), np.eye(6), good)
+    with pytest.raises(ValueError, match="positive definite"):
+        f.update(good, np.zeros((6, 6)), good)
+    with pytest.raises(ValueError, match="finite"):
+        f.update(good, np.eye(3), good)
+    assert f.pose(good) is None and f.map_odom() is None
+    with pytest.raises(ValueError, match="switch_after"):
+        FusionConfig(switch_after=0)
+    with pytest.raises(ValueError, match="drift_m_per_m"):
+        FusionConfig(drift_m_per_m=float("nan"))
+    with pytest.raises(ValueError, match="floor"):
+        FusionConfig(floor_m=0.0)
