@@ -2,7 +2,7 @@
 
 For each drive (``bench/eval_model.py``'s, made if missing) every image is localized globally (no prior), as the
 node does before it has a pose. Odometry is the true motion corrupted per step in proportion to its length
-(``--drift``: position fraction and degrees per metre, each axis; 0 0 is drift-free, as the demo bag's is). The
+(``--drift``: position fraction and degrees per metre, each axis, ``sim/odometry.py``; 0 0 is drift-free). The
 filter fuses each localization with its calibrated covariance; its pose of a frame is ``T_map_odom · T_odom_cam``
 from the localizations up to that frame (nothing later: what the node can publish at that moment). A frame with no
 published pose counts as a miss. Prints one table: recall at 0.25 m / 2°, 0.5 m / 5°, 5 m / 10°, median errors,
@@ -22,19 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHI2_99_6DOF = 16.81
 
 
-def odometry(T_gt: np.ndarray, frac: float, deg_per_m: float, rng: np.random.Generator) -> np.ndarray:
-    """``T_odom_cam`` per frame: the true relative motions, each corrupted in proportion to its length."""
-    from ep2p_loc_ros.geometry import invert, make_T, rotvec_to_matrix
-
-    out = [np.eye(4)]
-    for i in range(1, len(T_gt)):
-        rel = invert(T_gt[i - 1]) @ T_gt[i]
-        d = float(np.linalg.norm(rel[:3, 3]))
-        noise = make_T(rotvec_to_matrix(rng.normal(0.0, np.radians(deg_per_m) * d, 3)), rng.normal(0.0, frac * d, 3))
-        out.append(out[-1] @ rel @ noise)
-    return np.stack(out)
-
-
 def main() -> None:
     from eval_model import DRIVES, parse_seeds, prepare_drive  # bench/ is the script's directory, so first on sys.path
 
@@ -42,6 +29,7 @@ def main() -> None:
     from ep2p_loc_ros.evaluation.metrics import pose_errors
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map_odom_filter import FusionConfig, MapOdomFilter
+    from ep2p_loc_ros.sim.odometry import drifting_odometry
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models")
@@ -94,7 +82,7 @@ def main() -> None:
         name = f"{kind} ({seeds[kind]})"
         print(f"| {name} | – | single images {score(raw, None, T_gt)}")
         for k, (frac, deg) in enumerate(drifts):
-            odo = odometry(T_gt, frac, deg, np.random.default_rng(k))
+            odo = drifting_odometry(T_gt, frac, deg, np.random.default_rng(k))
             filt = MapOdomFilter()
             fused, cov = [], []
             for i, r in enumerate(results):

@@ -20,6 +20,7 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
         start_time_s=args.start_time,
         progress=not args.no_progress,
         lidar=args.lidar,
+        odometry_drift=tuple(args.odometry_drift),
     )
     topics = ", ".join(f"{t} ×{n}" for t, n in info.topics.items())
     print(
@@ -94,9 +95,16 @@ def _parse_params(items: list[str] | None) -> dict:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DEMO_ODOMETRY_DRIFT, run_demo
 
-    return run_demo(args.out, frames=args.frames, rate=args.rate, json_out=args.json, storage=args.storage)
+    return run_demo(
+        args.out,
+        frames=args.frames,
+        rate=args.rate,
+        json_out=args.json,
+        storage=args.storage,
+        odometry_drift=DEMO_ODOMETRY_DRIFT if args.odometry_drift is None else tuple(args.odometry_drift),
+    )
 
 
 def _add_replay_options(p: argparse.ArgumentParser) -> None:
@@ -130,6 +138,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="only the first N (selected) frames")
     p.add_argument("--stride", type=int, default=1, help="every S-th frame (default: %(default)s)")
     p.add_argument("--no-odometry", action="store_true", help="leave out /tf odom -> base_link")
+    p.add_argument(
+        "--odometry-drift",
+        nargs=2,
+        type=float,
+        default=[0.0, 0.0],
+        metavar=("FRACTION", "DEG_PER_M"),
+        help="odometry error per step: this fraction of its length (m) and degrees per metre (default 0 0: none)",
+    )
     p.add_argument("--start-time", type=float, default=None, help="bag time (s) of times.txt's 0 (default: fixed)")
     p.add_argument(
         "--lidar",
@@ -212,4 +228,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
+    p.add_argument(
+        "--odometry-drift",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("FRACTION", "DEG_PER_M"),
+        help="the bag's odometry error per step (default 0.01 0.02: 1 %% of the distance, 0.02 degrees per metre)",
+    )
     p.set_defaults(func=_cmd_demo)

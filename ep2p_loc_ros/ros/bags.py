@@ -7,7 +7,7 @@ A bag made here holds, per frame ``i`` (log time = header stamp = ``start + time
 | ``/camera/image_raw`` | sensor_msgs/Image | rectified colour image (``rgb8``), frame ``camera`` |
 | ``/camera/camera_info`` | sensor_msgs/CameraInfo | intrinsics (``K``, ``P = [K | 0]``, no distortion) |
 | ``/tf_static`` | tf2_msgs/TFMessage | once: ``base_link → camera`` (the optical frame; transient local QoS) |
-| ``/tf`` | tf2_msgs/TFMessage | optional odometry ``odom → base_link`` (from the ground truth: drift free) |
+| ``/tf`` | tf2_msgs/TFMessage | optional odometry ``odom → base_link`` (true motion; drift on request) |
 | ``/ground_truth/pose`` | geometry_msgs/PoseStamped | ``T_map_base`` of the frame, frame ``map`` |
 
 ``base_link`` is the synthetic rig's base (on the ground, below the LiDAR) when the sequence has ``sim.json``,
@@ -146,8 +146,13 @@ def sequence_to_bag(
     start_time_s: float | None = None,
     progress: bool = False,
     lidar: bool = False,
+    odometry_drift: tuple[float, float] = (0.0, 0.0),
+    odometry_seed: int = 0,
 ) -> BagInfo:
     """Write a KITTI odometry-layout sequence (dir or reader) as a ROS 2 bag at ``out`` (must not exist).
+
+    ``odometry_drift``: (fraction of the distance, degrees per metre) of error per step in ``odom -> base_link``
+    (``sim/odometry.py``, seeded by ``odometry_seed``); (0, 0): the ground truth's motion, drift free.
 
     ``lidar``: also each frame's scan on ``/velodyne_points`` (x, y, z, intensity = reflectance, frame
     ``velodyne``) and the ``base_link -> velodyne`` mount on ``/tf_static`` (what ``bag-to-sequence`` reads back).
@@ -186,7 +191,12 @@ def sequence_to_bag(
     camera = seq.calib.camera
     T_base_cam = sequence_base_mount(seq)
     T_map_base = [seq.T_world_cam(i) @ invert(T_base_cam) for i in idx]
-    T_odom_map = invert(T_map_base[0])  # odom starts at the first base pose
+    T_odom_base = np.stack([invert(T_map_base[0]) @ T for T in T_map_base])  # odom starts at the first base pose
+    if any(odometry_drift):
+        from ..sim.odometry import drifting_odometry
+
+        rng = np.random.default_rng(odometry_seed)
+        T_odom_base = drifting_odometry(np.stack(T_map_base), *odometry_drift, rng)
 
     ts = get_typestore(Stores.ROS2_KILTED)
     t_inf = QosTime(sec=0, nsec=0)  # 0 = the default (no deadline, infinite lifespan) in rosbag2 metadata
@@ -236,7 +246,7 @@ def sequence_to_bag(
         ):
             stamp = stamp_from_ns(t_ns)
             if odometry:
-                odo = make_transform_stamped(T_odom_map @ T_map_base[k], FRAMES["odom"], FRAMES["base"], stamp)
+                odo = make_transform_stamped(T_odom_base[k], FRAMES["odom"], FRAMES["base"], stamp)
                 put(TOPICS["tf"], t_ns, TFMessage(transforms=[odo]))
             put(TOPICS["camera_info"], t_ns, camera_to_camera_info(camera, stamp=stamp))
             put(TOPICS["image"], t_ns, rgb_to_image(seq.image(i), frame_id=FRAMES["camera"], stamp=stamp))
