@@ -9,11 +9,13 @@ published pose counts as a miss. Prints one table: recall at 0.25 m / 2°, 0.5 m
 the share of frames with a pose, and the share of fused poses inside their covariance's 99 % bound (χ²₆).
 
     python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
+        [--gate-chi2 16.81 22.46 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,9 @@ def main() -> None:
     ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
     ap.add_argument(
         "--drift", nargs=2, type=float, action="append", metavar=("FRAC", "DEG_PER_M"), help="odometry drift"
+    )
+    ap.add_argument(
+        "--gate-chi2", nargs="+", type=float, default=[FusionConfig().gate_chi2], help="fusion.gate_chi2 values to try"
     )
     args = ap.parse_args()
     seeds = parse_seeds(ap, args.seed)
@@ -81,18 +86,21 @@ def main() -> None:
         raw = [r.T_map_cam if r.ok else None for r in results]
         name = f"{kind} ({seeds[kind]})"
         print(f"| {name} | – | single images {score(raw, None, T_gt)}")
-        for k, (frac, deg) in enumerate(drifts):
+        for (k, (frac, deg)), gate in itertools.product(enumerate(drifts), args.gate_chi2):
             odo = drifting_odometry(T_gt, frac, deg, np.random.default_rng(k))
-            filt = MapOdomFilter()
+            filt = MapOdomFilter(FusionConfig(gate_chi2=gate))
             fused, cov = [], []
             for i, r in enumerate(results):
                 if r.ok:
                     filt.update(r.T_map_cam, r.covariance, odo[i])
+                else:
+                    filt.predict(odo[i])
                 p = filt.pose(odo[i])
                 fused.append(None if p is None else p[0])
                 cov.append(None if p is None else p[1])
             drift = f"{100 * frac:g} %, {deg:g}°/m"
-            print(f"| {name} | {drift} | fused {score(fused, cov, T_gt)}")
+            label = "fused" if len(args.gate_chi2) == 1 else f"fused, gate {gate:g}"
+            print(f"| {name} | {drift} | {label} {score(fused, cov, T_gt)}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,11 @@ def test_node_real_model_gives_the_in_process_results(ros, node, demo_data):
         TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     )
     static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
-    assert ros.wait_for(lambda: img_pub.get_subscription_count() > 0, 10)
+    assert ros.wait_for(lambda: img_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0, 10)
+    # camera_info once ahead of the first image: topics have no order between them, and on a loaded host 50 ms
+    # was not always enough for the first frame's (the node then says "no camera_info received yet")
+    info_pub.publish(demo.camera_info_msg(rh.stamp_msg(T0)))
+    time.sleep(0.5)
     node_results = {}
     for i in FRAMES:
         stamp = rh.stamp_msg(T0 + float(demo.seq.times[i]))
@@ -143,7 +147,7 @@ def test_node_real_model_gives_the_in_process_results(ros, node, demo_data):
     for i in FRAMES:
         ref = refs[i]
         diag, pose, latency = node_results[i]
-        assert diag["localizer_status"] == ref.status.value, (i, diag, ref.message)
+        assert diag.get("localizer_status") == ref.status.value, (i, diag, ref.message)
         assert int(diag["inliers"]) == ref.num_inliers and int(diag["matches"]) == ref.num_matches
         if pose is not None:
             T_ref, cov_ref = rebase_pose(ref.T_map_cam, ref.covariance, demo.T_base_cam)
