@@ -108,6 +108,15 @@ def prepare_drive(
     return seq_dir, map_dir
 
 
+def add_drive_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--model``, ``--cache``, ``--kinds`` and ``--seed``: which model on which held-out drives (the scripts that
+    use :func:`prepare_drive` share them)."""
+    ap.add_argument("--model", type=Path, default=ROOT / "models")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
+    ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
+    ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
+
+
 def parse_seeds(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, int]:
     """The world seed of each drive kind: ``DRIVES``', replaced by ``--seed KIND=SEED`` items."""
     seeds = {kind: DRIVES[kind][0] for kind in DRIVES}

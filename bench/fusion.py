@@ -25,7 +25,8 @@ CHI2_99_6DOF = 16.81
 
 
 def main() -> None:
-    from eval_model import DRIVES, parse_seeds, prepare_drive  # bench/ is the script's directory, so first on sys.path
+    # bench/ is the script's directory, so first on sys.path
+    from eval_model import add_drive_arguments, parse_seeds, prepare_drive
 
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.evaluation.metrics import pose_errors
@@ -34,10 +35,7 @@ def main() -> None:
     from ep2p_loc_ros.sim.odometry import drifting_odometry
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=ROOT / "models")
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
-    ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
-    ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
+    add_drive_arguments(ap)
     ap.add_argument(
         "--drift", nargs=2, type=float, action="append", metavar=("FRAC", "DEG_PER_M"), help="odometry drift"
     )

@@ -30,7 +30,8 @@ RIGHT_PX = 8.0
 
 
 def main() -> None:
-    from eval_model import DRIVES, parse_seeds, prepare_drive  # bench/ is the script's directory, so first on sys.path
+    # bench/ is the script's directory, so first on sys.path
+    from eval_model import add_drive_arguments, parse_seeds, prepare_drive
 
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.evaluation.evaluate import _perturb
@@ -40,10 +41,7 @@ def main() -> None:
     from ep2p_loc_ros.pnp import solve_pnp
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=ROOT / "models")
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
-    ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
-    ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
+    add_drive_arguments(ap)
     ap.add_argument("--stride", type=int, default=2, help="open loop: every n-th frame")
     args = ap.parse_args()
     seeds = parse_seeds(ap, args.seed)

@@ -19,7 +19,8 @@ Topics (relative names: namespaces and remaps apply)
          /initialpose (PoseWithCovarianceStamped of base_frame in map_frame, as RViz's "2D Pose Estimate")
     out  ~/pose (PoseWithCovarianceStamped, header.stamp = image stamp, header.frame_id = map_frame; the pose
          is of base_frame when the base->camera mount is known, else of the camera's optical frame:
-         /diagnostics key ``pose_of`` says which), ~/raw_pose (the same for every pose the localizer finds,
+         /diagnostics key ``pose_of`` says which; with fusion, the map->odom filter's pose of base_frame),
+         ~/raw_pose (the same for every pose the localizer finds,
          before the quality gate: for evaluation and tuning the gate, never for fusion), ~/visible_points
          (PointCloud2, map frame, intensity 1 for PnP inliers), ~/debug_image (optional), ~/map_cloud (the map,
          thinned, latched: for RViz), /tf, /diagnostics.
@@ -504,7 +505,7 @@ class LocalizationNode(LifecycleNode):
                 else:
                     note = "fused" if up.accepted else f"not fused: {up.reason}"
                     extra.update(fusion_mahalanobis2=up.mahalanobis2, fusion_hypotheses=up.hypotheses)
-        self._fusion.predict(T_odom_base)  # (again after an update: a no-op) the drift grows with the path
+        self._fusion.predict(T_odom_base)  # odometry advances the filter with or without a localization
         fused = self._fusion.pose(T_odom_base)
         if fused is None:
             self._tracking_failed()
