@@ -429,6 +429,8 @@ def test_training_pack_refuses_bad_files_and_another_image_size(pack, tmp_path):
         "nan": {**arrays, "points": np.full_like(arrays["points"], np.nan)},
         "offsets": {**arrays, "jpeg_offsets": arrays["jpeg_offsets"][:-1]},
         "pickled": {**arrays, "T_world_cam": np.array([object()], dtype=object)},
+        "voxel": {**arrays, "map_voxel": np.array([0.2, 0.3])},
+        "camera": {**arrays, "K": np.zeros((3, 3))},
     }
     messages = {
         "version": "format_version 2 is not supported",
@@ -436,6 +438,8 @@ def test_training_pack_refuses_bad_files_and_another_image_size(pack, tmp_path):
         "nan": "points have NaN",
         "offsets": "jpeg_offsets",
         "pickled": "cannot read training pack",
+        "voxel": "malformed training pack",
+        "camera": "malformed training pack",
     }
     for name, content in cases.items():
         path = tmp_path / f"{name}.npz"

@@ -63,17 +63,17 @@ class TrainingPack:
         self.root = Path(path)
         arrays = _load(self.root)
         src = str(self.root)
-        try:
+        try:  # fields of the wrong shape or type: one clear error, not a crash further on
             self.camera = PinholeCamera(
                 int(arrays["camera_size"][0]), int(arrays["camera_size"][1]), arrays["K"], arrays["dist"]
             )
-        except (ValueError, IndexError) as exc:  # CameraError is a ValueError
-            raise DataError(f"{src}: bad camera ({exc})") from exc
-        self.map_voxel = float(arrays["map_voxel"])
+            self.map_voxel = float(arrays["map_voxel"])
+            self.image_size = tuple(int(v) for v in arrays["image_size"])
+            self.poses = np.asarray(arrays["T_world_cam"], dtype=np.float64)
+        except (TypeError, ValueError, IndexError) as exc:  # CameraError is a ValueError
+            raise DataError(f"{src}: malformed training pack ({exc})") from exc
         if map_voxel is not None and not np.isclose(self.map_voxel, map_voxel):
             raise DataError(f"{src}: packed with a {self.map_voxel} m map voxel, training asks for {map_voxel} m")
-        self.image_size = tuple(int(v) for v in arrays["image_size"])
-        self.poses = np.asarray(arrays["T_world_cam"], dtype=np.float64)
         self.points = arrays["points"]
         self.reflectance = arrays["reflectance"]
         self._jpeg = arrays["jpeg"]
@@ -145,7 +145,10 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: cannot read training pack ({type(exc).__name__}: {exc})") from exc
     if str(arrays["kind"]) != PACK_KIND:
         raise DataError(f"{path}: not a training pack (kind {str(arrays['kind'])!r})")
-    version = int(arrays["format_version"])
+    try:
+        version = int(arrays["format_version"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: malformed training pack (format_version: {exc})") from exc
     if version != PACK_FORMAT_VERSION:
         raise DataError(
             f"{path}: training pack format_version {version} is not supported (expected "
