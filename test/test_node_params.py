@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from ep2p_loc_ros.localizer import LocalizerConfig
+from ep2p_loc_ros.map_odom_filter import FusionConfig
 from ep2p_loc_ros.ros.params import DEFAULT_PARAMS_FILE, ParamError, all_param_specs, params_from_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ def test_node_params_file_lists_every_parameter_with_its_default():
 def test_node_params_defaults_validate_and_localizer_config_is_the_same_dataclass():
     p = params_from_values({"map_path": "/m"})
     assert p.localizer == LocalizerConfig()
+    assert p.fusion_enabled and p.fusion == FusionConfig()
     assert p.camera_mount is None and p.qos_reliability == "best_effort"
     p = params_from_values(
         {"map_path": "/m", "localizer.pnp.min_inliers": 20, "localizer.top_k": 5, "transform_tolerance": 1}
@@ -60,6 +62,9 @@ def test_node_params_defaults_validate_and_localizer_config_is_the_same_dataclas
         ({"camera_mount": [1.0, 2.0]}, "camera_mount: expected 7 numbers"),
         ({"camera_mount": [0, 0, 0, 0, 0, 0, 0]}, "non-zero quaternion"),
         ({"gate.min_inliers": -1}, "gate.min_inliers"),
+        ({"fusion.switch_after": 0}, "fusion.switch_after"),
+        ({"fusion.gate_chi2": -1.0}, "fusion.gate_chi2"),
+        ({"fusion.enabled": "yes"}, "fusion.enabled: expected true/false"),
         ({"localizer.ipr.kernel_size": 4}, "kernel_size"),
         ({"nope": 1}, "nope: unknown parameter"),
     ],
