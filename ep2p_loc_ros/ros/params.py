@@ -169,7 +169,7 @@ _FUSION_DESCRIPTIONS = {
     "floor_deg": "fusion: deg, rotation std added at every update",
     "gate_chi2": "fusion: a localization farther than this (Mahalanobis squared, 6 dof) starts another hypothesis",
     "min_updates": "fusion: agreeing localizations before the first fused pose",
-    "switch_after": "fusion: agreeing localizations before another hypothesis replaces the published one",
+    "switch_after": "fusion: localizations fitting a rival best (none the published one since) before it takes over",
     "max_hypotheses": "fusion: hypotheses kept (the published one and its rivals)",
 }
 
