@@ -29,7 +29,7 @@ def main() -> None:
     from eval_model import add_drive_arguments, parse_seeds, prepare_drive
 
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
-    from ep2p_loc_ros.evaluation.metrics import pose_errors
+    from ep2p_loc_ros.evaluation.metrics import nees, pose_errors
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map_odom_filter import FusionConfig, MapOdomFilter
     from ep2p_loc_ros.sim.odometry import drifting_odometry
@@ -55,15 +55,8 @@ def main() -> None:
         rec = [100 * np.sum((t < a) & (r < b)) / n for a, b in ((0.25, 2), (0.5, 5), (5, 10))]
         inside = "–"
         if cov is not None:
-            from ep2p_loc_ros.geometry import matrix_to_rotvec
-
-            m2 = []
-            for i in have:
-                y = np.concatenate(
-                    [est[i][:3, 3] - T_gt[i][:3, 3], matrix_to_rotvec(est[i][:3, :3] @ T_gt[i][:3, :3].T)]
-                )
-                m2.append(float(y @ np.linalg.solve(cov[i], y)))
-            inside = f"{100 * np.mean(np.array(m2) < CHI2_99_6DOF):.0f} %"
+            m2 = nees(np.stack([est[i] for i in have]), T_gt[have], np.stack([cov[i] for i in have]))
+            inside = f"{100 * np.mean(m2 < CHI2_99_6DOF):.0f} %"
         return (
             f"| {rec[0]:.1f} % | {rec[1]:.1f} % | {rec[2]:.1f} % | {np.median(t):.2f} m | {np.median(r):.2f}° "
             f"| {100 * len(have) / n:.0f} % | {inside} |"

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import DataError
 from .evaluation.metrics import CHI2_6_95, CHI2_6_MEDIAN, nees
-from .geometry import matrix_to_rotvec
+from .geometry import pose_difference
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -54,7 +54,7 @@ MIN_FRAMES = 8  # fewer non-gross frames cannot pin down a 6x6 second moment use
 def _pose_error_world(T_est: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
     """e = [t_est - t_gt, Log(R_est R_gtᵀ)]: the error in the covariance model's (map-frame) coordinates, as
     ``evaluation.metrics.nees`` measures it."""
-    return np.concatenate([T_est[:3, 3] - T_gt[:3, 3], matrix_to_rotvec(T_est[:3, :3] @ T_gt[:3, :3].T)])
+    return pose_difference(T_est, T_gt)
 
 
 def _frame_rotation(T: np.ndarray) -> np.ndarray:

@@ -19,9 +19,11 @@ __all__ = [
     "PinholeCamera",
     "Projection",
     "invert",
+    "lever_jacobian",
     "make_T",
     "matrix_to_quaternion",
     "matrix_to_rotvec",
+    "pose_difference",
     "quaternion_to_matrix",
     "rotation_angle_deg",
     "rotvec_to_matrix",
@@ -91,6 +93,21 @@ def se3_exp(xi: np.ndarray) -> np.ndarray:
     """
     xi = np.asarray(xi, dtype=np.float64).reshape(6)
     return make_T(rotvec_to_matrix(xi[3:]), xi[:3])
+
+
+def pose_difference(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``[t_A - t_B, Log(R_A R_Bᵀ)]``: how far pose ``A`` is from ``B`` in the covariance parametrisation of
+    :func:`se3_exp` (position in the parent frame, rotation about the parent's axes)."""
+    return np.concatenate([A[:3, 3] - B[:3, 3], matrix_to_rotvec(A[:3, :3] @ B[:3, :3].T)])
+
+
+def lever_jacobian(d: np.ndarray) -> np.ndarray:
+    """``[[I, -[d]x], [0, I]]``: how a perturbation of a pose (parametrisation of :func:`se3_exp`) moves a frame
+    rigidly attached to it whose origin lies ``d`` (parent axes) from the pose's origin. Moves a 6x6 covariance
+    between two frames of one rigid body: ``J Σ Jᵀ``."""
+    J = np.eye(6)
+    J[:3, 3:] = -_skew(np.asarray(d, dtype=np.float64).reshape(3))
+    return J
 
 
 def rotation_angle_deg(R: np.ndarray) -> float:

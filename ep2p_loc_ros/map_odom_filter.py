@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import invert, matrix_to_rotvec, rotvec_to_matrix
+from .geometry import invert, lever_jacobian, pose_difference, rotvec_to_matrix
 
 __all__ = ["FusionConfig", "FusionUpdate", "MapOdomFilter"]
 
@@ -85,17 +85,6 @@ class FusionUpdate:
     hypotheses: int
     published: bool  # the filter has a hypothesis to publish after this measurement
     reason: str = field(default="ok")
-
-
-def _lever_jacobian(a: np.ndarray) -> np.ndarray:
-    """d(pose of a frame whose origin lies ``a`` from the perturbed one's) / d(perturbation): [[I, -[a]x], [0, I]]."""
-    J = np.eye(6)
-    J[:3, 3:] = -np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return J
-
-
-def _boxminus(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return np.concatenate([A[:3, 3] - B[:3, 3], matrix_to_rotvec(A[:3, :3] @ B[:3, :3].T)])
 
 
 def _boxplus(B: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -151,7 +140,7 @@ class MapOdomFilter:
         std_m = cfg.drift_m_per_m * path_m
         std_r = math.radians(cfg.drift_deg_per_m * path_m)
         Q = np.diag([std_m**2] * 3 + [std_r**2] * 3)
-        J = _lever_jacobian(-(h.T[:3, :3] @ T_odom_base[:3, 3]))
+        J = lever_jacobian(-(h.T[:3, :3] @ T_odom_base[:3, 3]))
         return h.P + J @ Q @ J.T
 
     def update(self, T_map_base: np.ndarray, cov_base: np.ndarray, T_odom_base: np.ndarray) -> FusionUpdate:
@@ -166,7 +155,7 @@ class MapOdomFilter:
             raise ValueError("fusion needs a positive definite covariance")
         cfg = self.config
         z = T_map_base @ invert(T_odom_base)  # the measured T_map_odom ...
-        J = _lever_jacobian(z[:3, 3] - T_map_base[:3, 3])  # ... and its covariance, moved to the odom origin
+        J = lever_jacobian(z[:3, 3] - T_map_base[:3, 3])  # ... and its covariance, moved to the odom origin
         Cz = J @ cov @ J.T
         floor = np.diag([cfg.floor_m**2] * 3 + [math.radians(cfg.floor_deg) ** 2] * 3)
         self.predict(T_odom_base)
@@ -174,7 +163,7 @@ class MapOdomFilter:
         d2_published, best_d2, chosen, prior = math.inf, math.inf, None, None
         for h in self._hyps:
             P = self._covariance(h, T_odom_base, h.path_m) + floor
-            y = _boxminus(z, h.T)
+            y = pose_difference(z, h.T)
             d2 = float(y @ np.linalg.solve(P + Cz, y))
             if h is before:
                 d2_published = d2
@@ -192,15 +181,16 @@ class MapOdomFilter:
                 reason = "fits no hypothesis"
         else:
             K = np.linalg.solve(prior + Cz, prior).T  # P S⁻¹ (both symmetric)
-            chosen.T = _boxplus(chosen.T, K @ _boxminus(z, chosen.T))
+            chosen.T = _boxplus(chosen.T, K @ pose_difference(z, chosen.T))
             IK = np.eye(6) - K
             chosen.P = IK @ prior @ IK.T + K @ Cz @ K.T  # Joseph form: stays symmetric positive definite
             chosen.path_m = 0.0
             chosen.updates += 1
             chosen.recent += 1
-            if chosen is self._published:
+            if chosen is self._published:  # the rivals' runs of support end
                 for h in self._hyps:
-                    h.recent = 0 if h is not chosen else h.recent
+                    if h is not chosen:
+                        h.recent = 0
             reason = "ok"
         self._choose_published()
         if chosen is not None and chosen is not self._published:
@@ -241,5 +231,5 @@ class MapOdomFilter:
         path = h.path_m + float(np.linalg.norm(T_odom_base[:3, 3] - h.T_odom_base[:3, 3]))
         P = self._covariance(h, T_odom_base, path)
         T = h.T @ T_odom_base
-        J = _lever_jacobian(T[:3, 3] - h.T[:3, 3])
+        J = lever_jacobian(T[:3, 3] - h.T[:3, 3])
         return T, J @ P @ J.T

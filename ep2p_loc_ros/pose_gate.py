@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import make_T, matrix_to_rotvec, rotation_angle_deg, rotvec_to_matrix
+from .geometry import lever_jacobian, make_T, matrix_to_rotvec, rotation_angle_deg, rotvec_to_matrix
 
 __all__ = ["GateConfig", "GateDecision", "PoseGate", "interpolate_transform", "rebase_pose"]
 
@@ -156,10 +156,6 @@ class PoseGate:
         return ""
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
 def rebase_pose(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_base_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pose + covariance of the camera -> of the body it is mounted on (``T_base_cam``: the mount).
 
@@ -169,9 +165,7 @@ def rebase_pose(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_base_cam: np.ndarr
     T_map_cam = np.asarray(T_map_cam, dtype=np.float64)
     T_cam_base = np.linalg.inv(np.asarray(T_base_cam, dtype=np.float64))
     T_map_base = T_map_cam @ T_cam_base
-    lever = T_map_cam[:3, :3] @ T_cam_base[:3, 3]
-    J = np.eye(6)
-    J[:3, 3:] = -_skew(lever)
+    J = lever_jacobian(T_map_cam[:3, :3] @ T_cam_base[:3, 3])
     cov = np.asarray(cov_cam, dtype=np.float64)
     return T_map_base, J @ cov @ J.T
 

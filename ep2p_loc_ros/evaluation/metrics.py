@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import matrix_to_rotvec
+from ..geometry import pose_difference
 
 __all__ = ["CHI2_6_95", "CHI2_6_MEDIAN", "RECALL_THRESHOLDS", "nees", "pose_errors", "recall_table", "summarize_errors"]
 
@@ -73,7 +73,7 @@ def nees(T_est: np.ndarray, T_gt: np.ndarray, covariance: np.ndarray) -> np.ndar
     for i in range(len(T_est)):
         if not (np.isfinite(T_est[i]).all() and np.isfinite(cov[i]).all()):
             continue
-        e = np.concatenate([T_est[i, :3, 3] - T_gt[i, :3, 3], matrix_to_rotvec(T_est[i, :3, :3] @ T_gt[i, :3, :3].T)])
+        e = pose_difference(T_est[i], T_gt[i])
         try:
             out[i] = float(e @ np.linalg.solve(cov[i], e))
         except np.linalg.LinAlgError:

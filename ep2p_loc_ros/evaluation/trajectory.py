@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..geometry import invert, matrix_to_quaternion, quaternion_to_matrix
+from ..geometry import invert, lever_jacobian, matrix_to_quaternion, quaternion_to_matrix
 from .metrics import CHI2_6_95, RECALL_THRESHOLDS, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = [
@@ -43,19 +43,13 @@ RESULT_VERSION = 1
 STAMP_TOL_NS = 1_000_000  # estimate <-> ground truth association tolerance
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
 def covariance_base_to_camera(cov_base: np.ndarray, T_map_base: np.ndarray, T_map_cam: np.ndarray) -> np.ndarray:
     """6x6 ROS-order covariance of ``T_map_base`` -> that of ``T_map_cam`` (same rigid body).
 
     Both poses are perturbed as ``t + δt``, ``exp(δr) R`` (parent-frame axes, pnp.py). With ``d = t_cam − t_base``
     the camera's ``δt_cam = δt_base − [d]× δr`` and ``δr_cam = δr_base``: ``Σ_cam = J Σ_base Jᵀ``.
     """
-    d = np.asarray(T_map_cam)[:3, 3] - np.asarray(T_map_base)[:3, 3]
-    J = np.eye(6)
-    J[:3, 3:] = -_skew(d)
+    J = lever_jacobian(np.asarray(T_map_cam)[:3, 3] - np.asarray(T_map_base)[:3, 3])
     return J @ np.asarray(cov_base, dtype=np.float64) @ J.T
 
 
