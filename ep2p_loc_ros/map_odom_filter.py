@@ -14,6 +14,14 @@ them cancels what varies between frames.
   drift into a position one. A small per-update floor keeps the filter from believing itself exactly.
 - Update: an extended Kalman update with the measurement's covariance, when its Mahalanobis distance passes the
   χ² gate (``gate_chi2``, 6 degrees of freedom).
+- Errors correlated in time: the localizations of nearby frames err alike (the same submap viewpoint, the same
+  look-alike patches; measured on the held-out drives, models/README.md "Session 18": correlation about 0.6-0.9
+  between frames 0.2-1 m apart, gone after 2-3 m). The update treats each one as independent, which is what the
+  gain and the gate were tuned with; the covariance the filter publishes does not: it also carries the
+  correlated part (``correlated_share`` of each localization's covariance, decaying as ``exp(-path /
+  correlation_length_m)``), tracked as the cross-covariance between the estimate's error and that process (a
+  "consider" covariance, the exact covariance of this estimator's error under that model). A vehicle standing
+  still gains no confidence from the same image seen again.
 - Outliers and re-localization: several hypotheses. Each localization goes to the hypothesis it fits best (the
   smallest Mahalanobis distance within the gate); one that fits none starts a new hypothesis. The first hypothesis
   that ``min_updates`` localizations went to is published. Another takes over once ``switch_after`` localizations
@@ -50,6 +58,8 @@ class FusionConfig:
     min_updates: int = 3  # localizations that must agree before the first pose is published
     switch_after: int = 5  # localizations going to a rival (none to the published one meanwhile) before it takes over
     max_hypotheses: int = 5  # the published one and rivals; the rival with the least recent support goes
+    correlation_length_m: float = 2.0  # localization errors decorrelate over this much path (0: independent)
+    correlated_share: float = 1.0  # share of each localization's covariance that is correlated in time (0..1)
 
     def __post_init__(self) -> None:
         for name in ("drift_m_per_m", "drift_deg_per_m", "floor_m", "floor_deg"):
@@ -62,6 +72,10 @@ class FusionConfig:
         for name in ("min_updates", "switch_after"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"fusion.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.correlation_length_m >= 0:
+            raise ValueError(f"fusion.correlation_length_m must be >= 0, got {self.correlation_length_m}")
+        if not 0 <= self.correlated_share <= 1:
+            raise ValueError(f"fusion.correlated_share must be in [0, 1], got {self.correlated_share}")
         if int(self.max_hypotheses) < 1:
             raise ValueError(f"fusion.max_hypotheses must be >= 1, got {self.max_hypotheses}")
 
@@ -71,6 +85,8 @@ class _Hypothesis:
     T: np.ndarray  # T_map_odom
     P: np.ndarray  # its covariance at its last update
     T_odom_base: np.ndarray  # the odometry when it was last brought up to date
+    P_pub: np.ndarray  # the covariance it publishes: P with the localizations' errors correlated in time
+    Y: np.ndarray  # cross-covariance of its error with the (unit) correlated error process at its last update
     path_m: float = 0.0  # metres driven since its last update (the odometry's drift grows with them)
     updates: int = 1  # localizations it holds
     recent: int = 1  # ... of which since the published hypothesis last took one
@@ -129,8 +145,8 @@ class MapOdomFilter:
             h.path_m += float(np.linalg.norm(T_odom_base[:3, 3] - h.T_odom_base[:3, 3]))
             h.T_odom_base = T_odom_base
 
-    def _covariance(self, h: _Hypothesis, T_odom_base: np.ndarray, path_m: float) -> np.ndarray:
-        """``h``'s covariance after ``path_m`` metres of odometry drift, with the vehicle at ``T_odom_base``.
+    def _drift(self, h: _Hypothesis, T_odom_base: np.ndarray, path_m: float) -> np.ndarray:
+        """The covariance ``path_m`` metres of odometry drift add to ``h``, with the vehicle at ``T_odom_base``.
 
         The drift is about the vehicle, with a standard deviation proportional to the path (odometry errors are
         mostly scale and heading biases, so they add up rather than average out); the lever from the odom origin
@@ -141,7 +157,17 @@ class MapOdomFilter:
         std_r = math.radians(cfg.drift_deg_per_m * path_m)
         Q = np.diag([std_m**2] * 3 + [std_r**2] * 3)
         J = lever_jacobian(-(h.T[:3, :3] @ T_odom_base[:3, 3]))
-        return h.P + J @ Q @ J.T
+        return J @ Q @ J.T
+
+    def _correlated(self, Cz: np.ndarray) -> np.ndarray:
+        """``S`` with ``S Sᵀ`` the correlated part of a measurement covariance ``Cz`` (symmetric square root)."""
+        w, V = np.linalg.eigh(self.config.correlated_share * Cz)
+        return (V * np.sqrt(np.clip(w, 0.0, None))) @ V.T
+
+    def _decay(self, path_m: float) -> float:
+        """Correlation left between localization errors ``path_m`` apart."""
+        L = self.config.correlation_length_m
+        return math.exp(-path_m / L) if L > 0 else 0.0
 
     def update(self, T_map_base: np.ndarray, cov_base: np.ndarray, T_odom_base: np.ndarray) -> FusionUpdate:
         """One localization (the vehicle's pose in the map and its 6×6 covariance) with the odometry at its stamp."""
@@ -160,30 +186,39 @@ class MapOdomFilter:
         floor = np.diag([cfg.floor_m**2] * 3 + [math.radians(cfg.floor_deg) ** 2] * 3)
         self.predict(T_odom_base)
         before = self._published
-        d2_published, best_d2, chosen, prior = math.inf, math.inf, None, None
+        d2_published, best_d2, chosen, added = math.inf, math.inf, None, floor
         for h in self._hyps:
-            P = self._covariance(h, T_odom_base, h.path_m) + floor
+            grown = self._drift(h, T_odom_base, h.path_m) + floor
             y = pose_difference(z, h.T)
-            d2 = float(y @ np.linalg.solve(P + Cz, y))
+            d2 = float(y @ np.linalg.solve(h.P + grown + Cz, y))
             if h is before:
                 d2_published = d2
             if d2 < cfg.gate_chi2 and d2 < best_d2:
-                best_d2, chosen, prior = d2, h, P
+                best_d2, chosen, added = d2, h, grown
         if chosen is None:
             # room for a new hypothesis: the rival with the least recent support goes (never the published one)
             rivals = [h for h in self._hyps if h is not self._published]
             if len(self._hyps) >= int(cfg.max_hypotheses) and rivals:
                 self._hyps.remove(min(rivals, key=lambda h: (h.recent, h.updates)))
             if len(self._hyps) < int(cfg.max_hypotheses):
-                self._hyps.append(_Hypothesis(z, Cz + floor, T_odom_base))
+                self._hyps.append(_Hypothesis(z, Cz + floor, T_odom_base, Cz + floor, self._correlated(Cz)))
                 reason = "new hypothesis"
             else:
                 reason = "fits no hypothesis"
         else:
+            prior = chosen.P + added
             K = np.linalg.solve(prior + Cz, prior).T  # P S⁻¹ (both symmetric)
             chosen.T = _boxplus(chosen.T, K @ pose_difference(z, chosen.T))
             IK = np.eye(6) - K
             chosen.P = IK @ prior @ IK.T + K @ Cz @ K.T  # Joseph form: stays symmetric positive definite
+            # The same estimate's error when the localizations' errors are correlated: e = (I-K) e⁻ + K (S u + n),
+            # u the unit correlated process, whose correlation with the estimate's error decays with the path.
+            S = self._correlated(Cz)
+            Y = self._decay(chosen.path_m) * chosen.Y
+            cross = IK @ Y @ S @ K.T
+            P_pub = IK @ (chosen.P_pub + added) @ IK.T + K @ Cz @ K.T + cross + cross.T
+            chosen.P_pub = 0.5 * (P_pub + P_pub.T)
+            chosen.Y = IK @ Y + K @ S
             chosen.path_m = 0.0
             chosen.updates += 1
             chosen.recent += 1
@@ -218,7 +253,7 @@ class MapOdomFilter:
     def map_odom(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The published ``T_map_odom`` and its covariance now, or None before ``min_updates`` agree."""
         h = self._published
-        return None if h is None else (h.T.copy(), self._covariance(h, h.T_odom_base, h.path_m))
+        return None if h is None else (h.T.copy(), h.P_pub + self._drift(h, h.T_odom_base, h.path_m))
 
     def pose(self, T_odom_base: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The vehicle's pose in the map from the published ``T_map_odom`` and the odometry ``T_odom_base`` now, with
@@ -229,7 +264,7 @@ class MapOdomFilter:
             return None
         T_odom_base = _finite_pose(T_odom_base, "odometry pose")
         path = h.path_m + float(np.linalg.norm(T_odom_base[:3, 3] - h.T_odom_base[:3, 3]))
-        P = self._covariance(h, T_odom_base, path)
+        P = h.P_pub + self._drift(h, T_odom_base, path)
         T = h.T @ T_odom_base
         J = lever_jacobian(T[:3, 3] - h.T[:3, 3])
         return T, J @ P @ J.T

@@ -141,6 +141,60 @@ def test_covariance_grows_with_the_distance_driven_since_the_last_fix():
     assert stds[-1] > 0.02 * 220 * 0.95 and f.hypotheses == 1
 
 
+def _correlated_noise(n: int, step: float, length: float, rng: np.random.Generator) -> np.ndarray:
+    """Localization errors (std ``SIGMA``) correlated over ``length`` metres of path, ``step`` metres apart."""
+    a = math.exp(-step / length)
+    u = [rng.normal(size=6)]
+    for _ in range(n - 1):
+        u.append(a * u[-1] + math.sqrt(1 - a * a) * rng.normal(size=6))
+    return np.stack(u) * SIGMA
+
+
+def _run(config: FusionConfig, drive: list[np.ndarray], noise: np.ndarray) -> tuple[list, list]:
+    f = MapOdomFilter(config)
+    poses, nees = [], []
+    for T_ob, d in zip(drive, noise, strict=True):
+        f.update(_perturb(T_MAP_ODOM @ T_ob, d), np.diag(SIGMA**2), T_ob)
+        est = f.pose(T_ob)
+        poses.append(None if est is None else est[0])
+        if est is not None:
+            err = _diff(est[0], T_MAP_ODOM @ T_ob)
+            nees.append(err @ np.linalg.solve(est[1], err))
+    return poses, nees
+
+
+def test_published_covariance_holds_when_localization_errors_are_correlated_in_time():
+    """Nearby frames err alike (models/README.md, "Session 18"). With errors correlated over 2 m and a frame every
+    0.25 m, an EKF that takes them as independent believes itself ~3x too much; the published covariance, which
+    carries the correlation, matches the errors (mean NEES about 6, the χ²₆ mean), and the poses are the same."""
+    rng = np.random.default_rng(5)
+    drive = _drive(40, step=0.25, turn_deg=0.5)
+    last = {"correlated": [], "independent": []}
+    for _ in range(150):
+        noise = _correlated_noise(len(drive), 0.25, 2.0, rng)
+        poses, nees = _run(FusionConfig(), drive, noise)
+        poses0, nees0 = _run(FusionConfig(correlation_length_m=0.0), drive, noise)
+        assert all((a is None and b is None) or np.allclose(a, b) for a, b in zip(poses, poses0, strict=True))
+        last["correlated"] += nees[-10:]
+        last["independent"] += nees0[-10:]
+    assert 4.5 < np.mean(last["correlated"]) < 8.0, np.mean(last["correlated"])
+    assert np.mean(np.array(last["correlated"]) < 16.81) > 0.97
+    assert np.mean(last["independent"]) > 2 * 6.0, np.mean(last["independent"])
+
+
+def test_a_vehicle_standing_still_gains_no_confidence_from_the_same_localization():
+    T_ob = _drive(10)[-1]
+    cov = np.diag(SIGMA**2)
+    still = MapOdomFilter(FusionConfig(min_updates=1))
+    naive = MapOdomFilter(FusionConfig(min_updates=1, correlation_length_m=0.0))
+    for _ in range(20):
+        for f in (still, naive):
+            f.update(T_MAP_ODOM @ T_ob, cov, T_ob)
+    std = np.sqrt(np.diag(still.pose(T_ob)[1]))
+    np.testing.assert_allclose(std, SIGMA, rtol=0.05)  # as sure as one localization, not twenty
+    assert (np.sqrt(np.diag(naive.pose(T_ob)[1])) < 0.35 * SIGMA).all()  # the independent model: ~1/sqrt(20)
+
+
 def test_bad_input_and_bad_config_are_refused():
     f = MapOdomFilter()
     good = np.eye(4)
@@ -157,3 +211,7 @@ def test_bad_input_and_bad_config_are_refused():
         FusionConfig(drift_m_per_m=float("nan"))
     with pytest.raises(ValueError, match="floor"):
         FusionConfig(floor_m=0.0)
+    with pytest.raises(ValueError, match="correlated_share"):
+        FusionConfig(correlated_share=1.5)
+    with pytest.raises(ValueError, match="correlation_length_m"):
+        FusionConfig(correlation_length_m=float("nan"))
