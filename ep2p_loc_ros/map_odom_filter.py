@@ -15,13 +15,13 @@ them cancels what varies between frames.
 - Update: an extended Kalman update with the measurement's covariance, when its Mahalanobis distance passes the
   χ² gate (``gate_chi2``, 6 degrees of freedom).
 - Errors correlated in time: the localizations of nearby frames err alike (the same submap viewpoint, the same
-  look-alike patches; measured on the held-out drives, models/README.md "Session 18": correlation about 0.6-0.9
-  between frames 0.2-1 m apart, gone after 2-3 m). The update treats each one as independent, which is what the
-  gain and the gate were tuned with; the covariance the filter publishes does not: it also carries the
-  correlated part (``correlated_share`` of each localization's covariance, decaying as ``exp(-path /
-  correlation_length_m)``), tracked as the cross-covariance between the estimate's error and that process (a
-  "consider" covariance, the exact covariance of this estimator's error under that model). A vehicle standing
-  still gains no confidence from the same image seen again.
+  look-alike patches; measured on the held-out drives, models/README.md "Session 18": correlation 0.4-0.75 between
+  frames 0.2-1 m apart, about 0.7 along the optical axis, gone after 2-3 m). The update treats each one as
+  independent, which is what the gain and the gate were tuned with; the covariance the filter publishes does not:
+  it also carries the correlated part (``correlated_share`` of each localization's covariance, decaying as
+  ``exp(-path / correlation_length_m)``), tracked as the cross-covariance between the estimate's error and that
+  process (a "consider" covariance, the exact covariance of this estimator's error under that model). A vehicle
+  standing still gains no confidence from the same image seen again.
 - Outliers and re-localization: several hypotheses. Each localization goes to the hypothesis it fits best (the
   smallest Mahalanobis distance within the gate); one that fits none starts a new hypothesis. The first hypothesis
   that ``min_updates`` localizations went to is published. Another takes over once ``switch_after`` localizations

@@ -165,7 +165,7 @@ def _run(config: FusionConfig, drive: list[np.ndarray], noise: np.ndarray) -> tu
 
 def test_published_covariance_holds_when_localization_errors_are_correlated_in_time():
     """Nearby frames err alike (models/README.md, "Session 18"). With errors correlated over 2 m and a frame every
-    0.25 m, an EKF that takes them as independent believes itself ~3x too much; the published covariance, which
+    0.25 m, an EKF that takes them as independent is several times too sure; the published covariance, which
     carries the correlation, matches the errors (mean NEES about 6, the χ²₆ mean), and the poses are the same."""
     rng = np.random.default_rng(5)
     drive = _drive(40, step=0.25, turn_deg=0.5)

@@ -171,7 +171,7 @@ _FUSION_DESCRIPTIONS = {
     "min_updates": "fusion: agreeing localizations before the first fused pose",
     "switch_after": "fusion: localizations fitting a rival best (none the published one since) before it takes over",
     "max_hypotheses": "fusion: hypotheses kept (the published one and its rivals)",
-    "correlation_length_m": "fusion: m of path over which localization errors stay alike (its covariance; 0: none)",
+    "correlation_length_m": "fusion: m of path over which localization errors stay alike (0: independent)",
     "correlated_share": "fusion: share (0-1) of each localization's covariance that is correlated in time",
 }
 
