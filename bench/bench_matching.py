@@ -2,7 +2,8 @@
 
 The reference builds the (M, P) logits, subtracts the soft prior's full (M, P) penalty matrix, masks the window
 with -inf and takes ``torch.softmax``: the obvious way to write it. ``match`` folds the prior into the logits'
-matrix product (four more columns) and keeps ``exp`` off float32's subnormal slow path. Both get the shipped
+matrix product (four more columns), keeps ``exp`` off float32's subnormal slow path, and computes a window's
+logits only over the grid columns it can reach (bands of points, ``heads._best_in_windows``). Both get the shipped
 model's grid (80 x 24 patches of a 640 x 192 network image), 4,000 points with unit features, expected pixels
 over the image and the tracking prior's spread at depths 3-60 m (``prior_sigma_px``, 1 m / 3 deg), or the
 viewpoint prior's covariance there (``prior_cov_px``, the default offsets; six more columns). The table says how

@@ -110,6 +110,37 @@ def test_heads_guided_match_stays_inside_the_window():
         assert float(conf[k]) >= float(conf_g[i]) - 1e-6
 
 
+def test_heads_windowed_match_on_the_shipped_grid_equals_masking_every_patch():
+    """The tracking window is matched band by band over the columns it can reach (speed); the choices and
+    confidences are those of the softmax over each point's window on the full (M, P) logits, with and without the
+    soft prior, for points anywhere in the image, at its borders and beyond it."""
+    cfg = ModelConfig(feature_dim=16)  # the shipped network image: 640 x 192, a 24 x 80 grid of patches
+    torch.manual_seed(4)
+    head = MatchingHead(cfg)
+    rows, cols = cfg.grid_size
+    pf = torch.nn.functional.normalize(torch.randn(16, rows, cols), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(1500, 16), dim=1)
+    expected = torch.rand(1500, 2) * torch.tensor([800.0, 320.0]) - torch.tensor([80.0, 64.0])
+    expected[:30] = torch.tensor([2000.0, 100.0])  # nothing in reach
+    expected[30:60, 0] = torch.rand(30) * 8.0  # hugging the left border
+    centres = patch_centers(cfg)
+    d2 = ((centres[None] - expected[:, None]) ** 2).sum(2)
+    for sigma in (None, torch.linspace(5.0, 60.0, 1500)):
+        idx, px, conf = head.match(pts, pf, expected=expected, radius=96.0, refine=False, sigma=sigma)
+        with torch.no_grad():
+            logits = head.patch_logits(pts, pf)[:, :-1]
+        if sigma is not None:
+            logits = logits - d2 / (2 * sigma[:, None] ** 2)
+        posterior = torch.softmax(logits.masked_fill(d2 > 96.0**2, float("-inf")), 1)[idx]
+        reachable = torch.nonzero((d2 <= 96.0**2).any(1))[:, 0]
+        assert torch.equal(idx, reachable) and not bool((idx < 30).any())
+        chosen = ((px[:, 1] // 8) * cols + px[:, 0] // 8).long()
+        assert chosen.tolist() == posterior.argmax(1).tolist()
+        # the prior rides in the logits' float32 matrix product (in_image_logits): ~1e-4 of cancellation there
+        tol = 1e-6 if sigma is None else 1e-4
+        torch.testing.assert_close(conf, posterior.max(1).values, rtol=tol, atol=tol)
+
+
 def test_heads_guided_match_soft_prior_favours_patches_near_the_expected_pixel():
     """``sigma``: inside the window, the logits lose (distance / sigma)^2 / 2; a huge sigma is the window alone,
     smaller ones move choices to patches nearer the expected pixel; a sigma without expected pixels is refused."""

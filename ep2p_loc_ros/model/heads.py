@@ -69,6 +69,64 @@ def top_per_group(group: torch.Tensor, score: torch.Tensor, cap: int) -> torch.T
     return order[rank < cap]
 
 
+def _best_patch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's best column and its softmax probability, 1 / sum(exp(logits - top)), computed in place.
+
+    In place: the (M, P) matrix is the largest thing matching touches, and logsumexp would make two more passes
+    over it. Clamped at -80 (each clamped patch adds < 2e-35): exp() of a result below float32's normal range takes
+    a slow path, and the soft prior's penalty on far patches went there (matching took twice as long).
+    """
+    top, best = logits.max(1)
+    return best, 1.0 / logits.sub_(top[:, None]).clamp_(min=-80.0).exp_().sum(1)
+
+
+def _best_in_windows(
+    point_side: torch.Tensor,
+    patch_side: torch.Tensor,
+    du2: torch.Tensor,
+    dv2: torch.Tensor,
+    radius2: float,
+    outside: float,
+    candidates: torch.Tensor,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_best_patch` of the logits ``point_side @ patch_side`` with each point's patches farther than the
+    window (squared distances ``du2`` (M, cols) + ``dv2`` (M, rows) > ``radius2``) set to ``outside``, computed only
+    over the grid columns a window can reach.
+
+    Why: a tracking window (96 px of a 640 px image) spans about a third of the grid's columns, so most of the
+    (M, P) logits were computed, masked and exponentiated for nothing. Points are grouped by the columns their
+    window reaches (bands of about a tenth of the grid); each group's logits cover the union of its windows. A
+    patch left out is one the mask would have set to ``outside``, whose exp() adds < 2e-35 to a sum >= 1, so the
+    result is the same as masking the whole matrix. Points that are not ``candidates`` (no patch in reach) get
+    patch 0 and confidence 0.
+    """
+    m, cols = du2.shape
+    best = torch.zeros(m, dtype=torch.long, device=point_side.device)
+    conf = torch.zeros(m, dtype=point_side.dtype, device=point_side.device)
+    reach = du2 <= radius2  # (M, cols): the columns each window can touch (a superset: dv2 >= 0)
+    lo = reach.to(torch.int8).argmax(1)
+    hi = cols - 1 - reach.flip(1).to(torch.int8).argmax(1)
+    band = (lo + hi) // (2 * max(1, cols // 10))
+    band = torch.where(candidates, band, -1)
+    order = torch.argsort(band, stable=True)
+    patches = patch_side.view(len(patch_side), rows, cols)
+    start = int((band < 0).sum())
+    for n in torch.bincount(band[order[start:]]).tolist():
+        if n == 0:
+            continue
+        sel = order[start : start + n]
+        start += n
+        c0, c1 = int(lo[sel].min()), int(hi[sel].max()) + 1
+        w = c1 - c0
+        logits = point_side[sel] @ patches[:, :, c0:c1].reshape(len(patch_side), rows * w)
+        far = du2[sel, None, c0:c1] > radius2 - dv2[sel, :, None]  # (n, rows, w)
+        logits.view(n, rows, w).masked_fill_(far, outside)
+        b, conf[sel] = _best_patch(logits)
+        best[sel] = b // w * cols + c0 + b % w
+    return best, conf
+
+
 def half_precision(sigma: torch.Tensor) -> torch.Tensor:
     """The soft prior's weights: 1 / (2 sigma²) for standard deviations (M,), Σ⁻¹ / 2 for covariances (M, 2, 2).
 
@@ -131,13 +189,24 @@ class MatchingHead(nn.Module):
         (point, patch), so it rides in the same matrix product as a few more columns instead of a second pass over
         the (M, P) logits (coordinates relative to the image centre keep float32's cancellation error ~1e-3).
         """
+        point_side, patch_side = self._logit_factors(point_features, patch_features, expected, inv2s2)
+        return point_side @ patch_side
+
+    def _logit_factors(
+        self,
+        point_features: torch.Tensor,
+        patch_features: torch.Tensor,
+        expected: torch.Tensor | None,
+        inv2s2: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, K) and (K, P) whose product is :meth:`in_image_logits` (features, then the prior's columns)."""
         patch_side = patch_features.flatten(1) * self.logit_scale  # (D, P)
         if inv2s2 is None:
-            return point_features @ patch_side
+            return point_features, patch_side
         if expected is None:
             raise ValueError("a prior sigma needs the expected pixels")
         prior_points, prior_patches = self._prior_columns(expected.to(patch_side.dtype), inv2s2.to(patch_side.dtype))
-        return torch.cat([point_features, prior_points], 1) @ torch.cat([patch_side, prior_patches], 0)
+        return torch.cat([point_features, prior_points], 1), torch.cat([patch_side, prior_patches], 0)
 
     def _prior_columns(self, expected: torch.Tensor, inv2s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, K) and (K, P) factors whose product is minus the soft prior's penalty (see :meth:`in_image_logits`)."""
@@ -206,20 +275,22 @@ class MatchingHead(nn.Module):
         ``refine=False``: the pixels are the patch centres (:meth:`refine_pixels` refines some of them later).
         """
         inv2s2 = None if sigma is None else half_precision(sigma.to(point_features.dtype))
-        logits = self.in_image_logits(point_features, patch_features, expected, inv2s2)  # refuses sigma alone
-        candidates = torch.ones(len(logits), dtype=torch.bool)
-        if expected is not None:
+        point_side, patch_side = self._logit_factors(point_features, patch_features, expected, inv2s2)
+        candidates = torch.ones(len(point_side), dtype=torch.bool, device=point_side.device)
+        if expected is None:
+            best, conf = _best_patch(point_side @ patch_side)
+        else:
             if radius is None or not radius > 0:
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
             # Squared distance to each patch centre, separable over the grid's columns and rows: two small
-            # (M, cols) / (M, rows) tables, then the patches outside the window are masked one grid row at a
-            # time (cache-sized pieces; a full (M, P) distance matrix cost more than the logits themselves).
+            # (M, cols) / (M, rows) tables (a full (M, P) distance matrix cost more than the logits themselves).
             rows, cols = self.config.grid_size
-            e = expected.to(logits.dtype)
+            e = expected.to(point_side.dtype)
             centres = patch_centers(self.config).to(e.dtype)  # row-major: first row's u, first column's v
             du2 = (e[:, :1] - centres[:cols, 0]) ** 2  # (M, cols)
             dv2 = (e[:, 1:] - centres[::cols, 1]) ** 2  # (M, rows)
-            if math.isfinite(radius):  # an infinite radius: the whole image, the soft prior alone
+            candidates = du2.min(1).values + dv2.min(1).values <= radius**2
+            if math.isfinite(radius):
                 # 40 below the smallest logit a window patch can have (Cauchy-Schwarz on the features, the prior's
                 # largest penalty in the window): a masked patch never wins the max and adds < exp(-40) to the
                 # softmax sum. Finite, so that a point with no patch in its window gets no NaN.
@@ -229,16 +300,9 @@ class MatchingHead(nn.Module):
                     outside -= (
                         float((inv2s2 if inv2s2.dim() == 1 else inv2s2.diagonal(0, 1, 2).sum(1)).max()) * radius**2
                     )
-                grid = logits.view(len(e), rows, cols)
-                for r in range(rows):
-                    grid[:, r].masked_fill_(du2 > radius**2 - dv2[:, r : r + 1], outside)
-            candidates = du2.min(1).values + dv2.min(1).values <= radius**2
-        top, best = logits.max(1)
-        # The winning patch's softmax probability, 1 / sum(exp(logits - top)), computed in place: the (M, P)
-        # matrix is the largest thing matching touches, and logsumexp would make two more passes over it.
-        # Clamped at -80 (each clamped patch adds < 2e-35): exp() of a result below float32's normal range takes a
-        # slow path, and the soft prior's penalty on far patches went there (matching took twice as long).
-        conf = 1.0 / logits.sub_(top[:, None]).clamp_(min=-80.0).exp_().sum(1)
+                best, conf = _best_in_windows(point_side, patch_side, du2, dv2, radius**2, outside, candidates, rows)
+            else:  # an infinite radius: the whole image, the soft prior alone
+                best, conf = _best_patch(point_side @ patch_side)
         idx = torch.nonzero((conf >= min_confidence) & candidates)[:, 0]
         if max_per_patch > 0:
             idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]
