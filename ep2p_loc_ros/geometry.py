@@ -23,6 +23,7 @@ __all__ = [
     "make_T",
     "matrix_to_quaternion",
     "matrix_to_rotvec",
+    "pose_add",
     "pose_difference",
     "quaternion_to_matrix",
     "rotation_angle_deg",
@@ -99,6 +100,15 @@ def pose_difference(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``[t_A - t_B, Log(R_A R_Bᵀ)]``: how far pose ``A`` is from ``B`` in the covariance parametrisation of
     :func:`se3_exp` (position in the parent frame, rotation about the parent's axes)."""
     return np.concatenate([A[:3, 3] - B[:3, 3], matrix_to_rotvec(A[:3, :3] @ B[:3, :3].T)])
+
+
+def pose_add(B: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Pose ``B`` moved by ``d`` = ``[δt, δr]`` in the same parametrisation: ``t_B + δt``, ``Exp(δr) R_B``. The inverse
+    of :func:`pose_difference`: ``pose_add(B, pose_difference(A, B))`` is ``A``."""
+    T = np.array(B, dtype=np.float64)
+    T[:3, 3] += d[:3]
+    T[:3, :3] = rotvec_to_matrix(d[3:]) @ T[:3, :3]
+    return T
 
 
 def lever_jacobian(d: np.ndarray) -> np.ndarray:

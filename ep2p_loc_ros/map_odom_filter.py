@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import invert, lever_jacobian, pose_difference, rotvec_to_matrix
+from .geometry import invert, lever_jacobian, pose_add, pose_difference
 
 __all__ = ["FusionConfig", "FusionUpdate", "MapOdomFilter"]
 
@@ -101,13 +101,6 @@ class FusionUpdate:
     hypotheses: int
     published: bool  # the filter has a hypothesis to publish after this measurement
     reason: str = field(default="ok")
-
-
-def _boxplus(B: np.ndarray, d: np.ndarray) -> np.ndarray:
-    T = B.copy()
-    T[:3, 3] = B[:3, 3] + d[:3]
-    T[:3, :3] = rotvec_to_matrix(d[3:]) @ B[:3, :3]
-    return T
 
 
 def _finite_pose(T: np.ndarray, what: str) -> np.ndarray:
@@ -208,7 +201,7 @@ class MapOdomFilter:
         else:
             prior = chosen.P + added
             K = np.linalg.solve(prior + Cz, prior).T  # P S⁻¹ (both symmetric)
-            chosen.T = _boxplus(chosen.T, K @ pose_difference(z, chosen.T))
+            chosen.T = pose_add(chosen.T, K @ pose_difference(z, chosen.T))
             IK = np.eye(6) - K
             chosen.P = IK @ prior @ IK.T + K @ Cz @ K.T  # Joseph form: stays symmetric positive definite
             # The same estimate's error when the localizations' errors are correlated: e = (I-K) e⁻ + K (S u + n),

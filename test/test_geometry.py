@@ -7,9 +7,12 @@ from ep2p_loc_ros.geometry import (
     CameraError,
     PinholeCamera,
     invert,
+    lever_jacobian,
     make_T,
     matrix_to_quaternion,
     matrix_to_rotvec,
+    pose_add,
+    pose_difference,
     quaternion_to_matrix,
     rotation_angle_deg,
     rotvec_to_matrix,
@@ -110,3 +113,24 @@ def test_geometry_camera_rejects_bad_intrinsics(kwargs, match):
     args = {"width": 10, "height": 10, "K": np.diag([5.0, 5.0, 1.0])} | kwargs
     with pytest.raises(CameraError, match=match):
         PinholeCamera(**args)
+
+
+def test_pose_add_and_pose_difference_are_inverse_and_follow_the_covariance_convention():
+    """Position moves in the parent frame, rotation is a small rotation about the parent's fixed axes (pnp.py's
+    covariance convention); ``lever_jacobian`` moves such a perturbation to a frame rigidly attached ``d`` away."""
+    rng = np.random.default_rng(7)
+    A, B = _random_T(rng), _random_T(rng)
+    np.testing.assert_allclose(pose_add(B, pose_difference(A, B)), A, atol=1e-12)
+    d = np.r_[rng.normal(size=3), 0.3 * rng.normal(size=3)]
+    np.testing.assert_allclose(pose_difference(pose_add(B, d), B), d, atol=1e-12)
+    moved = pose_add(B, d)
+    np.testing.assert_allclose(moved[:3, 3], B[:3, 3] + d[:3], atol=1e-12)
+    np.testing.assert_allclose(moved[:3, :3], rotvec_to_matrix(d[3:]) @ B[:3, :3], atol=1e-12)
+    # a small perturbation of B carries a frame attached at offset o (parent axes) by J = lever_jacobian(o)
+    o = rng.normal(size=3)
+    small = 1e-6 * rng.normal(size=6)
+    child_before = B.copy()  # the attached frame: B's rotation, origin moved by o in the parent frame
+    child_before[:3, 3] = B[:3, 3] + o
+    child_after = pose_add(B, small)
+    child_after[:3, 3] += child_after[:3, :3] @ B[:3, :3].T @ o
+    np.testing.assert_allclose(pose_difference(child_after, child_before), lever_jacobian(o) @ small, atol=1e-11)

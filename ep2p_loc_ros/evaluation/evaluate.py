@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..datasets.kitti_odometry import KittiOdometrySequence
-from ..geometry import rotvec_to_matrix
+from ..geometry import pose_add
 from ..localizer import LocalizationResult, Localizer
 from ..map import nearest_submaps
 from .metrics import CHI2_6_95, nees, pose_errors, recall_table, summarize_errors
@@ -57,10 +57,7 @@ def _perturb(T: np.ndarray, metres: float, degrees: float, rng: np.random.Genera
     if metres == 0 and degrees == 0:
         return T
     d, axis = rng.normal(size=3), rng.normal(size=3)
-    out = T.copy()
-    out[:3, :3] = rotvec_to_matrix(np.radians(degrees) * axis / np.linalg.norm(axis)) @ T[:3, :3]
-    out[:3, 3] += metres * d / np.linalg.norm(d)
-    return out
+    return pose_add(T, np.r_[metres * d / np.linalg.norm(d), np.radians(degrees) * axis / np.linalg.norm(axis)])
 
 
 def evaluate_sequence(
