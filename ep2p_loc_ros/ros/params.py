@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,20 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _section(values: dict[str, Any], prefix: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``prefix.*`` values with the prefix taken off (``skip``: names that are the node's, not the config's)."""
+    n = len(prefix) + 1
+    return {k[n:]: val for k, val in values.items() if k.startswith(prefix + ".") and k[n:] not in skip}
+
+
+def _config(make: Callable[[], Any]) -> Any:
+    """A config dataclass from its parameters; its own validation error becomes a :class:`ParamError`."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise ParamError(str(exc)) from exc
+
+
 def params_from_values(values: dict[str, Any]) -> NodeParams:
     """Flat ``{dotted name: value}`` (defaults for the missing) -> validated :class:`NodeParams`.
 
@@ -298,22 +313,9 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         raise ParamError(f"camera_mount: expected 7 numbers [x, y, z, qx, qy, qz, qw], got {len(mount)}")
     elif not all(math.isfinite(x) for x in mount) or math.hypot(*mount[3:]) < 1e-6:
         raise ParamError(f"camera_mount: needs finite numbers and a non-zero quaternion, got {mount}")
-    gate_vals = {k[len("gate.") :]: val for k, val in v.items() if k.startswith("gate.")}
-    try:
-        gate = GateConfig(**gate_vals)
-    except ValueError as exc:
-        raise ParamError(str(exc)) from exc
-    fusion_vals = {k[len("fusion.") :]: val for k, val in v.items() if k.startswith("fusion.")}
-    fusion_vals.pop("enabled")
-    try:
-        fusion = FusionConfig(**fusion_vals)
-    except ValueError as exc:
-        raise ParamError(str(exc)) from exc
-    loc_vals = _nest({k[len("localizer.") :]: val for k, val in v.items() if k.startswith("localizer.")})
-    try:
-        localizer = LocalizerConfig.from_dict(loc_vals, source="localizer")
-    except ValueError as exc:
-        raise ParamError(str(exc)) from exc
+    gate = _config(lambda: GateConfig(**_section(v, "gate")))
+    fusion = _config(lambda: FusionConfig(**_section(v, "fusion", skip=("enabled",))))
+    localizer = _config(lambda: LocalizerConfig.from_dict(_nest(_section(v, "localizer")), source="localizer"))
     return NodeParams(
         map_path=v["map_path"],
         model_path=v["model_path"] or str(DEFAULT_MODEL_DIR),
