@@ -463,26 +463,9 @@ class LocalizationNode(LifecycleNode):
                 extra,
             )
             return
-        self._pubs["pose"].publish(self._pose_msg(T_map_out, cov_out, stamp))
-        latency_ms = (time.perf_counter() - frame.received) * 1e3
-
-        tf_note = self._publish_tf(T_map_out, child, stamp) if p.publish_tf else "off"
-        with self._cond:
-            self._tracked = (result.T_map_cam, stamp_s, self._odom_T(stamp))
-            self._failures = 0
-        self._counters["frames_localized"] += 1
-        self._report(
-            Level.OK,
-            "localized" if decision.reason == "ok" else f"localized: {decision.reason}",
-            {
-                "result": "localized",
-                "reason": decision.reason,
-                "image_stamp": _stamp_str(stamp),
-                "latency_ms": latency_ms,
-                "pose_of": pose_of,
-                "tf": tf_note,
-                **extra,
-            },
+        message = "localized" if decision.reason == "ok" else f"localized: {decision.reason}"
+        self._localized(
+            frame, T_map_out, cov_out, child, result.T_map_cam, self._odom_T(stamp), message, decision.reason, extra
         )
 
     def _fuse(self, frame: _Frame, result: Any, T_base_cam: np.ndarray, T_odom_base: np.ndarray, extra: dict) -> None:
@@ -513,22 +496,43 @@ class LocalizationNode(LifecycleNode):
             self._reject(frame, Level.WARN, "held", waiting, extra)
             return
         T_map_base, cov = fused
-        self._pubs["pose"].publish(self._pose_msg(T_map_base, cov, stamp))
-        tf_note = self._publish_tf(T_map_base, p.base_frame, stamp) if p.publish_tf else "off"
+        T_map_cam = T_map_base @ T_base_cam
+        self._localized(
+            frame, T_map_base, cov, p.base_frame, T_map_cam, T_odom_base, f"localized (fused): {note}", note, extra
+        )
+
+    def _localized(
+        self,
+        frame: _Frame,
+        T_map_out: np.ndarray,
+        cov_out: np.ndarray,
+        child: str,
+        T_map_cam: np.ndarray,
+        T_odom_base: np.ndarray | None,
+        message: str,
+        reason: str,
+        extra: dict,
+    ) -> None:
+        """Publish a pose of ``child`` (``~/pose``, TF), track from the camera pose ``T_map_cam`` (with the odometry
+        at its stamp) and report it: the end of every frame that gets a pose, gated or fused."""
+        stamp = frame.msg.header.stamp
+        self._pubs["pose"].publish(self._pose_msg(T_map_out, cov_out, stamp))
+        latency_ms = (time.perf_counter() - frame.received) * 1e3
+        tf_note = self._publish_tf(T_map_out, child, stamp) if self.params.publish_tf else "off"
         with self._cond:
-            self._tracked = (T_map_base @ T_base_cam, _stamp_s(stamp), T_odom_base)
+            self._tracked = (T_map_cam, _stamp_s(stamp), T_odom_base)
             self._failures = 0
         self._counters["frames_localized"] += 1
         values = {
             "result": "localized",
-            "reason": note,
+            "reason": reason,
             "image_stamp": _stamp_str(stamp),
-            "latency_ms": (time.perf_counter() - frame.received) * 1e3,
-            "pose_of": p.base_frame,
+            "latency_ms": latency_ms,
+            "pose_of": child,
             "tf": tf_note,
             **extra,
         }
-        self._report(Level.OK, f"localized (fused): {note}", values)
+        self._report(Level.OK, message, values)
 
     # -- helpers of the worker ------------------------------------------------------------------------------
     def _outside_map(self, prior: np.ndarray | None) -> str:
