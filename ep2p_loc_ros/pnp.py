@@ -165,21 +165,23 @@ def _fail(status: PnPStatus, message: str, n: int, inliers: np.ndarray | None = 
 
 
 def _project(R: np.ndarray, t: np.ndarray, X: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels (N, 2), camera-frame points (N, 3) and rotated world points ``R X`` (N, 3) of an undistorted K."""
-    RX = X @ R.T
-    Xc = RX + t
+    """Pixel residuals' ingredients: pixels (N, 2), camera-frame points ``R X + t`` (N, 3) and their inverse
+    depths (N,) for an undistorted ``K``."""
+    Xc = X @ R.T
+    Xc += t
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = Xc[:, 0] / Xc[:, 2]
-        y = Xc[:, 1] / Xc[:, 2]
-    uv = np.stack([K[0, 0] * x + K[0, 1] * y + K[0, 2], K[1, 1] * y + K[1, 2]], axis=1)
-    return uv, Xc, RX
+        iz = 1.0 / Xc[:, 2]
+    x, y = Xc[:, 0] * iz, Xc[:, 1] * iz
+    uv = np.empty((len(Xc), 2))
+    uv[:, 0] = K[0, 0] * x + K[0, 1] * y + K[0, 2]
+    uv[:, 1] = K[1, 1] * y + K[1, 2]
+    return uv, Xc, iz
 
 
-def _jacobian(Xc: np.ndarray, RX: np.ndarray, K: np.ndarray) -> np.ndarray:
+def _jacobian(Xc: np.ndarray, iz: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
     """d(pixels)/d(delta) (N, 2, 6) for ``R <- Exp(w) R, t <- t + v`` (camera frame), ``delta = [v, w]``."""
     fx, s, fy = K[0, 0], K[0, 1], K[1, 1]
-    X, Y, Z = Xc[:, 0], Xc[:, 1], Xc[:, 2]
-    iz = 1.0 / Z
+    X, Y = Xc[:, 0], Xc[:, 1]
     iz2 = iz * iz
     J = np.zeros((Xc.shape[0], 2, 6))
     # d(u, v) / d(Xc), which is also d(u, v) / dv since d(Xc)/dv = I
@@ -188,6 +190,7 @@ def _jacobian(Xc: np.ndarray, RX: np.ndarray, K: np.ndarray) -> np.ndarray:
     J[:, 0, 0], J[:, 0, 1], J[:, 0, 2] = d00, d01, d02
     J[:, 1, 1], J[:, 1, 2] = d11, d12
     # d(Xc)/dw = -[R X]_x  (Exp(w) R X ~ R X + w x R X); rows of d(u,v)/d(Xc) times that, written out
+    RX = Xc - t
     a, b, c = RX[:, 0], RX[:, 1], RX[:, 2]
     J[:, 0, 3] = d02 * b - d01 * c
     J[:, 0, 4] = d00 * c - d02 * a
@@ -203,7 +206,12 @@ def _cost(R: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray, K: np.nda
     if np.any(Xc[:, 2] <= 1e-9):
         return float("inf")  # a step that puts an inlier behind the camera is never accepted
     r = proj - uv
-    return float(np.sum(w * np.sum(r * r, axis=1)))
+    return float(w @ np.einsum("ij,ij->i", r, r))
+
+
+# LM stops when a step lowers the cost by less than this fraction: 1e-10 of the cost moves the pose by
+# nanometres (far below pixel noise); a tighter tolerance only spent ten failing damped steps at convergence.
+LM_RELATIVE_TOLERANCE = 1e-10
 
 
 def refine_pose_lm(
@@ -223,16 +231,16 @@ def refine_pose_lm(
     X = np.asarray(points_world, dtype=np.float64)
     uv = np.asarray(pixels, dtype=np.float64)
     w = np.ones(X.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    ww = np.repeat(w, 2)[:, None]
     R, t = T_cam_world[:3, :3].copy(), T_cam_world[:3, 3].copy()
     cost = _cost(R, t, X, uv, K, w)
     lam = 1e-3
     for _ in range(max_iterations):
-        proj, Xc, RX = _project(R, t, X, K)
-        r = (proj - uv).reshape(-1)
-        J = _jacobian(Xc, RX, K).reshape(-1, 6)
-        ww = np.repeat(w, 2)
-        H = J.T @ (J * ww[:, None])
-        g = J.T @ (ww * r)
+        proj, Xc, iz = _project(R, t, X, K)
+        Jw = _jacobian(Xc, iz, t, K).reshape(-1, 6)
+        J, Jw = Jw, Jw * ww
+        H = J.T @ Jw
+        g = Jw.T @ (proj - uv).reshape(-1)
         if np.max(np.abs(g)) < 1e-12 * max(1.0, cost):
             break
         diag = np.maximum(np.diag(H), 1e-12 * max(1.0, np.max(np.diag(H))))
@@ -247,7 +255,7 @@ def refine_pose_lm(
             t_new = t + delta[:3]
             new_cost = _cost(R_new, t_new, X, uv, K, w)
             if new_cost <= cost:
-                converged = cost - new_cost <= 1e-14 * max(cost, 1e-30) or np.max(np.abs(delta)) < 1e-14
+                converged = cost - new_cost <= LM_RELATIVE_TOLERANCE * max(cost, 1e-30) or np.max(np.abs(delta)) < 1e-12
                 R, t, cost = R_new, t_new, new_cost
                 lam = max(lam / 10.0, 1e-12)
                 improved = True
@@ -258,9 +266,9 @@ def refine_pose_lm(
     # Re-orthonormalise (repeated small-rotation products drift at the 1e-16 level).
     U, _, Vt = np.linalg.svd(R)
     R = U @ Vt
-    proj, Xc, RX = _project(R, t, X, K)
-    J = _jacobian(Xc, RX, K).reshape(-1, 6)
-    H = J.T @ (J * np.repeat(w, 2)[:, None])
+    proj, Xc, iz = _project(R, t, X, K)
+    J = _jacobian(Xc, iz, t, K).reshape(-1, 6)
+    H = J.T @ (J * ww)
     return make_T(R, t), H, proj - uv
 
 

@@ -102,20 +102,24 @@ def upright_candidates(
     alpha = np.arctan2(B, A)
     delta = np.arccos(np.clip(cos_arg, -1.0, 1.0))
     phi = np.stack([alpha + delta, alpha - delta], 1)  # (S, 2)
-    Rt = np.swapaxes(rot_y(phi), -1, -2)  # Ry(phi)^T
-    E = np.einsum("sjab,sb->sja", Rt, D)  # = lambda1 f1 - lambda2 f2
+    cos, sin = np.cos(phi), np.sin(phi)
+    # E = Ry(phi)^T D = lambda1 f1 - lambda2 f2, written out (Ry(phi)^T maps (x, y, z) to (c x - s z, y, s x + c z))
+    Dx, Dy, Dz = D[:, None, 0], D[:, None, 1], D[:, None, 2]
+    Ex, Ez = cos * Dx - sin * Dz, sin * Dx + cos * Dz
     # Least squares for (lambda1, lambda2): [f1, -f2] lam = E, via the 2x2 normal equations.
     a11 = np.sum(f1 * f1, 1)[:, None]
     a22 = np.sum(f2 * f2, 1)[:, None]
     a12 = -np.sum(f1 * f2, 1)[:, None]
-    b1 = np.einsum("sja,sa->sj", E, f1)
-    b2 = -np.einsum("sja,sa->sj", E, f2)
+    b1 = Ex * f1[:, None, 0] + Dy * f1[:, None, 1] + Ez * f1[:, None, 2]
+    b2 = -(Ex * f2[:, None, 0] + Dy * f2[:, None, 1] + Ez * f2[:, None, 2])
     det = a11 * a22 - a12 * a12
     with np.errstate(divide="ignore", invalid="ignore"):
         lam1 = (a22 * b1 - a12 * b2) / det
         lam2 = (a11 * b2 - a12 * b1) / det
-    R = rot_y(phi)
-    c = Y1[:, None, :] - lam1[..., None] * np.einsum("sjab,sb->sja", R, f1)
+    # c = Y1 - lambda1 Ry(phi) f1, Ry(phi) mapping (x, y, z) to (c x + s z, y, -s x + c z)
+    f1x, f1y, f1z = f1[:, None, 0], f1[:, None, 1], f1[:, None, 2]
+    Rf1 = np.stack([cos * f1x + sin * f1z, np.broadcast_to(f1y, cos.shape), cos * f1z - sin * f1x], -1)
+    c = Y1[:, None, :] - lam1[..., None] * Rf1
     valid = exists[:, None] & (lam1 > 0) & (lam2 > 0) & np.isfinite(lam1) & np.isfinite(lam2)
     return phi, c, valid
 
@@ -143,6 +147,30 @@ def search_rank(masks: np.ndarray, uv: np.ndarray, score: str = "cells") -> np.n
     ``score="inliers"``."""
     inliers = masks.sum(1)
     return inliers + (occupied_cells(masks, uv) * (len(uv) + 1) if score == "cells" else 0)
+
+
+def _finalist_ranks(masks: np.ndarray, uv: np.ndarray, score: str, finalists: int) -> np.ndarray:
+    """:func:`search_rank` of the hypotheses that can be among the ``finalists`` best; lower values for the rest.
+
+    Why: counting a hypothesis's image cells is the costly part of its rank, and most hypotheses have too few
+    inliers to matter. A hypothesis has at most as many cells as inliers, so once the cells of the most-inlier
+    hypotheses are known, one with fewer inliers than the ``finalists``-th best cell count ranks below every
+    finalist: its exact rank is not needed (its inlier count, lower still, stands in). The finalists and their
+    order are those of ranking every hypothesis.
+    """
+    inliers = masks.sum(1)
+    if score != "cells" or len(masks) <= finalists:
+        return search_rank(masks, uv, score)
+    ranks = inliers.astype(np.int64)  # < (cells bound) * (len(uv) + 1): below every finalist
+    known = np.zeros(len(masks), dtype=bool)
+    most = np.argsort(-inliers, kind="stable")[: 2 * finalists]
+    for rows in (most, None):
+        if rows is None:  # every hypothesis that could still reach the finalists' cell count
+            bound = np.sort(ranks[known] // (len(uv) + 1))[-finalists]
+            rows = np.flatnonzero(~known & (inliers >= bound))
+        ranks[rows] = search_rank(masks[rows], uv, score)
+        known[rows] = True
+    return ranks
 
 
 def _inliers(
@@ -216,10 +244,10 @@ def upright_ransac(
     subset = rng.choice(n, min(score_subset, n), replace=False)
 
     Y_sub, uv_sub = Y[subset], uv[subset]
-    preliminary = np.zeros(len(phi))
-    for start in range(0, len(phi), 1024):  # bounded memory: (1024, subset) arrays
-        sl = slice(start, start + 1024)
-        preliminary[sl] = search_rank(_inliers(phi[sl], c[sl], Y_sub, uv_sub, K, threshold_px), uv_sub, score)
+    masks = np.concatenate(  # bounded memory: (1024, subset) float arrays at a time
+        [_inliers(phi[s : s + 1024], c[s : s + 1024], Y_sub, uv_sub, K, threshold_px) for s in range(0, len(phi), 1024)]
+    )
+    preliminary = _finalist_ranks(masks, uv_sub, score, finalists)
     top = np.argsort(-preliminary, kind="stable")[:finalists]
     full = _inliers(phi[top], c[top], Y, uv, K, threshold_px)
     k = int(np.argmax(search_rank(full, uv, score)))

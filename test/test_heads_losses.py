@@ -141,6 +141,33 @@ def test_heads_windowed_match_on_the_shipped_grid_equals_masking_every_patch():
         torch.testing.assert_close(conf, posterior.max(1).values, rtol=tol, atol=tol)
 
 
+def test_heads_match_over_the_whole_image_in_blocks_of_points_equals_the_softmax_of_all_logits():
+    """Without a window (no prior, or the viewpoint prior over the whole image) the logits are made and reduced
+    1,024 points at a time (cache-sized blocks); every point's patch and confidence must be those of the softmax
+    over its row of the full (M, P) logits, for a count of points that is not a multiple of the block."""
+    cfg = ModelConfig(feature_dim=16)
+    torch.manual_seed(5)
+    head = MatchingHead(cfg)
+    rows, cols = cfg.grid_size
+    pf = torch.nn.functional.normalize(torch.randn(16, rows, cols), dim=0)
+    pts = torch.nn.functional.normalize(torch.randn(2300, 16), dim=1)
+    expected = torch.rand(2300, 2) * torch.tensor([640.0, 192.0])
+    sigma = torch.linspace(5.0, 80.0, 2300)
+    d2 = ((patch_centers(cfg)[None] - expected[:, None]) ** 2).sum(2)
+    for kw in ({}, {"expected": expected, "radius": float("inf"), "sigma": sigma}):
+        idx, px, conf = head.match(pts, pf, refine=False, **kw)
+        with torch.no_grad():
+            logits = head.patch_logits(pts, pf)[:, :-1]
+        if kw:
+            logits = logits - d2 / (2 * sigma[:, None] ** 2)
+        posterior = torch.softmax(logits, 1)
+        assert idx.tolist() == list(range(2300))
+        chosen = ((px[:, 1] // 8) * cols + px[:, 0] // 8).long()
+        assert chosen.tolist() == posterior.argmax(1).tolist()
+        tol = 1e-6 if not kw else 1e-4
+        torch.testing.assert_close(conf, posterior.max(1).values, rtol=tol, atol=tol)
+
+
 def test_heads_guided_match_soft_prior_favours_patches_near_the_expected_pixel():
     """``sigma``: inside the window, the logits lose (distance / sigma)^2 / 2; a huge sigma is the window alone,
     smaller ones move choices to patches nearer the expected pixel; a sigma without expected pixels is refused."""

@@ -9,8 +9,10 @@ from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, rotvec_to_matri
 from ep2p_loc_ros.pnp import PnPConfig, PnPStatus, solve_pnp
 from ep2p_loc_ros.upright_ransac import (
     UprightBounds,
+    _finalist_ranks,
     occupied_cells,
     rot_y,
+    search_rank,
     upright_candidates,
     upright_ransac,
     yaw_about_camera_y,
@@ -148,6 +150,28 @@ def test_occupied_cells_counts_distinct_cells_per_mask() -> None:
     far = np.array([[0.0, 0.0], [1e6, 3e5], [5.0, 5.0], [-2e5, 40.0]])
     masks = np.array([[True, True, True, True], [True, False, True, False], [False, True, False, True]])
     assert occupied_cells(masks, far).tolist() == [3, 1, 2]
+
+
+@pytest.mark.parametrize("finalists", [1, 8, 64])
+def test_finalist_ranks_pick_the_finalists_of_ranking_every_hypothesis(finalists: int) -> None:
+    """Only hypotheses with enough inliers get their cells counted; the finalists, in order, must be those of
+    ranking all of them. Many ties (few cells, counts repeated) and hypotheses with many inliers crowded into one
+    cell (ranked high by inliers, low by cells) are what a wrong bound would get wrong."""
+    rng = np.random.default_rng(9)
+    uv = rng.uniform(0, 1241, (300, 2)) * [1, 0.3]
+    uv[:40] = rng.uniform(0, 30, (40, 2))  # one crowded cell
+    rates = rng.choice([0.002, 0.01, 0.03, 0.1], 700)
+    masks = rng.random((700, 300)) < rates[:, None]
+    masks[::50, :40] = True  # many inliers, all in that cell
+    for score in ("cells", "inliers"):
+        full = search_rank(masks, uv, score)
+        fast = _finalist_ranks(masks, uv, score, finalists)
+        want = np.argsort(-full, kind="stable")[:finalists]
+        got = np.argsort(-fast, kind="stable")[:finalists]
+        assert got.tolist() == want.tolist(), score
+        np.testing.assert_array_equal(fast[got], full[want])
+    # fewer hypotheses than finalists: every rank is exact
+    np.testing.assert_array_equal(_finalist_ranks(masks[:5], uv, "cells", 8), search_rank(masks[:5], uv, "cells"))
 
 
 def test_upright_ransac_cells_score_prefers_spread_inliers() -> None:
