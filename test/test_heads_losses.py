@@ -141,10 +141,10 @@ def test_heads_windowed_match_on_the_shipped_grid_equals_masking_every_patch():
         torch.testing.assert_close(conf, posterior.max(1).values, rtol=tol, atol=tol)
 
 
-def test_heads_match_over_the_whole_image_in_blocks_of_points_equals_the_softmax_of_all_logits():
-    """Without a window (no prior, or the viewpoint prior over the whole image) the logits are made and reduced
-    1,024 points at a time (cache-sized blocks); every point's patch and confidence must be those of the softmax
-    over its row of the full (M, P) logits, for a count of points that is not a multiple of the block."""
+def test_heads_match_over_the_whole_image_equals_the_softmax_of_all_logits():
+    """Without a window (no prior, or the viewpoint prior over the whole image: global matching) every point's
+    patch and confidence must be those of the softmax over its row of the (M, P) logits, the prior folded into the
+    matrix product included."""
     cfg = ModelConfig(feature_dim=16)
     torch.manual_seed(5)
     head = MatchingHead(cfg)

@@ -86,22 +86,6 @@ def _best_patch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return best, 1.0 / logits.sub_(top[:, None]).clamp_(min=-80.0).exp_().sum(1)
 
 
-def _best_of_product(
-    point_side: torch.Tensor, patch_side: torch.Tensor, rows: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_best_patch` of the logits ``point_side @ patch_side``, ``rows`` points at a time.
-
-    Why: the whole (M, P) matrix (4,000 x 1,920 floats, 30 MB) outgrows the CPU caches, so each of
-    :func:`_best_patch`'s five passes streamed it from memory again; a block of 1,024 rows (8 MB) is still in cache
-    when they run. Same choices and confidences (each row's logits are the same dot products); global matching
-    with the viewpoint prior took 0.7-0.8x the time on 2 cores (blocks of 256 / 512 / 1,024 rows measured).
-    """
-    if len(point_side) <= rows:
-        return _best_patch(point_side @ patch_side)
-    parts = [_best_patch(point_side[s : s + rows] @ patch_side) for s in range(0, len(point_side), rows)]
-    return torch.cat([b for b, _ in parts]), torch.cat([c for _, c in parts])
-
-
 def _best_in_windows(
     point_side: torch.Tensor,
     patch_side: torch.Tensor,
@@ -300,7 +284,7 @@ class MatchingHead(nn.Module):
         point_side, patch_side = self._logit_factors(point_features, patch_features, expected, inv2s2)
         candidates = torch.ones(len(point_side), dtype=torch.bool, device=point_side.device)
         if expected is None:
-            best, conf = _best_of_product(point_side, patch_side)
+            best, conf = _best_patch(point_side @ patch_side)
         else:
             if radius is None or not radius > 0:
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
@@ -324,7 +308,7 @@ class MatchingHead(nn.Module):
                     )
                 best, conf = _best_in_windows(point_side, patch_side, du2, dv2, radius**2, outside, candidates, rows)
             else:  # an infinite radius: the whole image, the soft prior alone
-                best, conf = _best_of_product(point_side, patch_side)
+                best, conf = _best_patch(point_side @ patch_side)
         idx = torch.nonzero((conf >= min_confidence) & candidates)[:, 0]
         if max_per_patch > 0:
             idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]
