@@ -165,8 +165,8 @@ def _fail(status: PnPStatus, message: str, n: int, inliers: np.ndarray | None = 
 
 
 def _project(R: np.ndarray, t: np.ndarray, X: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel residuals' ingredients: pixels (N, 2), camera-frame points ``R X + t`` (N, 3) and their inverse
-    depths (N,) for an undistorted ``K``."""
+    """Pixels (N, 2), camera-frame points ``R X + t`` (N, 3) and their inverse depths (N,) for an undistorted
+    ``K`` (the LM's residuals and Jacobian share them)."""
     Xc = X @ R.T
     Xc += t
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -209,8 +209,9 @@ def _cost(R: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray, K: np.nda
     return float(w @ np.einsum("ij,ij->i", r, r))
 
 
-# LM stops when a step lowers the cost by less than this fraction: 1e-10 of the cost moves the pose by
-# nanometres (far below pixel noise); a tighter tolerance only spent ten failing damped steps at convergence.
+# LM stops when a step lowers the cost by less than this fraction of it. Near the optimum that is a pose change of
+# micrometres at most (on 119 problems captured from a held-out drive the poses moved by <= 4e-8 m against 1e-14);
+# the tighter 1e-14, which float64 rarely reaches, only added ten failing damped steps to every LM.
 LM_RELATIVE_TOLERANCE = 1e-10
 
 
@@ -237,8 +238,8 @@ def refine_pose_lm(
     lam = 1e-3
     for _ in range(max_iterations):
         proj, Xc, iz = _project(R, t, X, K)
-        Jw = _jacobian(Xc, iz, t, K).reshape(-1, 6)
-        J, Jw = Jw, Jw * ww
+        J = _jacobian(Xc, iz, t, K).reshape(-1, 6)
+        Jw = J * ww
         H = J.T @ Jw
         g = Jw.T @ (proj - uv).reshape(-1)
         if np.max(np.abs(g)) < 1e-12 * max(1.0, cost):

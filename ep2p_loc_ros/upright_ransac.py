@@ -161,15 +161,12 @@ def _finalist_ranks(masks: np.ndarray, uv: np.ndarray, score: str, finalists: in
     inliers = masks.sum(1)
     if score != "cells" or len(masks) <= finalists:
         return search_rank(masks, uv, score)
-    ranks = inliers.astype(np.int64)  # < (cells bound) * (len(uv) + 1): below every finalist
-    known = np.zeros(len(masks), dtype=bool)
-    most = np.argsort(-inliers, kind="stable")[: 2 * finalists]
-    for rows in (most, None):
-        if rows is None:  # every hypothesis that could still reach the finalists' cell count
-            bound = np.sort(ranks[known] // (len(uv) + 1))[-finalists]
-            rows = np.flatnonzero(~known & (inliers >= bound))
-        ranks[rows] = search_rank(masks[rows], uv, score)
-        known[rows] = True
+    ranks = inliers.astype(np.int64)  # stand-ins: below bound * (len(uv) + 1), the least rank a finalist has
+    first = np.argsort(-inliers, kind="stable")[: 2 * finalists]
+    ranks[first] = search_rank(masks[first], uv, score)
+    bound = np.sort(ranks[first] // (len(uv) + 1))[-finalists]  # the finalists-th best cell count so far
+    rest = np.setdiff1d(np.flatnonzero(inliers >= bound), first)  # the others that could still reach it
+    ranks[rest] = search_rank(masks[rest], uv, score)
     return ranks
 
 
