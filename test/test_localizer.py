@@ -490,6 +490,79 @@ def test_localizer_pools_the_retrieved_submaps_into_one_matching_pass(scene):
     assert len(np.unique(res.matched_points, axis=0)) == len(res.matched_points)
 
 
+def test_localizer_keeps_each_retrieved_viewpoints_view_for_later_frames(scene):
+    """What a retrieved submap's viewpoint sees (IPR there) and its points' viewpoint prior do not depend on the
+    image: a second frame retrieving the same submaps reads none of them from the map again and gives the same
+    result, the soft prior handed to matching is where each point's own submap viewpoint projects it (the first
+    retrieved view that holds the point), a new camera makes new views, the cache keeps ``viewpoint_cache`` views
+    (least recently used out), and 0 turns it off with the same results."""
+    from ep2p_loc_ros.map import nearest_submaps
+
+    seq, lidar_map = scene
+    T_gt = seq.T_world_cam(FRAME)
+    true_id = int(nearest_submaps(lidar_map, T_gt, 1)[0][0])
+    desc = np.zeros(MC.global_dim, np.float32)
+    desc[true_id] = 1.0
+    image, camera = seq.image(FRAME), seq.calib.camera
+    reads: list[int] = []
+    priors: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+
+    def localizer(**cfg) -> Localizer:
+        loc = _localizer(lidar_map, desc, top_k=3, **cfg)
+        gather, match = loc.map.submap, loc._matches
+
+        def counted(i, features=True):
+            reads.append(int(i))
+            return gather(i, features=features)
+
+        def spied(pts, feats, *args):
+            priors.append((pts, args[5], args[7]))  # expected, sigma
+            return match(pts, feats, *args)
+
+        proxy = {"__getattr__": lambda _, k: getattr(lidar_map, k), "submap": staticmethod(counted)}
+        loc.map = type("CountedMap", (), proxy)()
+        loc._matches = spied
+        return loc
+
+    loc = localizer(viewpoint_cache=3)
+    first = loc.localize(image, camera)
+    assert first.ok, first.message
+    assert sorted(reads) == sorted(first.retrieved) and len(reads) == 3
+    reads.clear()
+    again = loc.localize(image, camera)
+    assert reads == []  # every view came from the cache
+    np.testing.assert_array_equal(again.T_map_cam, first.T_map_cam)
+    np.testing.assert_array_equal(again.matched_points, first.matched_points)
+    # the prior of each matched point: where the first retrieved viewpoint whose view holds it projects it
+    _, cam_net = prepare_image(image, camera, MC)
+    pts, expected, sigma = priors[-1]
+    owner = np.full(len(pts), -1)
+    for k, sid in enumerate(first.retrieved):
+        view = next(v for key, v in loc._views.items() if key[0] == sid)
+        rows = {tuple(p) for p in view.pts}
+        mine = np.array([owner[i] < 0 and tuple(p) in rows for i, p in enumerate(pts)], bool)
+        owner[mine] = k
+        in_vp = transform_points(invert(lidar_map.T_map_viewpoint[sid]), pts[mine])
+        np.testing.assert_allclose(expected[mine], cam_net.project(in_vp).uv, rtol=1e-5, atol=1e-3)
+    assert (owner >= 0).all() and len(set(owner.tolist())) > 1 and sigma.shape == (len(pts), 2, 2)
+    # another camera (intrinsics scaled by 0.9): new views
+    other = type(camera)(camera.width, camera.height, camera.K * np.diag([0.9, 0.9, 1.0]), camera.dist)
+    reads.clear()
+    loc.localize(image, other)
+    assert sorted(reads) == sorted(first.retrieved)
+    assert len(loc._views) == 3  # the cache's size: the first camera's views went out, least recent first
+    assert {key[0] for key in loc._views} == set(first.retrieved)
+    # off: every frame reads its submaps, the results are the same
+    reads.clear()
+    off = localizer(viewpoint_cache=0)
+    for _ in range(2):
+        res = off.localize(image, camera)
+        np.testing.assert_array_equal(res.T_map_cam, first.T_map_cam)
+    assert len(reads) == 6 and len(off._views) == 0
+    with pytest.raises(DataError, match="viewpoint_cache"):
+        LocalizerConfig.from_dict({"viewpoint_cache": -1})
+
+
 def test_localizer_tracking_searches_only_near_the_prior(scene):
     """A prior 15 m off: PnP's search region around it (``prior_search_distance_m``) decides whether the true
     pose can be found from it."""
