@@ -201,12 +201,17 @@ def _jacobian(Xc: np.ndarray, iz: np.ndarray, t: np.ndarray, K: np.ndarray) -> n
     return J
 
 
-def _cost(R: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray, K: np.ndarray, w: np.ndarray) -> float:
-    proj, Xc, _ = _project(R, t, X, K)
+def _cost(
+    R: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray, K: np.ndarray, w: np.ndarray
+) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Weighted squared reprojection error at ``(R, t)``, and the projection it came from (LM's next Jacobian
+    starts from it when the step is taken)."""
+    projected = _project(R, t, X, K)
+    proj, Xc, _ = projected
     if np.any(Xc[:, 2] <= 1e-9):
-        return float("inf")  # a step that puts an inlier behind the camera is never accepted
+        return float("inf"), projected  # a step that puts an inlier behind the camera is never accepted
     r = proj - uv
-    return float(w @ np.einsum("ij,ij->i", r, r))
+    return float(w @ np.einsum("ij,ij->i", r, r)), projected
 
 
 # LM stops when a step lowers the cost by less than this fraction of it. Near the optimum that is a pose change of
@@ -234,10 +239,9 @@ def refine_pose_lm(
     w = np.ones(X.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
     ww = np.repeat(w, 2)[:, None]
     R, t = T_cam_world[:3, :3].copy(), T_cam_world[:3, 3].copy()
-    cost = _cost(R, t, X, uv, K, w)
+    cost, (proj, Xc, iz) = _cost(R, t, X, uv, K, w)
     lam = 1e-3
     for _ in range(max_iterations):
-        proj, Xc, iz = _project(R, t, X, K)
         J = _jacobian(Xc, iz, t, K).reshape(-1, 6)
         Jw = J * ww
         H = J.T @ Jw
@@ -254,10 +258,11 @@ def refine_pose_lm(
                 continue
             R_new = rotvec_to_matrix(delta[3:]) @ R
             t_new = t + delta[:3]
-            new_cost = _cost(R_new, t_new, X, uv, K, w)
+            new_cost, projected = _cost(R_new, t_new, X, uv, K, w)
             if new_cost <= cost:
                 converged = cost - new_cost <= LM_RELATIVE_TOLERANCE * max(cost, 1e-30) or np.max(np.abs(delta)) < 1e-12
                 R, t, cost = R_new, t_new, new_cost
+                proj, Xc, iz = projected
                 lam = max(lam / 10.0, 1e-12)
                 improved = True
                 break
