@@ -619,7 +619,7 @@ class Localizer:
             pts, feats, patch, camera, cam_net, stage, cfg.max_matches_per_patch, expected, math.inf, sigma
         )
         T_vp = [np.asarray(self.map.T_map_viewpoint[sid], dtype=np.float64) for sid in ids]
-        guesses = np.stack([_search_guess(T, T) for T in T_vp])
+        guesses = np.stack([_search_guess(T, T) for T in T_vp])  # each viewpoint, searched from its own tilt
         est = self._pnp(m, camera, guesses, stage, near_guess=False)
         return est, ids[max(est.guess_index, 0)], m
 
