@@ -48,6 +48,7 @@ ABLATIONS = {
     "run-time point encoding": {"encode_points_at_runtime": True},  # full uses the map's stored point features
     "no soft prior after retrieval": {
         "viewpoint_sigma_forward_m": 0.0,
+        "viewpoint_sigma_forward_spacings": 0.0,
         "viewpoint_sigma_lateral_m": 0.0,
         "viewpoint_sigma_vertical_m": 0.0,
         "viewpoint_sigma_yaw_deg": 0.0,

@@ -86,8 +86,16 @@ class LocalizerConfig:
     # viewpoint camera's axes: mostly forward or back along its optical axis (a viewpoint is up to half the submap
     # spacing along the path from the camera), a little sideways, up or down, or turned about the vertical. Such
     # an offset moves a point along its ray from the image centre, so the prior is long along that ray and narrow
-    # across it (prior_cov_px). All four 0: off. Measured in models/README.md, "Soft geometric priors".
+    # across it (prior_cov_px). All five 0: off. Measured in models/README.md, "Soft geometric priors".
     viewpoint_sigma_forward_m: float = 3.0
+    # ... and forward or back by this many of the map's submap spacings more (the median distance between
+    # neighbouring viewpoints), in quadrature: a point's prior is centred on the first retrieved viewpoint that sees
+    # it, and retrieval ranks the nearest viewpoint first only about a third of the time. 1.0 improves single
+    # images (eight held-out drives: 45 -> 61 of 400 frames within 0.5 m / 5 deg, lower median error on 7), but
+    # their errors then run one submap spacing along the path for many frames, and the node's fusion locked onto
+    # such a pose on outdoor drive 900 (0 % within 0.5 m / 5 deg against 90 %): off by default (models/README.md,
+    # "Session 19")
+    viewpoint_sigma_forward_spacings: float = 0.0
     viewpoint_sigma_lateral_m: float = 0.5
     viewpoint_sigma_vertical_m: float = 0.2
     viewpoint_sigma_yaw_deg: float = 2.0
@@ -125,8 +133,9 @@ class LocalizerConfig:
         self.prior_pnp()
 
     def viewpoint_sigmas(self) -> dict[str, float]:
-        """The viewpoint prior's spreads by field name (translation in the viewpoint camera's x, y, z; yaw)."""
-        names = ("lateral_m", "vertical_m", "forward_m", "yaw_deg")
+        """The viewpoint prior's spreads by field name (translation in the viewpoint camera's x, y, z; the forward
+        spread in submap spacings; yaw)."""
+        names = ("lateral_m", "vertical_m", "forward_m", "forward_spacings", "yaw_deg")
         return {f"viewpoint_sigma_{n}": getattr(self, f"viewpoint_sigma_{n}") for n in names}
 
     def prior_pnp(self) -> PnPConfig:
@@ -352,6 +361,18 @@ class _ViewpointView:
     cov: np.ndarray | None  # (V, 2, 2) network pixels²
 
 
+def viewpoint_spacing(T_map_viewpoint: np.ndarray) -> float:
+    """The map's submap spacing: the median distance (m) from each viewpoint to its nearest neighbour; 0 for a map
+    of one submap. Measured from the viewpoints, so it holds for a map from any builder."""
+    from scipy.spatial import cKDTree
+
+    centres = np.asarray(T_map_viewpoint, dtype=np.float64).reshape(-1, 4, 4)[:, :3, 3]
+    if len(centres) < 2:
+        return 0.0
+    dist, _ = cKDTree(centres).query(centres, k=2)
+    return float(np.median(dist[:, 1]))
+
+
 def _camera_key(camera: PinholeCamera) -> tuple[Any, ...]:
     """A hashable identity of the intrinsics (a camera_info that changes makes new views)."""
     return camera.width, camera.height, camera.K.tobytes(), camera.dist.tobytes()
@@ -397,6 +418,7 @@ class Localizer:
         self.last_descriptor: np.ndarray | None = None  # global descriptor of the last image (for evaluation)
         # submap views at their viewpoints, most recently used last (config.viewpoint_cache of them)
         self._views: OrderedDict[tuple[Any, ...], _ViewpointView] = OrderedDict()
+        self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
         if lidar_map.feature_dim != model_config.feature_dim:
             where = lidar_map.path or "map"
             raise DataError(
@@ -653,7 +675,10 @@ class Localizer:
         ``viewpoint_sigma_*`` offsets give each of them there (:func:`prior_cov_px`)."""
         cfg = self.config
         in_vp = transform_points(invert(T_map_viewpoint), pts)
-        s_xyz = (cfg.viewpoint_sigma_lateral_m, cfg.viewpoint_sigma_vertical_m, cfg.viewpoint_sigma_forward_m)
+        forward = math.hypot(
+            cfg.viewpoint_sigma_forward_m, cfg.viewpoint_sigma_forward_spacings * self.viewpoint_spacing
+        )
+        s_xyz = (cfg.viewpoint_sigma_lateral_m, cfg.viewpoint_sigma_vertical_m, forward)
         s_rot = (0.0, cfg.viewpoint_sigma_yaw_deg, 0.0)
         expected = cam_net.project(in_vp).uv.astype(np.float32)
         return expected, prior_cov_px(in_vp, cam_net, s_xyz, s_rot)

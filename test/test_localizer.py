@@ -668,6 +668,31 @@ def test_localizer_viewpoint_prior_rejects_look_alike_patches_after_retrieval(sc
     assert t_err < 0.3 and r_err < 1.0, (t_err, r_err)
 
 
+def test_localizer_viewpoint_prior_widens_along_the_axis_by_the_maps_submap_spacing(scene):
+    """The forward spread of the viewpoint prior is ``viewpoint_sigma_forward_m`` and
+    ``viewpoint_sigma_forward_spacings`` submap spacings in quadrature; the spacing is measured from the map's
+    viewpoints (median nearest-neighbour distance: the builder's path spacing on a straight drive)."""
+    from ep2p_loc_ros.localizer import prior_cov_px, viewpoint_spacing
+
+    seq, lidar_map = scene
+    centres = np.asarray(lidar_map.T_map_viewpoint)[:, :3, 3]
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2) + np.eye(len(centres)) * 1e9
+    assert viewpoint_spacing(lidar_map.T_map_viewpoint) == pytest.approx(np.median(gaps.min(1)))
+    assert 4.0 <= viewpoint_spacing(lidar_map.T_map_viewpoint) < 6.0  # spacing 4 m, viewpoints are frames 5 m apart
+    assert viewpoint_spacing(lidar_map.T_map_viewpoint[:1]) == 0.0
+    _, cam_net = prepare_image(seq.image(FRAME), seq.calib.camera, MC)
+    T_vp = np.asarray(lidar_map.T_map_viewpoint[0], dtype=np.float64)
+    pts = transform_points(T_vp, np.array([[3.0, 1.0, 12.0], [-6.0, 0.5, 25.0], [1.0, -1.0, 6.0]]))
+    for spacings in (0.0, 1.0, 2.5):
+        loc = _localizer(lidar_map, np.zeros(MC.global_dim, np.float32), viewpoint_sigma_forward_spacings=spacings)
+        _, cov = loc._viewpoint_prior(T_vp, pts, cam_net)
+        forward = np.hypot(3.0, spacings * loc.viewpoint_spacing)
+        want = prior_cov_px(transform_points(invert(T_vp), pts), cam_net, (0.5, 0.2, forward), (0.0, 2.0, 0.0))
+        np.testing.assert_allclose(cov, want, rtol=1e-6)
+    with pytest.raises(DataError, match="viewpoint_sigma_forward_spacings"):
+        LocalizerConfig.from_dict({"viewpoint_sigma_forward_spacings": -0.5})
+
+
 def test_prior_cov_px_is_the_first_order_spread_of_the_projections():
     """Monte Carlo: cameras drawn around the guess with the given spreads project points with the covariance
     ``prior_cov_px`` predicts (small spreads: first order holds). A forward spread alone moves each point along

@@ -176,8 +176,9 @@ def training_prior(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The run time's soft viewpoint prior for the sample's ``rows``: (expected network pixels (M, 2), Σ⁻¹/2
     (M, 2, 2)) from a guess camera drawn off the true one as a retrieved viewpoint is (``cfg.viewpoint_*``), with
-    the spreads the localizer's defaults give (``LocalizerConfig.viewpoint_sigma_*``). Points behind the guess
-    get no prior (zero weight)."""
+    the spreads the localizer's defaults give (``LocalizerConfig.viewpoint_sigma_*``; the forward one without its
+    submap-spacing term: a training guess is drawn within ``cfg.viewpoint_forward_m`` of the camera, where the
+    run time's retrieved viewpoint may be a few submaps away). Points behind the guess get no prior (zero weight)."""
     from ..geometry import invert, make_T, transform_points
     from ..localizer import LocalizerConfig, prior_cov_px
     from ..upright_ransac import rot_y
