@@ -139,10 +139,18 @@ def random_pose(rng: np.random.Generator) -> np.ndarray:
     return make_T(rotvec_to_matrix(rng.normal(size=3)), rng.uniform(-100, 100, 3))
 
 
+def pose_error(T_cam_world: np.ndarray, T_cam_world_true: np.ndarray) -> tuple[float, float]:
+    """Camera-centre distance (cm) and rotation angle (deg) between an estimate and the truth."""
+    T_wc, T_wc_true = invert(T_cam_world), invert(T_cam_world_true)
+    cm = float(np.linalg.norm(T_wc[:3, 3] - T_wc_true[:3, 3])) * 100.0
+    return cm, rotation_angle_deg(T_wc[:3, :3] @ T_wc_true[:3, :3].T)
+
+
 def lm_table(frames: list, rng: np.random.Generator, trials: int, sizes: tuple[int, ...] = (200, 1000)) -> None:
     """Levenberg-Marquardt alone: ``refine_pose_lm`` (ours, weights all 1) against OpenCV's ``solvePnPRefineLM`` from
-    the same start (the true pose turned by 1 deg and moved 20 cm), inliers only with 1 px noise. Ours is what
-    ``solve_pnp`` runs twice per call with weights (the per-match confidences), which OpenCV's cannot take."""
+    the same start (the true pose turned and moved in random directions by about 1 deg and 20 cm), inliers only with
+    1 px noise. Ours is what ``solve_pnp`` runs on its inliers (a few rounds a call, twice a frame in the localizer)
+    with weights (the per-match confidences), which OpenCV's cannot take."""
     print()
     print("| N | LM | median ms | median t err (cm) | median R err (deg) |")
     print("|---:|---|---:|---:|---:|")
@@ -169,9 +177,7 @@ def lm_table(frames: list, rng: np.random.Generator, trials: int, sizes: tuple[i
                     rvec, tvec = cv2.solvePnPRefineLM(X, uv, cam.K, None, rvec, tvec)
                     T = make_T(cv2.Rodrigues(rvec)[0], tvec.reshape(3))
                 ms = (time.perf_counter() - t0) * 1e3
-                T_wc, T_wc_true = invert(T), invert(T_cam_velo)
-                terr = float(np.linalg.norm(T_wc[:3, 3] - T_wc_true[:3, 3])) * 100.0
-                res[name].append((ms, terr, rotation_angle_deg(T_wc[:3, :3] @ T_wc_true[:3, :3].T)))
+                res[name].append((ms, *pose_error(T, T_cam_velo)))
         for name, rows in res.items():
             a = np.array(rows)
             print(f"| {n} | {name} | {np.median(a[:, 0]):.2f} | {np.median(a[:, 1]):.2f} | {np.median(a[:, 2]):.4f} |")
@@ -223,10 +229,7 @@ def main() -> None:
                     if T is None or not np.all(np.isfinite(T)):
                         res[name].append((ms, np.nan, np.nan))
                         continue
-                    T_wc = invert(T)
-                    terr = float(np.linalg.norm(T_wc[:3, 3] - T_wc_true[:3, 3])) * 100.0
-                    rerr = rotation_angle_deg(T_wc[:3, :3] @ T_wc_true[:3, :3].T)
-                    res[name].append((ms, terr, rerr))
+                    res[name].append((ms, *pose_error(T, T_cam_world_true)))
             for name, rows in res.items():
                 a = np.array(rows)
                 ok = np.isfinite(a[:, 1])

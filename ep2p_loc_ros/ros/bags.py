@@ -191,13 +191,12 @@ def sequence_to_bag(
     camera = seq.calib.camera
     T_base_cam = sequence_base_mount(seq)
     T_map_base = [seq.T_world_cam(i) @ invert(T_base_cam) for i in idx]
-    # odom starts at the first base pose
     if any(odometry_drift):
         from ..sim.odometry import drifting_odometry
 
         rng = np.random.default_rng(odometry_seed)
         T_odom_base = drifting_odometry(np.stack(T_map_base), *odometry_drift, rng)
-    else:
+    else:  # drift-free: odom starts at the first base pose
         T_odom_base = np.stack([invert(T_map_base[0]) @ T for T in T_map_base])
 
     ts = get_typestore(Stores.ROS2_KILTED)
