@@ -15,11 +15,12 @@ what ``fusion.correlation_length_m`` models.
 ``--track`` closes the node's loop instead: once the filter has a pose, each frame is localized from it (tracking,
 the node's ``tracking.enabled``) and that localization is fused. It is what the node does over DDS
 (``ep2p-loc replay``), without DDS, reproducibly and a few times faster. ``--filter-drift`` sets the filter's model
-of the odometry (``fusion.drift_*``) apart from the simulated drift.
+of the odometry (``fusion.drift_*``) apart from the simulated drift; ``--intersect-own-prior`` fuses the tracking
+localizations by covariance intersection (``fusion.intersect_own_prior``).
 
     python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
         [--gate-chi2 16.81 22.46 ...] [--correlation-length 0 2 ...] [--filter-drift 0.02 0.05 ...] [--track]
-        [--draws N]
+        [--intersect-own-prior] [--draws N]
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def main() -> None:
         action="store_true",
         help="localize as the node does: from the filter's pose once it has one (tracking), globally before",
     )
+    ap.add_argument(
+        "--intersect-own-prior",
+        action="store_true",
+        help="fusion.intersect_own_prior: fuse the tracking localizations by covariance intersection",
+    )
     ap.add_argument("--draws", type=int, default=1, help="odometry noise draws per drift (pooled; worst one shown)")
     ap.add_argument("--min-inliers", type=int, default=30, help="gate.min_inliers: fewer inliers are not fused")
     args = ap.parse_args()
@@ -136,7 +142,7 @@ def main() -> None:
             prior = filt.pose(odo[i]) if args.track else None
             r = results[i] if prior is None else loc.localize(seq.image(i), seq.calib.camera, prior[0])
             if r.ok and r.num_inliers >= args.min_inliers:
-                filt.update(r.T_map_cam, r.covariance, odo[i])
+                filt.update(r.T_map_cam, r.covariance, odo[i], own_prior=prior is not None)
             p = filt.pose(odo[i])
             fused.append(None if p is None else p[0])
             cov.append(None if p is None else p[1])
@@ -163,7 +169,13 @@ def main() -> None:
         print(f"| {name} | – | single images {score([(raw, None)], T_gt)}")
         sweep = itertools.product(enumerate(drifts), args.gate_chi2, args.correlation_length, filter_drifts)
         for (k, (frac, deg)), gate, length, (f_m, f_deg) in sweep:
-            cfg = FusionConfig(gate_chi2=gate, correlation_length_m=length, drift_m_per_m=f_m, drift_deg_per_m=f_deg)
+            cfg = FusionConfig(
+                gate_chi2=gate,
+                correlation_length_m=length,
+                drift_m_per_m=f_m,
+                drift_deg_per_m=f_deg,
+                intersect_own_prior=args.intersect_own_prior,
+            )
             runs = [
                 fuse(
                     loc,

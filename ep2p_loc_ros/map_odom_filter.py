@@ -22,6 +22,10 @@ them cancels what varies between frames.
   ``exp(-path / correlation_length_m)``), tracked as the cross-covariance between the estimate's error and that
   process (a "consider" covariance, the exact covariance of this estimator's error under that model). A vehicle
   standing still gains no confidence from the same image seen again.
+- Localizations made from the filter's own pose (the node tracks from it): correlated with the estimate by an unknown
+  amount, so with ``intersect_own_prior`` they are fused by covariance intersection, which stays consistent for any
+  correlation; the Kalman update would take each as new evidence and the covariance would collapse on whatever pose
+  the filter holds (models/README.md "Session 20": better worst cases and indoors, worse where the lock is right).
 - Outliers and re-localization: several hypotheses. Each localization goes to the hypothesis it fits best (the
   smallest Mahalanobis distance within the gate); one that fits none starts a new hypothesis. The first hypothesis
   that ``min_updates`` localizations went to is published. Another takes over once ``switch_after`` localizations
@@ -60,6 +64,7 @@ class FusionConfig:
     max_hypotheses: int = 5  # the published one and rivals; the rival with the least recent support goes
     correlation_length_m: float = 2.0  # localization errors decorrelate over this much path (0: independent)
     correlated_share: float = 1.0  # share of each localization's covariance that is correlated in time (0..1)
+    intersect_own_prior: bool = False  # fuse localizations made from the filter's own pose by covariance intersection
 
     def __post_init__(self) -> None:
         for name in ("drift_m_per_m", "drift_deg_per_m", "floor_m", "floor_deg"):
@@ -162,8 +167,15 @@ class MapOdomFilter:
         L = self.config.correlation_length_m
         return math.exp(-path_m / L) if L > 0 else 0.0
 
-    def update(self, T_map_base: np.ndarray, cov_base: np.ndarray, T_odom_base: np.ndarray) -> FusionUpdate:
-        """One localization (the vehicle's pose in the map and its 6×6 covariance) with the odometry at its stamp."""
+    def update(
+        self, T_map_base: np.ndarray, cov_base: np.ndarray, T_odom_base: np.ndarray, own_prior: bool = False
+    ) -> FusionUpdate:
+        """One localization (the vehicle's pose in the map and its 6×6 covariance) with the odometry at its stamp.
+
+        ``own_prior``: it was made from this filter's pose (tracking), so its error is correlated with the filter's by
+        an unknown amount; with ``intersect_own_prior`` it is fused by covariance intersection, which stays
+        consistent whatever that correlation is (the covariance never shrinks below what either side says).
+        """
         T_map_base = _finite_pose(T_map_base, "pose")
         T_odom_base = _finite_pose(T_odom_base, "odometry pose")
         cov = np.asarray(cov_base, dtype=np.float64)
@@ -198,6 +210,9 @@ class MapOdomFilter:
                 reason = "new hypothesis"
             else:
                 reason = "fits no hypothesis"
+        elif own_prior and cfg.intersect_own_prior:
+            self._intersect(chosen, z, Cz, added)
+            reason = "ok"
         else:
             prior = chosen.P + added
             K = np.linalg.solve(prior + Cz, prior).T  # P S⁻¹ (both symmetric)
@@ -212,6 +227,8 @@ class MapOdomFilter:
             P_pub = IK @ (chosen.P_pub + added) @ IK.T + K @ Cz @ K.T + cross + cross.T
             chosen.P_pub = 0.5 * (P_pub + P_pub.T)
             chosen.Y = IK @ Y + K @ S
+            reason = "ok"
+        if chosen is not None:
             chosen.path_m = 0.0
             chosen.updates += 1
             chosen.recent += 1
@@ -219,7 +236,6 @@ class MapOdomFilter:
                 for h in self._hyps:
                     if h is not chosen:
                         h.recent = 0
-            reason = "ok"
         self._choose_published()
         if chosen is not None and chosen is not self._published:
             reason = "supports another hypothesis"
@@ -230,6 +246,26 @@ class MapOdomFilter:
             published=self._published is not None,
             reason=reason,
         )
+
+    def _intersect(self, h: _Hypothesis, z: np.ndarray, Cz: np.ndarray, added: np.ndarray) -> None:
+        """Covariance intersection of ``h`` (grown by ``added``) with the measurement ``z`` (covariance ``Cz``):
+        ``P⁻¹ = ω A⁻¹ + (1 - ω) Cz⁻¹`` with ω minimising det P, applied to the published covariance (which the gate
+        and the node use) and the filter's own alike, and the state moved by that weighting."""
+        A = h.P_pub + added
+        Ai, Ri = np.linalg.inv(A), np.linalg.inv(Cz)
+        best = None
+        for w in np.linspace(0.02, 0.98, 49):
+            P = np.linalg.inv(w * Ai + (1 - w) * Ri)
+            d = np.linalg.slogdet(P)[1]
+            if best is None or d < best[0]:
+                best = (d, w, P)
+        _, w, P = best
+        K = (1 - w) * P @ Ri
+        h.T = pose_add(h.T, K @ pose_difference(z, h.T))
+        h.P_pub = 0.5 * (P + P.T)
+        own = np.linalg.inv(w * np.linalg.inv(h.P + added) + (1 - w) * Ri)
+        h.P = 0.5 * (own + own.T)
+        h.Y = (np.eye(6) - K) @ (self._decay(h.path_m) * h.Y) + K @ self._correlated(Cz)
 
     def _choose_published(self) -> None:
         """The first hypothesis with ``min_updates``; later, a rival with ``switch_after`` since the published

@@ -215,3 +215,66 @@ def test_bad_input_and_bad_config_are_refused():
         FusionConfig(correlated_share=1.5)
     with pytest.raises(ValueError, match="correlation_length_m"):
         FusionConfig(correlation_length_m=float("nan"))
+
+
+def test_localizations_from_its_own_pose_cannot_make_it_overconfident_with_intersection():
+    """Tracking from the fused pose returns about that pose: a Kalman update takes each such localization as new
+    evidence and the covariance collapses on whatever pose the filter holds (models/README.md "Session 20": 4.7 m off
+    with NEES 195). With ``intersect_own_prior`` they are fused by covariance intersection: the covariance stays at
+    what one localization says, and independent (global) localizations still shrink it."""
+    cov = np.diag(SIGMA**2)
+    drive = _drive(40)
+    rng = np.random.default_rng(3)
+    first = [_measure(T_MAP_ODOM, T_ob, rng) for T_ob in drive[:3]]
+
+    def run(intersect: bool, own: bool) -> tuple[MapOdomFilter, list[float]]:
+        f = MapOdomFilter(FusionConfig(intersect_own_prior=intersect))
+        for meas, T_ob in zip(first, drive[:3], strict=True):
+            f.update(meas, cov, T_ob)
+        dets = [np.linalg.slogdet(f.pose(drive[2])[1])[1]]
+        for T_ob in drive[3:]:
+            own_pose = f.pose(T_ob)[0]  # what tracking from the filter's pose gives back
+            up = f.update(own_pose, cov, T_ob, own_prior=own)
+            assert up.accepted
+            dets.append(np.linalg.slogdet(f.pose(T_ob)[1])[1])
+        return f, dets
+
+    _, kalman = run(intersect=False, own=True)
+    f_ci, intersected = run(intersect=True, own=True)
+    _, ignored = run(intersect=True, own=False)
+    assert kalman[-1] < kalman[0] - 6.0  # det shrank > 400x on 37 echoes of its own pose
+    np.testing.assert_allclose(ignored, kalman)  # own_prior=False: the Kalman update, as before
+    # intersection: never tighter than one localization's covariance moved to the odom origin allows; the drift
+    # between updates is all that changes it
+    assert min(intersected) > kalman[0] - 1.0
+    # and the pose is not moved by echoes of itself
+    T_before = f_ci.pose(drive[-1])[0]
+    f_ci.update(T_before, cov, drive[-1], own_prior=True)
+    np.testing.assert_allclose(f_ci.pose(drive[-1])[0], T_before, atol=1e-9)
+
+
+def test_intersection_moves_the_pose_toward_a_tracking_localization_that_disagrees():
+    """Intersection is still an update: a tracking localization surer than the filter along one axis (0.05 against
+    ~0.23 m) and 1 m off along it pulls the pose most of the way, never past it; one no surer than the filter on any
+    axis (the filter holds three such) moves it by almost nothing: intersection never takes it as new evidence."""
+    cov = np.diag(SIGMA**2)
+    drive = _drive(5)
+    f = MapOdomFilter(FusionConfig(intersect_own_prior=True))
+    for T_ob in drive[:3]:
+        f.update(T_MAP_ODOM @ T_ob, cov, T_ob)
+    T_now = f.pose(drive[3])[0]
+    side = T_now.copy()
+    side[:3, 3] += T_now[:3, :3] @ np.array([0.0, 1.0, 0.0])  # 1 m along the vehicle's y (well measured)
+    vague = MapOdomFilter(FusionConfig(intersect_own_prior=True))
+    for T_ob in drive[:3]:
+        vague.update(T_MAP_ODOM @ T_ob, cov, T_ob)
+    vague.update(side, cov, drive[3], own_prior=True)
+    assert np.linalg.norm(vague.pose(drive[3])[0][:3, 3] - T_now[:3, 3]) < 0.05
+    R = T_now[:3, :3]  # the localization's covariance is about the vehicle: tight along its y
+    sure = np.diag(SIGMA**2)
+    sure[:3, :3] = R @ np.diag([0.4**2, 0.05**2, 2.0**2]) @ R.T
+    up = f.update(side, sure, drive[3], own_prior=True)
+    assert up.accepted
+    moved = f.pose(drive[3])[0][:3, 3] - T_now[:3, 3]
+    shift = float(moved @ (T_now[:3, :3] @ np.array([0.0, 1.0, 0.0])))
+    assert 0.5 < shift < 1.0 + 1e-9, shift

@@ -482,7 +482,8 @@ class LocalizationNode(LifecycleNode):
             note = f"not fused: {result.num_inliers} inliers < gate.min_inliers {p.gate.min_inliers}"
             if result.num_inliers >= p.gate.min_inliers:
                 try:
-                    up = self._fusion.update(T_map_base, cov_base, T_odom_base)
+                    own = str(extra.get("mode", "")).startswith("tracking")  # made from the filter's own pose
+                    up = self._fusion.update(T_map_base, cov_base, T_odom_base, own_prior=own)
                 except ValueError as exc:  # e.g. a covariance that is not positive definite
                     note = f"not fused: {exc}"
                 else:

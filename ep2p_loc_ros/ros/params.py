@@ -174,6 +174,7 @@ _FUSION_DESCRIPTIONS = {
     "max_hypotheses": "fusion: hypotheses kept (the published one and its rivals)",
     "correlation_length_m": "fusion: m of path over which localization errors stay alike (0: independent)",
     "correlated_share": "fusion: share (0-1) of each localization's covariance that is correlated in time",
+    "intersect_own_prior": "fusion: fuse localizations tracked from the fused pose by covariance intersection",
 }
 
 
