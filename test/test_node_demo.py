@@ -187,6 +187,8 @@ def test_node_fuses_localizations_through_odometry_and_publishes_map_to_odom(h, 
     for _, _, diag, pose in results[:2]:
         assert diag["result"] == "held" and "fusion: waiting for 3 agreeing" in diag["reason"], diag
         assert pose is None
+    # before the filter publishes, no prior is its own (earlier tests left a tracked pose from the gate)
+    assert all(d["fusion_own_prior"] == "False" for _, _, d, _ in results), [d for _, _, d, _ in results]
     i, T_odom_base, diag, pose = results[2]
     assert diag["result"] == "localized" and diag["reason"] == "fused" and diag["tf"] == "map->odom", diag
     T_pose = pose_to_matrix(pose.pose.pose)
@@ -202,6 +204,17 @@ def test_node_fuses_localizations_through_odometry_and_publishes_map_to_odom(h, 
     T_map_odom = pose_to_matrix(hit[1].transforms[0].transform)
     np.testing.assert_allclose(T_map_odom @ T_odom_base, T_pose, atol=1e-9)
     np.testing.assert_allclose(T_map_odom, invert(T_odom_map), atol=0.1)
+    # the next frame tracks from the fused pose, and the filter is told so (fusion.intersect_own_prior uses it)
+    i = FRAMES[-1] + 4
+    T_odom_base = T_odom_map @ demo.T_map_base(i)
+    for dt in (-0.05, 0.0, 0.05):
+        st = rh.stamp_msg(T0 + float(demo.seq.times[i]) + dt)
+        h.tf_pub.publish(TFMessage(transforms=[make_transform_stamped(T_odom_base, "odom", "base_link", st)]))
+    time.sleep(0.3)
+    stamp = _stamp(i, demo)
+    diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
+    assert diag["mode"].startswith("tracking") and diag["fusion_own_prior"] == "True", diag
+    assert diag["reason"] == "fused" and pose is not None, diag
 
 
 def test_node_initialpose_seeds_the_next_frame(h, demo):

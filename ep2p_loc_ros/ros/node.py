@@ -482,7 +482,9 @@ class LocalizationNode(LifecycleNode):
             note = f"not fused: {result.num_inliers} inliers < gate.min_inliers {p.gate.min_inliers}"
             if result.num_inliers >= p.gate.min_inliers:
                 try:
-                    own = str(extra.get("mode", "")).startswith("tracking")  # made from the filter's own pose
+                    # tracked from the filter's own pose (its published one; before that, a prior came from elsewhere)
+                    own = str(extra.get("mode", "")).startswith("tracking") and self._fusion.map_odom() is not None
+                    extra["fusion_own_prior"] = own
                     up = self._fusion.update(T_map_base, cov_base, T_odom_base, own_prior=own)
                 except ValueError as exc:  # e.g. a covariance that is not positive definite
                     note = f"not fused: {exc}"
