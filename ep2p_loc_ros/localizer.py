@@ -527,7 +527,7 @@ class Localizer:
         pooled = cfg.pool_submaps and T_map_cam_prior is None and not cfg.encode_points_at_runtime
         near = T_map_cam_prior is not None
         if pooled:
-            best = self._solve_pooled([int(sid) for sid in ids], camera, cam_net, patch, stage)
+            best = self._solve_pooled([int(sid) for sid in ids], guesses, camera, cam_net, patch, stage)
         else:
             for sid, guess in zip(ids, guesses, strict=True):
                 sub = self.map.submap(int(sid), features=False)
@@ -604,6 +604,7 @@ class Localizer:
     def _solve_pooled(
         self,
         ids: list[int],
+        T_map_viewpoints: list[np.ndarray],
         camera: PinholeCamera,
         cam_net: PinholeCamera,
         patch: torch.Tensor,
@@ -611,7 +612,7 @@ class Localizer:
     ) -> tuple[PoseEstimate, int, _Matches] | None:
         """Retrieved submaps with the map's stored features: the union of what each viewpoint sees (IPR) is
         matched once, then PnP searches around each viewpoint on all of those matches and refines the best
-        search result (the submap is the one whose viewpoint that search started from).
+        search result (the submap is the one whose viewpoint, of ``T_map_viewpoints``, that search started from).
         Only the stored-features global case comes here (``pool_submaps``); tracking and run-time encoding solve
         each view on its own.
 
@@ -640,8 +641,7 @@ class Localizer:
         m = self._matches(
             pts, feats, patch, camera, cam_net, stage, cfg.max_matches_per_patch, expected, math.inf, sigma
         )
-        T_vp = [np.asarray(self.map.T_map_viewpoint[sid], dtype=np.float64) for sid in ids]
-        guesses = np.stack([_search_guess(T, T) for T in T_vp])  # each viewpoint, searched from its own tilt
+        guesses = np.stack([_search_guess(T, T) for T in T_map_viewpoints])  # each viewpoint, from its own tilt
         est = self._pnp(m, camera, guesses, stage, near_guess=False)
         return est, ids[max(est.guess_index, 0)], m
 

@@ -483,7 +483,7 @@ class LocalizationNode(LifecycleNode):
             if result.num_inliers >= p.gate.min_inliers:
                 try:
                     # tracked from the filter's own pose (its published one; before that, a prior came from elsewhere)
-                    own = str(extra.get("mode", "")).startswith("tracking") and self._fusion.map_odom() is not None
+                    own = extra["mode"].startswith("tracking") and self._fusion.map_odom() is not None
                     extra["fusion_own_prior"] = own
                     up = self._fusion.update(T_map_base, cov_base, T_odom_base, own_prior=own)
                 except ValueError as exc:  # e.g. a covariance that is not positive definite
