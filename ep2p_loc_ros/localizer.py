@@ -31,6 +31,7 @@ from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
+from .reflectance_alignment import AlignmentConfig, align_to_reflectance
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
@@ -116,6 +117,9 @@ class LocalizerConfig:
     prior_search_score: str = "inliers"  # ... and how its winner is chosen there (pnp.search_score after retrieval)
     ipr: IPRConfig = field(default_factory=IPRConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
+    # the pose refined by aligning the map's LiDAR reflectance with the image (reflectance_alignment.py): after
+    # retrieval it finds how far along its optical axis the camera is, which the matches leave open
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
     # Add the model's own error, measured on held-out drives (MODEL/covariance.json, `ep2p-loc
     # calibrate-covariance`), to PnP's covariance; false: PnP's alone, which is far too small for a weak matcher
@@ -564,10 +568,30 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
+        if res.ok and (cfg.alignment.in_tracking if near else cfg.alignment.after_retrieval):
+            res = self._align(res, rgb, camera, timings, t0)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"
             res = replace(res, covariance=self.calibration.apply(mode, res.T_map_cam, res.covariance))
         return res
+
+    def _align(
+        self, res: LocalizationResult, rgb: np.ndarray, camera: PinholeCamera, timings: dict[str, float], t0: float
+    ) -> LocalizationResult:
+        """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
+        nearest that pose; unchanged (and logged) when the alignment cannot run."""
+        ta = time.perf_counter()
+        sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
+        sub = self.map.submap(sid, features=False)
+        al = align_to_reflectance(
+            rgb, camera, sub.points, sub.reflectance, res.T_map_cam, self.config.alignment, self.config.ipr
+        )
+        timings["alignment"] = (time.perf_counter() - ta) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        if not al.ok:
+            logger.debug("reflectance alignment skipped: %s", al.message)
+            return replace(res, timings_ms=timings)
+        return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings)
 
     def _solve_view(
         self,

@@ -725,3 +725,39 @@ def test_prior_cov_px_is_the_first_order_spread_of_the_projections():
     np.testing.assert_allclose(
         np.sqrt(vals[:, 1]), 2.0 * np.linalg.norm(cam.project(pts).uv - cam.K[:2, 2], axis=1) / pts[:, 2], rtol=1e-5
     )
+
+
+def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectance(scene):
+    """The oracle's matches here are where a camera 3 m ahead would see each point (the learned matcher's typical
+    error after retrieval): PnP finds that camera, and the reflectance alignment brings it back to the true one."""
+    from ep2p_loc_ros.geometry import make_T
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, _ = scene
+    T_gt = seq.T_world_cam(FRAME)
+    T_ahead = T_gt @ make_T(np.eye(3), np.array([0.0, 0.0, 3.0]))
+    image = seq.image(FRAME)
+    _, cam_net = prepare_image(image, seq.calib.camera, MC)
+
+    def feature_fn(sub):
+        desc = np.zeros(MC.global_dim, np.float32)
+        desc[sub.id % MC.global_dim] = 1.0
+        return _encode_pixels(sub.points, invert(T_ahead), cam_net), desc
+
+    lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
+    sid = int(np.argmin(np.linalg.norm(lidar_map.viewpoint_positions - T_gt[:3, 3], axis=1)))
+    desc = lidar_map.descriptors[sid]
+    plain = _localizer(lidar_map, desc).localize(image, seq.calib.camera)
+    assert plain.ok and "alignment" not in plain.timings_ms
+    assert _errors(plain.T_map_cam, T_ahead)[0] < 0.05  # PnP finds the camera the matches describe
+    aligned = _localizer(lidar_map, desc, alignment=AlignmentConfig(after_retrieval=True)).localize(
+        image, seq.calib.camera
+    )
+    assert aligned.ok and aligned.timings_ms["alignment"] > 0
+    t_err, r_err = _errors(aligned.T_map_cam, T_gt)
+    assert t_err < 0.5 and r_err < 1.0, (t_err, r_err)
+    # tracking keeps its pose unless asked (in_tracking)
+    tracked = _localizer(lidar_map, desc, alignment=AlignmentConfig(after_retrieval=True)).localize(
+        image, seq.calib.camera, T_ahead
+    )
+    assert "alignment" not in tracked.timings_ms

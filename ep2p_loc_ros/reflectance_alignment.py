@@ -1,0 +1,239 @@
+"""Pose refinement by aligning the map's LiDAR reflectance with the image (mutual information).
+
+Why: the learned matcher places a single image's camera near the retrieved submap viewpoint along its optical
+axis (models/README.md, "Session 20"): its matches are too often in the wrong patch to say how far forward the
+camera is. The map already holds a second, independent cue: each point's LiDAR reflectance, which follows the
+surface's albedo (paint, signs, grass against asphalt) as the camera's grey level does. Projected from the right
+pose, bright points land on bright pixels; from a pose a metre off they land on other surfaces, and the two stop
+predicting each other. Their mutual information, over a few thousand points, peaks at the true pose (the idea
+of Wolcott & Eustice, IROS 2014, and Pandey et al., AAAI 2012, for camera-LiDAR calibration).
+
+The search: first along the camera's optical axis (where the matcher's pose is most wrong), on the points every
+candidate sees (so that no candidate scores on fewer, easier points), then a coordinate ascent over the six pose
+parameters with shrinking steps, on the points the camera sees from where the first search ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
+from .ipr import IPRConfig, visible_mask
+
+__all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "mutual_information"]
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """How the alignment searches (module docstring). Distances in metres, angles in degrees."""
+
+    # Align single-image (global) localizations. Off by default: outdoors it is the single image's best cue (eight
+    # held-out drives: outdoors 9.6 -> 49 % within 0.5 m / 5 deg), indoors it loses (13.8 -> 4.4 %: walls and
+    # floors differ in grey and reflectance alike wherever the camera stands), and the node's fusion has not been
+    # measured with it (models/README.md, "Session 21")
+    after_retrieval: bool = False
+    in_tracking: bool = False  # align localizations made from a prior too (not measured yet)
+    forward_range_m: float = 6.0  # the first search covers this much forward and back along the optical axis
+    forward_step_m: float = 0.5
+    step_m: float = 0.2  # the coordinate ascent's first steps ...
+    step_deg: float = 0.4
+    min_step_m: float = 0.025  # ... halved until below these
+    min_step_deg: float = 0.05
+    image_scale: float = 0.5  # the image is compared at this fraction of its size (blurred, grey)
+    blur_px: float = 1.0  # Gaussian blur (pixels of the scaled image): smooths the score between poses
+    bins: int = 16  # histogram bins per variable (equal-count bins)
+    max_points: int = 30000  # map points used (evenly thinned)
+    local_points: int = 30000  # of those in view, the coordinate ascent scores at most this many (evenly thinned)
+    min_points: int = 300  # fewer points in view: no alignment (the result says why)
+    min_view_ratio: float = 0.3  # forward candidates seeing fewer than this share of the start's points drop out
+
+    def __post_init__(self) -> None:
+        for name in ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
+        if self.forward_range_m < 0:
+            raise ValueError(f"alignment.forward_range_m must be >= 0, got {self.forward_range_m}")
+        if self.bins < 2:
+            raise ValueError(f"alignment.bins must be >= 2, got {self.bins}")
+        if not 0 <= self.min_view_ratio <= 1:
+            raise ValueError(f"alignment.min_view_ratio must be in [0, 1], got {self.min_view_ratio}")
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """The aligned pose (``T_map_cam``; the start pose when ``ok`` is False), its score and the start's."""
+
+    ok: bool
+    T_map_cam: np.ndarray
+    score: float
+    start_score: float
+    points: int  # points scored at the end
+    evaluations: int  # poses scored
+    message: str = ""
+
+
+def mutual_information(a_bins: np.ndarray, b_bins: np.ndarray, bins: int) -> float:
+    """Mutual information (nats) of two binned variables, less the Miller–Madow estimate of its bias.
+
+    Why the correction: the plug-in estimate grows as samples get fewer (a few hundred points in 256 cells look
+    dependent by chance), and candidates see different numbers of points.
+    """
+    n = len(a_bins)
+    if n == 0:
+        return -np.inf
+    joint = np.bincount(a_bins * bins + b_bins, minlength=bins * bins).astype(np.float64) / n
+    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
+
+    def entropy(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    cells = np.count_nonzero(joint) - np.count_nonzero(pa) - np.count_nonzero(pb) + 1
+    return entropy(pa) + entropy(pb) - entropy(joint) - cells / (2 * n)
+
+
+def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
+    """Bin edges (bins - 1 inner ones) that split ``values`` into equally full bins."""
+    return np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+
+
+class _Scorer:
+    """Scores poses: the MI between the points' reflectance and the grey level where each pose projects them."""
+
+    def __init__(self, grey: np.ndarray, camera: PinholeCamera, points: np.ndarray, refl_bins: np.ndarray, cfg):
+        self.grey, self.camera, self.points, self.refl_bins, self.cfg = grey, camera, points, refl_bins, cfg
+        self.edges = _equal_count_bins(grey.ravel(), cfg.bins)
+        self.evaluations = 0
+
+    def project(self, T_map_cam: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (scaled image) of ``points[rows]`` and which of them are in front and inside the image."""
+        T = invert(T_map_cam)
+        pc = self.points[rows] @ T[:3, :3].T
+        pc += T[:3, 3]
+        h, w = self.grey.shape
+        if self.camera.has_distortion:
+            pr = self.camera.project(pc)
+            uv, front = pr.uv, pr.in_image
+        else:  # the common case (rectified images), without the general model's temporaries
+            z = pc[:, 2]
+            front = z > 1e-6
+            inv_z = np.divide(1.0, z, out=np.zeros_like(z), where=front)
+            K = self.camera.K
+            uv = np.empty((len(pc), 2))
+            uv[:, 0] = K[0, 0] * pc[:, 0] * inv_z + K[0, 1] * pc[:, 1] * inv_z + K[0, 2]
+            uv[:, 1] = K[1, 1] * pc[:, 1] * inv_z + K[1, 2]
+        ok = front & (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
+        return uv, ok
+
+    def score(self, T_map_cam: np.ndarray, rows: np.ndarray) -> tuple[float, int]:
+        """The MI at ``T_map_cam`` over ``points[rows]`` in view, and how many they are (-inf when too few)."""
+        self.evaluations += 1
+        uv, ok = self.project(T_map_cam, rows)
+        n = int(np.count_nonzero(ok))
+        if n < self.cfg.min_points:
+            return -np.inf, n
+        grey = _bilinear(self.grey, uv[ok])  # the score changes smoothly with sub-pixel moves
+        g_bins = np.searchsorted(self.edges, grey)
+        return mutual_information(self.refl_bins[rows][ok], g_bins, self.cfg.bins), n
+
+
+def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """``img`` at pixels ``uv`` (M, 2), each inside ``[0, W-1] x [0, H-1]``, interpolated bilinearly."""
+    h, w = img.shape
+    x0 = np.minimum(uv[:, 0].astype(np.int64), w - 2)
+    y0 = np.minimum(uv[:, 1].astype(np.int64), h - 2)
+    fx, fy = uv[:, 0] - x0, uv[:, 1] - y0
+    flat = img.ravel()
+    i = y0 * w + x0
+    top = flat[i] * (1 - fx) + flat[i + 1] * fx
+    bottom = flat[i + w] * (1 - fx) + flat[i + w + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _moved(T_map_cam: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``T_map_cam`` moved by ``d`` = (x, y, z metres, rotation vector radians) in its own camera frame."""
+    return T_map_cam @ make_T(rotvec_to_matrix(d[3:]), d[:3])
+
+
+def align_to_reflectance(
+    rgb: np.ndarray,
+    camera: PinholeCamera,
+    points: np.ndarray,
+    reflectance: np.ndarray,
+    T_map_cam: np.ndarray,
+    config: AlignmentConfig | None = None,
+    ipr: IPRConfig | None = None,
+) -> AlignmentResult:
+    """Refine ``T_map_cam`` so that the map points' ``reflectance`` best predicts the image's grey level.
+
+    ``points`` (N, 3) map frame, near the camera (a submap); ``rgb`` (H, W, 3) or grey (H, W) as taken by
+    ``camera``. The start pose is kept (``ok`` False, with a message) when too few points are in view.
+    """
+    cfg = config or AlignmentConfig()
+    ipr = ipr or IPRConfig()
+    start = np.asarray(T_map_cam, dtype=np.float64)
+    img = np.asarray(rgb, dtype=np.float32)
+    grey = img.mean(axis=2) if img.ndim == 3 else img
+    w, h = max(round(camera.width * cfg.image_scale), 8), max(round(camera.height * cfg.image_scale), 8)
+    grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
+    if cfg.blur_px > 0:
+        grey = cv2.GaussianBlur(grey, (0, 0), cfg.blur_px)
+    from .model.preprocess import resize_camera
+
+    cam = resize_camera(camera, w, h)
+    pts = np.asarray(points, dtype=np.float64)
+    refl = np.asarray(reflectance, dtype=np.float64)
+    finite = np.isfinite(pts).all(1) & np.isfinite(refl)
+    pts, refl = pts[finite], refl[finite]
+    if len(pts) > cfg.max_points:
+        keep = np.linspace(0, len(pts) - 1, cfg.max_points).astype(np.int64)
+        pts, refl = pts[keep], refl[keep]
+    if len(pts) < cfg.min_points:
+        return AlignmentResult(False, start, -np.inf, -np.inf, len(pts), 0, f"{len(pts)} map points near the pose")
+    refl_bins = np.searchsorted(_equal_count_bins(refl, cfg.bins), refl)
+    scorer = _Scorer(grey, cam, pts, refl_bins, cfg)
+
+    # 1. Along the optical axis, each candidate scored on what it sees (IPR for all candidates in one batch).
+    n_fwd = int(np.floor(cfg.forward_range_m / cfg.forward_step_m + 1e-9))
+    offsets = np.arange(-n_fwd, n_fwd + 1) * cfg.forward_step_m
+    cands = np.stack([_moved(start, np.r_[0.0, 0.0, d, 0.0, 0.0, 0.0]) for d in offsets])
+    seen = visible_mask(pts, np.stack([invert(T) for T in cands]), cam, ipr)
+    counts = seen.sum(1)
+    base = int(counts[n_fwd])
+    if base < cfg.min_points:
+        return AlignmentResult(False, start, -np.inf, -np.inf, base, 0, f"{base} map points in view")
+    start_score = scorer.score(start, np.flatnonzero(seen[n_fwd]))[0]
+    k_best, best_score = n_fwd, start_score
+    for k, (T, vis, n) in enumerate(zip(cands, seen, counts, strict=True)):
+        # a camera inside or just in front of a wall sees few points, which a chance alignment fits best
+        if k == n_fwd or n < cfg.min_view_ratio * base:
+            continue
+        if (s := scorer.score(T, np.flatnonzero(vis))[0]) > best_score:
+            k_best, best_score = k, s
+
+    # 2. Coordinate ascent over x, y, z, and the rotations, on what the camera sees from there.
+    best, rows = cands[k_best], np.flatnonzero(seen[k_best])
+    if len(rows) > cfg.local_points:
+        rows = rows[np.linspace(0, len(rows) - 1, cfg.local_points).astype(np.int64)]
+    best_score, n_pts = scorer.score(best, rows)
+    if not np.isfinite(best_score):
+        return AlignmentResult(False, start, -np.inf, start_score, n_pts, scorer.evaluations, "too few points in view")
+    step_t, step_r = cfg.step_m, np.radians(cfg.step_deg)
+    while step_t >= cfg.min_step_m or step_r >= np.radians(cfg.min_step_deg):
+        improved = False
+        for axis in range(6):
+            size = step_t if axis < 3 else step_r
+            for sign in (1.0, -1.0):
+                d = np.zeros(6)
+                d[axis] = sign * size
+                T = _moved(best, d)
+                s, n = scorer.score(T, rows)
+                if s > best_score:
+                    best, best_score, n_pts, improved = T, s, n, True
+                    break
+        if not improved:
+            step_t, step_r = step_t / 2, step_r / 2
+    return AlignmentResult(True, best, float(best_score), float(start_score), n_pts, scorer.evaluations)

@@ -1,0 +1,123 @@
+"""Reflectance alignment: a pose off along its optical axis comes back to where the map's reflectance fits the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ep2p_loc_ros.geometry import PinholeCamera, make_T, matrix_to_rotvec, rotvec_to_matrix
+from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance, mutual_information
+
+CAM = PinholeCamera.from_params(480, 180, 240.0, 240.0, 239.5, 89.5)
+
+
+def _paint(p: np.ndarray) -> np.ndarray:
+    """Albedo of the corridor's surfaces: a random grey per 0.5 m cell (sharp edges, like paint and signs)."""
+    cell = np.floor(p / 0.5).astype(np.int64)
+    h = (cell[..., 0] * 73856093) ^ (cell[..., 1] * 19349663) ^ (cell[..., 2] * 83492791)
+    return (h % 997) / 996.0
+
+
+def _corridor_hits(dirs: np.ndarray) -> np.ndarray:
+    """Where rays from the origin along ``dirs`` (..., 3; x right, y down, z forward) first hit a street: the road
+    1.6 m below, facades 5 m to either side, and a wall 40 m ahead."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ts = np.stack(
+            [
+                np.where(dirs[..., 1] > 0, 1.6 / dirs[..., 1], np.inf),
+                np.where(dirs[..., 0] > 0, 5.0 / dirs[..., 0], np.inf),
+                np.where(dirs[..., 0] < 0, -5.0 / dirs[..., 0], np.inf),
+                np.where(dirs[..., 2] > 0, 40.0 / dirs[..., 2], np.inf),
+            ]
+        )
+    return dirs * ts.min(0)[..., None]
+
+
+@pytest.fixture(scope="module")
+def street():
+    """The map (points of that street with reflectance = albedo) and the image a camera at the origin takes."""
+    rng = np.random.default_rng(0)
+    g = np.arange(0.05, 40.0, 0.1)
+    road = np.stack(np.meshgrid(np.arange(-5, 5, 0.1), [1.6], g), -1).reshape(-1, 3)
+    side = np.stack(np.meshgrid([5.0], np.arange(-4, 1.6, 0.1), g), -1).reshape(-1, 3)
+    points = np.concatenate([road, side, side * [-1, 1, 1]]) + rng.normal(0, 0.01, (1, 3))
+    reflectance = 0.1 + 0.8 * _paint(points)
+    v, u = np.mgrid[0 : CAM.height, 0 : CAM.width]
+    dirs = np.stack([(u - CAM.cx) / CAM.fx, (v - CAM.cy) / CAM.fy, np.ones(u.shape)], -1)
+    shading = 0.5 + 0.5 * rng.random()  # the camera's grey level is the albedo, lit, with noise
+    grey = 255 * shading * (0.2 + 0.7 * _paint(_corridor_hits(dirs))) + rng.normal(0, 3, u.shape)
+    rgb = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    return points, reflectance, rgb
+
+
+def _off(d: np.ndarray) -> np.ndarray:
+    return make_T(rotvec_to_matrix(np.radians(d[3:])), d[:3])
+
+
+def test_mutual_information_is_zero_for_independent_variables_and_the_entropy_for_equal_ones():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 16, 20000), rng.integers(0, 16, 20000)
+    assert abs(mutual_information(a, b, 16)) < 0.005  # the bias correction takes the chance dependence out
+    assert mutual_information(a, a, 16) == pytest.approx(np.log(16), abs=0.02)
+    assert mutual_information(a[:0], b[:0], 16) == -np.inf
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [
+        [0.0, 0.0, 3.0, 0.0, 0.0, 0.0],  # ahead along the axis: the matcher's typical error after retrieval
+        [0.3, 0.0, -4.0, 0.0, 0.0, 0.0],  # behind and a little to the side
+        [0.0, 0.0, -4.0, 0.0, 1.0, 0.0],  # behind and turned
+        [-0.2, 0.1, 1.5, 0.5, -0.5, 0.3],
+    ],
+)
+def test_alignment_brings_a_pose_off_along_its_axis_back_to_the_true_one(street, offset):
+    points, reflectance, rgb = street
+    start = _off(np.array(offset))
+    res = align_to_reflectance(rgb, CAM, points, reflectance, start, AlignmentConfig())
+    assert res.ok, res.message
+    t_err = np.linalg.norm(res.T_map_cam[:3, 3])
+    r_err = np.degrees(np.linalg.norm(matrix_to_rotvec(res.T_map_cam[:3, :3])))
+    assert t_err < 0.25 and r_err < 0.5, (t_err, r_err)
+    assert res.score > res.start_score
+
+
+def test_alignment_does_not_move_the_true_pose(street):
+    points, reflectance, rgb = street
+    res = align_to_reflectance(rgb, CAM, points, reflectance, np.eye(4), AlignmentConfig())
+    assert res.ok
+    assert np.linalg.norm(res.T_map_cam[:3, 3]) < 0.1
+
+
+def test_alignment_cannot_find_a_pose_in_an_image_unrelated_to_the_map(street):
+    """Noise has no information about the map: the start pose has no better-scoring rival worth the name."""
+    points, reflectance, _ = street
+    noise = np.random.default_rng(2).integers(0, 256, (CAM.height, CAM.width, 3), dtype=np.uint8)
+    res = align_to_reflectance(noise, CAM, points, reflectance, np.eye(4), AlignmentConfig())
+    assert res.score < 0.02  # nats: nothing to align to
+
+
+def test_alignment_keeps_the_start_pose_with_too_few_points_and_ignores_nan_points(street):
+    points, reflectance, rgb = street
+    start = _off(np.array([0.0, 0.0, 2.0, 0.0, 0.0, 0.0]))
+    few = align_to_reflectance(rgb, CAM, points[:100], reflectance[:100], start, AlignmentConfig())
+    assert not few.ok and "points" in few.message
+    np.testing.assert_array_equal(few.T_map_cam, start)
+    bad = points.copy()
+    bad[::7] = np.nan
+    res = align_to_reflectance(rgb, CAM, bad, reflectance, start, AlignmentConfig())
+    assert res.ok and np.linalg.norm(res.T_map_cam[:3, 3]) < 0.25
+
+
+def test_alignment_config_refuses_bad_values():
+    for bad in ({"forward_step_m": 0.0}, {"bins": 1}, {"min_view_ratio": 1.5}, {"forward_range_m": -1.0}):
+        with pytest.raises(ValueError, match="alignment"):
+            AlignmentConfig(**bad)
+
+
+def test_alignment_searches_only_the_forward_range_it_is_given(street):
+    """With no forward search the coordinate ascent alone cannot walk 4 m: the first search is what finds it."""
+    points, reflectance, rgb = street
+    start = _off(np.array([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
+    res = align_to_reflectance(rgb, CAM, points, reflectance, start, AlignmentConfig(forward_range_m=0.0))
+    assert np.linalg.norm(res.T_map_cam[:3, 3]) > 1.0
