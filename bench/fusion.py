@@ -20,7 +20,7 @@ localizations by covariance intersection (``fusion.intersect_own_prior``).
 
     python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
         [--gate-chi2 16.81 22.46 ...] [--correlation-length 0 2 ...] [--filter-drift 0.02 0.05 ...] [--track]
-        [--intersect-own-prior] [--draws N]
+        [--intersect-own-prior] [--draws N] [--config LOCALIZER.yaml]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHI2_99_6DOF = 16.81
@@ -97,7 +98,15 @@ def main() -> None:
     )
     ap.add_argument("--draws", type=int, default=1, help="odometry noise draws per drift (pooled; worst one shown)")
     ap.add_argument("--min-inliers", type=int, default=30, help="gate.min_inliers: fewer inliers are not fused")
+    ap.add_argument(
+        "--config", type=Path, default=None, help="YAML with LocalizerConfig fields (the node's localizer.*)"
+    )
     args = ap.parse_args()
+    loc_cfg = (
+        LocalizerConfig.from_dict(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
+        if args.config
+        else LocalizerConfig()
+    )
     seeds = parse_seeds(ap, args.seed)
     drifts = args.drift or [[0.0, 0.0], [0.01, 0.02], [0.03, 0.1]]
     defaults = FusionConfig()
@@ -160,7 +169,7 @@ def main() -> None:
         seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, None, seeds[kind])
         seq = KittiOdometrySequence(seq_dir)
         T_gt = np.stack([seq.T_world_cam(i) for i in range(len(seq))])
-        loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig())
+        loc = Localizer.from_paths(map_dir, args.model, loc_cfg)
         results = [loc.localize(seq.image(i), seq.calib.camera) for i in range(len(seq))]
         raw = [r.T_map_cam if r.ok else None for r in results]
         name = f"{kind} ({seeds[kind]})"
