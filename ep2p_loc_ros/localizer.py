@@ -569,23 +569,31 @@ class Localizer:
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
         if res.ok and (cfg.alignment.in_tracking if near else cfg.alignment.after_retrieval):
-            res = self._align(res, rgb, camera, timings, t0)
+            res = self._align(res, rgb, camera, timings, t0, near)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"
             res = replace(res, covariance=self.calibration.apply(mode, res.T_map_cam, res.covariance))
         return res
 
     def _align(
-        self, res: LocalizationResult, rgb: np.ndarray, camera: PinholeCamera, timings: dict[str, float], t0: float
+        self,
+        res: LocalizationResult,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        timings: dict[str, float],
+        t0: float,
+        tracking: bool,
     ) -> LocalizationResult:
         """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
-        nearest that pose; unchanged (and logged) when the alignment cannot run."""
+        nearest that pose; unchanged (and logged) when the alignment cannot run. A tracked pose is searched for
+        over ``tracking_forward_range_m`` along the axis only."""
         ta = time.perf_counter()
+        cfg = self.config.alignment
+        if tracking:
+            cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m)
         sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
         sub = self.map.submap(sid, features=False)
-        al = align_to_reflectance(
-            rgb, camera, sub.points, sub.reflectance, res.T_map_cam, self.config.alignment, self.config.ipr
-        )
+        al = align_to_reflectance(rgb, camera, sub.points, sub.reflectance, res.T_map_cam, cfg, self.config.ipr)
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not al.ok:

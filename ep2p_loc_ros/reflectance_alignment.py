@@ -8,9 +8,10 @@ pose, bright points land on bright pixels; from a pose a metre off they land on 
 predicting each other. Their mutual information, over a few thousand points, peaks at the true pose (the idea
 of Wolcott & Eustice, IROS 2014, and Pandey et al., AAAI 2012, for camera-LiDAR calibration).
 
-The search: first along the camera's optical axis (where the matcher's pose is most wrong), on the points every
-candidate sees (so that no candidate scores on fewer, easier points), then a coordinate ascent over the six pose
-parameters with shrinking steps, on the points the camera sees from where the first search ended.
+The search: first along the camera's optical axis (where the matcher's pose is most wrong), each candidate on the
+points it sees (IPR), then a coordinate ascent over the six pose parameters with shrinking steps, on the points
+the camera sees from where the first search ended. Indoors the score has a broad ridge rather than a peak (walls
+and floors differ in grey level and reflectance alike wherever the camera stands), so it is an outdoor tool.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
 from .ipr import IPRConfig, visible_mask
+from .model.preprocess import resize_camera
 
 __all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "mutual_information"]
 
@@ -30,13 +32,15 @@ __all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "mutual
 class AlignmentConfig:
     """How the alignment searches (module docstring). Distances in metres, angles in degrees."""
 
-    # Align single-image (global) localizations. Off by default: outdoors it is the single image's best cue (eight
-    # held-out drives: outdoors 9.6 -> 49 % within 0.5 m / 5 deg), indoors it loses (13.8 -> 4.4 %: walls and
-    # floors differ in grey and reflectance alike wherever the camera stands), and the node's fusion has not been
-    # measured with it (models/README.md, "Session 21")
-    after_retrieval: bool = False
-    in_tracking: bool = False  # align localizations made from a prior too (not measured yet)
+    # Align single-image (global) localizations and tracked ones. On by default for the outdoor maps a car drives
+    # in (four held-out outdoor drives: single images 9.6 -> 49 % within 0.5 m / 5 deg; the node's loop of tracking
+    # and fusion 33.7 -> 87 %); turn both off indoors, where they lose (single images 13.8 -> 4.4 %, the node's
+    # loop 28.6 -> 14.1 %: walls and floors differ in grey and reflectance alike wherever the camera stands).
+    # models/README.md, "Session 21"
+    after_retrieval: bool = True
+    in_tracking: bool = True
     forward_range_m: float = 6.0  # the first search covers this much forward and back along the optical axis
+    tracking_forward_range_m: float = 6.0  # ... and for a pose tracked from a prior
     forward_step_m: float = 0.5
     step_m: float = 0.2  # the coordinate ascent's first steps ...
     step_deg: float = 0.4
@@ -54,8 +58,9 @@ class AlignmentConfig:
         for name in ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
-        if self.forward_range_m < 0:
-            raise ValueError(f"alignment.forward_range_m must be >= 0, got {self.forward_range_m}")
+        for name in ("forward_range_m", "tracking_forward_range_m"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
         if self.bins < 2:
             raise ValueError(f"alignment.bins must be >= 2, got {self.bins}")
         if not 0 <= self.min_view_ratio <= 1:
@@ -188,8 +193,6 @@ def align_to_reflectance(
     grey = small.mean(axis=2) if small.ndim == 3 else small
     if cfg.blur_px > 0:
         grey = cv2.GaussianBlur(grey, (0, 0), cfg.blur_px)
-    from .model.preprocess import resize_camera
-
     cam = resize_camera(camera, w, h)
     pts = np.asarray(points, dtype=np.float64)
     refl = np.asarray(reflectance, dtype=np.float64)

@@ -87,8 +87,12 @@ def scene(tmp_path_factory):
 
 
 def _cfg(**cfg) -> LocalizerConfig:
-    """The oracle lives in the map's stored features, so the run-time point encoding is off here."""
-    return LocalizerConfig(**{"encode_points_at_runtime": False, **cfg})
+    """The oracle lives in the map's stored features, so the run-time point encoding is off here; and the oracle's
+    poses are exact, so the reflectance alignment is off unless a test turns it on."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    off = AlignmentConfig(after_retrieval=False, in_tracking=False)
+    return LocalizerConfig(**{"encode_points_at_runtime": False, "alignment": off, **cfg})
 
 
 def _localizer(lidar_map, descriptor, **cfg) -> Localizer:
@@ -261,7 +265,7 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
 def test_localizer_runtime_point_encoding_needs_the_encoder(scene):
     seq, lidar_map = scene
     loc = Localizer(
-        lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, LocalizerConfig(encode_points_at_runtime=True)
+        lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, _cfg(encode_points_at_runtime=True)
     )
     with pytest.raises(DataError, match="point encoder"):
         loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
@@ -280,7 +284,7 @@ def test_localizer_runtime_point_encoding_encodes_the_view_like_training(scene):
         FakeSession(np.zeros(128)),
         OracleHead(MC),
         MC,
-        LocalizerConfig(encode_points_at_runtime=True),
+        _cfg(encode_points_at_runtime=True),
         point_encoder=enc,
     )
     T = seq.T_world_cam(FRAME)
@@ -424,7 +428,7 @@ def test_localizer_encodes_each_submap_once_per_frame(scene):
             feats = torch.from_numpy(_encode_pixels(pts, invert(T_gt), cam_net))
             return PointEncoderOutput(feats, torch.zeros(MC.global_dim))
 
-    cfg = LocalizerConfig(guided_rounds=2, prior_top_k=1, encode_points_at_runtime=True)
+    cfg = _cfg(guided_rounds=2, prior_top_k=1, encode_points_at_runtime=True)
     loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, cfg, point_encoder=OracleEncoder(MC))
     res = loc.localize(seq.image(FRAME), seq.calib.camera, T_gt)
     assert res.ok, res.message
@@ -750,14 +754,17 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     plain = _localizer(lidar_map, desc).localize(image, seq.calib.camera)
     assert plain.ok and "alignment" not in plain.timings_ms
     assert _errors(plain.T_map_cam, T_ahead)[0] < 0.05  # PnP finds the camera the matches describe
-    aligned = _localizer(lidar_map, desc, alignment=AlignmentConfig(after_retrieval=True)).localize(
-        image, seq.calib.camera
-    )
+    only_global = AlignmentConfig(after_retrieval=True, in_tracking=False)
+    aligned = _localizer(lidar_map, desc, alignment=only_global).localize(image, seq.calib.camera)
     assert aligned.ok and aligned.timings_ms["alignment"] > 0
     t_err, r_err = _errors(aligned.T_map_cam, T_gt)
     assert t_err < 0.5 and r_err < 1.0, (t_err, r_err)
-    # tracking keeps its pose unless asked (in_tracking)
-    tracked = _localizer(lidar_map, desc, alignment=AlignmentConfig(after_retrieval=True)).localize(
-        image, seq.calib.camera, T_ahead
-    )
-    assert "alignment" not in tracked.timings_ms
+    # a pose tracked from a prior is aligned only with in_tracking (its search along the axis is shorter)
+    tracked = _localizer(lidar_map, desc, alignment=only_global).localize(image, seq.calib.camera, T_ahead)
+    assert tracked.ok and "alignment" not in tracked.timings_ms
+    assert _errors(tracked.T_map_cam, T_ahead)[0] < 0.05
+    for reach, near in ((2.0, False), (4.0, True)):  # 3 m off: out of the default 2 m reach, within 4 m
+        both = AlignmentConfig(after_retrieval=True, in_tracking=True, tracking_forward_range_m=reach)
+        tracked = _localizer(lidar_map, desc, alignment=both).localize(image, seq.calib.camera, T_ahead)
+        assert tracked.ok and tracked.timings_ms["alignment"] > 0
+        assert (_errors(tracked.T_map_cam, T_gt)[0] < 0.5) is near, reach
