@@ -264,9 +264,7 @@ def test_localizer_cap_per_patch_turns_a_pile_into_a_pose(scene):
 
 def test_localizer_runtime_point_encoding_needs_the_encoder(scene):
     seq, lidar_map = scene
-    loc = Localizer(
-        lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, _cfg(encode_points_at_runtime=True)
-    )
+    loc = Localizer(lidar_map, FakeSession(np.zeros(128)), OracleHead(MC), MC, _cfg(encode_points_at_runtime=True))
     with pytest.raises(DataError, match="point encoder"):
         loc.localize(seq.image(FRAME), seq.calib.camera, seq.T_world_cam(FRAME))
 
