@@ -56,7 +56,8 @@ def main() -> None:
     for kind in args.kinds:
         seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, None, seeds[kind])
         seq = KittiOdometrySequence(seq_dir)
-        loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig())  # alignment off: the "before" pose
+        off = AlignmentConfig(after_retrieval=False, in_tracking=False)  # the "before" pose: PnP's
+        loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig(alignment=off))
         frames = list(range(0, len(seq), args.stride))
         T_gt = np.stack([seq.T_world_cam(i) for i in frames])
         before, after = np.full((len(frames), 4, 4), np.nan), np.full((len(frames), 4, 4), np.nan)

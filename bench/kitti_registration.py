@@ -5,7 +5,8 @@ LiDAR frame (z up, as the point encoder expects), the map is built from that sca
 the image is localized by the full pipeline (retrieval of the single submap, IPR, matching, PnP). The true
 ``T_map_cam`` is ``inv(T_cam_velo)``. The shipped model never saw a real image: this measures domain transfer.
 
-Each frame runs twice: with the localizer's defaults, and without the soft prior after retrieval. The one
+Each frame runs three times: with the localizer's defaults, without the reflectance alignment, and without the
+soft prior after retrieval. The one
 submap's viewpoint *is* the true camera here, so the first row says how far the matches pull the pose away from a
 prior that is right; the second, what the matches give on their own (the domain-transfer figure).
 
@@ -29,6 +30,7 @@ from ep2p_loc_ros.geometry import invert
 from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
 from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
 from ep2p_loc_ros.model.features import submap_feature_fn
+from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +59,12 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     no_prior = dict.fromkeys(LocalizerConfig().viewpoint_sigmas(), 0.0)
-    configs = (("viewpoint prior", LocalizerConfig()), ("none", LocalizerConfig(**no_prior)))
+    unaligned = AlignmentConfig(after_retrieval=False, in_tracking=False)
+    configs = (
+        ("viewpoint prior", LocalizerConfig()),
+        ("viewpoint prior, no reflectance alignment", LocalizerConfig(alignment=unaligned)),
+        ("none", LocalizerConfig(**no_prior)),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="kitti-reg-"))
     try:
         for frame in iter_frames(args.data):

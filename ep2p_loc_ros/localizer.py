@@ -219,6 +219,8 @@ class LocalizationResult:
     matched_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (K, 3) map frame
     matched_pixels: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (K, 2) image pixels
     inlier_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (K,)
+    # the pose was refined by the reflectance alignment (the matches' inliers are then PnP's, at its own pose)
+    aligned: bool = False
 
     @property
     def ok(self) -> bool:
@@ -599,7 +601,7 @@ class Localizer:
         if not al.ok:
             logger.debug("reflectance alignment skipped: %s", al.message)
             return replace(res, timings_ms=timings)
-        return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings)
+        return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings, aligned=True)
 
     def _solve_view(
         self,

@@ -149,6 +149,7 @@ def test_node_real_model_gives_the_in_process_results(ros, node, demo_data):
         diag, pose, latency = node_results[i]
         assert diag.get("localizer_status") == ref.status.value, (i, diag, ref.message)
         assert int(diag["inliers"]) == ref.num_inliers and int(diag["matches"]) == ref.num_matches
+        assert diag["aligned"] == str(ref.aligned)  # the reflectance alignment ran in the node as in-process
         if pose is not None:
             T_ref, cov_ref = rebase_pose(ref.T_map_cam, ref.covariance, demo.T_base_cam)
             np.testing.assert_allclose(pose_to_matrix(pose.pose.pose), T_ref, atol=1e-6)

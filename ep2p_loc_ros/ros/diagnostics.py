@@ -3,7 +3,8 @@
 Keys (all strings, as diagnostic_msgs wants): ``state`` (lifecycle), ``result`` (localized / rejected / bad
 input / ...), ``reason``, ``image_stamp``, ``latency_ms`` (message received -> pose published, in the node),
 ``localize_ms`` (the Localizer's own time), ``inliers``, ``matches``, ``pose_of`` (base or camera frame),
-``mode`` (tracking / global), and the counters ``frames_received``, ``frames_localized``, ``frames_rejected``,
+``mode`` (tracking / global), ``aligned`` (the pose was refined by the reflectance alignment), and the counters
+``frames_received``, ``frames_localized``, ``frames_rejected``,
 ``frames_dropped`` (replaced by a newer frame before the worker got to them).
 """
 

@@ -415,6 +415,7 @@ class LocalizationNode(LifecycleNode):
             "inliers": result.num_inliers,
             "matches": result.num_matches,
             "localizer_status": result.status.value,
+            "aligned": result.aligned,
             **{f"t_{k}_ms": float(v) for k, v in result.timings_ms.items()},
         }
         if p.publish_visible_points and result.num_matches:
