@@ -50,7 +50,6 @@ class AlignmentConfig:
     blur_px: float = 1.0  # Gaussian blur (pixels of the scaled image): smooths the score between poses
     bins: int = 16  # histogram bins per variable (equal-count bins)
     max_points: int = 30000  # map points used (evenly thinned)
-    local_points: int = 30000  # of those in view, the coordinate ascent scores at most this many (evenly thinned)
     min_points: int = 300  # fewer points in view: no alignment (the result says why)
     # forward candidates seeing fewer than this share of the start's points drop out: fewer points fit by chance
     # (real KITTI single scans, whose near field is empty: at 0.3 the search left the true pose for one 3-5 m ahead)
@@ -219,23 +218,21 @@ def align_to_reflectance(
     base = int(counts[n_fwd])
     if base < cfg.min_points:
         return AlignmentResult(False, start, -np.inf, -np.inf, base, 0, f"{base} map points in view")
-    start_score = scorer.score(start, local[seen[n_fwd]], refl_bins[seen[n_fwd]])[0]
+    start_score, n_pts = scorer.score(start, local[seen[n_fwd]], refl_bins[seen[n_fwd]])
     k_best, best_score = n_fwd, start_score
     for k, (T, vis, n) in enumerate(zip(cands, seen, counts, strict=True)):
         # a camera inside or just in front of a wall sees few points, which a chance alignment fits best
         if k == n_fwd or n < cfg.min_view_ratio * base:
             continue
-        if (s := scorer.score(T, local[vis], refl_bins[vis])[0]) > best_score:
-            k_best, best_score = k, s
-
-    # 2. Coordinate ascent over x, y, z, and the rotations, on what the camera sees from there.
-    best, rows = cands[k_best], np.flatnonzero(seen[k_best])
-    if len(rows) > cfg.local_points:
-        rows = rows[np.linspace(0, len(rows) - 1, cfg.local_points).astype(np.int64)]
-    view = local[rows], refl_bins[rows]
-    best_score, n_pts = scorer.score(best, *view)
+        s, n_seen = scorer.score(T, local[vis], refl_bins[vis])
+        if s > best_score:
+            k_best, best_score, n_pts = k, s, n_seen
     if not np.isfinite(best_score):
         return AlignmentResult(False, start, -np.inf, start_score, n_pts, scorer.evaluations, "too few points in view")
+
+    # 2. Coordinate ascent over x, y, z, and the rotations, on what the camera sees from there (the same points
+    # the winning candidate was scored on).
+    best, view = cands[k_best], (local[seen[k_best]], refl_bins[seen[k_best]])
     step_t, step_r = cfg.step_m, np.radians(cfg.step_deg)
     while step_t >= cfg.min_step_m or step_r >= np.radians(cfg.min_step_deg):
         improved = False
