@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from ep2p_loc_ros.geometry import PinholeCamera, make_T, matrix_to_rotvec, rotvec_to_matrix
-from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance, mutual_information
+from ep2p_loc_ros.reflectance_alignment import (
+    AlignmentConfig,
+    _ascent_directions,
+    _moved,
+    align_to_reflectance,
+    mutual_information,
+)
 
 CAM = PinholeCamera.from_params(480, 180, 240.0, 240.0, 239.5, 89.5)
 
@@ -110,9 +116,51 @@ def test_alignment_keeps_the_start_pose_with_too_few_points_and_ignores_nan_poin
 
 
 def test_alignment_config_refuses_bad_values():
-    for bad in ({"forward_step_m": 0.0}, {"bins": 1}, {"min_view_ratio": 1.5}, {"forward_range_m": -1.0}):
+    for bad in (
+        {"forward_step_m": 0.0},
+        {"bins": 1},
+        {"bins": 300},
+        {"min_view_ratio": 1.5},
+        {"forward_range_m": -1.0},
+        {"pivot_depths_m": [10.0, -1.0]},
+        {"pivot_depths_m": [float("nan")]},
+    ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
+    assert AlignmentConfig(pivot_depths_m=[5, 20]).pivot_depths_m == (5.0, 20.0)  # a YAML list becomes a tuple
+
+
+def test_each_pivot_turns_the_camera_about_the_point_at_its_depth():
+    """A pivot move at depth D keeps the point D m ahead on the optical axis in place (to first order: the
+    principal point moves by under a hundredth of a pixel), while the pure turn of the same size moves it."""
+    step = np.radians(0.4)
+    dirs = _ascent_directions(0.2, step, (10.0, 30.0))
+    assert len(dirs) == 10
+    for k, depth in ((6, 10.0), (7, 10.0), (8, 30.0), (9, 30.0)):
+        for sign in (1.0, -1.0):
+            T = _moved(np.eye(4), sign * dirs[k])
+            p = np.linalg.inv(T) @ np.r_[0.0, 0.0, depth, 1.0]  # the point, seen from the moved camera
+            assert np.hypot(p[0], p[1]) / p[2] * CAM.fx < 0.01
+            turn = _moved(np.eye(4), sign * dirs[4 if k % 2 == 0 else 3])
+            q = np.linalg.inv(turn) @ np.r_[0.0, 0.0, depth, 1.0]
+            assert np.hypot(q[0], q[1]) / q[2] * CAM.fx > 1.0
+
+
+@pytest.mark.parametrize("offset", [[-0.8, 0.0, 0.0, 0.0, 3.0, 0.0], [0.8, 0.0, 1.0, 0.0, -3.0, 0.0]])
+def test_pivots_bring_back_a_pose_off_sideways_and_turned_the_same_way(street, offset):
+    """Off 0.8 m sideways and turned 3 deg back toward the scene (points about 15 m ahead stay in place, as after
+    a PnP that fits them): the six axes alone stall in that valley, the pivots walk along it."""
+    points, reflectance, rgb = street
+    start = _off(np.array(offset))
+    ends = {}
+    for pivots in ((), (10.0, 30.0)):
+        res = align_to_reflectance(rgb, CAM, points, reflectance, start, AlignmentConfig(pivot_depths_m=pivots))
+        t_err = np.linalg.norm(res.T_map_cam[:3, 3])
+        r_err = np.degrees(np.linalg.norm(matrix_to_rotvec(res.T_map_cam[:3, :3])))
+        ends[pivots] = (t_err, r_err)
+    t_err, r_err = ends[(10.0, 30.0)]
+    assert t_err < 0.1 and r_err < 0.3, ends
+    assert ends[()][0] > 2 * t_err and ends[()][1] > r_err, ends
 
 
 def test_alignment_searches_only_the_forward_range_it_is_given(street):

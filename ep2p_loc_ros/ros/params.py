@@ -186,6 +186,7 @@ def _dataclass_specs(prefix: str, obj: Any, descriptions: dict[str, str] | None 
             specs += _dataclass_specs(f"{prefix}.{f.name}", value)
         else:
             desc = (descriptions or {}).get(f.name) or f"{type(obj).__name__}.{f.name} (see its docstring)"
+            value = list(value) if isinstance(value, tuple) else value  # a ROS array parameter, as YAML writes it
             specs.append(ParamSpec(f"{prefix}.{f.name}", value, desc))
     return specs
 
