@@ -16,11 +16,13 @@ what ``fusion.correlation_length_m`` models.
 the node's ``tracking.enabled``) and that localization is fused. It is what the node does over DDS
 (``ep2p-loc replay``), without DDS, reproducibly and a few times faster. ``--filter-drift`` sets the filter's model
 of the odometry (``fusion.drift_*``) apart from the simulated drift; ``--intersect-own-prior`` fuses the tracking
-localizations by covariance intersection (``fusion.intersect_own_prior``).
+localizations by covariance intersection (``fusion.intersect_own_prior``). As in the node, after
+``--max-failures`` frames in a row whose localization did not join the filter's pose, the loop searches globally
+until one does (``tracking_policy.py``).
 
     python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
         [--gate-chi2 16.81 22.46 ...] [--correlation-length 0 2 ...] [--filter-drift 0.02 0.05 ...] [--track]
-        [--intersect-own-prior] [--draws N] [--config LOCALIZER.yaml]
+        [--intersect-own-prior] [--draws N] [--config LOCALIZER.yaml] [--max-failures N]
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map_odom_filter import FusionConfig, MapOdomFilter
     from ep2p_loc_ros.sim.odometry import drifting_odometry
+    from ep2p_loc_ros.tracking_policy import TrackingPolicy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_drive_arguments(ap)
@@ -98,6 +101,13 @@ def main() -> None:
     )
     ap.add_argument("--draws", type=int, default=1, help="odometry noise draws per drift (pooled; worst one shown)")
     ap.add_argument("--min-inliers", type=int, default=30, help="gate.min_inliers: fewer inliers are not fused")
+    ap.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="tracking.max_failures: with --track, frames in a row not joining the filter's pose before the loop "
+        "searches globally again (a large number: never, as before session 22)",
+    )
     ap.add_argument(
         "--config", type=Path, default=None, help="YAML with LocalizerConfig fields (the node's localizer.*)"
     )
@@ -145,13 +155,16 @@ def main() -> None:
         """The filter's pose of every frame from the localizations up to it (``results``: each frame's global
         localization; with ``--track`` each frame is localized now from the filter's pose, as the node does)."""
         filt = MapOdomFilter(cfg)
+        policy = TrackingPolicy(args.max_failures)  # the node's: global search again once tracking is lost
         fused, cov = [], []
         for i in range(len(odo)):
             filt.predict(odo[i])
-            prior = filt.pose(odo[i]) if args.track else None
+            prior = filt.pose(odo[i]) if args.track and not policy.lost else None
             r = results[i] if prior is None else loc.localize(seq.image(i), seq.calib.camera, prior[0])
+            joined = False
             if r.ok and r.num_inliers >= args.min_inliers:
-                filt.update(r.T_map_cam, r.covariance, odo[i], own_prior=prior is not None)
+                joined = filt.update(r.T_map_cam, r.covariance, odo[i], own_prior=prior is not None).accepted
+            policy.record(joined)
             p = filt.pose(odo[i])
             fused.append(None if p is None else p[0])
             cov.append(None if p is None else p[1])

@@ -58,6 +58,7 @@ from ..geometry import invert, make_T, quaternion_to_matrix
 from ..localizer import Localizer
 from ..map_odom_filter import MapOdomFilter
 from ..pose_gate import PoseGate, rebase_pose
+from ..tracking_policy import TrackingPolicy
 from .convert import (
     ConversionError,
     camera_info_to_camera,
@@ -502,7 +503,16 @@ class LocalizationNode(LifecycleNode):
         T_map_base, cov = fused
         T_map_cam = T_map_base @ T_base_cam
         self._localized(
-            frame, T_map_base, cov, p.base_frame, T_map_cam, T_odom_base, f"localized (fused): {note}", note, extra
+            frame,
+            T_map_base,
+            cov,
+            p.base_frame,
+            T_map_cam,
+            T_odom_base,
+            f"localized (fused): {note}",
+            note,
+            extra,
+            joined=note == "fused",
         )
 
     def _localized(
@@ -516,16 +526,19 @@ class LocalizationNode(LifecycleNode):
         message: str,
         reason: str,
         extra: dict,
+        joined: bool = True,
     ) -> None:
         """Publish a pose of ``child`` (``~/pose``, TF), track from the camera pose ``T_map_cam`` (with the odometry
-        at its stamp) and report it: the end of every frame that gets a pose, gated or fused."""
+        at its stamp) and report it: the end of every frame that gets a pose, gated or fused. ``joined``: this
+        frame's localization is part of that pose (a fused pose is published without one too; see
+        :mod:`ep2p_loc_ros.tracking_policy`)."""
         stamp = frame.msg.header.stamp
         self._pubs["pose"].publish(self._pose_msg(T_map_out, cov_out, stamp))
         latency_ms = (time.perf_counter() - frame.received) * 1e3
         tf_note = self._publish_tf(T_map_out, child, stamp) if self.params.publish_tf else "off"
         with self._cond:
             self._tracked = (T_map_cam, _stamp_s(stamp), T_odom_base)
-            self._failures = 0
+            self._policy.record(joined)
         self._counters["frames_localized"] += 1
         values = {
             "result": "localized",
@@ -581,11 +594,13 @@ class LocalizationNode(LifecycleNode):
             self._gate.reset()
             if self._fusion is not None:  # re-localized by hand: what the filter believed no longer counts
                 self._fusion.reset()
-            self._failures = 0
+            self._policy.reset()
             T_map_cam = initial @ T_base_cam if T_base_cam is not None else initial
             return T_map_cam, "initial pose"
         if not self.params.tracking_enabled or tracked is None:
             return None, "global"
+        if self._policy.lost:
+            return None, f"global (lost: {self._policy.failures} frames not joining the published pose)"
         T_map_cam_last, _, T_odom_base_last = tracked
         T_odom_base_now = self._odom_T(stamp)
         if T_base_cam is not None and T_odom_base_last is not None and T_odom_base_now is not None:
@@ -597,9 +612,7 @@ class LocalizationNode(LifecycleNode):
 
     def _tracking_failed(self) -> None:
         with self._cond:
-            self._failures += 1
-            if self._failures >= self.params.tracking_max_failures and self._tracked is not None:
-                self._tracked = None  # next frame: global search
+            self._policy.record(False)  # from tracking.max_failures in a row on: global search
 
     def _pose_msg(self, T_map_out: np.ndarray, cov_out: np.ndarray, stamp) -> PoseWithCovarianceStamped:
         out = PoseWithCovarianceStamped()
@@ -664,7 +677,8 @@ class LocalizationNode(LifecycleNode):
     def _reset_tracking(self) -> None:
         self._tracked: tuple[np.ndarray, float, np.ndarray | None] | None = None
         self._initial_pose: np.ndarray | None = None
-        self._failures = 0
+        max_failures = self.params.tracking_max_failures if self.params is not None else 1
+        self._policy = TrackingPolicy(max_failures)
         self._last_stamp: float | None = None
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()
