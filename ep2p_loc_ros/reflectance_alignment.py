@@ -34,10 +34,10 @@ class AlignmentConfig:
     """How the alignment searches (module docstring). Distances in metres, angles in degrees."""
 
     # Align single-image (global) localizations and tracked ones. On by default for the outdoor maps a car drives
-    # in (four held-out outdoor drives: single images 9.6 -> 50 % within 0.5 m / 5 deg; the node's loop of tracking
-    # and fusion 33.7 -> 87 %); turn both off indoors, where they lose (single images 13.8 -> 3.1 %, the node's
-    # loop 28.6 -> 14.1 %: walls and floors differ in grey and reflectance alike wherever the camera stands).
-    # models/README.md, "Session 21"
+    # in (four held-out outdoor drives: single images 9.6 -> 53.7 % within 0.5 m / 5 deg; the node's loop of
+    # tracking and fusion 33.7 -> 87.9 %); turn both off indoors, where they lose (single images 15 -> 7.5 %, the
+    # node's loop 28.6 -> 14.1 % in session 21: walls and floors differ in grey and reflectance alike wherever the
+    # camera stands). models/README.md, "Session 21" and "Session 22"
     after_retrieval: bool = True
     in_tracking: bool = True
     forward_range_m: float = 6.0  # the first search covers this much forward and back along the optical axis

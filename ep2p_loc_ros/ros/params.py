@@ -127,7 +127,8 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "tracking.max_failures",
         3,
-        "failed frames in a row before tracking falls back to global search",
+        "frames in a row whose localization did not join the published pose (none, refused, or fitting another fusion "
+        "hypothesis) before the node searches the whole map again, until one joins (tracking_policy.py)",
         min=1,
         max=1000,
     ),
