@@ -48,7 +48,8 @@ class AlignmentConfig:
     min_step_m: float = 0.025  # ... halved until below these
     min_step_deg: float = 0.05
     # the ascent also turns about points this far ahead (yaw with a sideways move, pitch with a vertical one):
-    # outdoors single images 47.8 -> 54.3 % within 0.5 m / 5 deg, 20.5 -> 38.2 % within 0.25 m / 2 deg
+    # four outdoor drives' single images, from the same poses: 45.8 -> 53.7 % within 0.5 m / 5 deg, 20.8 -> 40.0 %
+    # within 0.25 m / 2 deg
     # (models/README.md, "Session 22")
     pivot_depths_m: tuple[float, ...] = (10.0, 30.0)
     image_scale: float = 0.5  # the image is compared at this fraction of its size (blurred, grey)
