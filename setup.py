@@ -29,6 +29,7 @@ setup(
     install_requires=[
         "setuptools",
         "numpy",
+        "numba",
         "scipy",
         "torch",
         "onnx",

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("preprocess", "image_encoder", "ipr", "matching", "pnp", "total")
+STAGES = ("preprocess", "image_encoder", "ipr", "matching", "pnp", "alignment", "total")
 
 
 def worker(tree: Path, map_dir: Path, sequence: Path, model: Path, mode: str, stride: int) -> dict[str, float]:

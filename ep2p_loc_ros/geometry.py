@@ -176,7 +176,7 @@ class Projection:
 
     def pixel_index(self) -> np.ndarray:
         """Integer ``(col, row)`` of the pixel each point falls in (meaningful where ``in_image``; -1 if no pixel)."""
-        uv = np.where(np.isfinite(self.uv), self.uv, -1.0)
+        uv = np.clip(np.where(np.isfinite(self.uv), self.uv, -1.0), -1.0, 2.0**31)  # far off: no int64 overflow
         return np.floor(uv + 0.5).astype(np.int64)
 
 

@@ -31,7 +31,7 @@ from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
-from .reflectance_alignment import AlignmentConfig, align_to_reflectance
+from .reflectance_alignment import AlignmentConfig, align_to_reflectance, compile_kernels
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
@@ -425,6 +425,8 @@ class Localizer:
         # submap views at their viewpoints, most recently used last (config.viewpoint_cache of them)
         self._views: OrderedDict[tuple[Any, ...], _ViewpointView] = OrderedDict()
         self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
+        if self.config.alignment.after_retrieval or self.config.alignment.in_tracking:
+            compile_kernels()  # at configure, not on the first frame
         if lidar_map.feature_dim != model_config.feature_dim:
             where = lidar_map.path or "map"
             raise DataError(

@@ -20,13 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
 from .ipr import IPRConfig, visible_mask
 from .model.preprocess import resize_camera
 
-__all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "mutual_information"]
+__all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "compile_kernels", "mutual_information"]
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,103 @@ def mutual_information(a_bins: np.ndarray, b_bins: np.ndarray, bins: int) -> flo
     Why the correction: the plug-in estimate grows as samples get fewer (a few hundred points in 256 cells look
     dependent by chance), and candidates see different numbers of points.
     """
-    n = len(a_bins)
+    joint = np.bincount(np.asarray(a_bins, np.int64) * bins + b_bins, minlength=bins * bins)
+    return _mi_from_counts(joint.reshape(bins, bins))[0]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _mi_from_counts(joint: np.ndarray) -> tuple[float, int]:  # pragma: no cover (compiled)
+    """:func:`mutual_information` from a joint histogram's counts (bins_a rows; of its columns only the first
+    bins_a count), and how many samples that is; -inf when none.
+
+    With p = c / n, each entropy is log n - sum(c log c) / n, so the MI needs only the nonzero counts' c log c.
+    """
+    nb = joint.shape[0]
+    rows, cols = np.zeros(nb), np.zeros(nb)
+    n, s_joint, k_joint = 0, 0.0, 0
+    for a in range(nb):
+        for b in range(nb):
+            c = joint[a, b]
+            if c > 0:
+                n += c
+                s_joint += c * np.log(c)
+                k_joint += 1
+                rows[a] += c
+                cols[b] += c
     if n == 0:
-        return -np.inf
-    joint = np.bincount(a_bins * bins + b_bins, minlength=bins * bins).astype(np.float64) / n
-    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
+        return -np.inf, 0
+    s_marg, k_marg = 0.0, 0
+    for c in np.concatenate((rows, cols)):
+        if c > 0:
+            s_marg += c * np.log(c)
+            k_marg += 1
+    # Miller-Madow: (occupied joint cells - occupied cells of each marginal + 1) / 2n
+    return np.log(n) - (s_marg - s_joint) / n - (k_joint - k_marg + 1) / (2 * n), n
 
-    def entropy(p: np.ndarray) -> float:
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
 
-    cells = np.count_nonzero(joint) - np.count_nonzero(pa) - np.count_nonzero(pb) + 1
-    return entropy(pa) + entropy(pb) - entropy(joint) - cells / (2 * n)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _cells_joint(
+    cells: np.ndarray, rows: np.ndarray, grey_bins: np.ndarray, joint: np.ndarray
+) -> None:  # pragma: no cover (compiled)
+    """The joint histogram (flat ``joint``) of the points' ``rows`` and the grey bins of the pixels they fall
+    in (``cells``: each one's flat index into ``grey_bins``)."""
+    joint[:] = 0
+    for i in range(rows.shape[0]):
+        joint[rows[i] + grey_bins[cells[i]]] += 1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pinhole_joint(
+    M: np.ndarray,
+    off: np.ndarray,
+    pts: np.ndarray,
+    rows: np.ndarray,
+    grey_bins: np.ndarray,
+    w: int,
+    h: int,
+    cells: np.ndarray,
+    joint: np.ndarray,
+) -> None:  # pragma: no cover (compiled)
+    """The joint histogram (flat ``joint``) of the points ``pts``' (3, N) ``rows`` and the grey bins of the
+    pixels they fall in: pixel = floor of (M p - off)'s dehomogenised x, y; behind the camera or outside the
+    (h, w) image, the out-of-view entry ``grey_bins[w * h]``. Two passes (``cells``: scratch, N long),
+    the pixel picked by a select, not a branch: one pass, or a branch, took 4x as long."""
+    outside = np.int32(w * h)
+    wf, hf, w32 = np.float32(w), np.float32(h), np.int32(w)
+    zero, eps = np.float32(0.0), np.float32(1e-6)
+    # M and off in locals: read through the arrays, each write to ``cells`` might change them (4x slower)
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = (
+        M[0, 0],
+        M[0, 1],
+        M[0, 2],
+        M[1, 0],
+        M[1, 1],
+        M[1, 2],
+        M[2, 0],
+        M[2, 1],
+        M[2, 2],
+    )
+    o0, o1, o2 = off[0], off[1], off[2]
+    for i in range(pts.shape[1]):
+        x, y, z0 = pts[0, i], pts[1, i], pts[2, i]
+        z = m20 * x + m21 * y + m22 * z0 - o2
+        inv = np.float32(1.0) / z
+        u = (m00 * x + m01 * y + m02 * z0 - o0) * inv
+        v = (m10 * x + m11 * y + m12 * z0 - o1) * inv
+        ok = (z > eps) & (u >= zero) & (v >= zero) & (u < wf) & (v < hf)
+        cell = np.int32(min(max(v, zero), hf - 1)) * w32 + np.int32(min(max(u, zero), wf - 1))
+        cells[i] = cell if ok else outside
+    _cells_joint(cells, rows, grey_bins, joint)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_image(grey: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """Each pixel's bin: how many ``edges`` it exceeds (a pass per edge, each vectorised: 5x faster than numpy's
+    comparisons and than a loop over edges per pixel)."""
+    out[:] = 0
+    for e in edges:
+        for i in range(grey.shape[0]):
+            out[i] += grey[i] > e
 
 
 def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
@@ -122,8 +208,10 @@ class _Scorer:
     Points are kept in float32 relative to ``origin`` (a point near the camera), which keeps float32 exact to
     micrometres anywhere in a large map and halves the memory each evaluation streams. The grey level's bins are
     looked up, not computed: the blurred image is upsampled twice (bilinear) and binned once, so a pose costs one
-    projection and one gather per point (the nearest lookup on the finer grid is within a quarter of a compared
-    pixel of bilinear interpolation at the point).
+    projection and one lookup per point (the nearest lookup on the finer grid is within a quarter of a compared
+    pixel of bilinear interpolation at the point). Points out of view look up an extra grey "bin" past the last, a
+    column of the joint histogram that is dropped. Projection, histogram and MI are compiled (numba): a scoring of
+    ~12,000 points takes ~0.06 ms where numpy took 0.24 ms (session 23).
     """
 
     UPSAMPLE = 2
@@ -132,50 +220,56 @@ class _Scorer:
         self.origin, self.cfg = origin, cfg
         h, w = grey.shape
         fine = cv2.resize(grey, (w * self.UPSAMPLE, h * self.UPSAMPLE), interpolation=cv2.INTER_LINEAR)
-        self.bins = np.zeros(fine.size, np.uint8)  # bins <= 256 (AlignmentConfig); counting beats searchsorted
-        for edge in _equal_count_bins(grey.ravel(), cfg.bins):
-            self.bins += fine.ravel() > edge
+        # one entry more than the image's pixels: the out-of-view "bin" (cfg.bins), looked up by points not in view
+        self.bins = np.empty(fine.size + 1, np.uint16)
+        _bin_image(fine.ravel(), _equal_count_bins(grey.ravel(), cfg.bins).astype(np.float32), self.bins[:-1])
+        self.bins[-1] = cfg.bins
         self.camera = resize_camera(camera, w * self.UPSAMPLE, h * self.UPSAMPLE)
+        self.pinhole = not self.camera.has_distortion
+        self.joint = np.empty(cfg.bins * (cfg.bins + 1), np.int64)
+        self.cells = np.empty(0, np.int32)  # scratch of score(), grown to the most points scored
         self.evaluations = 0
 
-    def pixels(self, T_map_cam: np.ndarray, pts_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which of ``pts_t`` (3, N float32, relative to ``origin``) are in front of the camera and inside the
-        image, and the flat indices of those into the fine bin image."""
+    def rows(self, refl_bins: np.ndarray) -> np.ndarray:
+        """Each point's row of the joint histogram (reflectance bin times the bins-plus-one grey columns)."""
+        return (refl_bins * (self.cfg.bins + 1)).astype(np.int32)
+
+    def score(self, T_map_cam: np.ndarray, pts_t: np.ndarray, rows: np.ndarray) -> tuple[float, int]:
+        """The MI at ``T_map_cam`` over the points ``pts_t`` (3, N float32, relative to ``origin``; with their
+        :meth:`rows`) in view, and how many they are (-inf when too few)."""
+        self.evaluations += 1
+        if len(self.cells) < len(rows):
+            self.cells = np.empty(len(rows), np.int32)
         R, t = T_map_cam[:3, :3], T_map_cam[:3, 3] - self.origin
         cam = self.camera
-        w, h = cam.width, cam.height
-        if cam.has_distortion:
+        if self.pinhole:  # rectified images (the common case): homogeneous pixels from one 3x3 product
+            K = cam.K.copy()
+            K[:2, 2] += 0.5  # the nearest pixel centre is the floor
+            M = K @ R.T
+            args = (M.astype(np.float32), (M @ t).astype(np.float32), pts_t, rows, self.bins)
+            _pinhole_joint(*args, cam.width, cam.height, self.cells[: len(rows)], self.joint)
+        else:
             pr = cam.project((R.T @ (pts_t.astype(np.float64) - t[:, None])).T)
-            u, v = pr.uv[:, 0] + 0.5, pr.uv[:, 1] + 0.5  # + 0.5: the nearest pixel centre is the floor
-            ok = pr.in_image & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-            return ok, v[ok].astype(np.int32) * w + u[ok].astype(np.int32)
-        # The common case (rectified images): homogeneous pixels from one 3x3 product, the image bounds tested
-        # before the division (u < W w), and only the points in view divided.
-        K = cam.K.copy()
-        K[:2, 2] += 0.5
-        M = K @ R.T
-        uvw = M.astype(np.float32) @ pts_t
-        uvw -= (M @ t).astype(np.float32)[:, None]
-        u, v, z = uvw
-        ok = z > 1e-6
-        ok &= u >= 0
-        ok &= v >= 0
-        ok &= u < w * z
-        ok &= v < h * z
-        z = z[ok]
-        iu = np.minimum((u[ok] / z).astype(np.int32), w - 1)  # u / z may round up to W at the edge
-        iv = np.minimum((v[ok] / z).astype(np.int32), h - 1)
-        return ok, iv * w + iu
-
-    def score(self, T_map_cam: np.ndarray, pts_t: np.ndarray, refl_bins: np.ndarray) -> tuple[float, int]:
-        """The MI at ``T_map_cam`` over the points ``pts_t`` (3, N; with their reflectance bins) in view, and how
-        many they are (-inf when too few)."""
-        self.evaluations += 1
-        ok, idx = self.pixels(T_map_cam, pts_t)
-        n = len(idx)
+            u, v = pr.uv[:, 0] + 0.5, pr.uv[:, 1] + 0.5
+            ok = pr.in_image & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+            with np.errstate(invalid="ignore"):  # NaN pixels (behind the camera) are replaced
+                cells = np.where(ok, v.astype(np.int32) * cam.width + u.astype(np.int32), cam.width * cam.height)
+            _cells_joint(cells, rows, self.bins, self.joint)
+        b = self.cfg.bins
+        mi, n = _mi_from_counts(self.joint.reshape(b, b + 1))
         if n < self.cfg.min_points:
             return -np.inf, n
-        return mutual_information(refl_bins[ok], self.bins[idx], self.cfg.bins), n
+        return mi, n
+
+
+def compile_kernels() -> None:
+    """Compile the scoring kernels now (numba; ~2 s the first time on a host, ~0.3 s from numba's on-disk cache),
+    so that the first frame a node aligns is not the one that pays."""
+    cam = PinholeCamera(8, 8, np.array([[4.0, 0.0, 4.0], [0.0, 4.0, 4.0], [0.0, 0.0, 1.0]]))
+    cfg = AlignmentConfig(bins=2, min_points=1)
+    scorer = _Scorer(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), cam, np.zeros(3), cfg)
+    scorer.score(np.eye(4), np.array([[0.0], [0.0], [1.0]], np.float32), scorer.rows(np.zeros(1, np.int64)))
+    _cells_joint(np.zeros(1, np.int32), np.zeros(1, np.int32), scorer.bins, scorer.joint)
 
 
 def _ascent_directions(step_m: float, step_rad: float, pivot_depths_m: tuple[float, ...]) -> list[np.ndarray]:
@@ -235,6 +329,7 @@ def align_to_reflectance(
         return AlignmentResult(False, start, -np.inf, -np.inf, len(pts), 0, f"{len(pts)} map points near the pose")
     refl_bins = np.searchsorted(_equal_count_bins(refl, cfg.bins), refl)
     scorer = _Scorer(grey.astype(np.float32), cam, start[:3, 3], cfg)
+    rows = scorer.rows(refl_bins)
     local = (pts - start[:3, 3]).astype(np.float32)
     local_t = np.ascontiguousarray(local.T)  # (3, N): each coordinate contiguous for the scorer
 
@@ -248,13 +343,13 @@ def align_to_reflectance(
     base = int(counts[n_fwd])
     if base < cfg.min_points:
         return AlignmentResult(False, start, -np.inf, -np.inf, base, 0, f"{base} map points in view")
-    start_score, n_pts = scorer.score(start, local_t[:, seen[n_fwd]], refl_bins[seen[n_fwd]])
+    start_score, n_pts = scorer.score(start, local_t[:, seen[n_fwd]], rows[seen[n_fwd]])
     k_best, best_score = n_fwd, start_score
     for k, (T, vis, n) in enumerate(zip(cands, seen, counts, strict=True)):
         # a camera inside or just in front of a wall sees few points, which a chance alignment fits best
         if k == n_fwd or n < cfg.min_view_ratio * base:
             continue
-        s, n_seen = scorer.score(T, local_t[:, vis], refl_bins[vis])
+        s, n_seen = scorer.score(T, local_t[:, vis], rows[vis])
         if s > best_score:
             k_best, best_score, n_pts = k, s, n_seen
     if not np.isfinite(best_score):
@@ -262,18 +357,24 @@ def align_to_reflectance(
 
     # 2. Coordinate ascent over x, y, z, the rotations, and the pivots (module docstring), on what the camera sees
     # from there (the same points the winning candidate was scored on).
-    best, view = cands[k_best], (local_t[:, seen[k_best]], refl_bins[seen[k_best]])
+    best, view = cands[k_best], (local_t[:, seen[k_best]], rows[seen[k_best]])
     directions = _ascent_directions(cfg.step_m, np.radians(cfg.step_deg), cfg.pivot_depths_m)
     scale = 1.0  # of the first moves: halved when none of them helps, until both steps are below their minimum
+
+    def transforms(scale: float) -> list[list[np.ndarray]]:  # each move both ways (best @ move is _moved's)
+        return [[_moved(np.eye(4), sign * d) for sign in (scale, -scale)] for d in directions]
+
+    moves = transforms(scale)
     while scale * cfg.step_m >= cfg.min_step_m or scale * cfg.step_deg >= cfg.min_step_deg:
         improved = False
-        for direction in directions:
-            for sign in (scale, -scale):
-                T = _moved(best, sign * direction)
+        for pair in moves:
+            for move in pair:
+                T = best @ move
                 s, n = scorer.score(T, *view)
                 if s > best_score:
                     best, best_score, n_pts, improved = T, s, n, True
                     break
         if not improved:
             scale /= 2
+            moves = transforms(scale)
     return AlignmentResult(True, best, float(best_score), float(start_score), n_pts, scorer.evaluations)

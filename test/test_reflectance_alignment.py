@@ -10,6 +10,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     AlignmentConfig,
     _ascent_directions,
     _moved,
+    _Scorer,
     align_to_reflectance,
     mutual_information,
 )
@@ -169,3 +170,34 @@ def test_alignment_searches_only_the_forward_range_it_is_given(street):
     start = _off(np.array([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
     res = align_to_reflectance(rgb, CAM, points, reflectance, start, AlignmentConfig(forward_range_m=0.0))
     assert np.linalg.norm(res.T_map_cam[:3, 3]) > 1.0
+
+
+@pytest.mark.parametrize("dist", [None, (-0.2, 0.05, 0.001, -0.002, 0.0)])
+def test_the_compiled_score_is_the_mi_of_where_the_camera_projects_each_point(dist):
+    """The scorer (numba kernels: projection, out-of-view bin, histogram, MI from counts) against numpy and the
+    camera's own projection, for a rectified camera and a distorted one, over points in and out of view."""
+    rng = np.random.default_rng(3)
+    cam = PinholeCamera(CAM.width, CAM.height, CAM.K, None if dist is None else np.array(dist))
+    grey = rng.random((CAM.height, CAM.width)).astype(np.float32)
+    cfg = AlignmentConfig(bins=8, min_points=10)
+    origin = np.array([100.0, -20.0, 3.0])  # the scorer works relative to a point near the camera
+    scorer = _Scorer(grey, cam, origin, cfg)
+    pts = origin + np.c_[rng.uniform(-30, 30, 4000), rng.uniform(-10, 10, 4000), rng.uniform(-5, 40, 4000)]
+    T = make_T(rotvec_to_matrix(np.radians([2.0, -3.0, 1.0])), origin + np.array([0.3, -0.2, 0.5]))
+    fine_cam = scorer.camera  # the grey bins live on the twice-upsampled image
+    pr = fine_cam.project((np.linalg.inv(T) @ np.c_[pts, np.ones(len(pts))].T)[:3].T)
+    col, row = pr.pixel_index().T
+    ok = pr.in_image & (col >= 0) & (col < fine_cam.width) & (row >= 0) & (row < fine_cam.height)
+    grey_bins = scorer.bins[row[ok] * fine_cam.width + col[ok]]
+    # reflectance that is the grey bin of the pixel each point falls in, for half the points in view: a scorer
+    # that looks up the wrong pixels (half a pixel off) scores them as noise
+    refl_bins = rng.integers(0, cfg.bins, len(pts))
+    refl_bins[np.flatnonzero(ok)[::2]] = grey_bins[::2]
+    mi, n = scorer.score(T, np.ascontiguousarray((pts - origin).T.astype(np.float32)), scorer.rows(refl_bins))
+
+    assert 1000 < ok.sum() < len(pts) - 500  # both kinds of points are there
+    assert abs(n - ok.sum()) <= 2  # float32 against float64 may differ for a point on a pixel's edge
+    expected = mutual_information(refl_bins[ok], grey_bins, cfg.bins)
+    assert expected > 0.3
+    assert mi == pytest.approx(expected, abs=2e-3)
+    assert scorer.score(T, np.zeros((3, 5), np.float32), scorer.rows(refl_bins[:5]))[0] == -np.inf  # < min_points
