@@ -226,6 +226,8 @@ class _Scorer:
         self.bins[-1] = cfg.bins
         self.camera = resize_camera(camera, w * self.UPSAMPLE, h * self.UPSAMPLE)
         self.pinhole = not self.camera.has_distortion
+        self.K_floor = self.camera.K.copy()  # + 0.5: the nearest pixel centre is the floor of the projection
+        self.K_floor[:2, 2] += 0.5
         self.joint = np.empty(cfg.bins * (cfg.bins + 1), np.int64)
         self.cells = np.empty(0, np.int32)  # scratch of score(), grown to the most points scored
         self.evaluations = 0
@@ -243,17 +245,13 @@ class _Scorer:
         R, t = T_map_cam[:3, :3], T_map_cam[:3, 3] - self.origin
         cam = self.camera
         if self.pinhole:  # rectified images (the common case): homogeneous pixels from one 3x3 product
-            K = cam.K.copy()
-            K[:2, 2] += 0.5  # the nearest pixel centre is the floor
-            M = K @ R.T
+            M = self.K_floor @ R.T
             args = (M.astype(np.float32), (M @ t).astype(np.float32), pts_t, rows, self.bins)
             _pinhole_joint(*args, cam.width, cam.height, self.cells[: len(rows)], self.joint)
         else:
             pr = cam.project((R.T @ (pts_t.astype(np.float64) - t[:, None])).T)
-            u, v = pr.uv[:, 0] + 0.5, pr.uv[:, 1] + 0.5
-            ok = pr.in_image & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
-            with np.errstate(invalid="ignore"):  # NaN pixels (behind the camera) are replaced
-                cells = np.where(ok, v.astype(np.int32) * cam.width + u.astype(np.int32), cam.width * cam.height)
+            col, row = pr.pixel_index().T  # a pixel of the image wherever in_image
+            cells = np.where(pr.in_image, row * cam.width + col, cam.width * cam.height).astype(np.int32)
             _cells_joint(cells, rows, self.bins, self.joint)
         b = self.cfg.bins
         mi, n = _mi_from_counts(self.joint.reshape(b, b + 1))
