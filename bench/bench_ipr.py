@@ -97,6 +97,20 @@ def main() -> None:
     batch = 8
     Ts = np.stack([T] * batch)
     ipr_batch = median_ms(lambda: visible_mask(sets[100_000], Ts, cam, cfg), 3 if args.quick else 5)[0]
+    # the same masks from torch tensors (torch's ops: the path CUDA takes), against numpy's compiled kernel
+    T_t = torch.from_numpy(T)
+    ipr_torch = {
+        n: median_ms(lambda p=torch.from_numpy(p): visible_mask(p, T_t, cam, cfg), ipr_reps[n]) for n, p in sets.items()
+    }
+    batch_t = (torch.from_numpy(sets[100_000]), torch.from_numpy(Ts))
+    ipr_batch_torch = median_ms(lambda: visible_mask(*batch_t, cam, cfg), 3 if args.quick else 5)[0]
+    print("## IPR on the CPU: numpy points (compiled kernel) vs torch tensors (torch's ops), same masks\n")
+    print("| points | poses | compiled ms | torch ms | torch / compiled | same mask |\n|---:|---:|---:|---:|---:|---|")
+    for n in sets:
+        same = np.array_equal(ipr[n][1], ipr_torch[n][1].numpy())
+        c, t = ipr[n][0], ipr_torch[n][0]
+        print(f"| {n:,} | 1 | {c:.1f} | {t:.1f} | {t / c:.1f}x | {same} |")
+    print(f"| 100,000 | {batch} | {ipr_batch:.1f} | {ipr_batch_torch:.1f} | {ipr_batch_torch / ipr_batch:.1f}x | |\n")
 
     if args.cuda:
         print_cuda(sets, T, cam, cfg, ipr)

@@ -26,6 +26,7 @@ from .covariance_calibration import CALIBRATION_FILE, CovarianceCalibration
 from .errors import DataError
 from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
+from .ipr import compile_kernel as compile_ipr
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
@@ -425,8 +426,9 @@ class Localizer:
         # submap views at their viewpoints, most recently used last (config.viewpoint_cache of them)
         self._views: OrderedDict[tuple[Any, ...], _ViewpointView] = OrderedDict()
         self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
+        compile_ipr()  # the compiled kernels at configure, not on the first frame
         if self.config.alignment.after_retrieval or self.config.alignment.in_tracking:
-            compile_kernels()  # at configure, not on the first frame
+            compile_kernels()
         if lidar_map.feature_dim != model_config.feature_dim:
             where = lidar_map.path or "map"
             raise DataError(

@@ -149,6 +149,7 @@ def _pinhole_joint(
     off: np.ndarray,
     pts: np.ndarray,
     rows: np.ndarray,
+    seen: np.ndarray,
     grey_bins: np.ndarray,
     w: int,
     h: int,
@@ -156,9 +157,10 @@ def _pinhole_joint(
     joint: np.ndarray,
 ) -> None:  # pragma: no cover (compiled)
     """The joint histogram (flat ``joint``) of the points ``pts``' (3, N) ``rows`` and the grey bins of the
-    pixels they fall in: pixel = floor of (M p - off)'s dehomogenised x, y; behind the camera or outside the
-    (h, w) image, the out-of-view entry ``grey_bins[w * h]``. Two passes (``cells``: scratch, N long),
-    the pixel picked by a select, not a branch: one pass, or a branch, took 4x as long."""
+    pixels they fall in: pixel = floor of (M p - off)'s dehomogenised x, y; behind the camera, outside the
+    (h, w) image or not ``seen`` (e.g. hidden, by IPR), the out-of-view entry ``grey_bins[w * h]``. Two passes
+    (``cells``: scratch, N long), the pixel picked by a select, not a branch: one pass, or a branch, took 4x as
+    long."""
     outside = np.int32(w * h)
     wf, hf, w32 = np.float32(w), np.float32(h), np.int32(w)
     zero, eps = np.float32(0.0), np.float32(1e-6)
@@ -181,7 +183,7 @@ def _pinhole_joint(
         inv = np.float32(1.0) / z
         u = (m00 * x + m01 * y + m02 * z0 - o0) * inv
         v = (m10 * x + m11 * y + m12 * z0 - o1) * inv
-        ok = (z > eps) & (u >= zero) & (v >= zero) & (u < wf) & (v < hf)
+        ok = (z > eps) & (u >= zero) & (v >= zero) & (u < wf) & (v < hf) & seen[i]
         cell = np.int32(min(max(v, zero), hf - 1)) * w32 + np.int32(min(max(u, zero), wf - 1))
         cells[i] = cell if ok else outside
     _cells_joint(cells, rows, grey_bins, joint)
@@ -229,29 +231,37 @@ class _Scorer:
         self.K_floor = self.camera.K.copy()  # + 0.5: the nearest pixel centre is the floor of the projection
         self.K_floor[:2, 2] += 0.5
         self.joint = np.empty(cfg.bins * (cfg.bins + 1), np.int64)
-        self.cells = np.empty(0, np.int32)  # scratch of score(), grown to the most points scored
+        self.cells = np.empty(0, np.int32)  # scratch of score(), grown to the most points scored ...
+        self.all_seen = np.empty(0, bool)  # ... and as many True
         self.evaluations = 0
 
     def rows(self, refl_bins: np.ndarray) -> np.ndarray:
         """Each point's row of the joint histogram (reflectance bin times the bins-plus-one grey columns)."""
         return (refl_bins * (self.cfg.bins + 1)).astype(np.int32)
 
-    def score(self, T_map_cam: np.ndarray, pts_t: np.ndarray, rows: np.ndarray) -> tuple[float, int]:
+    def score(
+        self, T_map_cam: np.ndarray, pts_t: np.ndarray, rows: np.ndarray, seen: np.ndarray | None = None
+    ) -> tuple[float, int]:
         """The MI at ``T_map_cam`` over the points ``pts_t`` (3, N float32, relative to ``origin``; with their
-        :meth:`rows`) in view, and how many they are (-inf when too few)."""
+        :meth:`rows`) in view (and ``seen``, (N,) bool, when given), and how many they are (-inf when too few).
+
+        Why ``seen`` rather than the points it selects: the forward search scores 25 poses each on its own
+        visible subset of the same points, and gathering each subset cost twice what scoring it did."""
         self.evaluations += 1
         if len(self.cells) < len(rows):
             self.cells = np.empty(len(rows), np.int32)
+            self.all_seen = np.ones(len(rows), bool)
+        seen = self.all_seen[: len(rows)] if seen is None else seen
         R, t = T_map_cam[:3, :3], T_map_cam[:3, 3] - self.origin
         cam = self.camera
         if self.pinhole:  # rectified images (the common case): homogeneous pixels from one 3x3 product
             M = self.K_floor @ R.T
-            args = (M.astype(np.float32), (M @ t).astype(np.float32), pts_t, rows, self.bins)
+            args = (M.astype(np.float32), (M @ t).astype(np.float32), pts_t, rows, seen, self.bins)
             _pinhole_joint(*args, cam.width, cam.height, self.cells[: len(rows)], self.joint)
         else:
             pr = cam.project((R.T @ (pts_t.astype(np.float64) - t[:, None])).T)
             col, row = pr.pixel_index().T  # a pixel of the image wherever in_image
-            cells = np.where(pr.in_image, row * cam.width + col, cam.width * cam.height).astype(np.int32)
+            cells = np.where(pr.in_image & seen, row * cam.width + col, cam.width * cam.height).astype(np.int32)
             _cells_joint(cells, rows, self.bins, self.joint)
         b = self.cfg.bins
         mi, n = _mi_from_counts(self.joint.reshape(b, b + 1))
@@ -341,13 +351,13 @@ def align_to_reflectance(
     base = int(counts[n_fwd])
     if base < cfg.min_points:
         return AlignmentResult(False, start, -np.inf, -np.inf, base, 0, f"{base} map points in view")
-    start_score, n_pts = scorer.score(start, local_t[:, seen[n_fwd]], rows[seen[n_fwd]])
+    start_score, n_pts = scorer.score(start, local_t, rows, seen[n_fwd])
     k_best, best_score = n_fwd, start_score
     for k, (T, vis, n) in enumerate(zip(cands, seen, counts, strict=True)):
         # a camera inside or just in front of a wall sees few points, which a chance alignment fits best
         if k == n_fwd or n < cfg.min_view_ratio * base:
             continue
-        s, n_seen = scorer.score(T, local_t[:, vis], rows[vis])
+        s, n_seen = scorer.score(T, local_t, rows, vis)
         if s > best_score:
             k_best, best_score, n_pts = k, s, n_seen
     if not np.isfinite(best_score):
