@@ -99,9 +99,8 @@ def main() -> None:
     ipr_batch = median_ms(lambda: visible_mask(sets[100_000], Ts, cam, cfg), 3 if args.quick else 5)[0]
     # the same masks from torch tensors (torch's ops: the path CUDA takes), against numpy's compiled kernel
     T_t = torch.from_numpy(T)
-    ipr_torch = {
-        n: median_ms(lambda p=torch.from_numpy(p): visible_mask(p, T_t, cam, cfg), ipr_reps[n]) for n, p in sets.items()
-    }
+    sets_t = {n: torch.from_numpy(p) for n, p in sets.items()}
+    ipr_torch = {n: median_ms(lambda p=p: visible_mask(p, T_t, cam, cfg), ipr_reps[n]) for n, p in sets_t.items()}
     batch_t = (torch.from_numpy(sets[100_000]), torch.from_numpy(Ts))
     ipr_batch_torch = median_ms(lambda: visible_mask(*batch_t, cam, cfg), 3 if args.quick else 5)[0]
     print("## IPR on the CPU: numpy points (compiled kernel) vs torch tensors (torch's ops), same masks\n")
