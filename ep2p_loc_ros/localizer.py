@@ -33,6 +33,7 @@ from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .reflectance_alignment import AlignmentConfig, align_to_reflectance, compile_kernels
+from .upright_ransac import compile_kernel as compile_upright
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
@@ -427,6 +428,7 @@ class Localizer:
         self._views: OrderedDict[tuple[Any, ...], _ViewpointView] = OrderedDict()
         self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
         compile_ipr()  # the compiled kernels at configure, not on the first frame
+        compile_upright()
         if self.config.alignment.after_retrieval or self.config.alignment.in_tracking:
             compile_kernels()
         if lidar_map.feature_dim != model_config.feature_dim:

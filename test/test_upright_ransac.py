@@ -10,6 +10,7 @@ from ep2p_loc_ros.pnp import PnPConfig, PnPStatus, solve_pnp
 from ep2p_loc_ros.upright_ransac import (
     UprightBounds,
     _finalist_ranks,
+    _inliers,
     occupied_cells,
     rot_y,
     search_rank,
@@ -190,3 +191,23 @@ def test_upright_ransac_cells_score_prefers_spread_inliers() -> None:
         assert np.linalg.norm(invert(T_cw)[:3, 3] - want[:3, 3]) < 0.1, score
     with pytest.raises(ValueError):
         upright_ransac(X, uv, K, T_guess, UprightBounds(), 2.0, score="best")
+
+
+def test_inlier_flags_are_where_each_hypothesis_projects_each_point() -> None:
+    """The compiled inlier test against the camera model itself (float64): a match is an inlier of hypothesis
+    (phi, c) iff the camera turned by phi about the guess's y axis and moved by c sees the point in front, within
+    the threshold of its pixel. Float32 may disagree only within a hair of the threshold."""
+    rng = np.random.default_rng(7)
+    Y = np.c_[rng.uniform(-15, 15, 700), rng.uniform(-4, 3, 700), rng.uniform(-5, 45, 700)]  # some behind
+    uv = rng.uniform([0, 0], [1241, 376], (700, 2))
+    phi = rng.uniform(-0.5, 0.5, 300)
+    c = rng.normal(0, 2.0, (300, 3))
+    flags = _inliers(phi, c, Y, uv, K, 40.0)
+    assert flags.shape == (300, 700) and 0.001 < flags.mean() < 0.2, "some inliers, most not"
+    for h in range(300):
+        Yq = (Y - c[h]) @ rot_y(phi[h])  # Ry(phi)^T (Y - c), row-wise
+        pr = CAM.project(Yq)
+        err2 = np.sum((pr.uv - uv) ** 2, axis=1)
+        truth = (pr.depth > 1e-6) & (err2 <= 40.0**2)
+        hair = np.abs(err2 - 40.0**2) < 1e-2 * 40.0**2
+        assert np.array_equal(flags[h][~hair], truth[~hair])
