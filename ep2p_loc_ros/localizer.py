@@ -28,6 +28,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
+from .memory_reuse import keep_freed_memory
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
@@ -123,6 +124,9 @@ class LocalizerConfig:
     # retrieval it finds how far along its optical axis the camera is, which the matches leave open
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     threads: int = 2  # torch/onnxruntime intra-op threads
+    # fix glibc's malloc thresholds so that each frame's temporaries reuse the last frame's memory instead of
+    # faulting in fresh pages (process-wide; memory_reuse.py; tracking p50 78 -> 73 ms outdoors, session 24)
+    keep_freed_memory: bool = True
     # Add the model's own error, measured on held-out drives (MODEL/covariance.json, `ep2p-loc
     # calibrate-covariance`), to PnP's covariance; false: PnP's alone, which is far too small for a weak matcher
     calibrated_covariance: bool = True
@@ -427,6 +431,8 @@ class Localizer:
         # submap views at their viewpoints, most recently used last (config.viewpoint_cache of them)
         self._views: OrderedDict[tuple[Any, ...], _ViewpointView] = OrderedDict()
         self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
+        if self.config.keep_freed_memory and not keep_freed_memory():
+            logger.info("keep_freed_memory: not glibc, malloc left as it is")
         compile_ipr()  # the compiled kernels at configure, not on the first frame
         compile_upright()
         if self.config.alignment.after_retrieval or self.config.alignment.in_tracking:
