@@ -33,6 +33,7 @@ from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
+from .pnp import compile_kernel as compile_lm
 from .reflectance_alignment import AlignmentConfig, align_to_reflectance, compile_kernels
 from .upright_ransac import compile_kernel as compile_upright
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
@@ -433,8 +434,8 @@ class Localizer:
         self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
         if self.config.keep_freed_memory and not keep_freed_memory():
             logger.info("keep_freed_memory: not glibc, malloc left as it is")
-        compile_ipr()  # the compiled kernels at configure, not on the first frame
-        compile_upright()
+        for compile_kernel in (compile_ipr, compile_upright, compile_lm):  # at configure, not on the first frame
+            compile_kernel()
         if self.config.alignment.after_retrieval or self.config.alignment.in_tracking:
             compile_kernels()
         if lidar_map.feature_dim != model_config.feature_dim:

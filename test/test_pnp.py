@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.optimize import least_squares
 
 from ep2p_loc_ros.calib import read_kitti_object_calib, read_velodyne_bin
 from ep2p_loc_ros.geometry import (
@@ -23,6 +24,9 @@ from ep2p_loc_ros.pnp import (
     PnPConfig,
     PnPStatus,
     PoseEstimate,
+    _jacobian,
+    _lm_normal_equations,
+    _project,
     camera_to_world_jacobian,
     refine_pose_lm,
     solve_pnp,
@@ -148,6 +152,50 @@ def test_pnp_lm_converges_from_a_perturbed_start() -> None:
     T_ref, H, r = refine_pose_lm(T0, X, uv, CAM.K)
     np.testing.assert_allclose(T_ref, T, atol=1e-8)
     assert np.abs(r).max() < 1e-6 and H.shape == (6, 6)
+
+
+def test_pnp_lm_reaches_the_weighted_least_squares_optimum() -> None:
+    """Noisy pixels, uneven weights, a skewed camera: the compiled LM ends where SciPy's least_squares (its own
+    Jacobian, by finite differences) does, below the true pose's cost; no small move in any of the six directions
+    lowers the cost."""
+    rng = np.random.default_rng(11)
+    K = CAM.K.copy()
+    K[0, 1] = 1.5
+    skewed = PinholeCamera(CAM.width, CAM.height, K)
+    T, X, uv = synthetic(200, rng, skewed)
+    uv = uv + rng.normal(0.0, 1.0, uv.shape)
+    w = rng.uniform(0.2, 3.0, len(X))
+
+    def cost(T_cw: np.ndarray) -> float:
+        r = skewed.project(transform_points(T_cw, X)).uv - uv
+        return float(w @ np.sum(r**2, axis=1))
+
+    T0 = make_T(rotvec_to_matrix([0.03, -0.02, 0.01]), [0.2, -0.1, 0.3]) @ T
+    T_ref, H, r = refine_pose_lm(T0, X, uv, K, w)
+    np.testing.assert_allclose(r, skewed.project(transform_points(T_ref, X)).uv - uv, atol=1e-9)
+    best = cost(T_ref)
+    assert best < cost(T)
+
+    def residuals(d: np.ndarray) -> np.ndarray:
+        T_cw = make_T(rotvec_to_matrix(d[3:]), d[:3]) @ T0
+        return ((skewed.project(transform_points(T_cw, X)).uv - uv) * np.sqrt(w)[:, None]).ravel()
+
+    d = least_squares(residuals, np.zeros(6), xtol=1e-15, ftol=1e-15, gtol=1e-15).x
+    np.testing.assert_allclose(T_ref, make_T(rotvec_to_matrix(d[3:]), d[:3]) @ T0, atol=1e-8)
+    for axis in range(6):
+        for step in (1e-4, -1e-4):
+            d = np.zeros(6)
+            d[axis] = step
+            assert cost(make_T(rotvec_to_matrix(d[3:]), d[:3]) @ T_ref) > best
+    assert np.all(np.linalg.eigvalsh(H) > 0)
+    # the compiled normal equations at the start are numpy's J^T W J and J^T W r
+    Hc, gc = np.zeros((6, 6)), np.zeros(6)
+    R0, t0 = T0[:3, :3].copy(), T0[:3, 3].copy()
+    _lm_normal_equations(R0, t0, X, uv, K, w, Hc, gc)
+    proj, Xc, iz = _project(R0, t0, X, K)
+    J = _jacobian(Xc, iz, t0, K).reshape(-1, 6) * np.sqrt(np.repeat(w, 2))[:, None]
+    np.testing.assert_allclose(Hc, J.T @ J, rtol=1e-10)
+    np.testing.assert_allclose(gc, J.T @ ((proj - uv).ravel() * np.sqrt(np.repeat(w, 2))), rtol=1e-10, atol=1e-8)
 
 
 def test_pnp_start_pose_polishes_without_ransac_and_keeps_its_inliers() -> None:
