@@ -30,7 +30,11 @@ class GateConfig:
     """Thresholds of the quality gate (node parameters ``gate.<field>``)."""
 
     min_inliers: int = 30  # fewer PnP inliers: no pose
-    min_inlier_ratio: float = 0.25  # smaller share of matches that are PnP inliers: no pose (a weak, lucky fit)
+    # smaller share of matches that are PnP inliers: no pose (a weak, lucky fit). The shipped model's single poses
+    # have 0.06-0.11 outdoors (p10-p90): 0.25 refused every one, so the node without odometry published nothing;
+    # at 0.1 it publishes 48-100 % of the frames of four held-out outdoor drives, 44.6 % of all frames within
+    # 0.5 m / 5 deg, 12 % of those published more than 5 m off (bench/gate.py, models/README.md "Session 24")
+    min_inlier_ratio: float = 0.1
     max_position_std_m: float = 2.0  # largest position standard deviation (sqrt of the covariance's eigenvalue)
     max_rotation_std_deg: float = 5.0  # largest rotation standard deviation
     max_jump_sigma: float = 5.0  # jump test: allowed move = sigma * combined std + speed * dt; 0 disables

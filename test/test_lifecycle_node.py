@@ -1,8 +1,10 @@
 """The ep2p_loc node with the real model, in its own process: configure errors, autostart, and the same results
 as the in-process Localizer on the demo drive (plus latency and the node's overhead).
 
-Ground-truth accuracy depends on the model: the shipped model does not reach it yet (models/README.md), so that one
-test is a non-strict xfail that marks the target.
+Ground-truth accuracy depends on the model. Without odometry the node publishes each frame's pose that passes the
+quality gate; with the reflectance alignment and gate.min_inlier_ratio 0.1 (session 24) it published 3 of the 6
+frames, all within 2 m / 5°: exactly the target of half, so a host whose floats differ may land either side of it,
+and that one test stays a non-strict xfail that marks the target.
 """
 
 from __future__ import annotations
@@ -171,16 +173,20 @@ def test_node_real_model_gives_the_in_process_results(ros, node, demo_data):
             f"  frame {r[0]:2d} {r[1]:>10s}  dds {r[2]:7.1f} ms  node {r[3]:7.1f} ms  "
             f"localize {r[4]:7.1f} ms  in-process {t:7.1f} ms"
         )
+    # without odometry each frame's pose goes through the gate alone: the defaults must let the real model's through
+    # (gate.min_inlier_ratio 0.25 refused every one until session 24)
+    assert any(pose is not None for _, pose, _ in node_results.values()), [r[1] for r in rows]
     RESULTS.update(demo=demo, node_results=node_results)
 
 
 @pytest.mark.xfail(
-    reason="known limitation: the shipped model's matches are not good enough to localize the demo drive "
-    "(models/README.md has its measured recall); this marks the target a better model must reach",
+    reason="the shipped model is at the target's edge (3 of 6 frames within 2 m / 5 deg on the session-24 host; "
+    "models/README.md has its measured recall); this marks the target a better model must clear",
     strict=False,
 )
 def test_node_real_model_ground_truth_accuracy():
-    """Half the frames or more localized within 2 m / 5 deg of ground truth (base_link in map)."""
+    """Half the frames or more localized within 2 m / 5 deg of ground truth (base_link in map), published by the
+    node without odometry (each frame's pose after the quality gate)."""
     if not RESULTS:
         pytest.skip("needs test_node_real_model_gives_the_in_process_results")
     demo, node_results = RESULTS["demo"], RESULTS["node_results"]
@@ -191,6 +197,8 @@ def test_node_real_model_ground_truth_accuracy():
         T, T_gt = pose_to_matrix(pose.pose.pose), demo.T_map_base(i)
         if np.linalg.norm(T[:3, 3] - T_gt[:3, 3]) < 2.0 and rotation_angle_deg(T[:3, :3] @ T_gt[:3, :3].T) < 5.0:
             good += 1
+    published = sum(pose is not None for _, pose, _ in node_results.values())
+    print(f"\nnode without odometry: {published}/{len(node_results)} published, {good} within 2 m / 5 deg")
     assert good >= len(node_results) / 2, f"{good}/{len(node_results)} frames within 2 m / 5 deg"
 
 
