@@ -436,7 +436,17 @@ class Localizer:
             logger.info("keep_freed_memory: not glibc, malloc left as it is")
         for compile_kernel in (compile_ipr, compile_upright, compile_lm):  # at configure, not on the first frame
             compile_kernel()
-        if self.config.alignment.after_retrieval or self.config.alignment.in_tracking:
+        # the reflectance alignment runs on maps of the environments it is configured for (off indoors by default)
+        align = self.config.alignment
+        self.map_environment = str(lidar_map.params.get("environment", "unknown"))
+        self.align_here = self.map_environment in align.environments
+        if (align.after_retrieval or align.in_tracking) and not self.align_here:
+            logger.info(
+                "reflectance alignment off: the map is %s, localizer.alignment.environments is %s",
+                self.map_environment,
+                list(align.environments),
+            )
+        if self.align_here and (align.after_retrieval or align.in_tracking):
             compile_kernels()
         if lidar_map.feature_dim != model_config.feature_dim:
             where = lidar_map.path or "map"
@@ -583,7 +593,7 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
-        if res.ok and (cfg.alignment.in_tracking if near else cfg.alignment.after_retrieval):
+        if res.ok and self.align_here and (cfg.alignment.in_tracking if near else cfg.alignment.after_retrieval):
             res = self._align(res, rgb, camera, timings, t0, near)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"

@@ -36,11 +36,14 @@ class AlignmentConfig:
 
     # Align single-image (global) localizations and tracked ones. On by default for the outdoor maps a car drives
     # in (four held-out outdoor drives: single images 9.6 -> 53.7 % within 0.5 m / 5 deg; the node's loop of
-    # tracking and fusion 33.7 -> 87.9 %); turn both off indoors, where they lose (single images 15 -> 7.5 %, the
-    # node's loop 28.6 -> 14.1 % in session 21: walls and floors differ in grey and reflectance alike wherever the
-    # camera stands). models/README.md, "Session 21" and "Session 22"
+    # tracking and fusion 33.7 -> 87.9 %); off indoors through ``environments``, where they lose (single images
+    # 13.8 -> 6.9 %, the node's loop 28.6 -> 14.1 % in session 21: walls and floors differ in grey and reflectance
+    # alike wherever the camera stands). models/README.md, "Session 21", "Session 22" and "Session 24"
     after_retrieval: bool = True
     in_tracking: bool = True
+    # ... on maps built for these environments (the map's own, from `ep2p-loc build-map --environment`; "unknown"
+    # for maps that do not say): off on indoor maps by default, where it loses
+    environments: tuple[str, ...] = ("outdoor", "unknown")
     forward_range_m: float = 6.0  # the first search covers this much forward and back along the optical axis
     tracking_forward_range_m: float = 6.0  # ... and for a pose tracked from a prior
     forward_step_m: float = 0.5
@@ -67,6 +70,10 @@ class AlignmentConfig:
         if not all(np.isfinite(d) and d > 0 for d in depths):
             raise ValueError(f"alignment.pivot_depths_m must be positive, got {list(depths)}")
         object.__setattr__(self, "pivot_depths_m", depths)
+        envs = tuple(str(e) for e in self.environments)  # a list from YAML or ROS parameters
+        if not set(envs) <= {"outdoor", "indoor", "unknown"}:
+            raise ValueError(f"alignment.environments must be among outdoor, indoor, unknown, got {list(envs)}")
+        object.__setattr__(self, "environments", envs)
         for name in ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ true camera pose. Statuses for bad input are checked on the same set-up.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -757,6 +758,14 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     assert aligned.ok and aligned.timings_ms["alignment"] > 0 and aligned.aligned
     t_err, r_err = _errors(aligned.T_map_cam, T_gt)
     assert t_err < 0.5 and r_err < 1.0, (t_err, r_err)
+    # the scene is an outdoor synthetic drive, and its map says so; on a map built as indoor the alignment is off
+    # (alignment.environments), as on any environment the config leaves out
+    assert lidar_map.params["environment"] == "outdoor"
+    indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
+    indoor = _localizer(indoor_map, desc, alignment=only_global).localize(image, seq.calib.camera)
+    assert indoor.ok and not indoor.aligned and "alignment" not in indoor.timings_ms
+    everywhere = replace(only_global, environments=["outdoor", "indoor", "unknown"])  # a list, as from YAML
+    assert _localizer(indoor_map, desc, alignment=everywhere).localize(image, seq.calib.camera).aligned
     # a pose tracked from a prior is aligned only with in_tracking (its search along the axis is shorter)
     tracked = _localizer(lidar_map, desc, alignment=only_global).localize(image, seq.calib.camera, T_ahead)
     assert tracked.ok and "alignment" not in tracked.timings_ms

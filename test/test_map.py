@@ -357,6 +357,9 @@ def test_map_cli_build_map(
     loaded = load_map(out)
     assert loaded.params["spacing"] == 5.0 and loaded.params["sequence"] == str(sequence.resolve())
     assert loaded.feature_dim == 0 and loaded.params["feature_model"] is None
+    assert loaded.params["environment"] == "unknown"  # not a synthetic sequence: nothing says where it is
+    args = parser.parse_args(["build-map", str(sequence), "--out", str(out), *opts, "--environment", "indoor"])
+    assert args.func(args) == 0 and load_map(out).params["environment"] == "indoor"
     # --model loads the model first: a missing model is a DataError naming its config, and nothing is written.
     args = parser.parse_args(["build-map", str(sequence), "--out", str(tmp_path / "x"), "--model", "m", "--quiet"])
     with pytest.raises(DataError, match=r"m/config\.json: cannot read model config"):
@@ -546,3 +549,20 @@ def test_map_save_refuses_invalid_maps(tmp_path: Path):
     with pytest.raises(MapFormatError, match="reflectance: shape"):
         LidarMap(**{**_random_map(np.random.default_rng(6)).arrays(), "reflectance": np.zeros(3, np.float32)})
     assert not (tmp_path / "bad").exists()
+
+
+def test_map_environment_comes_from_a_synthetic_sequence_or_the_builder(sequence: Path, tmp_path: Path):
+    """A synthetic sequence's sim.json says where it is ("auto"); an explicit environment wins; others refused."""
+    import shutil
+    from dataclasses import replace
+
+    sim = tmp_path / "sim-seq"
+    shutil.copytree(sequence, sim)
+    (sim / "sim.json").write_text(json.dumps({"kind": "indoor"}))
+    assert build_map(sim, PARAMS, progress=False).params["environment"] == "indoor"
+    outdoor = replace(PARAMS, environment="outdoor")
+    assert build_map(sim, outdoor, progress=False).params["environment"] == "outdoor"
+    (sim / "sim.json").write_text("{not json")
+    assert build_map(sim, PARAMS, progress=False).params["environment"] == "unknown"
+    with pytest.raises(ValueError, match="environment must be one of"):
+        MapBuildParams(environment="underwater")

@@ -49,6 +49,8 @@ def test_node_params_defaults_validate_and_localizer_config_is_the_same_dataclas
         {"map_path": "/m", "localizer.pnp.min_inliers": 20, "localizer.top_k": 5, "transform_tolerance": 1}
     )
     assert p.localizer.pnp.min_inliers == 20 and p.localizer.top_k == 5 and p.transform_tolerance == 1.0
+    p = params_from_values({"map_path": "/m", "localizer.alignment.environments": ["outdoor", "indoor"]})
+    assert p.localizer.alignment.environments == ("outdoor", "indoor")
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,8 @@ def test_node_params_defaults_validate_and_localizer_config_is_the_same_dataclas
         ({"fusion.gate_chi2": -1.0}, "fusion.gate_chi2"),
         ({"fusion.enabled": "yes"}, "fusion.enabled: expected true/false"),
         ({"localizer.ipr.kernel_size": 4}, "kernel_size"),
+        ({"localizer.alignment.environments": [1.0]}, "environments: expected a list of strings"),
+        ({"localizer.alignment.environments": ["mars"]}, "alignment.environments must be among"),
         ({"nope": 1}, "nope: unknown parameter"),
     ],
 )

@@ -13,6 +13,7 @@ on each submap; see :data:`FeatureFn` and :func:`compute_features`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +52,18 @@ _KEY_OFF = 1 << (_KEY_BITS - 1)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+ENVIRONMENTS = ("outdoor", "indoor", "unknown")  # what a map says of where it is (MapBuildParams.environment)
+
+
+def sequence_environment(root: Path) -> str:
+    """ "outdoor" or "indoor" for a synthetic sequence (its sim.json's kind), else "unknown"."""
+    try:
+        kind = json.loads((Path(root) / "sim.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return kind if kind in ("outdoor", "indoor") else "unknown"
+
+
 @dataclass(frozen=True)
 class MapBuildParams:
     """Builder parameters (stored in the map's manifest, so a map says how it was made)."""
@@ -62,6 +75,10 @@ class MapBuildParams:
     max_range: float = 0.0  # drop scan points farther than this (0: keep all), m
     scan_stride: int = 1  # fuse every n-th scan
     batch_points: int = 4_000_000  # raw points folded into the voxel grid at once (bounds peak memory)
+    # where the map is: "outdoor", "indoor" or "auto" (a synthetic sequence's sim.json says; else "unknown"). The
+    # localizer runs the reflectance alignment only on the environments of localizer.alignment.environments
+    # (indoors it loses: models/README.md, "Session 21")
+    environment: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("voxel", "spacing", "radius"):
@@ -74,6 +91,9 @@ class MapBuildParams:
             raise ValueError(f"map builder: max_range {self.max_range} must exceed min_range {self.min_range}")
         if self.scan_stride < 1 or self.batch_points < 1:
             raise ValueError("map builder: scan_stride and batch_points must be >= 1")
+        if self.environment not in (*ENVIRONMENTS, "auto"):
+            choices = ", ".join((*ENVIRONMENTS, "auto"))
+            raise ValueError(f"map builder: environment must be one of {choices}, got {self.environment!r}")
 
 
 class VoxelAccumulator:
@@ -261,6 +281,7 @@ def build_map(
         viewpoint_frame_ids=vp_frames,
         params={
             **asdict(params),
+            "environment": sequence_environment(seq.root) if params.environment == "auto" else params.environment,
             "sequence": str(seq.root.resolve()),
             "num_frames": len(seq),
             "num_scans_fused": len(frames),

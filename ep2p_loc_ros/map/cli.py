@@ -34,6 +34,7 @@ def _cmd_build_map(args: argparse.Namespace) -> int:
         min_range=args.min_range,
         max_range=args.max_range,
         scan_stride=args.scan_stride,
+        environment=args.environment,
     )
     feature_fn = _load_feature_fn(args.model, args.seq_dir) if args.model is not None else None
     lidar_map = build_map(
@@ -77,6 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--min-range", type=float, default=0.0, help="drop scan points nearer than this, m (default: 0)")
     p.add_argument("--max-range", type=float, default=0.0, help="drop scan points farther than this, m; 0 keeps all")
     p.add_argument("--scan-stride", type=int, default=1, help="fuse every n-th scan (default: %(default)s)")
+    p.add_argument(
+        "--environment",
+        choices=["auto", "outdoor", "indoor", "unknown"],
+        default="auto",
+        help="where the map is, stored in it: the localizer aligns to the map's reflectance only on the environments "
+        "of localizer.alignment.environments (default outdoor and unknown; indoors it loses). auto: a synthetic "
+        "sequence's sim.json says, else unknown (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_build_map)
     return p

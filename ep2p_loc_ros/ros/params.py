@@ -260,6 +260,10 @@ def _check_value(spec: ParamSpec, value: Any) -> Any:
             return []
         if isinstance(value, array.array):  # rclpy hands double arrays back as array('d')
             value = value.tolist()
+        if default and all(isinstance(v, str) for v in default):  # a string array (e.g. alignment.environments)
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ParamError(f"{name}: expected a list of strings, got {value!r}")
+            return list(value)
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
         ):
