@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def replay(loc, seq, gate_config, max_failures: int) -> list[np.ndarray | None]:

@@ -440,14 +440,15 @@ class Localizer:
         align = self.config.alignment
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
-        if (align.after_retrieval or align.in_tracking) and not self.align_here:
-            logger.info(
-                "reflectance alignment off: the map is %s, localizer.alignment.environments is %s",
-                self.map_environment,
-                list(align.environments),
-            )
-        if self.align_here and (align.after_retrieval or align.in_tracking):
-            compile_kernels()
+        if align.after_retrieval or align.in_tracking:
+            if self.align_here:
+                compile_kernels()
+            else:
+                logger.info(
+                    "reflectance alignment off: the map is %s, localizer.alignment.environments is %s",
+                    self.map_environment,
+                    list(align.environments),
+                )
         if lidar_map.feature_dim != model_config.feature_dim:
             where = lidar_map.path or "map"
             raise DataError(

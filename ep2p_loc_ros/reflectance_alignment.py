@@ -25,6 +25,7 @@ import numpy as np
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
 from .ipr import IPRConfig, visible_mask
+from .map.store import ENVIRONMENTS
 from .model.preprocess import resize_camera
 
 __all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "compile_kernels", "mutual_information"]
@@ -71,8 +72,8 @@ class AlignmentConfig:
             raise ValueError(f"alignment.pivot_depths_m must be positive, got {list(depths)}")
         object.__setattr__(self, "pivot_depths_m", depths)
         envs = tuple(str(e) for e in self.environments)  # a list from YAML or ROS parameters
-        if not set(envs) <= {"outdoor", "indoor", "unknown"}:
-            raise ValueError(f"alignment.environments must be among outdoor, indoor, unknown, got {list(envs)}")
+        if not set(envs) <= set(ENVIRONMENTS):
+            raise ValueError(f"alignment.environments must be among {', '.join(ENVIRONMENTS)}, got {list(envs)}")
         object.__setattr__(self, "environments", envs)
         for name in ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale"):
             if not getattr(self, name) > 0:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..geometry import transform_points
-from .store import LidarMap, Submap
+from .store import ENVIRONMENTS, LidarMap, Submap
 
 if TYPE_CHECKING:  # imported where used: opening a map should not pull in the dataset readers (PIL)
     from ..datasets.kitti_odometry import KittiOdometrySequence
@@ -52,16 +52,13 @@ _KEY_OFF = 1 << (_KEY_BITS - 1)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-ENVIRONMENTS = ("outdoor", "indoor", "unknown")  # what a map says of where it is (MapBuildParams.environment)
-
-
 def sequence_environment(root: Path) -> str:
     """ "outdoor" or "indoor" for a synthetic sequence (its sim.json's kind), else "unknown"."""
     try:
         kind = json.loads((Path(root) / "sim.json").read_text()).get("kind")
     except (OSError, ValueError, AttributeError):
         return "unknown"
-    return kind if kind in ("outdoor", "indoor") else "unknown"
+    return kind if kind in ENVIRONMENTS else "unknown"
 
 
 @dataclass(frozen=True)

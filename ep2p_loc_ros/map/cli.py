@@ -55,6 +55,8 @@ def _cmd_build_map(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``build-map`` to the ``ep2p-loc`` subcommands; returns its parser."""
+    from .store import ENVIRONMENTS
+
     p = subparsers.add_parser(
         "build-map",
         help="build a LiDAR map (voxelised, cut into submaps) from a KITTI odometry-layout sequence",
@@ -80,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--scan-stride", type=int, default=1, help="fuse every n-th scan (default: %(default)s)")
     p.add_argument(
         "--environment",
-        choices=["auto", "outdoor", "indoor", "unknown"],
+        choices=["auto", *ENVIRONMENTS],
         default="auto",
         help="where the map is, stored in it: the localizer aligns to the map's reflectance only on the environments "
         "of localizer.alignment.environments (default outdoor and unknown; indoors it loses). auto: a synthetic "

@@ -43,6 +43,7 @@ from ..geometry import invert, transform_points
 
 __all__ = [
     "ARRAY_SCHEMA",
+    "ENVIRONMENTS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "ep2p-loc-map"
+# where a map can say it is (builder params' "environment": MapBuildParams.environment, AlignmentConfig.environments)
+ENVIRONMENTS = ("outdoor", "indoor", "unknown")
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MANIFEST = "manifest.json"
