@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,22 @@ def test_alignment_keeps_the_start_pose_with_too_few_points_and_ignores_nan_poin
     assert res.ok and np.linalg.norm(res.T_map_cam[:3, 3]) < 0.25
 
 
+@pytest.mark.parametrize("offset", [[0.0, 0.0, -3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.5, 0.0, 0.5, 0.0]])
+def test_a_refine_round_searches_along_the_axis_again_from_where_the_ascent_ended(street, offset):
+    """Without a first search along the axis, the ascent alone stops metres off; a refine round's search along
+    the axis around where it stopped, and its ascent, bring the pose back."""
+    points, reflectance, rgb = street
+    start = _off(np.array(offset))
+    ascent_only = AlignmentConfig(forward_range_m=0.0, refine_rounds=0)
+    stuck = align_to_reflectance(rgb, CAM, points, reflectance, start, ascent_only)
+    assert stuck.ok and np.linalg.norm(stuck.T_map_cam[:3, 3]) > 1.0
+    refined = align_to_reflectance(
+        rgb, CAM, points, reflectance, start, replace(ascent_only, refine_rounds=1, refine_range_m=4.0)
+    )
+    assert refined.ok and np.linalg.norm(refined.T_map_cam[:3, 3]) < 0.25
+    assert refined.evaluations > stuck.evaluations
+
+
 def test_alignment_config_refuses_bad_values():
     for bad in (
         {"forward_step_m": 0.0},
@@ -123,6 +141,8 @@ def test_alignment_config_refuses_bad_values():
         {"bins": 300},
         {"min_view_ratio": 1.5},
         {"forward_range_m": -1.0},
+        {"refine_rounds": -1},
+        {"refine_step_m": 0.0},
         {"pivot_depths_m": [10.0, -1.0]},
         {"pivot_depths_m": [float("nan")]},
     ):
