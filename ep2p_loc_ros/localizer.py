@@ -612,11 +612,11 @@ class Localizer:
     ) -> LocalizationResult:
         """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
         nearest that pose; unchanged (and logged) when the alignment cannot run. A tracked pose is searched for
-        over ``tracking_forward_range_m`` along the axis only."""
+        over ``tracking_forward_range_m`` along the axis only, with ``tracking_refine_rounds``."""
         ta = time.perf_counter()
         cfg = self.config.alignment
         if tracking:
-            cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m)
+            cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m, refine_rounds=cfg.tracking_refine_rounds)
         sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
         sub = self.map.submap(sid, features=False)
         al = align_to_reflectance(rgb, camera, sub.points, sub.reflectance, res.T_map_cam, cfg, self.config.ipr)

@@ -69,6 +69,7 @@ class AlignmentConfig:
     # the ascent again from the best there; this many rounds (0: none). Nine held-out outdoor drives' single images:
     # 52.2 -> 56.8 % within 0.5 m / 5 deg, 37.3 -> 40.9 % within 0.25 m / 2 deg, +8 ms (models/README.md, "Session 25")
     refine_rounds: int = 1
+    tracking_refine_rounds: int = 1  # ... and for a pose tracked from a prior
     refine_range_m: float = 1.5
     refine_step_m: float = 0.25
 
@@ -85,7 +86,8 @@ class AlignmentConfig:
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_rounds"):
+        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m")
+        for name in (*ranges, "refine_rounds", "tracking_refine_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
         if not 2 <= self.bins <= 256:
