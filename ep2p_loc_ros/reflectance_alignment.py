@@ -11,8 +11,10 @@ of Wolcott & Eustice, IROS 2014, and Pandey et al., AAAI 2012, for camera-LiDAR 
 The search: first along the camera's optical axis (where the matcher's pose is most wrong), each candidate on the
 points it sees (IPR), then a coordinate ascent with shrinking steps, on the points the camera sees from where the
 first search ended: along the six pose parameters and along pivots (a turn about a point ahead, which moves the
-camera sideways as it turns, :func:`_ascent_directions`). Indoors the score has a broad ridge rather than a peak (walls
-and floors differ in grey level and reflectance alike wherever the camera stands), so it is an outdoor tool.
+camera sideways as it turns, :func:`_ascent_directions`), then, ``refine_rounds`` times, the search along the axis
+again around where the ascent ended and the ascent again from the best there. Indoors the score has a broad ridge
+rather than a peak (walls and floors differ in grey level and reflectance alike wherever the camera stands), so it
+is an outdoor tool.
 """
 
 from __future__ import annotations
