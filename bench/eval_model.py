@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ep2p_loc_ros.pnp import PnPConfig
+from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,8 @@ ABLATIONS = {
     "each submap matched on its own": {"pool_submaps": False},
     "no IPR": {"use_ipr": False},
     "no pixel refinement": {"refine_pixels": False},
+    "no reflectance alignment": {"alignment": AlignmentConfig(after_retrieval=False, in_tracking=False)},
+    "alignment without its refine round": {"alignment": AlignmentConfig(refine_rounds=0, tracking_refine_rounds=0)},
     "every match refined before PnP": {"refine_after_pnp": False},
     "6,000 points (previous default)": {"max_points": 6000},
     "run-time point encoding": {"encode_points_at_runtime": True},  # full uses the map's stored point features
