@@ -69,7 +69,8 @@ class AlignmentConfig:
     min_view_ratio: float = 0.75
     # then the search along the axis again, this far either way in these steps, from the pose the ascent found, and
     # the ascent again from the best there; this many rounds (0: none). Nine held-out outdoor drives' single images:
-    # 52.2 -> 56.8 % within 0.5 m / 5 deg, 37.3 -> 40.9 % within 0.25 m / 2 deg, +8 ms (models/README.md, "Session 25")
+    # 52.2 -> 56.9 % within 0.5 m / 5 deg, 37.2 -> 40.9 % within 0.25 m / 2 deg, +8-10 ms (models/README.md,
+    # "Session 25")
     refine_rounds: int = 1
     tracking_refine_rounds: int = 1  # ... and for a pose tracked from a prior
     refine_range_m: float = 1.5
@@ -403,15 +404,8 @@ class _Search:
         origin: np.ndarray,
         cfg: AlignmentConfig,
     ) -> None:
-        self.scorer, self.local, self.local_t, self.rows, self.cam, self.ipr, self.cfg = (
-            scorer,
-            local,
-            local_t,
-            rows,
-            cam,
-            ipr,
-            cfg,
-        )
+        self.scorer, self.cfg, self.cam, self.ipr = scorer, cfg, cam, ipr
+        self.local, self.local_t, self.rows = local, local_t, rows  # (N, 3), (3, N) float32; the rows of each
         self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local``
 
     def forward(
