@@ -80,6 +80,12 @@ class LocalizerConfig:
     # patch centres, then polish that pose on them (false: refine every match before PnP, ~5x the MLP work).
     refine_after_pnp: bool = True
     refine_radius_px: float = 16.0  # original-image pixels: twice the PnP threshold (a centre is <= 11 px off)
+    # ... also after retrieval when the reflectance alignment follows. False: the alignment starts from the pose PnP
+    # found on patch centres, which makes single images better (nine held-out outdoor drives 56.9 -> 61.3 % within
+    # 0.5 m / 5 deg, 40.9 -> 47.6 % within 0.25 m / 2 deg, ~8 ms less) but the node's loop of fusion and tracking
+    # worse (drive 906 locked onto a wrong pose: 88.3 -> 43.3 % within 0.5 m / 5 deg), so only for single images
+    # (models/README.md, "Session 25")
+    refine_before_global_alignment: bool = True
     prior_radius_px: float = 96.0  # with a prior, match within this radius of each point's prior pixel (0: off)
     # ... and within that window, favour patches near the prior pixel: a Gaussian prior whose spread is what a
     # prior this far off (metres, degrees: the odometry's uncertainty) moves a point at its depth (0 and 0: off;
@@ -579,7 +585,8 @@ class Localizer:
             if view is None or not view[0].ok:
                 break
             best = (view[0], best[1], view[1])
-        if best is not None:
+        align = self.align_here and (cfg.alignment.in_tracking if near else cfg.alignment.after_retrieval)
+        if best is not None and (near or not align or cfg.refine_before_global_alignment):
             est, m = self._polish(best[0], best[2], patch, camera, cam_net, stage, near)
             best = (est, best[1], m)
         timings.update(stage)
@@ -594,7 +601,7 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
-        if res.ok and self.align_here and (cfg.alignment.in_tracking if near else cfg.alignment.after_retrieval):
+        if res.ok and align:
             res = self._align(res, rgb, camera, timings, t0, near)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"

@@ -775,3 +775,32 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
         tracked = _localizer(lidar_map, desc, alignment=both).localize(image, seq.calib.camera, T_ahead)
         assert tracked.ok and tracked.timings_ms["alignment"] > 0
         assert (_errors(tracked.T_map_cam, T_gt)[0] < 0.5) is near, reach
+
+
+def test_the_pixel_polish_before_a_global_alignment_is_a_switch(scene):
+    """``refine_before_global_alignment`` off: after retrieval, the alignment starts from PnP's pose on patch
+    centres (the pixel MLP and the LM polish skipped); tracking, and maps where the alignment is off, still polish."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map = scene
+    image, camera = seq.image(FRAME), seq.calib.camera
+    T_gt = seq.T_world_cam(FRAME)
+    sid = int(np.argmin(np.linalg.norm(lidar_map.viewpoint_positions - T_gt[:3, 3], axis=1)))
+    desc = lidar_map.descriptors[sid]
+    indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
+    calls = []
+    for refine, the_map, prior in (
+        (True, lidar_map, None),
+        (False, lidar_map, None),
+        (False, indoor_map, None),
+        (False, lidar_map, T_gt),
+    ):
+        loc = _localizer(the_map, desc, alignment=AlignmentConfig(), refine_before_global_alignment=refine)
+        polish, count = loc._polish, []
+        loc._polish = lambda *a, polish=polish, count=count: (count.append(1), polish(*a))[1]
+        res = loc.localize(image, camera, prior)
+        assert res.ok, res.message
+        assert res.aligned is (the_map is lidar_map)
+        assert _errors(res.T_map_cam, T_gt)[0] < 0.5
+        calls.append(len(count))
+    assert calls == [1, 0, 1, 1]
