@@ -407,6 +407,7 @@ class _Search:
         self.scorer, self.cfg, self.cam, self.ipr = scorer, cfg, cam, ipr
         self.local, self.local_t, self.rows = local, local_t, rows  # (N, 3), (3, N) float32; the rows of each
         self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local``
+        self._move_cache: dict[float, list[list[np.ndarray]]] = {}
 
     def forward(
         self, start: np.ndarray, range_m: float, step_m: float
@@ -448,13 +449,8 @@ class _Search:
         coordinates and rows): the pose it ends at, its score and points."""
         cfg = self.cfg
         step_m, step_deg = cfg.step_m, cfg.step_deg
-        directions = _ascent_directions(step_m, np.radians(step_deg), cfg.pivot_depths_m)
         scale = 1.0  # of the first moves: halved when none of them helps, until both steps are below their minimum
-
-        def transforms(scale: float) -> list[list[np.ndarray]]:  # each move both ways (best @ move is _moved's)
-            return [[_moved(np.eye(4), sign * d) for sign in (scale, -scale)] for d in directions]
-
-        moves = transforms(scale)
+        moves = self._moves(scale)
         while scale * step_m >= cfg.min_step_m or scale * step_deg >= cfg.min_step_deg:
             improved = False
             for pair in moves:
@@ -466,5 +462,16 @@ class _Search:
                         break
             if not improved:
                 scale /= 2
-                moves = transforms(scale)
+                moves = self._moves(scale)
         return best, best_score, n_pts
+
+    def _moves(self, scale: float) -> list[list[np.ndarray]]:
+        """The ascent's moves at ``scale`` of its first steps, each both ways (``best @ move`` is :func:`_moved`'s);
+        made once per frame and scale: every ascent of the frame takes the same ones."""
+        moves = self._move_cache.get(scale)
+        if moves is None:
+            cfg = self.cfg
+            directions = _ascent_directions(cfg.step_m, np.radians(cfg.step_deg), cfg.pivot_depths_m)
+            moves = [[_moved(np.eye(4), sign * d) for sign in (scale, -scale)] for d in directions]
+            self._move_cache[scale] = moves
+        return moves
