@@ -30,7 +30,7 @@ def main() -> None:
     from ep2p_loc_ros.evaluation.metrics import pose_errors
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map import nearest_submaps
-    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance, reflectance_contrast
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_drive_arguments(ap)
@@ -59,6 +59,8 @@ def main() -> None:
         off = AlignmentConfig(after_retrieval=False, in_tracking=False)  # the "before" pose: PnP's
         loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig(alignment=off))
         frames = list(range(0, len(seq), args.stride))
+        cfg_here, contrast = cfg.for_frame(loc.map_environment, tracking=False)  # indoors: local contrast
+        contrasts: dict[int, np.ndarray] = {}
         T_gt = np.stack([seq.T_world_cam(i) for i in frames])
         before, after = np.full((len(frames), 4, 4), np.nan), np.full((len(frames), 4, 4), np.nan)
         t_loc, t_align = [], []
@@ -69,9 +71,15 @@ def main() -> None:
             if not r.ok:
                 continue
             ta = time.perf_counter()
-            sub = loc.map.submap(int(nearest_submaps(loc.map, r.T_map_cam, 1)[0][0]), features=False)
+            sid = int(nearest_submaps(loc.map, r.T_map_cam, 1)[0][0])
+            sub = loc.map.submap(sid, features=False)
+            refl = sub.reflectance
+            if contrast:  # as Localizer does: once per submap (its time counted the first time)
+                if sid not in contrasts:
+                    contrasts[sid] = reflectance_contrast(sub.points, refl, cfg.contrast_neighbours)
+                refl = contrasts[sid]
             a = align_to_reflectance(
-                rgb, seq.calib.camera, sub.points, sub.reflectance, r.T_map_cam, cfg, loc.config.ipr
+                rgb, seq.calib.camera, sub.points, refl, r.T_map_cam, cfg_here, loc.config.ipr, local_contrast=contrast
             )
             t_align.append((time.perf_counter() - ta) * 1e3)
             before[k], after[k] = r.T_map_cam, a.T_map_cam

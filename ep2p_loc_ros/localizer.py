@@ -34,7 +34,7 @@ from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
-from .reflectance_alignment import AlignmentConfig, align_to_reflectance, compile_kernels
+from .reflectance_alignment import AlignmentConfig, align_to_reflectance, compile_kernels, reflectance_contrast
 from .upright_ransac import compile_kernel as compile_upright
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
@@ -446,6 +446,7 @@ class Localizer:
         align = self.config.alignment
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
+        self._contrast: OrderedDict[int, np.ndarray] = OrderedDict()  # submap -> its reflectance contrast, LRU
         if align.after_retrieval or align.in_tracking:
             if self.align_here:
                 compile_kernels()
@@ -619,20 +620,34 @@ class Localizer:
     ) -> LocalizationResult:
         """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
         nearest that pose; unchanged (and logged) when the alignment cannot run. A tracked pose is searched for
-        over ``tracking_forward_range_m`` along the axis only, with ``tracking_refine_rounds``."""
+        as :meth:`AlignmentConfig.for_frame` says (tracking's range and rounds; indoors, local contrast)."""
         ta = time.perf_counter()
-        cfg = self.config.alignment
-        if tracking:
-            cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m, refine_rounds=cfg.tracking_refine_rounds)
+        cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking)
         sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
         sub = self.map.submap(sid, features=False)
-        al = align_to_reflectance(rgb, camera, sub.points, sub.reflectance, res.T_map_cam, cfg, self.config.ipr)
+        refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
+        al = align_to_reflectance(
+            rgb, camera, sub.points, refl, res.T_map_cam, cfg, self.config.ipr, local_contrast=contrast
+        )
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not al.ok:
             logger.debug("reflectance alignment skipped: %s", al.message)
             return replace(res, timings_ms=timings)
         return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings, aligned=True)
+
+    CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
+
+    def _reflectance_contrast(self, sid: int, sub: Any) -> np.ndarray:
+        """Submap ``sid``'s :func:`reflectance_contrast`, computed once (~25 ms for an indoor submap) and kept."""
+        contrast = self._contrast.get(sid)
+        if contrast is None:
+            contrast = reflectance_contrast(sub.points, sub.reflectance, self.config.alignment.contrast_neighbours)
+            self._contrast[sid] = contrast
+            while len(self._contrast) > self.CONTRAST_CACHE:
+                self._contrast.popitem(last=False)
+        self._contrast.move_to_end(sid)
+        return contrast
 
     def _solve_view(
         self,

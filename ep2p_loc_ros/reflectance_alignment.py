@@ -12,41 +12,51 @@ The search: first along the camera's optical axis (where the matcher's pose is m
 points it sees (IPR), then a coordinate ascent with shrinking steps, on the points the camera sees from where the
 first search ended: along the six pose parameters and along pivots (a turn about a point ahead, which moves the
 camera sideways as it turns, :func:`_ascent_directions`), then, ``refine_rounds`` times, the search along the axis
-again around where the ascent ended and the ascent again from the best there. Indoors the score has a broad ridge
-rather than a peak (walls and floors differ in grey level and reflectance alike wherever the camera stands), so it
-is an outdoor tool.
+again around where the ascent ended and the ascent again from the best there.
+
+Indoors the levels' score has a broad ridge rather than a peak (walls, floor and ceiling differ in grey level and
+reflectance alike wherever the camera stands): there the alignment compares local contrast instead, the grey level
+less its blur and each point's reflectance less the mean of its nearest map points (:func:`reflectance_contrast`),
+whose detail (doors, frames, books, planks) is where it is only from the right pose.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numba
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
 from .ipr import IPRConfig, visible_mask
 from .map.store import ENVIRONMENTS
 from .model.preprocess import resize_camera
 
-__all__ = ["AlignmentConfig", "AlignmentResult", "align_to_reflectance", "compile_kernels", "mutual_information"]
+__all__ = [
+    "AlignmentConfig",
+    "AlignmentResult",
+    "align_to_reflectance",
+    "compile_kernels",
+    "mutual_information",
+    "reflectance_contrast",
+]
 
 
 @dataclass(frozen=True)
 class AlignmentConfig:
     """How the alignment searches (module docstring). Distances in metres, angles in degrees."""
 
-    # Align single-image (global) localizations and tracked ones. On by default for the outdoor maps a car drives
-    # in (four held-out outdoor drives: single images 9.6 -> 53.7 % within 0.5 m / 5 deg; the node's loop of
-    # tracking and fusion 33.7 -> 87.9 %); off indoors through ``environments``, where they lose (single images
-    # 13.8 -> 6.9 %, the node's loop 28.6 -> 14.1 % in session 21: walls and floors differ in grey and reflectance
-    # alike wherever the camera stands). models/README.md, "Session 21", "Session 22" and "Session 24"
+    # Align single-image (global) localizations and tracked ones. Outdoors (four held-out outdoor drives: single
+    # images 9.6 -> 53.7 % within 0.5 m / 5 deg; the node's loop of tracking and fusion 33.7 -> 87.9 %) and, with
+    # local contrast, indoors (eight held-out indoor drives: single images 11.6 -> 33.4 %, the node's loop 50.5 ->
+    # 71.9 %; levels lost there). models/README.md, "Session 21", "Session 22", "Session 24" and "Session 26"
     after_retrieval: bool = True
     in_tracking: bool = True
     # ... on maps built for these environments (the map's own, from `ep2p-loc build-map --environment`; "unknown"
-    # for maps that do not say): off on indoor maps by default, where it loses
-    environments: tuple[str, ...] = ("outdoor", "unknown")
+    # for maps that do not say)
+    environments: tuple[str, ...] = ("outdoor", "indoor", "unknown")
     forward_range_m: float = 6.0  # the first search covers this much forward and back along the optical axis
     tracking_forward_range_m: float = 6.0  # ... and for a pose tracked from a prior
     forward_step_m: float = 0.5
@@ -75,21 +85,36 @@ class AlignmentConfig:
     tracking_refine_rounds: int = 1  # ... and for a pose tracked from a prior
     refine_range_m: float = 1.5
     refine_step_m: float = 0.25
+    # on maps of these environments it compares local contrast, not levels (module docstring): the grey level less
+    # its Gaussian blur of this sigma (pixels of the scaled image), each point's reflectance less the mean of its
+    # this many nearest map points (itself included). Four held-out indoor drives' single images, from the same
+    # PnP poses: levels 13.8 -> 6.9 %, contrast 13.8 -> 34.4 % within 0.5 m / 5 deg (models/README.md "Session 26")
+    contrast_environments: tuple[str, ...] = ("indoor",)
+    contrast_blur_px: float = 8.0
+    contrast_neighbours: int = 8
+    # ... and there searches at most this far along the axis first (single images and tracked poses): a corridor
+    # repeats itself (doors, lamps, shelves), and a longer search finds a look-alike (eight indoor drives: 6 m
+    # 28.4 %, 3 m 33.4 % within 0.5 m / 5 deg)
+    contrast_forward_range_m: float = 3.0
 
     def __post_init__(self) -> None:
         depths = tuple(float(d) for d in self.pivot_depths_m)  # a list from YAML or ROS parameters
         if not all(np.isfinite(d) and d > 0 for d in depths):
             raise ValueError(f"alignment.pivot_depths_m must be positive, got {list(depths)}")
         object.__setattr__(self, "pivot_depths_m", depths)
-        envs = tuple(str(e) for e in self.environments)  # a list from YAML or ROS parameters
-        if not set(envs) <= set(ENVIRONMENTS):
-            raise ValueError(f"alignment.environments must be among {', '.join(ENVIRONMENTS)}, got {list(envs)}")
-        object.__setattr__(self, "environments", envs)
+        for name in ("environments", "contrast_environments"):
+            envs = tuple(str(e) for e in getattr(self, name))  # a list from YAML or ROS parameters
+            if not set(envs) <= set(ENVIRONMENTS):
+                raise ValueError(f"alignment.{name} must be among {', '.join(ENVIRONMENTS)}, got {list(envs)}")
+            object.__setattr__(self, name, envs)
+        if self.contrast_neighbours < 2:
+            raise ValueError(f"alignment.contrast_neighbours must be >= 2, got {self.contrast_neighbours}")
         positive = ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale")
+        positive += ("contrast_blur_px",)
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
-        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m")
+        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "contrast_forward_range_m")
         for name in (*ranges, "refine_rounds", "tracking_refine_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
@@ -97,6 +122,18 @@ class AlignmentConfig:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
         if not 0 <= self.min_view_ratio <= 1:
             raise ValueError(f"alignment.min_view_ratio must be in [0, 1], got {self.min_view_ratio}")
+
+    def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
+        """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
+        compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
+        and refine rounds, and the contrast environments' shorter forward range."""
+        cfg = self
+        if tracking:
+            cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m, refine_rounds=cfg.tracking_refine_rounds)
+        contrast = environment in cfg.contrast_environments
+        if contrast:
+            cfg = replace(cfg, forward_range_m=min(cfg.forward_range_m, cfg.contrast_forward_range_m))
+        return cfg, contrast
 
 
 @dataclass(frozen=True)
@@ -219,6 +256,24 @@ def _bin_image(grey: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  #
             out[i] += grey[i] > e
 
 
+def reflectance_contrast(points: np.ndarray, reflectance: np.ndarray, neighbours: int) -> np.ndarray:
+    """Each point's reflectance less the mean over its ``neighbours`` nearest ``points`` (itself included): the
+    map's half of :func:`align_to_reflectance`'s ``local_contrast``. Computed on a whole submap (~25 ms for 18,000
+    points), before the alignment thins it, so the neighbourhood is the map's own density."""
+    pts = np.asarray(points, dtype=np.float64)
+    refl = np.asarray(reflectance, dtype=np.float64)
+    out = np.full(len(refl), np.nan)  # non-finite points or reflectances: NaN, which the alignment drops
+    finite = np.isfinite(pts).all(axis=1) & np.isfinite(refl)
+    pts, refl_f = pts[finite], refl[finite]
+    k = min(int(neighbours), len(pts))
+    if k >= 2:
+        _, idx = cKDTree(pts).query(pts, k)
+        out[finite] = refl_f - refl_f[idx].mean(axis=1)
+    else:
+        out[finite] = 0.0
+    return out
+
+
 def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
     """Bin edges (bins - 1 inner ones) that split ``values`` into equally full bins."""
     return np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
@@ -328,11 +383,14 @@ def align_to_reflectance(
     T_map_cam: np.ndarray,
     config: AlignmentConfig | None = None,
     ipr: IPRConfig | None = None,
+    local_contrast: bool = False,
 ) -> AlignmentResult:
     """Refine ``T_map_cam`` so that the map points' ``reflectance`` best predicts the image's grey level.
 
     ``points`` (N, 3) map frame, near the camera (a submap); ``rgb`` (H, W, 3) or grey (H, W) as taken by
     ``camera``. The start pose is kept (``ok`` False, with a message) when too few points are in view.
+    ``local_contrast``: compare the grey level less its blur (``contrast_blur_px``) with ``reflectance`` given as
+    :func:`reflectance_contrast`'s (indoors: module docstring).
     """
     cfg = config or AlignmentConfig()
     ipr = ipr or IPRConfig()
@@ -349,6 +407,8 @@ def align_to_reflectance(
         grey /= np.float32(small.shape[2])
     else:
         grey = small
+    if local_contrast:
+        grey = grey - cv2.GaussianBlur(grey, (0, 0), cfg.contrast_blur_px)
     if cfg.blur_px > 0:
         grey = cv2.GaussianBlur(grey, (0, 0), cfg.blur_px)
     cam = resize_camera(camera, w, h)

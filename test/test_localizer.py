@@ -734,6 +734,7 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     """The oracle's matches here are where a camera 3 m ahead would see each point (the learned matcher's typical
     error after retrieval): PnP finds that camera, and the reflectance alignment brings it back to the true one."""
     from ep2p_loc_ros.geometry import make_T
+    from ep2p_loc_ros.map import nearest_submaps
     from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
     seq, _ = scene
@@ -758,14 +759,20 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     assert aligned.ok and aligned.timings_ms["alignment"] > 0 and aligned.aligned
     t_err, r_err = _errors(aligned.T_map_cam, T_gt)
     assert t_err < 0.5 and r_err < 1.0, (t_err, r_err)
-    # the scene is an outdoor synthetic drive, and its map says so; on a map built as indoor the alignment is off
-    # (alignment.environments), as on any environment the config leaves out
+    # the scene is an outdoor synthetic drive, and its map says so: levels, no local contrast computed
     assert lidar_map.params["environment"] == "outdoor"
+    outdoor = _localizer(lidar_map, desc, alignment=only_global)
+    assert outdoor.localize(image, seq.calib.camera).aligned and not outdoor._contrast
+    # on a map built as indoor it compares local contrast (alignment.contrast_environments), the submap's kept for
+    # the next frame; the alignment is off on environments the config leaves out (alignment.environments)
     indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
-    indoor = _localizer(indoor_map, desc, alignment=only_global).localize(image, seq.calib.camera)
-    assert indoor.ok and not indoor.aligned and "alignment" not in indoor.timings_ms
-    everywhere = replace(only_global, environments=["outdoor", "indoor", "unknown"])  # a list, as from YAML
-    assert _localizer(indoor_map, desc, alignment=everywhere).localize(image, seq.calib.camera).aligned
+    inside = _localizer(indoor_map, desc, alignment=only_global)
+    indoor = inside.localize(image, seq.calib.camera)
+    assert indoor.ok and indoor.aligned and indoor.timings_ms["alignment"] > 0
+    assert list(inside._contrast) == [int(nearest_submaps(indoor_map, T_ahead, 1)[0][0])]  # PnP's pose's
+    not_inside = replace(only_global, environments=["outdoor", "unknown"])  # a list, as from YAML
+    off = _localizer(indoor_map, desc, alignment=not_inside).localize(image, seq.calib.camera)
+    assert off.ok and not off.aligned and "alignment" not in off.timings_ms
     # a pose tracked from a prior is aligned only with in_tracking (its search along the axis is shorter)
     tracked = _localizer(lidar_map, desc, alignment=only_global).localize(image, seq.calib.camera, T_ahead)
     assert tracked.ok and "alignment" not in tracked.timings_ms
@@ -788,6 +795,7 @@ def test_the_pixel_polish_before_a_global_alignment_is_a_switch(scene):
     sid = int(np.argmin(np.linalg.norm(lidar_map.viewpoint_positions - T_gt[:3, 3], axis=1)))
     desc = lidar_map.descriptors[sid]
     indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
+    not_indoors = AlignmentConfig(environments=("outdoor", "unknown"))
     calls = []
     for refine, the_map, prior in (
         (True, lidar_map, None),
@@ -795,7 +803,7 @@ def test_the_pixel_polish_before_a_global_alignment_is_a_switch(scene):
         (False, indoor_map, None),
         (False, lidar_map, T_gt),
     ):
-        loc = _localizer(the_map, desc, alignment=AlignmentConfig(), refine_before_global_alignment=refine)
+        loc = _localizer(the_map, desc, alignment=not_indoors, refine_before_global_alignment=refine)
         polish, count = loc._polish, []
         loc._polish = lambda *a, polish=polish, count=count: (count.append(1), polish(*a))[1]
         res = loc.localize(image, camera, prior)

@@ -15,6 +15,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     _Scorer,
     align_to_reflectance,
     mutual_information,
+    reflectance_contrast,
 )
 
 CAM = PinholeCamera.from_params(480, 180, 240.0, 240.0, 239.5, 89.5)
@@ -145,6 +146,10 @@ def test_alignment_config_refuses_bad_values():
         {"refine_step_m": 0.0},
         {"pivot_depths_m": [10.0, -1.0]},
         {"pivot_depths_m": [float("nan")]},
+        {"contrast_environments": ["hall"]},
+        {"contrast_neighbours": 1},
+        {"contrast_blur_px": 0.0},
+        {"contrast_forward_range_m": -1.0},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -221,3 +226,77 @@ def test_the_compiled_score_is_the_mi_of_where_the_camera_projects_each_point(di
     assert expected > 0.3
     assert mi == pytest.approx(expected, abs=2e-3)
     assert scorer.score(T, np.zeros((3, 5), np.float32), scorer.rows(refl_bins[:5]))[0] == -np.inf  # < min_points
+
+
+def _surface(p: np.ndarray) -> np.ndarray:
+    """The corridor's surfaces: 0 the floor (1.6 m below), 1 the walls."""
+    return np.where(p[..., 1] > 1.55, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def corridor():
+    """The street's geometry as a corridor: floor and walls each one grey (and one reflectivity) with detail
+    (0.5 m cells), lit by lamps near the camera (the grey level falls with distance; the LiDAR's reflectance does
+    not). The map as :func:`street`'s, the reflectance also as its local contrast (8 neighbours)."""
+    rng = np.random.default_rng(1)
+    g = np.arange(0.05, 40.0, 0.1)
+    floor = np.stack(np.meshgrid(np.arange(-5, 5, 0.1), [1.6], g), -1).reshape(-1, 3)
+    side = np.stack(np.meshgrid([5.0], np.arange(-4, 1.6, 0.1), g), -1).reshape(-1, 3)
+    points = np.concatenate([floor, side, side * [-1, 1, 1]]) + rng.normal(0, 0.01, (1, 3))
+    level = np.array([0.3, 0.6])
+    reflectance = level[_surface(points)] * (0.5 + 0.5 * _paint(points))
+    v, u = np.mgrid[0 : CAM.height, 0 : CAM.width]
+    hits = _corridor_hits(np.stack([(u - CAM.cx) / CAM.fx, (v - CAM.cy) / CAM.fy, np.ones(u.shape)], -1))
+    light = 0.15 + 0.85 / (1.0 + (hits[..., 2] / 6.0) ** 2)
+    grey = 255 * light * level[_surface(hits)] * (0.5 + 0.5 * _paint(hits)) + rng.normal(0, 2, u.shape)
+    rgb = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    return points, reflectance, reflectance_contrast(points, reflectance, 8), rgb
+
+
+@pytest.mark.parametrize("ahead", [0.0, 3.0, -3.0])
+def test_indoors_local_contrast_holds_the_pose_where_levels_slide_along_the_corridor(corridor, ahead):
+    """Levels: floor against walls fits from anywhere along the corridor, and the lamps' fall-off bends the grey
+    levels, so the search leaves even the true pose by metres. Local contrast (the grey level less its blur, the
+    reflectance less its neighbours') sees only the detail, which fits from the true pose alone."""
+    points, reflectance, contrast, rgb = corridor
+    start = _off(np.array([0.0, 0.0, ahead, 0.0, 0.0, 0.0]))
+    levels = align_to_reflectance(rgb, CAM, points, reflectance, start, AlignmentConfig())
+    assert levels.ok and np.linalg.norm(levels.T_map_cam[:3, 3]) > 1.0
+    local = align_to_reflectance(rgb, CAM, points, contrast, start, AlignmentConfig(), local_contrast=True)
+    assert local.ok and np.linalg.norm(local.T_map_cam[:3, 3]) < 0.25, local.T_map_cam[:3, 3]
+
+
+def test_reflectance_contrast_is_each_points_reflectance_less_its_neighbours_mean():
+    rng = np.random.default_rng(5)
+    grid = np.stack(np.meshgrid(np.arange(40) * 0.1, np.arange(40) * 0.1, [0.0]), -1).reshape(-1, 3)
+    flat = reflectance_contrast(grid, np.full(len(grid), 0.4), 8)
+    np.testing.assert_allclose(flat, 0.0, atol=1e-12)  # one level everywhere: no contrast
+    step = np.where(grid[:, 0] < 2.0, 0.2, 0.8)  # two levels: contrast only along the edge, of opposite signs
+    c = reflectance_contrast(grid, step, 8)
+    far = np.abs(grid[:, 0] - 1.95) > 0.3
+    np.testing.assert_allclose(c[far], 0.0, atol=1e-12)
+    assert c[np.isclose(grid[:, 0], 1.9)].max() < -0.05 and c[np.isclose(grid[:, 0], 2.0)].min() > 0.05
+    noisy = step + rng.normal(0, 0.05, len(grid))  # the neighbours' mean, computed directly
+    i = 777
+    nearest = np.argsort(np.linalg.norm(grid - grid[i], axis=1), kind="stable")[:8]
+    d = np.sort(np.linalg.norm(grid - grid[i], axis=1))
+    assert d[7] < d[8]  # (no tie at the 8th neighbour for this point)
+    assert reflectance_contrast(grid, noisy, 8)[i] == pytest.approx(noisy[i] - noisy[nearest].mean())
+    bad = grid.copy()
+    bad[3] = np.nan  # a non-finite point gets NaN (the alignment drops it) and is nobody's neighbour
+    c_bad = reflectance_contrast(bad, step, 8)
+    assert np.isnan(c_bad[3]) and np.isfinite(np.delete(c_bad, 3)).all()
+    assert reflectance_contrast(grid[:1], step[:1], 8) == pytest.approx([0.0])
+
+
+def test_each_frame_gets_its_environments_search():
+    cfg = AlignmentConfig(forward_range_m=6.0, tracking_forward_range_m=5.0, refine_rounds=2, tracking_refine_rounds=1)
+    assert cfg.for_frame("outdoor", tracking=False) == (cfg, False)
+    tracked, contrast = cfg.for_frame("unknown", tracking=True)
+    assert (tracked.forward_range_m, tracked.refine_rounds, contrast) == (5.0, 1, False)
+    indoor, contrast = cfg.for_frame("indoor", tracking=False)  # the contrast environments' shorter search
+    assert (indoor.forward_range_m, indoor.refine_rounds, contrast) == (3.0, 2, True)
+    short = replace(cfg, tracking_forward_range_m=2.0)
+    assert short.for_frame("indoor", tracking=True)[0].forward_range_m == 2.0  # the shorter of the two
+    levels = replace(cfg, contrast_environments=[])
+    assert levels.for_frame("indoor", tracking=False) == (levels, False)

@@ -73,8 +73,8 @@ class MapBuildParams:
     scan_stride: int = 1  # fuse every n-th scan
     batch_points: int = 4_000_000  # raw points folded into the voxel grid at once (bounds peak memory)
     # where the map is: "outdoor", "indoor" or "auto" (a synthetic sequence's sim.json says; else "unknown"). The
-    # localizer runs the reflectance alignment only on the environments of localizer.alignment.environments
-    # (indoors it loses: models/README.md, "Session 21")
+    # localizer runs the reflectance alignment only on the environments of localizer.alignment.environments, and
+    # on those of localizer.alignment.contrast_environments (indoor) by local contrast (models/README.md, "Session 26")
     environment: str = "auto"
 
     def __post_init__(self) -> None:

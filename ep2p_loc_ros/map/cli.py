@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["auto", *ENVIRONMENTS],
         default="auto",
         help="where the map is, stored in it: the localizer aligns to the map's reflectance only on the environments "
-        "of localizer.alignment.environments (default outdoor and unknown; indoors it loses). auto: a synthetic "
+        "of localizer.alignment.environments (default all), on indoor maps by local contrast. auto: a synthetic "
         "sequence's sim.json says, else unknown (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
