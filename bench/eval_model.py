@@ -47,6 +47,8 @@ ABLATIONS = {
     "no reflectance alignment": {"alignment": AlignmentConfig(after_retrieval=False, in_tracking=False)},
     "alignment without its refine round": {"alignment": AlignmentConfig(refine_rounds=0, tracking_refine_rounds=0)},
     "alignment from patch centres' pose": {"refine_before_global_alignment": False},
+    "alignment by levels indoors": {"alignment": AlignmentConfig(contrast_environments=())},  # (before session 26)
+    "alignment's 6 m first search indoors": {"alignment": AlignmentConfig(contrast_forward_range_m=6.0)},
     "every match refined before PnP": {"refine_after_pnp": False},
     "6,000 points (previous default)": {"max_points": 6000},
     "run-time point encoding": {"encode_points_at_runtime": True},  # full uses the map's stored point features

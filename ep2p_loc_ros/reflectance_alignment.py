@@ -51,7 +51,7 @@ class AlignmentConfig:
     # Align single-image (global) localizations and tracked ones. Outdoors (four held-out outdoor drives: single
     # images 9.6 -> 53.7 % within 0.5 m / 5 deg; the node's loop of tracking and fusion 33.7 -> 87.9 %) and, with
     # local contrast, indoors (eight held-out indoor drives: single images 11.6 -> 33.4 %, the node's loop 50.5 ->
-    # 71.9 %; levels lost there). models/README.md, "Session 21", "Session 22", "Session 24" and "Session 26"
+    # 80.9 %; levels lost there). models/README.md, "Session 21", "Session 22", "Session 24" and "Session 26"
     after_retrieval: bool = True
     in_tracking: bool = True
     # ... on maps built for these environments (the map's own, from `ep2p-loc build-map --environment`; "unknown"
@@ -92,10 +92,12 @@ class AlignmentConfig:
     contrast_environments: tuple[str, ...] = ("indoor",)
     contrast_blur_px: float = 8.0
     contrast_neighbours: int = 8
-    # ... and there searches at most this far along the axis first (single images and tracked poses): a corridor
-    # repeats itself (doors, lamps, shelves), and a longer search finds a look-alike (eight indoor drives: 6 m
-    # 28.4 %, 3 m 33.4 % within 0.5 m / 5 deg)
+    # ... and there searches at most this far along the axis first: a corridor repeats itself (doors, lamps,
+    # shelves), and a longer search finds a look-alike (eight indoor drives' single images: 6 m 28.4 %, 4 m 31.9 %,
+    # 3 m 33.4 %, 2 m 32.2 % within 0.5 m / 5 deg) ...
     contrast_forward_range_m: float = 3.0
+    # ... and for a pose tracked from a prior (the node's loop with odometry on those drives: 3 m 71.9 %, 1.5 m 80.9 %)
+    contrast_tracking_forward_range_m: float = 1.5
 
     def __post_init__(self) -> None:
         depths = tuple(float(d) for d in self.pivot_depths_m)  # a list from YAML or ROS parameters
@@ -114,7 +116,8 @@ class AlignmentConfig:
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
-        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "contrast_forward_range_m")
+        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m")
+        ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
         for name in (*ranges, "refine_rounds", "tracking_refine_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
@@ -126,13 +129,14 @@ class AlignmentConfig:
     def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
-        and refine rounds, and the contrast environments' shorter forward range."""
+        and refine rounds, and the contrast environments' shorter forward ranges."""
         cfg = self
         if tracking:
             cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m, refine_rounds=cfg.tracking_refine_rounds)
         contrast = environment in cfg.contrast_environments
         if contrast:
-            cfg = replace(cfg, forward_range_m=min(cfg.forward_range_m, cfg.contrast_forward_range_m))
+            reach = cfg.contrast_tracking_forward_range_m if tracking else cfg.contrast_forward_range_m
+            cfg = replace(cfg, forward_range_m=min(cfg.forward_range_m, reach))
         return cfg, contrast
 
 

@@ -150,6 +150,7 @@ def test_alignment_config_refuses_bad_values():
         {"contrast_neighbours": 1},
         {"contrast_blur_px": 0.0},
         {"contrast_forward_range_m": -1.0},
+        {"contrast_tracking_forward_range_m": -0.5},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -296,7 +297,9 @@ def test_each_frame_gets_its_environments_search():
     assert (tracked.forward_range_m, tracked.refine_rounds, contrast) == (5.0, 1, False)
     indoor, contrast = cfg.for_frame("indoor", tracking=False)  # the contrast environments' shorter search
     assert (indoor.forward_range_m, indoor.refine_rounds, contrast) == (3.0, 2, True)
-    short = replace(cfg, tracking_forward_range_m=2.0)
-    assert short.for_frame("indoor", tracking=True)[0].forward_range_m == 2.0  # the shorter of the two
+    indoor_tracked = cfg.for_frame("indoor", tracking=True)[0]
+    assert (indoor_tracked.forward_range_m, indoor_tracked.refine_rounds) == (1.5, 1)
+    short = replace(cfg, tracking_forward_range_m=1.0)
+    assert short.for_frame("indoor", tracking=True)[0].forward_range_m == 1.0  # the shorter of the two
     levels = replace(cfg, contrast_environments=[])
     assert levels.for_frame("indoor", tracking=False) == (levels, False)
