@@ -442,7 +442,7 @@ class Localizer:
             logger.info("keep_freed_memory: not glibc, malloc left as it is")
         for compile_kernel in (compile_ipr, compile_upright, compile_lm):  # at configure, not on the first frame
             compile_kernel()
-        # the reflectance alignment runs on maps of the environments it is configured for (off indoors by default)
+        # the reflectance alignment runs on maps of the environments it is configured for (all by default)
         align = self.config.alignment
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
