@@ -450,6 +450,12 @@ class Localizer:
         if align.after_retrieval or align.in_tracking:
             if self.align_here:
                 compile_kernels()
+                if self.map_environment in align.contrast_environments:
+                    logger.info(
+                        "reflectance alignment by local contrast: the map is %s, in localizer.alignment."
+                        "contrast_environments",
+                        self.map_environment,
+                    )
             else:
                 logger.info(
                     "reflectance alignment off: the map is %s, localizer.alignment.environments is %s",

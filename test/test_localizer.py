@@ -8,6 +8,7 @@ true camera pose. Statuses for bad input are checked on the same set-up.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
@@ -730,7 +731,7 @@ def test_prior_cov_px_is_the_first_order_spread_of_the_projections():
     )
 
 
-def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectance(scene):
+def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectance(scene, caplog):
     """The oracle's matches here are where a camera 3 m ahead would see each point (the learned matcher's typical
     error after retrieval): PnP finds that camera, and the reflectance alignment brings it back to the true one."""
     from ep2p_loc_ros.geometry import make_T
@@ -766,7 +767,9 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     # on a map built as indoor it compares local contrast (alignment.contrast_environments), the submap's kept for
     # the next frame; the alignment is off on environments the config leaves out (alignment.environments)
     indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
-    inside = _localizer(indoor_map, desc, alignment=only_global)
+    with caplog.at_level(logging.INFO, logger="ep2p_loc_ros.localizer"):
+        inside = _localizer(indoor_map, desc, alignment=only_global)
+    assert "reflectance alignment by local contrast: the map is indoor" in caplog.text
     indoor = inside.localize(image, seq.calib.camera)
     assert indoor.ok and indoor.aligned and indoor.timings_ms["alignment"] > 0
     assert list(inside._contrast) == [int(nearest_submaps(indoor_map, T_ahead, 1)[0][0])]  # PnP's pose's
