@@ -446,7 +446,8 @@ class Localizer:
         align = self.config.alignment
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
-        self._contrast: OrderedDict[int, np.ndarray] = OrderedDict()  # submap -> its reflectance contrast, LRU
+        # (submap, neighbours) -> its reflectance contrast, most recently used last
+        self._contrast: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         if align.after_retrieval or align.in_tracking:
             if self.align_here:
                 compile_kernels()
@@ -646,13 +647,14 @@ class Localizer:
 
     def _reflectance_contrast(self, sid: int, sub: Any) -> np.ndarray:
         """Submap ``sid``'s :func:`reflectance_contrast`, computed once (~25 ms for an indoor submap) and kept."""
-        contrast = self._contrast.get(sid)
+        key = (sid, self.config.alignment.contrast_neighbours)
+        contrast = self._contrast.get(key)
         if contrast is None:
-            contrast = reflectance_contrast(sub.points, sub.reflectance, self.config.alignment.contrast_neighbours)
-            self._contrast[sid] = contrast
+            contrast = reflectance_contrast(sub.points, sub.reflectance, key[1])
+            self._contrast[key] = contrast
             while len(self._contrast) > self.CONTRAST_CACHE:
                 self._contrast.popitem(last=False)
-        self._contrast.move_to_end(sid)
+        self._contrast.move_to_end(key)
         return contrast
 
     def _solve_view(

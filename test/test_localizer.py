@@ -736,7 +736,7 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     error after retrieval): PnP finds that camera, and the reflectance alignment brings it back to the true one."""
     from ep2p_loc_ros.geometry import make_T
     from ep2p_loc_ros.map import nearest_submaps
-    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, reflectance_contrast
 
     seq, _ = scene
     T_gt = seq.T_world_cam(FRAME)
@@ -772,7 +772,13 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     assert "reflectance alignment by local contrast: the map is indoor" in caplog.text
     indoor = inside.localize(image, seq.calib.camera)
     assert indoor.ok and indoor.aligned and indoor.timings_ms["alignment"] > 0
-    assert list(inside._contrast) == [int(nearest_submaps(indoor_map, T_ahead, 1)[0][0])]  # PnP's pose's
+    assert list(inside._contrast) == [(int(nearest_submaps(indoor_map, T_ahead, 1)[0][0]), 8)]  # PnP pose's
+    inside.CONTRAST_CACHE = 2  # the least recently used submap's contrast goes first
+    for sid in range(3):
+        sub = indoor_map.submap(sid, features=False)
+        got = inside._reflectance_contrast(sid, sub)
+        np.testing.assert_array_equal(got, reflectance_contrast(sub.points, sub.reflectance, 8))
+    assert list(inside._contrast) == [(1, 8), (2, 8)]
     not_inside = replace(only_global, environments=["outdoor", "unknown"])  # a list, as from YAML
     off = _localizer(indoor_map, desc, alignment=not_inside).localize(image, seq.calib.camera)
     assert off.ok and not off.aligned and "alignment" not in off.timings_ms
