@@ -18,13 +18,17 @@ from pathlib import Path
 
 from .sim.writer import SimConfig
 
-__all__ = ["DEFAULT_CACHE", "DEFAULT_MODEL_DIR", "DEMO_SIM", "DemoData", "ensure_demo_data"]
+__all__ = ["DEFAULT_CACHE", "DEFAULT_MODEL_DIR", "DEMO_SIM", "DEMO_SIMS", "DemoData", "ensure_demo_data"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "demo"
 DEMO_SIM = SimConfig(kind="outdoor", frames=40, seed=777)
-MAP_SPACING_M = 10.0
+# ``ep2p-loc demo --kind``: the outdoor drive (the README's) or an indoor one (a corridor, a 90 degree turn on the spot
+# and back; same seed, another world)
+DEMO_SIMS = {"outdoor": DEMO_SIM, "indoor": SimConfig(kind="indoor", frames=40, seed=777)}
+# metres of path between submap viewpoints, as in bench/eval_model.py's held-out drives
+MAP_SPACING_M = {"outdoor": 10.0, "indoor": 4.0}
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def ensure_demo_data(
         camera = KittiOdometrySequence(seq_dir).calib.camera
         lidar_map = build_map(
             seq_dir,
-            MapBuildParams(spacing=MAP_SPACING_M),
+            MapBuildParams(spacing=MAP_SPACING_M[sim.kind]),
             submap_feature_fn(model_dir, camera),
             feature_model=str(model_dir),
             progress=progress,

@@ -446,6 +446,10 @@ class Localizer:
         align = self.config.alignment
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
+        on = self.align_here and (align.after_retrieval or align.in_tracking)
+        contrast = self.map_environment in align.contrast_environments
+        # how poses are refined to the map's reflectance here (the node says it at configure)
+        self.alignment_mode = ("local contrast" if contrast else "levels") if on else "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last
         self._contrast: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         if align.after_retrieval or align.in_tracking:

@@ -98,12 +98,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_ODOMETRY_DRIFT, run_demo
 
     return run_demo(
-        args.out,
+        args.out or Path("reports/demo" if args.kind == "outdoor" else f"reports/demo-{args.kind}"),
         frames=args.frames,
         rate=args.rate,
         json_out=args.json,
         storage=args.storage,
         odometry_drift=DEMO_ODOMETRY_DRIFT if args.odometry_drift is None else tuple(args.odometry_drift),
+        kind=args.kind,
     )
 
 
@@ -221,7 +222,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="On the demo drive, map and model (generated and cached on first use): make the bag, replay "
         "it through the node over DDS, evaluate, write the report and print its table.",
     )
-    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: reports/demo, indoors reports/demo-indoor)"
+    )
+    p.add_argument(
+        "--kind",
+        choices=("outdoor", "indoor"),
+        default="outdoor",
+        help="the outdoor drive, or an indoor one (a corridor and a turn on the spot) (default: %(default)s)",
+    )
     p.add_argument("--frames", type=int, default=None, help="only the first N frames of the drive (default: all)")
     p.add_argument(
         "--rate", type=float, default=None, help="playback speed factor (default: paced to what 2 cores keep up with)"

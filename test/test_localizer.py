@@ -764,12 +764,14 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     assert lidar_map.params["environment"] == "outdoor"
     outdoor = _localizer(lidar_map, desc, alignment=only_global)
     assert outdoor.localize(image, seq.calib.camera).aligned and not outdoor._contrast
+    assert outdoor.alignment_mode == "levels"
     # on a map built as indoor it compares local contrast (alignment.contrast_environments), the submap's kept for
     # the next frame; the alignment is off on environments the config leaves out (alignment.environments)
     indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
     with caplog.at_level(logging.INFO, logger="ep2p_loc_ros.localizer"):
         inside = _localizer(indoor_map, desc, alignment=only_global)
     assert "reflectance alignment by local contrast: the map is indoor" in caplog.text
+    assert inside.alignment_mode == "local contrast"
     indoor = inside.localize(image, seq.calib.camera)
     assert indoor.ok and indoor.aligned and indoor.timings_ms["alignment"] > 0
     assert list(inside._contrast) == [(int(nearest_submaps(indoor_map, T_ahead, 1)[0][0]), 8)]  # PnP pose's
@@ -780,7 +782,9 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
         np.testing.assert_array_equal(got, reflectance_contrast(sub.points, sub.reflectance, 8))
     assert list(inside._contrast) == [(1, 8), (2, 8)]
     not_inside = replace(only_global, environments=["outdoor", "unknown"])  # a list, as from YAML
-    off = _localizer(indoor_map, desc, alignment=not_inside).localize(image, seq.calib.camera)
+    off_here = _localizer(indoor_map, desc, alignment=not_inside)
+    assert off_here.alignment_mode == "off"
+    off = off_here.localize(image, seq.calib.camera)
     assert off.ok and not off.aligned and "alignment" not in off.timings_ms
     # a pose tracked from a prior is aligned only with in_tracking (its search along the axis is shorter)
     tracked = _localizer(lidar_map, desc, alignment=only_global).localize(image, seq.calib.camera, T_ahead)

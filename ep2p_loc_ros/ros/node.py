@@ -188,7 +188,8 @@ class LocalizationNode(LifecycleNode):
                 f"configured in {time.perf_counter() - t0:.2f} s: map {params.map_path} "
                 f"({localizer.map.num_submaps} submaps, {localizer.map.num_points} points), "
                 f"model {params.model_path}, providers {params.providers}; "
-                f"covariance: {covariance_source}"
+                f"covariance: {covariance_source}; reflectance alignment: "
+                f"{getattr(localizer, 'alignment_mode', 'n/a')} ({getattr(localizer, 'map_environment', '?')} map)"
             )
             self._report(
                 Level.OK,
@@ -196,6 +197,7 @@ class LocalizationNode(LifecycleNode):
                 {
                     "provider": getattr(session, "provider", "n/a"),
                     "covariance": covariance_source,
+                    "alignment": getattr(localizer, "alignment_mode", "n/a"),
                 },
             )
             return TransitionCallbackReturn.SUCCESS
