@@ -614,7 +614,7 @@ class Localizer:
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
         if res.ok and align:
-            res = self._align(res, rgb, camera, timings, t0, near)
+            res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"
             res = replace(res, covariance=self.calibration.apply(mode, res.T_map_cam, res.covariance))
@@ -627,19 +627,26 @@ class Localizer:
         camera: PinholeCamera,
         timings: dict[str, float],
         t0: float,
-        tracking: bool,
+        prior: np.ndarray | None,
     ) -> LocalizationResult:
         """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
         nearest that pose; unchanged (and logged) when the alignment cannot run. A tracked pose is searched for
         as :meth:`AlignmentConfig.for_frame` says (tracking's range and rounds; indoors, local contrast)."""
         ta = time.perf_counter()
-        cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking)
+        cfg, contrast = self.config.alignment.for_frame(self.map_environment, prior is not None)
         sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
         sub = self.map.submap(sid, features=False)
         refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
-        al = align_to_reflectance(
-            rgb, camera, sub.points, refl, res.T_map_cam, cfg, self.config.ipr, local_contrast=contrast
-        )
+        starts = [res.T_map_cam]
+        if prior is not None and cfg.tracking_from_prior:
+            starts.append(np.asarray(prior, dtype=np.float64))
+        al = None
+        for start in starts:  # the best score wins (from the same submap's points: comparable)
+            a = align_to_reflectance(
+                rgb, camera, sub.points, refl, start, cfg, self.config.ipr, local_contrast=contrast
+            )
+            if al is None or (a.ok and (not al.ok or a.score > al.score)):
+                al = a
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not al.ok:

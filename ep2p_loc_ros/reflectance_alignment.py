@@ -51,7 +51,7 @@ class AlignmentConfig:
     # Align single-image (global) localizations and tracked ones. Outdoors (four held-out outdoor drives: single
     # images 9.6 -> 53.7 % within 0.5 m / 5 deg; the node's loop of tracking and fusion 33.7 -> 87.9 %) and, with
     # local contrast, indoors (eight held-out indoor drives: single images 11.6 -> 33.4 %, the node's loop 50.5 ->
-    # 80.9 %; levels lost there). models/README.md, "Session 21", "Session 22", "Session 24" and "Session 26"
+    # 89.4 %; levels lost there). models/README.md, "Session 21", "Session 22", "Session 24" and "Session 26"
     after_retrieval: bool = True
     in_tracking: bool = True
     # ... on maps built for these environments (the map's own, from `ep2p-loc build-map --environment`; "unknown"
@@ -98,6 +98,13 @@ class AlignmentConfig:
     contrast_forward_range_m: float = 3.0
     # ... and for a pose tracked from a prior (the node's loop with odometry on those drives: 3 m 71.9 %, 1.5 m 80.9 %)
     contrast_tracking_forward_range_m: float = 1.5
+    # align a tracked pose from the prior too, not only from the pose PnP found from it, and keep the better score
+    # (PnP can move a good prior metres along the axis). Outdoors better within 0.25 m / 2 deg (906: 72.5 -> 85.8 %)
+    # but ~40 ms more a tracked frame, so off ...
+    tracking_from_prior: bool = False
+    # ... and on the contrast environments (the node's loop on eight indoor drives 80.9 -> 89.4 % within 0.5 m / 5 deg,
+    # 65.6 -> 69.8 % within 0.25 m / 2 deg; from the prior alone 89.2 / 59.4 %)
+    contrast_tracking_from_prior: bool = True
 
     def __post_init__(self) -> None:
         depths = tuple(float(d) for d in self.pivot_depths_m)  # a list from YAML or ROS parameters
@@ -136,7 +143,11 @@ class AlignmentConfig:
         contrast = environment in cfg.contrast_environments
         if contrast:
             reach = cfg.contrast_tracking_forward_range_m if tracking else cfg.contrast_forward_range_m
-            cfg = replace(cfg, forward_range_m=min(cfg.forward_range_m, reach))
+            cfg = replace(
+                cfg,
+                forward_range_m=min(cfg.forward_range_m, reach),
+                tracking_from_prior=cfg.contrast_tracking_from_prior,
+            )
         return cfg, contrast
 
 

@@ -78,7 +78,7 @@ def test_demo_whole_drive_with_fusion_localizes_most_frames(tmp_path: Path) -> N
 def test_demo_indoor_drive_aligns_by_local_contrast(tmp_path: Path) -> None:
     """``ep2p-loc demo --kind indoor``: the indoor drive (a corridor, a turn on the spot and back) through the node
     over DDS; its map says indoor, so the node aligns by local contrast (session 26: 95.0 % within 0.5 m / 5 deg,
-    median 0.08 m; with the alignment off indoors the loop was 50.5 % on eight bench drives)."""
+    median 0.14 m; with the alignment off indoors 10.0 %, median 1.02 m)."""
     from ep2p_loc_ros.demo_data import DEMO_SIMS, ensure_demo_data
 
     ensure_demo_data(sim=DEMO_SIMS["indoor"], progress=False)

@@ -795,6 +795,15 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
         tracked = _localizer(lidar_map, desc, alignment=both).localize(image, seq.calib.camera, T_ahead)
         assert tracked.ok and tracked.timings_ms["alignment"] > 0
         assert (_errors(tracked.T_map_cam, T_gt)[0] < 0.5) is near, reach
+    # PnP moves a prior 1.5 m ahead to the camera its matches describe (3 m ahead): with a short search the alignment
+    # from PnP's pose stays metres off; aligned from the prior too (tracking_from_prior), the better score wins
+    T_prior = T_gt @ make_T(np.eye(3), np.array([0.0, 0.0, 1.5]))
+    short = AlignmentConfig(in_tracking=True, tracking_forward_range_m=1.0, tracking_refine_rounds=0)
+    for from_prior, near in ((False, False), (True, True)):
+        cfg = replace(short, tracking_from_prior=from_prior)
+        tracked = _localizer(lidar_map, desc, alignment=cfg).localize(image, seq.calib.camera, T_prior)
+        assert tracked.ok and tracked.aligned
+        assert (_errors(tracked.T_map_cam, T_gt)[0] < 0.5) is near, (from_prior, _errors(tracked.T_map_cam, T_gt))
 
 
 def test_the_pixel_polish_before_a_global_alignment_is_a_switch(scene):

@@ -299,6 +299,7 @@ def test_each_frame_gets_its_environments_search():
     assert (indoor.forward_range_m, indoor.refine_rounds, contrast) == (3.0, 2, True)
     indoor_tracked = cfg.for_frame("indoor", tracking=True)[0]
     assert (indoor_tracked.forward_range_m, indoor_tracked.refine_rounds) == (1.5, 1)
+    assert indoor_tracked.tracking_from_prior and not tracked.tracking_from_prior  # from the prior too, indoors
     short = replace(cfg, tracking_forward_range_m=1.0)
     assert short.for_frame("indoor", tracking=True)[0].forward_range_m == 1.0  # the shorter of the two
     levels = replace(cfg, contrast_environments=[])
