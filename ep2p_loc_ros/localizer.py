@@ -631,7 +631,8 @@ class Localizer:
     ) -> LocalizationResult:
         """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
         nearest that pose; unchanged (and logged) when the alignment cannot run. A tracked pose is searched for
-        as :meth:`AlignmentConfig.for_frame` says (tracking's range and rounds; indoors, local contrast)."""
+        as :meth:`AlignmentConfig.for_frame` says (tracking's range and rounds; indoors, local contrast), and with
+        ``tracking_from_prior`` from ``prior`` too, the better score kept."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, prior is not None)
         sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
