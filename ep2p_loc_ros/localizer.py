@@ -638,16 +638,18 @@ class Localizer:
         sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
         sub = self.map.submap(sid, features=False)
         refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
-        starts = [res.T_map_cam]
-        if prior is not None and cfg.tracking_from_prior:
-            starts.append(np.asarray(prior, dtype=np.float64))
-        al = None
-        for start in starts:  # the best score wins (from the same submap's points: comparable)
-            a = align_to_reflectance(
-                rgb, camera, sub.points, refl, start, cfg, self.config.ipr, local_contrast=contrast
-            )
-            if al is None or (a.ok and (not al.ok or a.score > al.score)):
-                al = a
+        more = [prior] if prior is not None and cfg.tracking_from_prior else []  # the better score wins
+        al = align_to_reflectance(
+            rgb,
+            camera,
+            sub.points,
+            refl,
+            res.T_map_cam,
+            cfg,
+            self.config.ipr,
+            local_contrast=contrast,
+            more_starts=more,
+        )
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not al.ok:

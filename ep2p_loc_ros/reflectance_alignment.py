@@ -22,6 +22,8 @@ whose detail (doors, frames, books, planks) is where it is only from the right p
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import cv2
@@ -325,6 +327,12 @@ class _Scorer:
         self.all_seen = np.empty(0, bool)  # ... and as many True
         self.evaluations = 0
 
+    def at(self, origin: np.ndarray) -> _Scorer:
+        """This scorer (the same image bins and scratch) for points relative to ``origin``, its count at 0."""
+        other = copy.copy(self)
+        other.origin, other.evaluations = origin, 0
+        return other
+
     def rows(self, refl_bins: np.ndarray) -> np.ndarray:
         """Each point's row of the joint histogram (reflectance bin times the bins-plus-one grey columns)."""
         return (refl_bins * (self.cfg.bins + 1)).astype(np.int32)
@@ -399,13 +407,16 @@ def align_to_reflectance(
     config: AlignmentConfig | None = None,
     ipr: IPRConfig | None = None,
     local_contrast: bool = False,
+    more_starts: Sequence[np.ndarray] = (),
 ) -> AlignmentResult:
     """Refine ``T_map_cam`` so that the map points' ``reflectance`` best predicts the image's grey level.
 
     ``points`` (N, 3) map frame, near the camera (a submap); ``rgb`` (H, W, 3) or grey (H, W) as taken by
     ``camera``. The start pose is kept (``ok`` False, with a message) when too few points are in view.
     ``local_contrast``: compare the grey level less its blur (``contrast_blur_px``) with ``reflectance`` given as
-    :func:`reflectance_contrast`'s (indoors: module docstring).
+    :func:`reflectance_contrast`'s (indoors: module docstring). ``more_starts``: search from these poses too, on
+    the same image and points (prepared once), and return the result with the best score (the first that ran
+    when none beats it).
     """
     cfg = config or AlignmentConfig()
     ipr = ipr or IPRConfig()
@@ -440,6 +451,25 @@ def align_to_reflectance(
     refl_bins = np.searchsorted(_equal_count_bins(refl, cfg.bins), refl)
     scorer = _Scorer(grey.astype(np.float32), cam, start[:3, 3], cfg)
     rows = scorer.rows(refl_bins)
+    best: AlignmentResult | None = None
+    for pose in (start, *(np.asarray(T, dtype=np.float64) for T in more_starts)):
+        res = _align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg)
+        if best is None or (res.ok and (not best.ok or res.score > best.score)):
+            best = res
+    return best
+
+
+def _align_from(
+    start: np.ndarray,
+    scorer: _Scorer,
+    pts: np.ndarray,
+    rows: np.ndarray,
+    cam: PinholeCamera,
+    ipr: IPRConfig,
+    cfg: AlignmentConfig,
+) -> AlignmentResult:
+    """:func:`align_to_reflectance`'s search from one ``start``, with ``scorer`` relative to its position, over
+    the map points ``pts`` (N, 3 float64) and their ``rows`` of the joint histogram."""
     local = (pts - start[:3, 3]).astype(np.float32)
     local_t = np.ascontiguousarray(local.T)  # (3, N): each coordinate contiguous for the scorer
 

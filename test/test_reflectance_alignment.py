@@ -304,3 +304,18 @@ def test_each_frame_gets_its_environments_search():
     assert short.for_frame("indoor", tracking=True)[0].forward_range_m == 1.0  # the shorter of the two
     levels = replace(cfg, contrast_environments=[])
     assert levels.for_frame("indoor", tracking=False) == (levels, False)
+
+
+def test_more_starts_keep_the_best_scoring_search(street):
+    """A start out of a short search's reach and one within it: the result is the one that found the true pose,
+    the same pose and score as searching from that start alone."""
+    points, reflectance, rgb = street
+    short = AlignmentConfig(forward_range_m=1.0, refine_rounds=0)
+    far, near = _off(np.array([0.0, 0.0, 4.0, 0.0, 0.0, 0.0])), _off(np.array([0.0, 0.0, 0.8, 0.0, 0.0, 0.0]))
+    alone = [align_to_reflectance(rgb, CAM, points, reflectance, T, short) for T in (far, near)]
+    assert np.linalg.norm(alone[0].T_map_cam[:3, 3]) > 1.0 and np.linalg.norm(alone[1].T_map_cam[:3, 3]) < 0.25
+    both = align_to_reflectance(rgb, CAM, points, reflectance, far, short, more_starts=[near])
+    np.testing.assert_array_equal(both.T_map_cam, alone[1].T_map_cam)
+    assert both.score == alone[1].score and both.evaluations == alone[1].evaluations
+    first = align_to_reflectance(rgb, CAM, points, reflectance, near, short, more_starts=[far])
+    np.testing.assert_array_equal(first.T_map_cam, alone[1].T_map_cam)
