@@ -446,16 +446,16 @@ class Localizer:
         align = self.config.alignment
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
-        on = self.align_here and (align.after_retrieval or align.in_tracking)
         contrast = self.map_environment in align.contrast_environments
         # how poses are refined to the map's reflectance here (the node says it at configure)
-        self.alignment_mode = ("local contrast" if contrast else "levels") if on else "off"
+        self.alignment_mode = "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last
         self._contrast: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         if align.after_retrieval or align.in_tracking:
             if self.align_here:
                 compile_kernels()
-                if self.map_environment in align.contrast_environments:
+                self.alignment_mode = "local contrast" if contrast else "levels"
+                if contrast:
                     logger.info(
                         "reflectance alignment by local contrast: the map is %s, in localizer.alignment."
                         "contrast_environments",

@@ -105,7 +105,7 @@ class AlignmentConfig:
     # but ~40 ms more a tracked frame, so off ...
     tracking_from_prior: bool = False
     # ... and on the contrast environments (the node's loop on eight indoor drives 80.9 -> 89.4 % within 0.5 m / 5 deg,
-    # 65.6 -> 69.8 % within 0.25 m / 2 deg; from the prior alone 89.2 / 59.4 %)
+    # 65.6 -> 73.9 % within 0.25 m / 2 deg; from the prior alone 89.2 / 59.4 %)
     contrast_tracking_from_prior: bool = True
 
     def __post_init__(self) -> None:
