@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ep2p_loc_ros.demo_data import MAP_SPACING_M
 from ep2p_loc_ros.pnp import PnPConfig
 from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 DRIVES = {"outdoor": (900, 60), "indoor": (901, 40)}  # kind -> (world seed, frames)
-SUBMAP_SPACING = {"outdoor": 10.0, "indoor": 4.0}  # metres of path between submap viewpoints
+SUBMAP_SPACING = MAP_SPACING_M  # metres of path between submap viewpoints: the demo drives' maps have the same
 ABLATIONS = {
     "full": {},
     "6-DoF RANSAC, no upright search": {"pnp": PnPConfig(upright_search=False)},

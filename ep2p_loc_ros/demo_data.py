@@ -27,7 +27,7 @@ DEMO_SIM = SimConfig(kind="outdoor", frames=40, seed=777)
 # ``ep2p-loc demo --kind``: the outdoor drive (the README's) or an indoor one (a corridor, a 90 degree turn on the spot
 # and back; same seed, another world)
 DEMO_SIMS = {"outdoor": DEMO_SIM, "indoor": SimConfig(kind="indoor", frames=40, seed=777)}
-# metres of path between submap viewpoints, as in bench/eval_model.py's held-out drives
+# metres of path between submap viewpoints (bench/eval_model.py's held-out drives use the same)
 MAP_SPACING_M = {"outdoor": 10.0, "indoor": 4.0}
 
 
