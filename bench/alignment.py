@@ -30,7 +30,7 @@ def main() -> None:
     from ep2p_loc_ros.evaluation.metrics import pose_errors
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map import nearest_submaps
-    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance, reflectance_contrast
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_drive_arguments(ap)
@@ -56,11 +56,10 @@ def main() -> None:
     for kind in args.kinds:
         seq_dir, map_dir = prepare_drive(kind, args.cache, args.model, None, seeds[kind])
         seq = KittiOdometrySequence(seq_dir)
-        off = AlignmentConfig(after_retrieval=False, in_tracking=False)  # the "before" pose: PnP's
+        off = replace(cfg, after_retrieval=False, in_tracking=False)  # the "before" pose: PnP's
         loc = Localizer.from_paths(map_dir, args.model, LocalizerConfig(alignment=off))
         frames = list(range(0, len(seq), args.stride))
         cfg_here, contrast = cfg.for_frame(loc.map_environment, tracking=False)  # indoors: local contrast
-        contrasts: dict[int, np.ndarray] = {}
         T_gt = np.stack([seq.T_world_cam(i) for i in frames])
         before, after = np.full((len(frames), 4, 4), np.nan), np.full((len(frames), 4, 4), np.nan)
         t_loc, t_align = [], []
@@ -73,11 +72,8 @@ def main() -> None:
             ta = time.perf_counter()
             sid = int(nearest_submaps(loc.map, r.T_map_cam, 1)[0][0])
             sub = loc.map.submap(sid, features=False)
-            refl = sub.reflectance
-            if contrast:  # as Localizer does: once per submap (its time counted the first time)
-                if sid not in contrasts:
-                    contrasts[sid] = reflectance_contrast(sub.points, refl, cfg.contrast_neighbours)
-                refl = contrasts[sid]
+            # as Localizer does: indoors the submap's contrast, computed once (its time counted the first time)
+            refl = loc._reflectance_contrast(sid, sub) if contrast else sub.reflectance
             a = align_to_reflectance(
                 rgb, seq.calib.camera, sub.points, refl, r.T_map_cam, cfg_here, loc.config.ipr, local_contrast=contrast
             )
