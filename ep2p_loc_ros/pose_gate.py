@@ -42,6 +42,9 @@ class GateConfig:
     max_angular_speed_dps: float = 120.0  # how fast it may turn
     jump_timeout_s: float = 5.0  # last accepted pose older than this: no jump test (re-localization)
     jump_reset_after: int = 5  # a jumped pose is published once this many poses in a row agree with it
+    # a pose with no accepted pose to test it against (the first, or after jump_timeout_s) is published once this
+    # many poses in a row agree with it; 1 publishes it at once
+    first_confirmations: int = 1
 
     def __post_init__(self) -> None:
         if int(self.min_inliers) < 0:
@@ -54,8 +57,9 @@ class GateConfig:
                 raise ValueError(f"gate.{name} must be > 0, got {value}")
         if not self.max_jump_sigma >= 0 or not self.jump_timeout_s >= 0:
             raise ValueError("gate.max_jump_sigma and gate.jump_timeout_s must be >= 0")
-        if int(self.jump_reset_after) < 1:
-            raise ValueError(f"gate.jump_reset_after must be >= 1, got {self.jump_reset_after}")
+        for name in ("jump_reset_after", "first_confirmations"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"gate.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -114,21 +118,33 @@ class PoseGate:
                 False, f"covariance too large: rotation std {rot_std:.2f} deg > {cfg.max_rotation_std_deg} deg", **stds
             )
         reason = "ok"
-        if self._last is not None and cfg.max_jump_sigma > 0:
-            T_last, cov_last, t_last = self._last
+        last = self._last
+        if last is not None and not 0 <= stamp_s - last[2] <= cfg.jump_timeout_s:
+            last = None  # too old (or from the future) to say where the camera can be now
+        if last is None and cfg.first_confirmations > 1:
+            n = self._confirm(T, cov, float(stamp_s))
+            if n < cfg.first_confirmations:
+                return GateDecision(
+                    False,
+                    f"held: no recent pose to test it against; {n}/{cfg.first_confirmations} agreeing poses to confirm",
+                    held=True,
+                    **stds,
+                )
+            reason = f"ok (confirmed: {n} poses in a row agree)"
+        elif last is not None and cfg.max_jump_sigma > 0:
+            T_last, cov_last, t_last = last
             dt = stamp_s - t_last
-            if 0 <= dt <= cfg.jump_timeout_s:
-                jump = self._jump(T, cov, T_last, cov_last, dt)
-                if jump:
-                    n = self._confirm(T, cov, float(stamp_s))
-                    if n < cfg.jump_reset_after:
-                        return GateDecision(
-                            False,
-                            f"held: {jump}; {n}/{cfg.jump_reset_after} agreeing poses to confirm",
-                            held=True,
-                            **stds,
-                        )
-                    reason = f"ok (re-anchored: {n} poses in a row agree, far from the last published)"
+            jump = self._jump(T, cov, T_last, cov_last, dt)
+            if jump:
+                n = self._confirm(T, cov, float(stamp_s))
+                if n < cfg.jump_reset_after:
+                    return GateDecision(
+                        False,
+                        f"held: {jump}; {n}/{cfg.jump_reset_after} agreeing poses to confirm",
+                        held=True,
+                        **stds,
+                    )
+                reason = f"ok (re-anchored: {n} poses in a row agree, far from the last published)"
         self._last = (T, cov, float(stamp_s))
         self._candidate, self._confirmations = None, 0
         return GateDecision(True, reason, **stds)

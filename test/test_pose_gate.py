@@ -55,6 +55,8 @@ def test_pose_gate_config_is_validated():
         GateConfig(max_position_std_m=0.0)
     with pytest.raises(ValueError, match="jump_reset_after"):
         GateConfig(jump_reset_after=0)
+    with pytest.raises(ValueError, match="first_confirmations"):
+        GateConfig(first_confirmations=0)
 
 
 def test_rebase_pose_matches_monte_carlo():
@@ -111,6 +113,40 @@ def test_pose_gate_holds_a_jump_until_confirmed_and_outliers_never_confirm():
         assert expect in gate.check(_pose(400.0 + 0.5 * k), COV, 100, t).reason
     t += 0.1
     assert "1/3" in gate.check(_pose(-400.0), COV, 100, t).reason
+
+
+def test_pose_gate_holds_a_first_pose_until_confirmed():
+    """With nothing recent to test a pose against, a wrong first pose is not published: it must be confirmed."""
+    cfg = GateConfig(max_jump_sigma=3.0, max_speed_mps=10.0, jump_reset_after=3, first_confirmations=3)
+    gate = PoseGate(cfg)
+    t = 0.0
+    # gross first poses that disagree with each other (a global search's usual failure): none published
+    for x in (80.0, -60.0, 200.0):
+        d = gate.check(_pose(x), COV, 100, t)
+        assert not d.accepted and d.held and "no recent pose to test it against; 1/3" in d.reason, d.reason
+        t += 0.1
+    # three in a row that agree (the vehicle moving 1 m per 0.1 s): the third is published
+    for k, expect in ((0, "1/3"), (1, "2/3")):
+        d = gate.check(_pose(10.0 + k), COV, 100, t)
+        assert not d.accepted and expect in d.reason, d.reason
+        t += 0.1
+    d = gate.check(_pose(12.0), COV, 100, t)
+    assert d.accepted and "confirmed: 3 poses in a row agree" in d.reason
+    # from then on the jump test applies as before: the next pose is published at once
+    t += 0.1
+    assert gate.check(_pose(13.0), COV, 100, t).reason == "ok"
+    # after jump_timeout_s without a published pose the reference is too old: confirm again
+    t += cfg.jump_timeout_s + 1.0
+    d = gate.check(_pose(40.0), COV, 100, t)
+    assert not d.accepted and "1/3" in d.reason
+    # and reset() (a new initial pose) asks for it too
+    gate.reset()
+    assert "1/3" in gate.check(_pose(40.0), COV, 100, t + 0.1).reason
+    # a time going backwards is no reference either
+    gate = PoseGate(cfg)
+    for k in range(3):
+        gate.check(_pose(float(k)), COV, 100, 10.0 + 0.1 * k)
+    assert "1/3" in gate.check(_pose(0.0), COV, 100, 5.0).reason
 
 
 def test_pose_gate_confirmation_of_one_accepts_immediately():

@@ -161,6 +161,8 @@ _GATE_DESCRIPTIONS = {
     "max_angular_speed_dps": "quality gate: deg/s, fastest turn between accepted poses",
     "jump_timeout_s": "quality gate: s, no jump test against an older pose",
     "jump_reset_after": "quality gate: a pose far from the last is held until this many poses in a row agree with it",
+    "first_confirmations": "quality gate: a pose with no recent published pose to test it against (the first, or "
+    "after jump_timeout_s) is held until this many poses in a row agree with it; 1 publishes it at once",
 }
 
 
