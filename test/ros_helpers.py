@@ -249,6 +249,18 @@ def _call(client, request, timeout: float):
     return future.result()
 
 
+def call_trigger(node, name: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """Call a std_srvs/Trigger service (as ``ros2 service call NAME std_srvs/srv/Trigger``): (success, message)."""
+    from std_srvs.srv import Trigger
+
+    client = node.create_client(Trigger, name)
+    try:
+        response = _call(client, Trigger.Request(), timeout)
+    finally:
+        node.destroy_client(client)
+    return bool(response.success), str(response.message)
+
+
 def connect_node(
     start: Callable[[], NodeProcess], session_name: str, attempts: int = 2, timeout: float = 30.0
 ) -> tuple[NodeProcess, RosSession, LifecycleClient]:

@@ -3,8 +3,8 @@
 The node runs the shipped code with :class:`ros_helpers.OracleLocalizer` standing in for the model (real PnP on
 ground-truth matches with noise and outliers), so these tests check the node itself: lifecycle, message
 conversion, the mount from /tf_static, pose and covariance re-basing, TF (map->base_link, map->odom), fusion,
-visible points, diagnostics, /initialpose, dropped frames and bad messages. The node with the real model is
-in test_lifecycle_node.py.
+visible points, diagnostics, /initialpose, ~/relocalize, dropped frames and bad messages. The node with the real
+model is in test_lifecycle_node.py.
 """
 
 from __future__ import annotations
@@ -231,6 +231,24 @@ def test_node_initialpose_seeds_the_next_frame(h, demo):
     assert diag["mode"] == "initial pose" and pose is not None
 
 
+def test_node_relocalize_service_searches_the_next_frame_globally(h, demo):
+    """~/relocalize (std_srvs/Trigger): a tracked node forgets its pose and searches the next image globally."""
+    i = FRAMES[-1] + 3  # frames 36-38 again, 50 s later
+    stamp = rh.stamp_msg(T0 + 50.0 + float(demo.seq.times[i]))
+    diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
+    assert diag["mode"].startswith("tracking") and pose is not None, diag  # tracked from the initial pose's frame
+    ok, message = rh.call_trigger(h.ros.node, "/ep2p_loc/relocalize")
+    assert ok and "searched globally" in message, message
+    assert h.ros.wait_for(lambda: "relocalize requested" in h.proc.log(), 5)
+    for k, expected in ((1, "global (relocalize requested)"), (2, "tracking")):
+        stamp = rh.stamp_msg(T0 + 50.0 + float(demo.seq.times[i + k]))
+        diag, pose = h.send(demo.image_msg(i + k, stamp), demo.camera_info_msg(stamp))
+        # the global search finds the pose again (oracle matches), and the frame after it tracks from there
+        assert diag["mode"].startswith(expected) and diag["result"] == "localized" and pose is not None, diag
+        T_pose = pose_to_matrix(pose.pose.pose)
+        assert np.linalg.norm(T_pose[:3, 3] - demo.T_map_base(i + k)[:3, 3]) < 0.5
+
+
 def _bad_cases(demo):
     """(name, image msg or None, camera_info msg, expected text in the reason)."""
     good_info = demo.camera_info_msg()
@@ -329,6 +347,8 @@ def test_node_debug_image_map_cloud_and_diagnostics_between_frames(h, demo):
 
 def test_node_deactivate_cleanup_shutdown(h, demo):
     assert h.lc.deactivate() and h.lc.get_state() == "inactive"
+    with pytest.raises(TimeoutError, match="not available"):  # ~/relocalize is served only while active
+        rh.call_trigger(h.ros.node, "/ep2p_loc/relocalize", timeout=1.0)
     n_poses = len(h.poses.messages())
     h.img_pub.publish(demo.image_msg(3, rh.stamp_msg(T0 + 300.0)))
     time.sleep(1.0)

@@ -10,7 +10,7 @@ cancels what varies between frames (``bench/fusion.py``).
 Lifecycle
     configure   declare + validate parameters, load the model and the (memory-mapped) map, create publishers.
                 A bad parameter or file fails the transition; the log names it. The node stays unconfigured.
-    activate    subscriptions (image, camera_info, /initialpose, /tf, /tf_static), the worker thread.
+    activate    subscriptions (image, camera_info, /initialpose, /tf, /tf_static), ~/relocalize, the worker thread.
     deactivate  subscriptions and worker go; cleanup: publishers and the localizer go; shutdown: everything.
     Out-of-order transitions are refused by the lifecycle state machine; the node keeps running.
 
@@ -24,6 +24,11 @@ Topics (relative names: namespaces and remaps apply)
          before the quality gate: for evaluation and tuning the gate, never for fusion), ~/visible_points
          (PointCloud2, map frame, intensity 1 for PnP inliers), ~/debug_image (optional), ~/map_cloud (the map,
          thinned, latched: for RViz), /tf, /diagnostics.
+
+Services (while active)
+    ~/relocalize (std_srvs/Trigger): forget where the vehicle is (tracking, the quality gate, the map->odom filter)
+         and search the next image globally, as nav2_amcl's reinitialize_global_localization: a vehicle that was
+         moved while the node was not looking, or a pose the operator sees is wrong.
 
 TF (REP-105, like nav2_amcl): map->odom when odom->base exists at the image stamp, else map->base (or
 map->camera when the mount is unknown); stamped image stamp + transform_tolerance.
@@ -53,6 +58,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
 
 from ..geometry import invert, make_T, quaternion_to_matrix
 from ..localizer import Localizer
@@ -114,6 +120,7 @@ class LocalizationNode(LifecycleNode):
         self._tf_pub: TransformPublisher | None = None
         self._tf: TransformCache | None = None
         self._subs: list[Any] = []
+        self._relocalize_srv = None
         self._diag_timer = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -224,6 +231,7 @@ class LocalizationNode(LifecycleNode):
             self._subs.append(
                 self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, 1)
             )
+            self._relocalize_srv = self.create_service(Trigger, "~/relocalize", self._on_relocalize)
             self._tf = TransformCache(self)
             self._reset_tracking()
             self._last_image_time = None
@@ -277,6 +285,9 @@ class LocalizationNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs.clear()
+        if self._relocalize_srv is not None:
+            self.destroy_service(self._relocalize_srv)
+            self._relocalize_srv = None
         if self._tf is not None:
             self._tf.destroy()
             self._tf = None
@@ -321,8 +332,18 @@ class LocalizationNode(LifecycleNode):
             )
             return
         with self._cond:
-            self._initial_pose = T_map_base
+            self._initial_pose, self._relocalize = T_map_base, False  # the later instruction wins
         self.get_logger().info(f"initial pose received: x={T_map_base[0, 3]:.2f} y={T_map_base[1, 3]:.2f}")
+
+    def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._cond:
+            self._relocalize, self._initial_pose = True, None  # the later instruction wins
+        self.get_logger().info("relocalize requested: the next image is searched globally")
+        response.success = True
+        response.message = (
+            "the next image is searched globally; tracking, the quality gate and the map->odom filter start over"
+        )
+        return response
 
     def _on_diag_timer(self) -> None:
         now = time.monotonic()
@@ -591,14 +612,20 @@ class LocalizationNode(LifecycleNode):
     def _prior(self, T_base_cam: np.ndarray | None, stamp) -> tuple[np.ndarray | None, str]:
         with self._cond:
             initial, self._initial_pose = self._initial_pose, None
+            relocalize, self._relocalize = self._relocalize, False
             tracked = self._tracked
-        if initial is not None:
+        if initial is not None or relocalize:
             self._gate.reset()
             if self._fusion is not None:  # re-localized by hand: what the filter believed no longer counts
                 self._fusion.reset()
             self._policy.reset()
+        if initial is not None:
             T_map_cam = initial @ T_base_cam if T_base_cam is not None else initial
             return T_map_cam, "initial pose"
+        if relocalize:
+            with self._cond:
+                self._tracked = None
+            return None, "global (relocalize requested)"
         if not self.params.tracking_enabled or tracked is None:
             return None, "global"
         if self._policy.lost:
@@ -679,6 +706,7 @@ class LocalizationNode(LifecycleNode):
     def _reset_tracking(self) -> None:
         self._tracked: tuple[np.ndarray, float, np.ndarray | None] | None = None
         self._initial_pose: np.ndarray | None = None
+        self._relocalize = False  # ~/relocalize was called: the next frame starts over (see _prior)
         max_failures = self.params.tracking_max_failures if self.params is not None else 1
         self._policy = TrackingPolicy(max_failures)
         self._last_stamp: float | None = None
