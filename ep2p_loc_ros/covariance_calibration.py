@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 from .errors import DataError
 from .evaluation.metrics import CHI2_6_95, CHI2_6_MEDIAN, nees
 from .geometry import pose_difference
+from .map.store import ENVIRONMENTS
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -187,6 +188,32 @@ def _check_matrix(value: Any, where: str) -> np.ndarray:
     return m
 
 
+def _parse_modes(modes: dict[str, Any], where: str) -> dict[str, ModelError]:
+    """``{mode: ModelError}`` from a calibration file's ``modes`` object (``where`` names it in errors)."""
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise DataError(f"{where}: unknown modes {unknown} (known: {list(MODES)})")
+    out: dict[str, ModelError] = {}
+    for name, m in modes.items():
+        at = f"{where}.{name}"
+        if not isinstance(m, dict):
+            raise DataError(f"{at}: expected an object")
+        try:
+            out[name] = ModelError(
+                covariance=_check_matrix(m.get("covariance"), f"{at}.covariance"),
+                frames=int(m["frames"]),
+                gross=int(m["gross"]),
+                missing=int(m["missing"]),
+                nees_median_before=float(m["nees_median_before"]),
+                nees_median_after=float(m["nees_median_after"]),
+                within_95_before=float(m["within_95_before"]),
+                within_95_after=float(m["within_95_after"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{at}: missing or malformed field ({exc})") from exc
+    return out
+
+
 @dataclass(frozen=True)
 class CovarianceCalibration:
     """Per-mode model errors for one model's weights (``weights_sha256``), as stored in ``covariance.json``."""
@@ -194,21 +221,49 @@ class CovarianceCalibration:
     modes: dict[str, ModelError]
     weights_sha256: str
     info: dict[str, Any] = field(default_factory=dict)  # how it was made (drives, limits, command)
+    # Per map environment (a map's MapBuildParams.environment): modes calibrated on that environment's drives alone,
+    # used instead of ``modes`` on such maps. Why: the pipeline differs by environment (indoors the alignment
+    # compares local contrast and also starts from the prior), and so does its error: indoors a tracked pose errs
+    # far less than outdoors (models/README.md "Session 27").
+    environments: dict[str, dict[str, ModelError]] = field(default_factory=dict)
 
-    def apply(self, mode: str, T_map_cam: np.ndarray, covariance: np.ndarray) -> np.ndarray:
-        """``covariance`` with this mode's model error added (unchanged when the mode was not calibrated)."""
+    def model_error(self, mode: str, environment: str | None = None) -> ModelError | None:
+        """The model error of ``mode`` on a map of ``environment``: the environment's own when calibrated, else the
+        pooled one (None when neither is)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        err = self.modes.get(mode)
+        own = self.environments.get(environment, {}) if environment is not None else {}
+        return own.get(mode, self.modes.get(mode))
+
+    def apply(
+        self, mode: str, T_map_cam: np.ndarray, covariance: np.ndarray, environment: str | None = None
+    ) -> np.ndarray:
+        """``covariance`` with the model error of ``mode`` (on a map of ``environment``) added; unchanged when that
+        mode was not calibrated."""
+        err = self.model_error(mode, environment)
         return covariance if err is None else inflate(T_map_cam, covariance, err.covariance)
 
+    def with_environment(
+        self, environment: str, modes: dict[str, ModelError], info: dict[str, Any]
+    ) -> CovarianceCalibration:
+        """This calibration with ``modes`` (and how they were made, ``info``) as ``environment``'s own; the pooled
+        modes and other environments stay."""
+        if environment not in ENVIRONMENTS:
+            raise ValueError(f"environment must be one of {ENVIRONMENTS}, got {environment!r}")
+        envs = {**self.environments, environment: {**self.environments.get(environment, {}), **modes}}
+        made = {**self.info.get("environments", {}), environment: info}
+        return replace(self, environments=envs, info={**self.info, "environments": made})
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "format_version": CALIBRATION_FORMAT_VERSION,
             "weights_sha256": self.weights_sha256,
             "modes": {k: v.to_json() for k, v in self.modes.items()},
             "info": self.info,
         }
+        if self.environments:  # (optional: files without it read as before, and older readers skip it)
+            out["environments"] = {e: {k: v.to_json() for k, v in m.items()} for e, m in self.environments.items()}
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary sibling, fsync, rename): a reader sees the old file or the new one."""
@@ -235,29 +290,20 @@ class CovarianceCalibration:
         modes = data.get("modes")
         if not isinstance(sha, str) or not isinstance(modes, dict) or not modes:
             raise DataError(f"{source}: needs 'weights_sha256' (string) and 'modes' (non-empty object)")
-        unknown = sorted(set(modes) - set(MODES))
-        if unknown:
-            raise DataError(f"{source}: unknown modes {unknown} (known: {list(MODES)})")
-        out: dict[str, ModelError] = {}
-        for name, m in modes.items():
-            where = f"{source}: modes.{name}"
-            if not isinstance(m, dict):
-                raise DataError(f"{where}: expected an object")
-            try:
-                out[name] = ModelError(
-                    covariance=_check_matrix(m.get("covariance"), f"{where}.covariance"),
-                    frames=int(m["frames"]),
-                    gross=int(m["gross"]),
-                    missing=int(m["missing"]),
-                    nees_median_before=float(m["nees_median_before"]),
-                    nees_median_after=float(m["nees_median_after"]),
-                    within_95_before=float(m["within_95_before"]),
-                    within_95_after=float(m["within_95_after"]),
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{where}: missing or malformed field ({exc})") from exc
+        out = _parse_modes(modes, f"{source}: modes")
+        environments = data.get("environments", {})
+        if not isinstance(environments, dict):
+            raise DataError(f"{source}: 'environments' must be an object of environment -> modes")
+        unknown_env = sorted(set(environments) - set(ENVIRONMENTS))
+        if unknown_env:
+            raise DataError(f"{source}: unknown environments {unknown_env} (known: {list(ENVIRONMENTS)})")
+        per_env = {}
+        for env, env_modes in environments.items():
+            if not isinstance(env_modes, dict) or not env_modes:
+                raise DataError(f"{source}: environments.{env} must be a non-empty object of modes")
+            per_env[env] = _parse_modes(env_modes, f"{source}: environments.{env}")
         info = data.get("info", {})
-        return cls(out, sha, info if isinstance(info, dict) else {})
+        return cls(out, sha, info if isinstance(info, dict) else {}, per_env)
 
     @classmethod
     def load(cls, path: str | Path, weights_sha256: str | None = None) -> CovarianceCalibration:

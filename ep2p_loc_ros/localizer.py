@@ -515,7 +515,9 @@ class Localizer:
             calibration=calibration,
         )
         if calibration is not None:
-            loc.covariance_source += f" ({cal_path})"
+            own = sorted(calibration.environments.get(loc.map_environment, {}))
+            mine = f"; {', '.join(own)} calibrated for {loc.map_environment} maps" if own else ""
+            loc.covariance_source += f" ({cal_path}{mine})"
         elif config.calibrated_covariance:
             loc.covariance_source += f" (no {cal_path})"
         return loc
@@ -617,7 +619,8 @@ class Localizer:
             res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"
-            res = replace(res, covariance=self.calibration.apply(mode, res.T_map_cam, res.covariance))
+            cov = self.calibration.apply(mode, res.T_map_cam, res.covariance, self.map_environment)
+            res = replace(res, covariance=cov)
         return res
 
     def _align(

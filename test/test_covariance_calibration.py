@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -185,3 +186,90 @@ def test_calibrate_covariance_command_on_the_demo_drive(demo_data, tmp_path, cap
     (model / CALIBRATION_FILE).write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"covariance\.json: calibrated for weights 000000000000"):
         Localizer.from_paths(demo_data.map_dir, model)
+
+
+def test_calibration_per_environment_replaces_the_pooled_modes_on_its_maps(tmp_path):
+    """An environment's own modes win on its maps; other maps (and other modes) keep the pooled ones; the file
+    round-trips them and refuses unknown environments."""
+    pooled = _calibration()
+    T_est, T_gt, _ = _poses_with_errors(50, np.random.default_rng(5), STD_TRUE / 4)  # indoors: a quarter of it
+    own = fit_model_error(T_est, T_gt, np.tile(np.eye(6) * 1e-6, (50, 1, 1)))
+    cal = pooled.with_environment("indoor", {"tracking": own}, {"drives": ["indoor one"]})
+    assert cal.model_error("tracking", "indoor") is own
+    assert cal.model_error("global", "indoor") is pooled.modes["global"]  # not calibrated there: the pooled one
+    assert cal.model_error("tracking", "outdoor") is pooled.modes["tracking"]
+    assert cal.model_error("tracking") is pooled.modes["tracking"]
+    T, C = T_est[0], np.eye(6) * 1e-6
+    np.testing.assert_allclose(cal.apply("tracking", T, C, "indoor"), inflate(T, C, own.covariance))
+    np.testing.assert_allclose(cal.apply("tracking", T, C, "outdoor"), pooled.apply("tracking", T, C))
+    assert cal.info["environments"]["indoor"] == {"drives": ["indoor one"]} and "drives" in cal.info
+    with pytest.raises(ValueError, match="environment must be one of"):
+        pooled.with_environment("underwater", {"tracking": own}, {})
+
+    path = cal.save(tmp_path / CALIBRATION_FILE)
+    back = CovarianceCalibration.load(path, "ab" * 32)
+    np.testing.assert_allclose(back.model_error("tracking", "indoor").covariance, own.covariance)
+    np.testing.assert_allclose(back.model_error("tracking", "outdoor").covariance, pooled.modes["tracking"].covariance)
+    assert "environments" not in pooled.to_json()  # files without it are written as before
+    good = json.loads(path.read_text())
+    for envs, message in (
+        ({"underwater": good["environments"]["indoor"]}, "unknown environments"),
+        ({"indoor": {}}, "environments.indoor must be a non-empty object"),
+        ({"indoor": {"slam": good["modes"]["global"]}}, "environments.indoor: unknown modes"),
+        ([1, 2], "'environments' must be an object"),
+    ):
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps({**good, "environments": envs}))
+        with pytest.raises(DataError, match=message):
+            CovarianceCalibration.load(p)
+
+
+def test_calibrate_covariance_for_one_environment_adds_to_the_calibration(demo_data, tmp_path, capsys):
+    """`calibrate-covariance --environment E`: fits on E's maps only, adds the fit to the existing file (the pooled
+    modes stay), and the localizer uses it on E's maps; a map of another environment is refused."""
+    from ep2p_loc_ros.cli import main
+    from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
+    from ep2p_loc_ros.demo_data import DEFAULT_MODEL_DIR
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
+    from ep2p_loc_ros.model.network import WEIGHTS_FILE, sha256_file
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns(CALIBRATION_FILE, "README.md"))
+    args = [
+        "calibrate-covariance",
+        "--model",
+        str(model),
+        "--drive",
+        str(demo_data.map_dir),
+        str(demo_data.sequence_dir),
+    ]
+    args += ["--modes", "tracking", "--stride", "4", "--prior-noise", "0.5", "1.5"]
+    # nothing to add to yet
+    assert main([*args, "--environment", "unknown"]) == 2
+    assert "cannot read covariance calibration" in capsys.readouterr().err
+    pooled = replace(_calibration(), weights_sha256=sha256_file(model / WEIGHTS_FILE))
+    pooled.save(model / CALIBRATION_FILE)
+    # the demo map says no environment ("unknown", as maps of real recordings built without --environment)
+    assert main([*args, "--environment", "indoor"]) == 2
+    assert "is an 'unknown' map, not 'indoor'" in capsys.readouterr().err
+    assert main([*args, "--environment", "unknown"]) == 0
+    assert "(environments.unknown)" in capsys.readouterr().out
+    cal = CovarianceCalibration.load(model / CALIBRATION_FILE)
+    np.testing.assert_allclose(cal.modes["tracking"].covariance, pooled.modes["tracking"].covariance)
+    assert set(cal.environments) == {"unknown"} and set(cal.environments["unknown"]) == {"tracking"}
+    assert cal.info["environments"]["unknown"]["prior_noise_m_deg"] == [0.5, 1.5]
+    own = cal.environments["unknown"]["tracking"]
+    assert own.frames >= 8 and abs(own.nees_median_after - CHI2_6_MEDIAN) < 0.01
+
+    seq = KittiOdometrySequence(demo_data.sequence_dir)
+    calibrated = Localizer.from_paths(demo_data.map_dir, model)
+    plain = Localizer.from_paths(demo_data.map_dir, model, LocalizerConfig(calibrated_covariance=False))
+    assert "tracking calibrated for unknown maps" in calibrated.covariance_source
+    prior = seq.T_world_cam(8)
+    a = calibrated.localize(seq.image(8), seq.calib.camera, prior)
+    b = plain.localize(seq.image(8), seq.calib.camera, prior)
+    assert a.ok and b.ok
+    np.testing.assert_allclose(a.covariance, inflate(b.T_map_cam, b.covariance, own.covariance))
+    g = calibrated.localize(seq.image(8), seq.calib.camera)  # global: the pooled mode (not calibrated apart)
+    g_plain = plain.localize(seq.image(8), seq.calib.camera)
+    np.testing.assert_allclose(g.covariance, pooled.apply("global", g_plain.T_map_cam, g_plain.covariance))

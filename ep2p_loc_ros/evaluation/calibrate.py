@@ -30,8 +30,10 @@ def calibrate_covariance(
     gross: tuple[float, float] = (5.0, 10.0),
     seed: int = 0,
     progress: bool = True,
+    environment: str | None = None,
 ) -> CovarianceCalibration:
-    """Localize every drive in each mode (PnP covariance alone) and fit each mode's model error."""
+    """Localize every drive in each mode (PnP covariance alone) and fit each mode's model error. With
+    ``environment``, every drive's map must be of it (what is fitted is then that environment's own)."""
     from ..model.network import WEIGHTS_FILE, sha256_file, verify_model_file
 
     if not drives:
@@ -40,6 +42,8 @@ def calibrate_covariance(
     collected: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {m: [] for m in modes}
     for map_dir, sequence in drives:
         loc = Localizer.from_paths(map_dir, model_dir, cfg)
+        if environment is not None and loc.map_environment != environment:
+            raise ValueError(f"{map_dir} is an {loc.map_environment!r} map, not {environment!r}")
         for mode in modes:
             tracking = mode == "tracking"
             ev = evaluate_sequence(
@@ -62,6 +66,7 @@ def calibrate_covariance(
         "gross_limits_m_deg": list(gross),
         "stride": stride,
         "seed": seed,
+        **({"environment": environment} if environment is not None else {}),
     }
     return CovarianceCalibration(fitted, sha256_file(verify_model_file(model_dir, WEIGHTS_FILE)), info)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..demo_data import DEFAULT_MODEL_DIR
+from ..map.store import ENVIRONMENTS
 
 __all__ = ["register"]
 
@@ -142,11 +143,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..covariance_calibration import CALIBRATION_FILE
+    from ..covariance_calibration import CALIBRATION_FILE, CovarianceCalibration
     from .calibrate import calibrate_covariance, format_calibration
 
     out = args.out if args.out is not None else args.model / CALIBRATION_FILE
-    cal = calibrate_covariance(
+    base = None
+    if args.environment is not None:  # the fit is added to the calibration there: read it first, fail before fitting
+        from ..model.network import WEIGHTS_FILE, sha256_file, verify_model_file
+
+        base = CovarianceCalibration.load(out, sha256_file(verify_model_file(args.model, WEIGHTS_FILE)))
+    fitted = calibrate_covariance(
         [(Path(m), Path(s)) for m, s in args.drive],
         args.model,
         _localizer_config(args),
@@ -155,13 +161,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         stride=args.stride,
         gross=tuple(args.gross),
         progress=not args.json,
+        environment=args.environment,
     )
+    cal, where = fitted, ""
+    if base is not None:  # its other entries stay
+        cal = base.with_environment(args.environment, fitted.modes, fitted.info)
+        where = f" (environments.{args.environment})"
     cal.save(out)
     if args.json:
         print(json.dumps(cal.to_json(), indent=2))
     else:
-        print(format_calibration(cal))
-        print(f"written: {out}")
+        print(format_calibration(fitted))
+        print(f"written: {out}{where}")
     return 0
 
 
@@ -299,5 +310,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "errors beyond these are gross failures, left out of the fit and counted (default: 5 m, 10°)",
     )
     p.add_argument("--stride", type=int, default=1, help="every n-th frame")
+    p.add_argument(
+        "--environment",
+        choices=ENVIRONMENTS,
+        default=None,
+        help="fit for maps of this environment only (every drive's map must be one) and add the fit to the existing "
+        "calibration in OUT, whose other entries stay; the localizer uses it on such maps instead of the pooled one",
+    )
     p.add_argument("--json", action="store_true", help="print the calibration as JSON")
     p.set_defaults(func=_cmd_calibrate)
