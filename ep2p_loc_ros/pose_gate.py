@@ -121,15 +121,14 @@ class PoseGate:
         last = self._last
         if last is not None and not 0 <= stamp_s - last[2] <= cfg.jump_timeout_s:
             last = None  # too old (or from the future) to say where the camera can be now
+
+        def held(why: str, n: int, needed: int) -> GateDecision:
+            return GateDecision(False, f"held: {why}; {n}/{needed} agreeing poses to confirm", held=True, **stds)
+
         if last is None and cfg.first_confirmations > 1:
             n = self._confirm(T, cov, float(stamp_s))
             if n < cfg.first_confirmations:
-                return GateDecision(
-                    False,
-                    f"held: no recent pose to test it against; {n}/{cfg.first_confirmations} agreeing poses to confirm",
-                    held=True,
-                    **stds,
-                )
+                return held("no recent pose to test it against", n, cfg.first_confirmations)
             reason = f"ok (confirmed: {n} poses in a row agree)"
         elif last is not None and cfg.max_jump_sigma > 0:
             T_last, cov_last, t_last = last
@@ -138,12 +137,7 @@ class PoseGate:
             if jump:
                 n = self._confirm(T, cov, float(stamp_s))
                 if n < cfg.jump_reset_after:
-                    return GateDecision(
-                        False,
-                        f"held: {jump}; {n}/{cfg.jump_reset_after} agreeing poses to confirm",
-                        held=True,
-                        **stds,
-                    )
+                    return held(jump, n, cfg.jump_reset_after)
                 reason = f"ok (re-anchored: {n} poses in a row agree, far from the last published)"
         self._last = (T, cov, float(stamp_s))
         self._candidate, self._confirmations = None, 0
