@@ -231,6 +231,7 @@ def test_calibrate_covariance_for_one_environment_adds_to_the_calibration(demo_d
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.demo_data import DEFAULT_MODEL_DIR
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
+    from ep2p_loc_ros.map import load_map
     from ep2p_loc_ros.model.network import WEIGHTS_FILE, sha256_file
 
     model = tmp_path / "model"
@@ -244,27 +245,29 @@ def test_calibrate_covariance_for_one_environment_adds_to_the_calibration(demo_d
         str(demo_data.sequence_dir),
     ]
     args += ["--modes", "tracking", "--stride", "4", "--prior-noise", "0.5", "1.5"]
+    # the environment the demo map says it is (maps built before session 26 say none: "unknown"), and another one
+    env = str(load_map(demo_data.map_dir).params.get("environment", "unknown"))
+    other = "indoor" if env != "indoor" else "outdoor"
     # nothing to add to yet
-    assert main([*args, "--environment", "unknown"]) == 2
+    assert main([*args, "--environment", env]) == 2
     assert "cannot read covariance calibration" in capsys.readouterr().err
     pooled = replace(_calibration(), weights_sha256=sha256_file(model / WEIGHTS_FILE))
     pooled.save(model / CALIBRATION_FILE)
-    # the demo map says no environment ("unknown", as maps of real recordings built without --environment)
-    assert main([*args, "--environment", "indoor"]) == 2
-    assert "is an 'unknown' map, not 'indoor'" in capsys.readouterr().err
-    assert main([*args, "--environment", "unknown"]) == 0
-    assert "(environments.unknown)" in capsys.readouterr().out
+    assert main([*args, "--environment", other]) == 2
+    assert f"is an {env!r} map, not {other!r}" in capsys.readouterr().err
+    assert main([*args, "--environment", env]) == 0
+    assert f"(environments.{env})" in capsys.readouterr().out
     cal = CovarianceCalibration.load(model / CALIBRATION_FILE)
     np.testing.assert_allclose(cal.modes["tracking"].covariance, pooled.modes["tracking"].covariance)
-    assert set(cal.environments) == {"unknown"} and set(cal.environments["unknown"]) == {"tracking"}
-    assert cal.info["environments"]["unknown"]["prior_noise_m_deg"] == [0.5, 1.5]
-    own = cal.environments["unknown"]["tracking"]
+    assert set(cal.environments) == {env} and set(cal.environments[env]) == {"tracking"}
+    assert cal.info["environments"][env]["prior_noise_m_deg"] == [0.5, 1.5]
+    own = cal.environments[env]["tracking"]
     assert own.frames >= 8 and abs(own.nees_median_after - CHI2_6_MEDIAN) < 0.01
 
     seq = KittiOdometrySequence(demo_data.sequence_dir)
     calibrated = Localizer.from_paths(demo_data.map_dir, model)
     plain = Localizer.from_paths(demo_data.map_dir, model, LocalizerConfig(calibrated_covariance=False))
-    assert "tracking calibrated for unknown maps" in calibrated.covariance_source
+    assert f"tracking calibrated for {env} maps" in calibrated.covariance_source
     prior = seq.T_world_cam(8)
     a = calibrated.localize(seq.image(8), seq.calib.camera, prior)
     b = plain.localize(seq.image(8), seq.calib.camera, prior)
