@@ -353,13 +353,17 @@ def test_map_cli_build_map(
     opts = ["--voxel", "0.5", "--spacing", "5", "--radius", "9", "--min-range", "1", "--quiet"]
     args = parser.parse_args(["build-map", str(sequence), "--out", str(out), *opts])
     assert args.func(args) == 0
-    assert "submaps 3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "submaps 3" in printed
+    # Not a synthetic sequence, and its scans (a 14 m wide street cut off at 22 m) see neither far nor near enough.
+    assert "environment: unknown (scan ranges: scans see 16.8 m (median of 8), between 15 and 40 m" in printed
     loaded = load_map(out)
     assert loaded.params["spacing"] == 5.0 and loaded.params["sequence"] == str(sequence.resolve())
     assert loaded.feature_dim == 0 and loaded.params["feature_model"] is None
-    assert loaded.params["environment"] == "unknown"  # not a synthetic sequence: nothing says where it is
+    assert loaded.params["environment"] == "unknown"
     args = parser.parse_args(["build-map", str(sequence), "--out", str(out), *opts, "--environment", "indoor"])
     assert args.func(args) == 0 and load_map(out).params["environment"] == "indoor"
+    assert "environment: indoor (given)" in capsys.readouterr().out
     # --model loads the model first: a missing model is a DataError naming its config, and nothing is written.
     args = parser.parse_args(["build-map", str(sequence), "--out", str(tmp_path / "x"), "--model", "m", "--quiet"])
     with pytest.raises(DataError, match=r"m/config\.json: cannot read model config"):
@@ -566,3 +570,61 @@ def test_map_environment_comes_from_a_synthetic_sequence_or_the_builder(sequence
     assert build_map(sim, PARAMS, progress=False).params["environment"] == "unknown"
     with pytest.raises(ValueError, match="environment must be one of"):
         MapBuildParams(environment="underwater")
+
+
+def _without_sim_json(seq: Path, root: Path) -> Path:
+    """The sequence as a recording would have it: the same files, linked, but no sim.json to say where it is."""
+    root.mkdir()
+    for item in seq.iterdir():
+        if item.name != "sim.json":
+            (root / item.name).symlink_to(item.resolve())
+    return root
+
+
+def test_scan_openness_tells_rooms_from_streets(kitti_frames):
+    """Real KITTI scans see far (outdoor); a room's walls bound every direction (indoor); a narrow view says nothing."""
+    from ep2p_loc_ros.map.environment import environment_from_openness, scan_openness
+
+    street = [scan_openness(frame.scan) for frame in kitti_frames]
+    assert all(v >= 40.0 for v in street), street
+    assert environment_from_openness(street)[0] == "outdoor"
+
+    rng = np.random.default_rng(3)  # a 6 x 9 m room, 3 m high, the sensor 1.2 m above the floor, off its centre
+    u = rng.uniform(0, 1, (20000, 2))
+    walls = np.concatenate(
+        [np.column_stack([np.full(5000, x), -4.0 + 9.0 * u[:5000, 0], -1.2 + 3.0 * u[:5000, 1]]) for x in (-2.0, 4.0)]
+        + [np.column_stack([-2.0 + 6.0 * u[:5000, 0], np.full(5000, y), -1.2 + 3.0 * u[:5000, 1]]) for y in (-4.0, 5.0)]
+    )
+    room = scan_openness(walls)
+    assert 4.0 < room < 7.0, room  # the far corners are 6.4 m away
+    assert environment_from_openness([room, room, float("nan")]) == (
+        "indoor",
+        f"scans see {room:.1f} m (median of 2) <= 15 m",
+    )
+    # Only points far above or below the horizontal plane, or a sensor seeing a few degrees: no verdict.
+    assert np.isnan(scan_openness(walls[np.abs(walls[:, 2]) > 1.0]))
+    assert np.isnan(scan_openness(walls[(walls[:, 0] > 3.9) & (np.abs(walls[:, 1]) < 0.5)]))
+    assert environment_from_openness([float("nan")])[0] == "unknown"
+    assert environment_from_openness([20.0, 25.0, 30.0]) == (
+        "unknown",
+        "scans see 25.0 m (median of 3), between 15 and 40 m: pass --environment",
+    )
+    assert environment_from_openness([]) == ("unknown", "no scan has near-horizontal returns in enough directions")
+
+
+def test_map_environment_from_scan_ranges_when_the_sequence_does_not_say(demo_data, tmp_path: Path):
+    """The demo drives without their sim.json: the builder tells indoor from outdoor by how far the scans see."""
+    from dataclasses import replace
+
+    from ep2p_loc_ros.demo_data import DEMO_SIMS, ensure_demo_data
+
+    indoor = ensure_demo_data(sim=DEMO_SIMS["indoor"], progress=False)
+    params = replace(PARAMS, voxel=0.4, spacing=20.0, radius=20.0, scan_stride=5)
+    for expected, data in (("outdoor", demo_data), ("indoor", indoor)):
+        recorded = _without_sim_json(data.sequence_dir, tmp_path / expected)
+        built = build_map(recorded, params, progress=False).params
+        assert built["environment"] == expected, built["environment_source"]
+        assert built["environment_source"].startswith("scan ranges: scans see ")
+        given = build_map(recorded, replace(params, environment="unknown"), progress=False).params
+        assert (given["environment"], given["environment_source"]) == ("unknown", "given")
+    assert build_map(data.sequence_dir, params, progress=False).params["environment_source"] == "sim.json"

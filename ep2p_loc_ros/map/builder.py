@@ -14,7 +14,7 @@ on each submap; see :data:`FeatureFn` and :func:`compute_features`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..geometry import transform_points
+from .environment import environment_from_openness, scan_openness
 from .store import ENVIRONMENTS, LidarMap, Submap
 
 if TYPE_CHECKING:  # imported where used: opening a map should not pull in the dataset readers (PIL)
@@ -34,6 +35,7 @@ __all__ = [
     "VoxelAccumulator",
     "build_map",
     "compute_features",
+    "map_environment",
     "select_viewpoints",
     "submap_index",
 ]
@@ -61,6 +63,16 @@ def sequence_environment(root: Path) -> str:
     return kind if kind in ENVIRONMENTS else "unknown"
 
 
+def map_environment(requested: str, root: Path, openness: Sequence[float]) -> tuple[str, str]:
+    """(environment, why): as requested; with "auto", a synthetic sequence's sim.json, else the scans' ranges."""
+    if requested != "auto":
+        return requested, "given"
+    if (known := sequence_environment(root)) != "unknown":
+        return known, "sim.json"
+    environment, why = environment_from_openness(openness)
+    return environment, f"scan ranges: {why}"
+
+
 @dataclass(frozen=True)
 class MapBuildParams:
     """Builder parameters (stored in the map's manifest, so a map says how it was made)."""
@@ -72,7 +84,8 @@ class MapBuildParams:
     max_range: float = 0.0  # drop scan points farther than this (0: keep all), m
     scan_stride: int = 1  # fuse every n-th scan
     batch_points: int = 4_000_000  # raw points folded into the voxel grid at once (bounds peak memory)
-    # where the map is: "outdoor", "indoor" or "auto" (a synthetic sequence's sim.json says; else "unknown"). The
+    # where the map is: "outdoor", "indoor" or "auto" (a synthetic sequence's sim.json says; else how far the scans
+    # see, map/environment.py, and "unknown" where that does not tell). The
     # localizer runs the reflectance alignment only on the environments of localizer.alignment.environments, and
     # on those of localizer.alignment.contrast_environments (indoor) by local contrast (models/README.md, "Session 26")
     environment: str = "auto"
@@ -240,8 +253,10 @@ def build_map(
 
     frames = range(0, len(seq), params.scan_stride)
     acc = VoxelAccumulator(params.voxel, params.batch_points)
+    openness: list[float] = []  # how far each scan sees, for a map whose sequence does not say where it is
     for i in tqdm(frames, desc="scans", unit="scan", disable=not progress):
         scan = seq.scan(i)
+        openness.append(scan_openness(scan))
         r = np.linalg.norm(scan[:, :3], axis=1)
         keep = r >= params.min_range
         if params.max_range:
@@ -267,6 +282,7 @@ def build_map(
     offsets, indices = submap_index(points, T_map_viewpoint[:, :3, 3], params.radius)
 
     S = len(vp_frames)
+    environment, environment_source = map_environment(params.environment, seq.root, openness)
     lidar_map = LidarMap(
         points=points,
         reflectance=reflectance,
@@ -278,7 +294,8 @@ def build_map(
         viewpoint_frame_ids=vp_frames,
         params={
             **asdict(params),
-            "environment": sequence_environment(seq.root) if params.environment == "auto" else params.environment,
+            "environment": environment,
+            "environment_source": environment_source,
             "sequence": str(seq.root.resolve()),
             "num_frames": len(seq),
             "num_scans_fused": len(frames),
