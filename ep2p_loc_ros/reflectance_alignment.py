@@ -87,6 +87,15 @@ class AlignmentConfig:
     tracking_refine_rounds: int = 1  # ... and for a pose tracked from a prior
     refine_range_m: float = 1.5
     refine_step_m: float = 0.25
+    # > 0: the refine round's ascent starts not only from the best candidate along the axis but from every one at
+    # least this far (along the axis) from where an earlier ascent ended, best-scored first, each with steps no
+    # finer than refine_spread_coarse times the minimum; the end that scores best on the points it sees then gets
+    # the fine steps. The score at the true pose is often higher than where one ascent ends, but another basin
+    # (rotation and sideways offset slightly off) wins along the axis. Off by default: it costs ~40 ms a frame, over
+    # the 100 ms goal; for single images without fusion (models/README.md, "Session 28").
+    refine_spread_m: float = 0.0
+    tracking_refine_spread_m: float = 0.0  # ... and for a pose tracked from a prior
+    refine_spread_coarse: float = 2.0
     # on maps of these environments it compares local contrast, not levels (module docstring): the grey level less
     # its Gaussian blur of this sigma (pixels of the scaled image), each point's reflectance less the mean of its
     # this many nearest map points (itself included). Four held-out indoor drives' single images, from the same
@@ -125,11 +134,14 @@ class AlignmentConfig:
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
-        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m")
+        ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_spread_m")
+        ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
         for name in (*ranges, "refine_rounds", "tracking_refine_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.refine_spread_coarse >= 1:
+            raise ValueError(f"alignment.refine_spread_coarse must be >= 1, got {self.refine_spread_coarse}")
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
         if not 0 <= self.min_view_ratio <= 1:
@@ -141,7 +153,12 @@ class AlignmentConfig:
         and refine rounds, and the contrast environments' shorter forward ranges."""
         cfg = self
         if tracking:
-            cfg = replace(cfg, forward_range_m=cfg.tracking_forward_range_m, refine_rounds=cfg.tracking_refine_rounds)
+            cfg = replace(
+                cfg,
+                forward_range_m=cfg.tracking_forward_range_m,
+                refine_rounds=cfg.tracking_refine_rounds,
+                refine_spread_m=cfg.tracking_refine_spread_m,
+            )
         contrast = environment in cfg.contrast_environments
         if contrast:
             reach = cfg.contrast_tracking_forward_range_m if tracking else cfg.contrast_forward_range_m
@@ -486,12 +503,33 @@ def _align_from(
     # ran with PnP's rotation and sideways offset, which bias where along the axis the score peaks; with those
     # corrected by the ascent, the peak moves to where the camera is.
     for _ in range(cfg.refine_rounds):
-        found = search.forward(best, cfg.refine_range_m, cfg.refine_step_m)
+        line = search.line(best, cfg.refine_range_m, cfg.refine_step_m)
+        found = line if isinstance(line, str) else search.best_of(line)
         if isinstance(found, str):  # (it sees what the ascent's end saw: enough)
             break
-        best, best_score, n_pts, view, _ = found
-        best, best_score, n_pts = search.ascend(best, best_score, n_pts, view)
+        if cfg.refine_spread_m > 0 and not isinstance(line, str):
+            best, best_score, n_pts = search.spread(line, found, cfg.refine_spread_m)
+        else:
+            best, best_score, n_pts, view, _ = found
+            best, best_score, n_pts = search.ascend(best, best_score, n_pts, view)
     return AlignmentResult(True, best, float(best_score), float(start_score), n_pts, scorer.evaluations)
+
+
+_Found = tuple[np.ndarray, float, int, tuple[np.ndarray, np.ndarray], float]
+"""A search's best: pose, score, points scored, its view (the points' coordinates and rows), the start's score."""
+
+
+@dataclass(frozen=True)
+class _Line:
+    """Candidates along the optical axis (:meth:`_Search.line`): poses, their offsets (m), what each sees (masks),
+    scores (-inf: too few points seen) and points scored, and the start's index."""
+
+    poses: np.ndarray
+    offsets: np.ndarray
+    seen: np.ndarray
+    scores: np.ndarray
+    n_seen: np.ndarray
+    start: int
 
 
 class _Search:
@@ -514,12 +552,16 @@ class _Search:
         self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local``
         self._move_cache: dict[float, list[list[np.ndarray]]] = {}
 
-    def forward(
-        self, start: np.ndarray, range_m: float, step_m: float
-    ) -> tuple[np.ndarray, float, int, tuple[np.ndarray, np.ndarray], float] | str:
+    def forward(self, start: np.ndarray, range_m: float, step_m: float) -> _Found | str:
         """The best of ``start`` moved along its optical axis by multiples of ``step_m`` up to ``range_m`` either
         way, each scored on the points it sees: (pose, score, points, its view's points and rows, ``start``'s
         score), or why not (too few points in view)."""
+        line = self.line(start, range_m, step_m)
+        return line if isinstance(line, str) else self.best_of(line)
+
+    def line(self, start: np.ndarray, range_m: float, step_m: float) -> _Line | str:
+        """``start`` moved along its optical axis by multiples of ``step_m`` up to ``range_m`` either way, each
+        scored on the points it sees (-inf: it sees too few), or why not (too few points in view from ``start``)."""
         cfg, scorer = self.cfg, self.scorer
         n_fwd = int(np.floor(range_m / step_m + 1e-9))
         offsets = np.arange(-n_fwd, n_fwd + 1) * step_m
@@ -529,19 +571,49 @@ class _Search:
         base = int(counts[n_fwd])
         if base < cfg.min_points:
             return f"{base} map points in view"
-        start_score, n_pts = scorer.score(start, self.local_t, self.rows, seen[n_fwd])
-        k_best, best_score = n_fwd, start_score
+        scores, n_seen = np.full(len(cands), -np.inf), np.zeros(len(cands), np.int64)
         for k, (T, vis, n) in enumerate(zip(cands, seen, counts, strict=True)):
             # a camera inside or just in front of a wall sees few points, which a chance alignment fits best
-            if k == n_fwd or n < cfg.min_view_ratio * base:
-                continue
-            s, n_seen = scorer.score(T, self.local_t, self.rows, vis)
-            if s > best_score:
-                k_best, best_score, n_pts = k, s, n_seen
+            if k == n_fwd or n >= cfg.min_view_ratio * base:
+                scores[k], n_seen[k] = scorer.score(T, self.local_t, self.rows, vis)
+        return _Line(cands, offsets, seen, scores, n_seen, n_fwd)
+
+    def best_of(self, line: _Line) -> _Found | str:
+        """:meth:`forward`'s answer from a :meth:`line` (the start wins ties)."""
+        start_score = float(line.scores[line.start])
+        k_best = line.start
+        for k in range(len(line.poses)):
+            if line.scores[k] > line.scores[k_best]:
+                k_best = k
+        best_score = float(line.scores[k_best])
         if not np.isfinite(best_score):
             return "too few points in view"
-        view = (self.local_t[:, seen[k_best]], self.rows[seen[k_best]])
-        return cands[k_best], best_score, n_pts, view, start_score
+        return line.poses[k_best], best_score, int(line.n_seen[k_best]), self.view(line.seen[k_best]), start_score
+
+    def view(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The coordinates and rows of the points ``seen`` (a mask): what an ascent scores on."""
+        return self.local_t[:, seen], self.rows[seen]
+
+    def spread(self, line: _Line, found: _Found, spread_m: float) -> tuple[np.ndarray, float, int]:
+        """The ascent from several of the ``line``'s candidates (``refine_spread_m``): best-scored first, skipping
+        those within ``spread_m`` along the axis of where an earlier ascent ended, each with coarse steps; the end
+        that scores best on the points it sees (not those its start saw) gets the fine steps; ``found`` is the
+        line's best (:meth:`best_of`), whose ascent is the answer when no end sees enough points."""
+        axis, origin = line.poses[line.start][:3, 2], line.poses[line.start][:3, 3]
+        ends: list[tuple[float, np.ndarray, float]] = []  # (rescored, pose, axial position)
+        rescored: list[_Found] = []
+        for k in np.argsort(-line.scores, kind="stable"):
+            if not np.isfinite(line.scores[k]) or any(abs(line.offsets[k] - e[2]) < spread_m for e in ends):
+                continue
+            view = self.view(line.seen[k])
+            end, _, _ = self.ascend(line.poses[k], float(line.scores[k]), int(line.n_seen[k]), view, coarse=True)
+            here = self.forward(end, 0.0, 1.0)  # scored on what it sees
+            if isinstance(here, str):
+                continue
+            ends.append((here[1], end, float((end[:3, 3] - origin) @ axis)))
+            rescored.append(here)
+        best, best_score, n_pts, view, _ = rescored[int(np.argmax([e[0] for e in ends]))] if rescored else found
+        return self.ascend(best, best_score, n_pts, view)
 
     def ascend(
         self,
@@ -549,14 +621,18 @@ class _Search:
         best_score: float,
         n_pts: int,
         view: tuple[np.ndarray, np.ndarray],
+        coarse: bool = False,
     ) -> tuple[np.ndarray, float, int]:
         """Coordinate ascent from ``best`` (scored ``best_score`` on ``n_pts`` points) on ``view``'s points (their
-        coordinates and rows): the pose it ends at, its score and points."""
+        coordinates and rows): the pose it ends at, its score and points. ``coarse``: stop at
+        ``refine_spread_coarse`` times the minimum steps."""
         cfg = self.cfg
         step_m, step_deg = cfg.step_m, cfg.step_deg
+        stop = cfg.refine_spread_coarse if coarse else 1.0
+        min_m, min_deg = stop * cfg.min_step_m, stop * cfg.min_step_deg
         scale = 1.0  # of the first moves: halved when none of them helps, until both steps are below their minimum
         moves = self._moves(scale)
-        while scale * step_m >= cfg.min_step_m or scale * step_deg >= cfg.min_step_deg:
+        while scale * step_m >= min_m or scale * step_deg >= min_deg:
             improved = False
             for pair in moves:
                 for move in pair:
