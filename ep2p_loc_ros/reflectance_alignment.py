@@ -602,17 +602,17 @@ class _Search:
         that scores best on the points it sees (not those its start saw) gets the fine steps; ``found`` is the
         line's best (:meth:`best_of`), whose ascent is the answer when no end sees enough points."""
         axis, origin = line.poses[line.start][:3, 2], line.poses[line.start][:3, 3]
-        ends: list[tuple[float, np.ndarray, float]] = []  # (rescored, pose, axial position)
+        ends: list[tuple[float, float]] = []  # (score on what it sees, position along the axis)
         rescored: list[_Found] = []
         for k in np.argsort(-line.scores, kind="stable"):
-            if not np.isfinite(line.scores[k]) or any(abs(line.offsets[k] - e[2]) < spread_m for e in ends):
+            if not np.isfinite(line.scores[k]) or any(abs(line.offsets[k] - e[1]) < spread_m for e in ends):
                 continue
             view = self.view(line.seen[k])
             end, _, _ = self.ascend(line.poses[k], float(line.scores[k]), int(line.n_seen[k]), view, coarse=True)
             here = self.forward(end, 0.0, 1.0)  # scored on what it sees
             if isinstance(here, str):
                 continue
-            ends.append((here[1], end, float((end[:3, 3] - origin) @ axis)))
+            ends.append((here[1], float((end[:3, 3] - origin) @ axis)))
             rescored.append(here)
         best, best_score, n_pts, view, _ = rescored[int(np.argmax([e[0] for e in ends]))] if rescored else found
         return self.ascend(best, best_score, n_pts, view)

@@ -254,9 +254,11 @@ def build_map(
     frames = range(0, len(seq), params.scan_stride)
     acc = VoxelAccumulator(params.voxel, params.batch_points)
     openness: list[float] = []  # how far each scan sees, for a map whose sequence does not say where it is
+    measure = params.environment == "auto" and sequence_environment(seq.root) == "unknown"
     for i in tqdm(frames, desc="scans", unit="scan", disable=not progress):
         scan = seq.scan(i)
-        openness.append(scan_openness(scan))
+        if measure:
+            openness.append(scan_openness(scan))
         r = np.linalg.norm(scan[:, :3], axis=1)
         keep = r >= params.min_range
         if params.max_range:
