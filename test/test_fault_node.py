@@ -128,9 +128,15 @@ def test_fault_camera_stops_and_resumes(oracle, demo):
     assert float(stale[-1]["image_age_s"]) > 0.5
     # it resumes: localized again (tracking and the gate pick up), and the warnings stop
     for i in (7, 8):
+        sent = time.monotonic()
         diag, pose = oracle.send(demo.image_msg(i, _stamp(demo, i)), demo.camera_info_msg())
         assert diag["result"] == "localized" and pose is not None, diag
     n = len(oracle.diags.messages())
     time.sleep(0.3)
-    assert not [m for m in oracle.diags.messages()[n:] if (rh.diag_values(m) or {}).get("result") == "stale"]
+    # The old warning must not go on: its age counted from image 6 would exceed the time since image 8 was sent by the
+    # whole stop. A loaded host can take over 0.5 s from image 8's arrival to the end of the sleep (CI once did), and
+    # then reports a new, short, timeout, which is right.
+    since_resumed = time.monotonic() - sent
+    late = [v for m in oracle.diags.messages()[n:] if (v := rh.diag_values(m)) and v.get("result") == "stale"]
+    assert all(float(v["image_age_s"]) <= since_resumed + 0.05 for v in late), (since_resumed, late)
     assert oracle.proc.alive
