@@ -507,9 +507,9 @@ def _align_from(
     for _ in range(cfg.refine_rounds):
         line = search.line(best, cfg.refine_range_m, cfg.refine_step_m)
         found = line if isinstance(line, str) else search.best_of(line)
-        if isinstance(found, str):  # (it sees what the ascent's end saw: enough)
+        if isinstance(line, str) or isinstance(found, str):  # (it sees what the ascent's end saw: enough)
             break
-        if cfg.refine_spread_m > 0 and not isinstance(line, str):
+        if cfg.refine_spread_m > 0:
             best, best_score, n_pts = search.spread(line, found, cfg.refine_spread_m)
         else:
             best, best_score, n_pts, view, _ = found
@@ -602,19 +602,17 @@ class _Search:
         that scores best on the points it sees (not those its start saw) gets the fine steps; ``found`` is the
         line's best (:meth:`best_of`), whose ascent is the answer when no end sees enough points."""
         axis, origin = line.poses[line.start][:3, 2], line.poses[line.start][:3, 3]
-        ends: list[tuple[float, float]] = []  # (score on what it sees, position along the axis)
-        rescored: list[_Found] = []
+        ends: list[tuple[float, _Found]] = []  # (position along the axis, the end scored on what it sees)
         for k in np.argsort(-line.scores, kind="stable"):
-            if not np.isfinite(line.scores[k]) or any(abs(line.offsets[k] - e[1]) < spread_m for e in ends):
+            if not np.isfinite(line.scores[k]) or any(abs(line.offsets[k] - at) < spread_m for at, _ in ends):
                 continue
             view = self.view(line.seen[k])
             end, _, _ = self.ascend(line.poses[k], float(line.scores[k]), int(line.n_seen[k]), view, coarse=True)
             here = self.forward(end, 0.0, 1.0)  # scored on what it sees
             if isinstance(here, str):
                 continue
-            ends.append((here[1], float((end[:3, 3] - origin) @ axis)))
-            rescored.append(here)
-        best, best_score, n_pts, view, _ = rescored[int(np.argmax([e[0] for e in ends]))] if rescored else found
+            ends.append((float((end[:3, 3] - origin) @ axis), here))
+        best, best_score, n_pts, view, _ = max((e[1] for e in ends), key=lambda f: f[1]) if ends else found
         return self.ascend(best, best_score, n_pts, view)
 
     def ascend(

@@ -14,7 +14,7 @@ on each submap; see :data:`FeatureFn` and :func:`compute_features`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +35,7 @@ __all__ = [
     "VoxelAccumulator",
     "build_map",
     "compute_features",
-    "map_environment",
+    "declared_environment",
     "select_viewpoints",
     "submap_index",
 ]
@@ -63,14 +63,13 @@ def sequence_environment(root: Path) -> str:
     return kind if kind in ENVIRONMENTS else "unknown"
 
 
-def map_environment(requested: str, root: Path, openness: Sequence[float]) -> tuple[str, str]:
-    """(environment, why): as requested; with "auto", a synthetic sequence's sim.json, else the scans' ranges."""
+def declared_environment(requested: str, root: Path) -> tuple[str, str] | None:
+    """(environment, why) when the request, or with "auto" a synthetic sequence's sim.json, says where the map is;
+    None when the scans' ranges must tell (map/environment.py)."""
     if requested != "auto":
         return requested, "given"
-    if (known := sequence_environment(root)) != "unknown":
-        return known, "sim.json"
-    environment, why = environment_from_openness(openness)
-    return environment, f"scan ranges: {why}"
+    known = sequence_environment(root)
+    return (known, "sim.json") if known != "unknown" else None
 
 
 @dataclass(frozen=True)
@@ -253,11 +252,11 @@ def build_map(
 
     frames = range(0, len(seq), params.scan_stride)
     acc = VoxelAccumulator(params.voxel, params.batch_points)
+    declared = declared_environment(params.environment, seq.root)
     openness: list[float] = []  # how far each scan sees, for a map whose sequence does not say where it is
-    measure = params.environment == "auto" and sequence_environment(seq.root) == "unknown"
     for i in tqdm(frames, desc="scans", unit="scan", disable=not progress):
         scan = seq.scan(i)
-        if measure:
+        if declared is None:
             openness.append(scan_openness(scan))
         r = np.linalg.norm(scan[:, :3], axis=1)
         keep = r >= params.min_range
@@ -284,7 +283,10 @@ def build_map(
     offsets, indices = submap_index(points, T_map_viewpoint[:, :3, 3], params.radius)
 
     S = len(vp_frames)
-    environment, environment_source = map_environment(params.environment, seq.root, openness)
+    if declared is None:
+        environment, why = environment_from_openness(openness)
+        declared = environment, f"scan ranges: {why}"
+    environment, environment_source = declared
     lidar_map = LidarMap(
         points=points,
         reflectance=reflectance,
