@@ -48,6 +48,7 @@ ABLATIONS = {
     "no reflectance alignment": {"alignment": AlignmentConfig(after_retrieval=False, in_tracking=False)},
     "alignment without its refine round": {"alignment": AlignmentConfig(refine_rounds=0, tracking_refine_rounds=0)},
     "alignment with a spread refine round": {"alignment": AlignmentConfig(refine_spread_m=0.6)},  # (off: its time)
+    "alignment from every retrieved viewpoint": {"alignment": AlignmentConfig(retrieved_starts=True)},  # (off: ditto)
     "alignment from patch centres' pose": {"refine_before_global_alignment": False},
     "alignment by levels indoors": {"alignment": AlignmentConfig(contrast_environments=())},  # (before session 26)
     "alignment's 6 m first search indoors": {"alignment": AlignmentConfig(contrast_forward_range_m=6.0)},

@@ -34,7 +34,13 @@ from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
-from .reflectance_alignment import AlignmentConfig, align_to_reflectance, compile_kernels, reflectance_contrast
+from .reflectance_alignment import (
+    AlignmentConfig,
+    AlignmentResult,
+    align_to_reflectance,
+    compile_kernels,
+    reflectance_contrast,
+)
 from .upright_ransac import compile_kernel as compile_upright
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 
@@ -288,6 +294,24 @@ def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, ca
     The model's head already caps before refining; this applies the same rule to any head's pixels.
     """
     return top_per_group(patch_index(px_net, mc), conf, cap)
+
+
+def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
+    """How many 2D-3D matches (map points ``X``, image pixels ``px``) ``T_map_cam`` reprojects within ``radius``
+    pixels: the matcher's vote for a pose, which tells places apart where the reflectance score cannot."""
+    if len(X) == 0:
+        return 0
+    proj = camera.project(transform_points(invert(T_map_cam), X))
+    err = np.linalg.norm(proj.uv - px, axis=1)
+    return int(np.count_nonzero((proj.depth > 0) & (err <= radius)))
+
+
+def pick_hypothesis(scores: list[float], support: list[int], weight: float) -> int:
+    """The index of the best pose hypothesis by ``score + weight * log(1 + support)``: the alignment's score
+    (mutual information, nats) decides between poses the matches support alike, and a few times more matches
+    outweigh a small score lead. Ties go to the first (PnP's own pose comes first)."""
+    value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
+    return int(np.argmax(value))
 
 
 def _better(est: PoseEstimate, best: tuple[PoseEstimate, ...] | None) -> bool:
@@ -615,7 +639,9 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
-        if res.ok and align:
+        if res.ok and align and not near and cfg.alignment.retrieved_starts:
+            res = self._align_hypotheses(res, m, rgb, camera, cam_net, timings, t0)
+        elif res.ok and align:
             res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
             mode = "global" if T_map_cam_prior is None else "tracking"
@@ -638,27 +664,89 @@ class Localizer:
         ``tracking_from_prior`` from ``prior`` too, the better score kept."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, prior is not None)
-        sid = int(nearest_submaps(self.map, res.T_map_cam, 1)[0][0])
-        sub = self.map.submap(sid, features=False)
-        refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
         more = [prior] if prior is not None and cfg.tracking_from_prior else []  # the better score wins
-        al = align_to_reflectance(
-            rgb,
-            camera,
-            sub.points,
-            refl,
-            res.T_map_cam,
-            cfg,
-            self.config.ipr,
-            local_contrast=contrast,
-            more_starts=more,
-        )
+        al = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, more_starts=more)
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not al.ok:
             logger.debug("reflectance alignment skipped: %s", al.message)
             return replace(res, timings_ms=timings)
         return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings, aligned=True)
+
+    def _aligned(
+        self,
+        T_map_cam: np.ndarray,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        cfg: AlignmentConfig,
+        contrast: bool,
+        sid: int | None = None,
+        more_starts: list[np.ndarray] | None = None,
+    ) -> AlignmentResult:
+        """:func:`align_to_reflectance` from ``T_map_cam`` on submap ``sid`` (default: the one nearest it)."""
+        if sid is None:
+            sid = int(nearest_submaps(self.map, T_map_cam, 1)[0][0])
+        sub = self.map.submap(sid, features=False)
+        refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
+        return align_to_reflectance(
+            rgb,
+            camera,
+            sub.points,
+            refl,
+            T_map_cam,
+            cfg,
+            self.config.ipr,
+            local_contrast=contrast,
+            more_starts=more_starts or (),
+        )
+
+    def _align_hypotheses(
+        self,
+        res: LocalizationResult,
+        m: _Matches,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        cam_net: PinholeCamera,
+        timings: dict[str, float],
+        t0: float,
+    ) -> LocalizationResult:
+        """A single image's pose aligned from PnP's pose and from each retrieved submap's viewpoint (each on its
+        own submap); the aligned pose that best combines the alignment's score with the matches' support wins
+        (:func:`pick_hypothesis`). Why: the alignment only climbs the basin it starts in, and PnP's pose is often
+        at the wrong viewpoint; the reflectance score compares poses in one place, not between places, where the
+        matches' support tells them apart (``AlignmentConfig.retrieved_starts``)."""
+        ta = time.perf_counter()
+        cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
+        starts: list[tuple[np.ndarray, int | None]] = [(res.T_map_cam, None)]
+        starts += [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in res.retrieved]
+        coarse = cfg.hypothesis_coarse
+        quick = replace(
+            cfg,
+            refine_rounds=0,
+            max_points=cfg.hypothesis_points,
+            min_step_m=coarse * cfg.min_step_m,
+            min_step_deg=coarse * cfg.min_step_deg,
+        )
+        found = [self._aligned(T, rgb, camera, quick, contrast, sid) for T, sid in starts]
+        ok = [al for al in found if al.ok]
+        if ok:
+            radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
+            support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
+            k = pick_hypothesis([al.score for al in ok], support, cfg.support_weight)
+            finish = replace(
+                cfg,
+                forward_range_m=0.0,
+                step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
+                step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
+            )
+            done = self._aligned(ok[k].T_map_cam, rgb, camera, finish, contrast)
+            ok = [done if done.ok else ok[k]]
+        timings["alignment"] = (time.perf_counter() - ta) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        if not ok:
+            logger.debug("reflectance alignment skipped: %s", found[0].message)
+            return replace(res, timings_ms=timings)
+        return replace(res, T_map_cam=ok[0].T_map_cam, timings_ms=timings, aligned=True)
 
     CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
 

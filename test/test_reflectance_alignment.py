@@ -174,6 +174,10 @@ def test_alignment_config_refuses_bad_values():
         {"refine_spread_m": -1.0},
         {"tracking_refine_spread_m": -0.5},
         {"refine_spread_coarse": 0.5},
+        {"hypothesis_coarse": 0.5},
+        {"hypothesis_points": 100},
+        {"support_weight": -0.1},
+        {"support_radius_px": 0.0},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
