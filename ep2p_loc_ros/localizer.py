@@ -717,7 +717,16 @@ class Localizer:
         matches' support tells them apart (``AlignmentConfig.retrieved_starts``)."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
+        radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
         starts: list[tuple[np.ndarray, int | None]] = [(res.T_map_cam, None)]
+        if cfg.hypotheses_below_support < 1:  # PnP's pose aligned as without hypotheses; kept if well supported
+            first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast)
+            if first.ok and match_support(m.X, m.px, first.T_map_cam, camera, radius) >= (
+                cfg.hypotheses_below_support * len(m.X)
+            ):
+                timings["alignment"] = (time.perf_counter() - ta) * 1e3
+                timings["total"] = (time.perf_counter() - t0) * 1e3
+                return replace(res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True)
         starts += [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in res.retrieved]
         coarse = cfg.hypothesis_coarse
         quick = replace(
@@ -730,7 +739,6 @@ class Localizer:
         found = [self._aligned(T, rgb, camera, quick, contrast, sid) for T, sid in starts]
         ok = [al for al in found if al.ok]
         if ok:
-            radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
             support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
             k = pick_hypothesis([al.score for al in ok], support, cfg.support_weight)
             finish = replace(

@@ -107,6 +107,7 @@ class AlignmentConfig:
     retrieved_starts: bool = False
     support_weight: float = 0.3
     support_radius_px: float = 5.0
+    hypotheses_below_support: float = 1.0  # < 1: first PnP's pose alone, kept when this share of the matches support it
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
     # on maps of these environments it compares local contrast, not levels (module docstring): the grey level less
@@ -162,8 +163,9 @@ class AlignmentConfig:
             )
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
-        if not 0 <= self.min_view_ratio <= 1:
-            raise ValueError(f"alignment.min_view_ratio must be in [0, 1], got {self.min_view_ratio}")
+        for name in ("min_view_ratio", "hypotheses_below_support"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"alignment.{name} must be in [0, 1], got {getattr(self, name)}")
 
     def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it

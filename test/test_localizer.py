@@ -873,6 +873,13 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
         runs[starts] = _errors(res.T_map_cam, T_gt)
     assert runs[False][0] > 4.0, runs  # PnP's pose, 8 m behind: out of the search's reach
     assert runs[True][0] < 0.5 and runs[True][1] < 1.0, runs
+    # hypotheses_below_support: the other hypotheses only when PnP's aligned pose has less than that share of the
+    # matches' support; here it has 10-20 % (the alignment moved it 2.5 m from the camera the 70 % describe)
+    for share, near in ((0.05, False), (0.5, True)):
+        cfg = replace(short, retrieved_starts=True, hypotheses_below_support=share)
+        res = _localizer(lidar_map, desc, top_k=2, alignment=cfg).localize(image, seq.calib.camera)
+        assert res.ok and res.aligned
+        assert (_errors(res.T_map_cam, T_gt)[0] < 0.5) is near, (share, _errors(res.T_map_cam, T_gt))
 
 
 def test_pick_hypothesis_weighs_the_alignment_score_against_the_matches_support():
