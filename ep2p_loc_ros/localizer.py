@@ -718,9 +718,8 @@ class Localizer:
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
-        starts: list[tuple[np.ndarray, int | None]] = [(res.T_map_cam, None)]
-        found: list[AlignmentResult] = []
-        if cfg.hypotheses_below_support < 1:  # PnP's pose aligned as without hypotheses; kept if well supported
+        first: AlignmentResult | None = None  # PnP's pose aligned in full, as without hypotheses
+        if cfg.hypotheses_below_support < 1:  # ... and kept if well supported
             first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast)
             if first.ok and match_support(m.X, m.px, first.T_map_cam, camera, radius) >= (
                 cfg.hypotheses_below_support * len(m.X)
@@ -728,7 +727,7 @@ class Localizer:
                 timings["alignment"] = (time.perf_counter() - ta) * 1e3
                 timings["total"] = (time.perf_counter() - t0) * 1e3
                 return replace(res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True)
-            found, starts = [first], []  # (finished already: it is PnP's hypothesis)
+        starts: list[tuple[np.ndarray, int | None]] = [] if first is not None else [(res.T_map_cam, None)]
         starts += [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in res.retrieved]
         coarse = cfg.hypothesis_coarse
         quick = replace(
@@ -738,22 +737,22 @@ class Localizer:
             min_step_m=coarse * cfg.min_step_m,
             min_step_deg=coarse * cfg.min_step_deg,
         )
+        found = [first] if first is not None else []  # (then PnP's hypothesis: it is finished already)
         found += [self._aligned(T, rgb, camera, quick, contrast, sid) for T, sid in starts]
         ok = [al for al in found if al.ok]
         if ok:
             support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
-            k = pick_hypothesis([al.score for al in ok], support, cfg.support_weight)
-            if ok[k] is not found[0] or cfg.hypotheses_below_support >= 1:  # (a first full alignment is finished)
+            best = ok[pick_hypothesis([al.score for al in ok], support, cfg.support_weight)]
+            if best is not first:  # a coarse hypothesis: the fine steps and the refine round(s) from where it ended
                 finish = replace(
                     cfg,
                     forward_range_m=0.0,
                     step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
                     step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
                 )
-                done = self._aligned(ok[k].T_map_cam, rgb, camera, finish, contrast)
-                ok = [done if done.ok else ok[k]]
-            else:
-                ok = [ok[k]]
+                done = self._aligned(best.T_map_cam, rgb, camera, finish, contrast)
+                best = done if done.ok else best
+            ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not ok:
