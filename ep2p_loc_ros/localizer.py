@@ -34,6 +34,7 @@ from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
+from .pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
 from .reflectance_alignment import (
     AlignmentConfig,
     AlignmentResult,
@@ -296,24 +297,6 @@ def _cap_per_patch(px_net: torch.Tensor, conf: torch.Tensor, mc: ModelConfig, ca
     return top_per_group(patch_index(px_net, mc), conf, cap)
 
 
-def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
-    """How many 2D-3D matches (map points ``X``, image pixels ``px``) ``T_map_cam`` reprojects within ``radius``
-    pixels: the matcher's vote for a pose, which tells places apart where the reflectance score cannot."""
-    if len(X) == 0:
-        return 0
-    proj = camera.project(transform_points(invert(T_map_cam), X))
-    err = np.linalg.norm(proj.uv - px, axis=1)
-    return int(np.count_nonzero((proj.depth > 0) & (err <= radius)))
-
-
-def pick_hypothesis(scores: list[float], support: list[int], weight: float) -> int:
-    """The index of the best pose hypothesis by ``score + weight * log(1 + support)``: the alignment's score
-    (mutual information, nats) decides between poses the matches support alike, and a few times more matches
-    outweigh a small score lead. Ties go to the first (PnP's own pose comes first)."""
-    value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
-    return int(np.argmax(value))
-
-
 def _better(est: PoseEstimate, best: tuple[PoseEstimate, ...] | None) -> bool:
     """Whether ``est`` beats the best so far: a pose over a failure, then more inliers."""
     return best is None or (est.ok, est.num_inliers) > (best[0].ok, best[0].num_inliers)
@@ -432,6 +415,7 @@ class _Matches:
     feats: torch.Tensor  # (K, D) point features
     px_net: torch.Tensor  # (K, 2) network-image pixels
     refined: bool
+    classified: tuple[np.ndarray, torch.Tensor] | None = None  # every point classified (map frame) and its features
 
 
 class Localizer:
@@ -640,7 +624,7 @@ class Localizer:
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
         if res.ok and align and not near and cfg.alignment.retrieved_starts:
-            res = self._align_hypotheses(res, m, rgb, camera, cam_net, timings, t0)
+            res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0)
         elif res.ok and align:
             res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
@@ -704,6 +688,7 @@ class Localizer:
         self,
         res: LocalizationResult,
         m: _Matches,
+        patch: torch.Tensor,
         rgb: np.ndarray,
         camera: PinholeCamera,
         cam_net: PinholeCamera,
@@ -711,10 +696,11 @@ class Localizer:
         t0: float,
     ) -> LocalizationResult:
         """A single image's pose aligned from PnP's pose and from each retrieved submap's viewpoint (each on its
-        own submap); the aligned pose that best combines the alignment's score with the matches' support wins
-        (:func:`pick_hypothesis`). Why: the alignment only climbs the basin it starts in, and PnP's pose is often
-        at the wrong viewpoint; the reflectance score compares poses in one place, not between places, where the
-        matches' support tells them apart (``AlignmentConfig.retrieved_starts``)."""
+        own submap); the aligned pose that best combines the alignment's score with the matcher's votes (the
+        matches' support and the patch likelihood, :mod:`.pose_hypotheses`) wins (:func:`pick_hypothesis`). Why:
+        the alignment only climbs the basin it starts in, and PnP's pose is often at the wrong viewpoint; the
+        reflectance score compares poses in one place, not between places, where the matcher tells them apart
+        (``AlignmentConfig.retrieved_starts``)."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
@@ -742,7 +728,14 @@ class Localizer:
         ok = [al for al in found if al.ok]
         if ok:
             support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
-            best = ok[pick_hypothesis([al.score for al in ok], support, cfg.support_weight)]
+            likelihood = None
+            if cfg.likelihood_weight > 0 and m.classified is not None and len(ok) > 1:
+                table = PatchLikelihood.from_features(self.head, *m.classified, patch, cfg.likelihood_points)
+                likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in ok]
+            pick = pick_hypothesis(
+                [al.score for al in ok], support, cfg.support_weight, likelihood, cfg.likelihood_weight
+            )
+            best = ok[pick]
             if best is not first:  # a coarse hypothesis: the fine steps and the refine round(s) from where it ended
                 finish = replace(
                     cfg,
@@ -961,7 +954,8 @@ class Localizer:
             idx, px_net, conf = idx[top], px_net[top], conf[top]
         px = _to_image_pixels(px_net, camera, cam_net)
         stage["matching"] += (time.perf_counter() - tb) * 1e3
-        return _Matches(pts[idx.numpy()], px, conf.numpy().astype(np.float64), feats_t[idx], px_net, refined=not lazy)
+        kept = (pts[idx.numpy()], px, conf.numpy().astype(np.float64), feats_t[idx], px_net)
+        return _Matches(*kept, refined=not lazy, classified=(pts, feats_t))
 
     def _pnp(
         self, m: _Matches, camera: PinholeCamera, guesses: np.ndarray, stage: dict[str, float], near_guess: bool

@@ -107,6 +107,10 @@ class AlignmentConfig:
     retrieved_starts: bool = False
     support_weight: float = 0.3
     support_radius_px: float = 5.0
+    # ... + likelihood_weight * the patch likelihood (nats a point, pose_hypotheses.PatchLikelihood, on at most
+    # likelihood_points of the classified points): the matcher's whole per-point distributions, not only its matches
+    likelihood_weight: float = 0.3
+    likelihood_points: int = 2000
     hypotheses_below_support: float = 1.0  # < 1: first PnP's pose alone, kept when this share of the matches support it
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
@@ -151,7 +155,7 @@ class AlignmentConfig:
         ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_spread_m")
         ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
-        for name in (*ranges, "refine_rounds", "tracking_refine_rounds", "support_weight"):
+        for name in (*ranges, "refine_rounds", "tracking_refine_rounds", "support_weight", "likelihood_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("refine_spread_coarse", "hypothesis_coarse"):
@@ -161,6 +165,8 @@ class AlignmentConfig:
             raise ValueError(
                 f"alignment.hypothesis_points must be >= min_points ({self.min_points}), got {self.hypothesis_points}"
             )
+        if self.likelihood_points < 1:
+            raise ValueError(f"alignment.likelihood_points must be >= 1, got {self.likelihood_points}")
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
         for name in ("min_view_ratio", "hypotheses_below_support"):

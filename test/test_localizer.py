@@ -836,33 +836,60 @@ def test_the_pixel_polish_before_a_global_alignment_is_a_switch(scene):
     assert calls == [1, 0, 1, 1]
 
 
-def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_supported_pose_wins(scene):
-    """``alignment.retrieved_starts``: 70 % of the oracle's matches describe a camera 8 m behind the true one, 30 %
-    the true one. PnP follows the majority, and from there a 3 m search along the axis cannot reach the true
-    camera. Aligned from the retrieved viewpoints too, the true camera's pose wins: its matches' support is under half
-    the other's, but only there does the reflectance fit."""
+# Patch codes for the patch likelihood (:class:`CodedSession`): a random unit code per patch in the dimensions the
+# oracle leaves free; a point's features carry the code of the patch the true camera sees it in.
+_CODES = np.random.default_rng(5).normal(size=(MC.num_patches, MC.feature_dim))
+_CODES[:, :5] = 0.0
+_CODES = (_CODES / np.linalg.norm(_CODES, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _split_map(scene, truth_share: float):
+    """A map whose oracle matches are split: ``truth_share`` of them describe the true camera, the rest a camera 8 m
+    behind it. Every point also carries the code of the patch the true camera sees it in (``_CODES``). Returns the
+    sequence, the map, the true pose, the descriptor that retrieves the two submaps nearest either camera (top_k 2)
+    and their ids."""
     from ep2p_loc_ros.geometry import make_T
     from ep2p_loc_ros.map import nearest_submaps
-    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+    from ep2p_loc_ros.model.heads import patch_index
 
     seq, _ = scene
     T_gt = seq.T_world_cam(FRAME)
     T_behind = T_gt @ make_T(np.eye(3), np.array([0.0, 0.0, -8.0]))
-    image = seq.image(FRAME)
-    _, cam_net = prepare_image(image, seq.calib.camera, MC)
+    _, cam_net = prepare_image(seq.image(FRAME), seq.calib.camera, MC)
 
     def feature_fn(sub):
         desc = np.zeros(MC.global_dim, np.float32)
         desc[sub.id % MC.global_dim] = 1.0
-        truth = np.random.default_rng(sub.id).random(len(sub.points)) < 0.3
+        truth = np.random.default_rng(sub.id).random(len(sub.points)) < truth_share
         f_gt = _encode_pixels(sub.points, invert(T_gt), cam_net)
-        f_behind = _encode_pixels(sub.points, invert(T_behind), cam_net)
-        return np.where(truth[:, None], f_gt, f_behind), desc
+        f = np.where(truth[:, None], f_gt, _encode_pixels(sub.points, invert(T_behind), cam_net))
+        seen = f_gt[:, 0] > 0.5
+        px = torch.from_numpy((f_gt[seen][:, [1, 3]] * 1024 + f_gt[seen][:, [2, 4]]).astype(np.float32))
+        f[seen, 5:] = _CODES[patch_index(px, MC).numpy(), 5:]
+        return f, desc
 
     lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
     ids = {int(nearest_submaps(lidar_map, T, 1)[0][0]) for T in (T_gt, T_behind)}
     assert len(ids) == 2
-    desc = lidar_map.descriptors[sorted(ids)].sum(0)  # both submaps retrieved (top_k 2)
+    return seq, lidar_map, T_gt, lidar_map.descriptors[sorted(ids)].sum(0), ids
+
+
+@pytest.fixture(scope="module")
+def split_scene(scene):
+    """:func:`_split_map` with 30 % of the matches describing the true camera."""
+    return _split_map(scene, 0.3)
+
+
+def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_supported_pose_wins(split_scene):
+    """``alignment.retrieved_starts``: 70 % of the oracle's matches describe a camera 8 m behind the true one, 30 %
+    the true one. PnP follows the majority, and from there a 3 m search along the axis cannot reach the true
+    camera. Aligned from the retrieved viewpoints too, the true camera's pose wins: its matches' support is under half
+    the other's, but only there does the reflectance fit. (The session's patch features are zeros: the patch
+    likelihood is 0 everywhere here.)"""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, ids = split_scene
+    image = seq.image(FRAME)
     short = AlignmentConfig(forward_range_m=3.0)
     runs = {}
     for starts in (False, True):
@@ -882,32 +909,23 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
         assert (_errors(res.T_map_cam, T_gt)[0] < 0.5) is near, (share, _errors(res.T_map_cam, T_gt))
 
 
-def test_pick_hypothesis_weighs_the_alignment_score_against_the_matches_support():
-    """Score + weight * log(1 + support): a small score lead loses to several times the support, a large one
-    wins; with equal support the score decides, and a tie goes to the first hypothesis (PnP's pose)."""
-    from ep2p_loc_ros.localizer import pick_hypothesis
+def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_describe(scene):
+    """Every match describes a camera 8 m behind the true one, so that place has all the matches' support and wins
+    the choice though the reflectance fits the true camera better. Every point's patch distribution describes the
+    true camera (``_CODES``): with the patch likelihood weighed in, the true camera's pose wins. Checks the plumbing:
+    the classified points, their features and the image's patch features reach :class:`PatchLikelihood`, and its
+    vote reaches the choice."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
-    assert pick_hypothesis([0.50, 0.45], [40, 200], 0.3) == 1  # 0.05 < 0.3 * log(201 / 41)
-    assert pick_hypothesis([1.00, 0.45], [40, 200], 0.3) == 0  # 0.55 > 0.48
-    assert pick_hypothesis([0.40, 0.45, 0.42], [100, 100, 100], 0.3) == 1
-    assert pick_hypothesis([0.45, 0.45], [100, 100], 0.3) == 0
-    assert pick_hypothesis([0.50, 0.45], [0, 10**6], 0.0) == 0  # weight 0: the score alone
-
-
-def test_match_support_counts_the_matches_a_pose_reprojects_within_the_radius(scene):
-    """Matches that reproject within the radius count; those off by more, or behind the camera, do not."""
-    from ep2p_loc_ros.geometry import make_T
-    from ep2p_loc_ros.localizer import match_support
-
-    seq, _ = scene
-    cam, T = seq.calib.camera, seq.T_world_cam(FRAME)
-    rng = np.random.default_rng(0)
-    X_cam = np.c_[rng.uniform(-5, 5, (50, 2)), rng.uniform(5, 30, 50)]
-    X = transform_points(T, X_cam)
-    px = cam.project(X_cam).uv
-    px[:10] += [6.0, 0.0]  # 6 px off
-    assert match_support(X, px, T, cam, 5.0) == 40
-    assert match_support(X, px, T, cam, 7.0) == 50
-    behind = T @ make_T(np.eye(3), np.array([0.0, 0.0, 40.0]))  # every point now behind the camera
-    assert match_support(X, px, behind, cam, 1e6) == 0
-    assert match_support(np.zeros((0, 3)), np.zeros((0, 2)), T, cam, 5.0) == 0
+    seq, lidar_map, T_gt, desc, ids = _split_map(scene, 0.0)
+    errors = {}
+    for weight in (0.0, 0.3):
+        cfg = AlignmentConfig(forward_range_m=3.0, retrieved_starts=True, likelihood_weight=weight)
+        session = CodedSession(_CODES)
+        session.descriptor = desc
+        loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=2, alignment=cfg))
+        res = loc.localize(seq.image(FRAME), seq.calib.camera)
+        assert res.ok and res.aligned and set(res.retrieved) == ids, res.message
+        errors[weight] = _errors(res.T_map_cam, T_gt)
+    assert errors[0.0][0] > 4.0, errors
+    assert errors[0.3][0] < 0.5 and errors[0.3][1] < 1.0, errors

@@ -178,6 +178,8 @@ def test_alignment_config_refuses_bad_values():
         {"hypothesis_points": 100},
         {"support_weight": -0.1},
         {"support_radius_px": 0.0},
+        {"likelihood_weight": -0.1},
+        {"likelihood_points": 0},
         {"hypotheses_below_support": 1.5},
     ):
         with pytest.raises(ValueError, match="alignment"):

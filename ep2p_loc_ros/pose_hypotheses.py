@@ -1,0 +1,107 @@
+"""Choosing between pose hypotheses of one image: which place, of several a single image was aligned at, it shows.
+
+The reflectance alignment's score compares poses within one place, not between places (models/README.md,
+"Session 29"). Two votes of the matcher tell places apart: the matches a pose reprojects near their pixels
+(:func:`match_support`), and how likely the matcher's per-point patch distributions find the patches a pose
+projects the points into (:class:`PatchLikelihood`). The second uses every classified point's whole distribution,
+not only its most likely patch, which a weak matcher gets right for one point in ten.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .geometry import PinholeCamera, invert, transform_points
+from .model.config import ModelConfig
+from .model.heads import MatchingHead, patch_index
+
+__all__ = ["PatchLikelihood", "match_support", "pick_hypothesis"]
+
+
+def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
+    """How many 2D-3D matches (map points ``X``, image pixels ``px``) ``T_map_cam`` reprojects within ``radius``
+    pixels: the matcher's vote for a pose, which tells places apart where the reflectance score cannot."""
+    if len(X) == 0:
+        return 0
+    proj = camera.project(transform_points(invert(T_map_cam), X))
+    err = np.linalg.norm(proj.uv - px, axis=1)
+    return int(np.count_nonzero((proj.depth > 0) & (err <= radius)))
+
+
+def pick_hypothesis(
+    scores: list[float],
+    support: list[int],
+    weight: float,
+    likelihood: list[float] | None = None,
+    likelihood_weight: float = 0.0,
+) -> int:
+    """The index of the best pose hypothesis by ``score + weight * log(1 + support) + likelihood_weight *
+    likelihood``: the alignment's score (mutual information, nats) decides between poses the matcher votes for
+    alike, and a few times more matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a
+    small score lead. Ties go to the first (PnP's own pose comes first)."""
+    value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
+    if likelihood is not None:
+        value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
+    return int(np.argmax(value))
+
+
+@dataclass(frozen=True)
+class PatchLikelihood:
+    """The matcher's per-point patch distributions of one image, to score poses by.
+
+    :meth:`mean_log_ratio` averages, over the points a pose projects into the image, the log of the probability
+    mass each point's distribution (softmax over the image's patches, no prior) puts on the patch it lands in and
+    that patch's eight neighbours, relative to a uniform distribution's: 0 where the matcher knows nothing,
+    positive where it agrees. The 3x3 window forgives a patch of error (a pose a little off, a point near a patch
+    border). Only each point's normaliser needs all the patches; a pose then costs nine dot products a point.
+    """
+
+    points: np.ndarray  # (L, 3) map frame
+    features: torch.Tensor  # (L, D)
+    patch_side: torch.Tensor  # (P, D) patch features times the head's logit scale
+    log_norm: torch.Tensor  # (L,) log-sum-exp of each point's logits over all patches
+    config: ModelConfig
+
+    @classmethod
+    @torch.no_grad()
+    def from_features(
+        cls,
+        head: MatchingHead,
+        points: np.ndarray,
+        features: torch.Tensor,
+        patch_features: torch.Tensor,
+        max_points: int,
+    ) -> PatchLikelihood:
+        """For ``points`` (with their ``features``) against the image's ``patch_features`` (D, rows, cols),
+        evenly thinned to ``max_points``: a mean over a thousand points is as telling as over all of them, and
+        the normalisers cost (points x patches)."""
+        if len(points) > max_points:
+            kept = np.linspace(0, len(points) - 1, max_points).astype(np.int64)
+            points, features = points[kept], features[torch.from_numpy(kept)]
+        log_norm = torch.logsumexp(head.in_image_logits(features, patch_features), 1)
+        patch_side = patch_features.flatten(1).T * head.logit_scale
+        return cls(np.asarray(points, dtype=np.float64), features, patch_side, log_norm, head.config)
+
+    @torch.no_grad()
+    def mean_log_ratio(self, T_map_cam: np.ndarray, cam_net: PinholeCamera) -> float:
+        """The mean log ratio (nats a point) over the points ``T_map_cam`` projects into the network image
+        (``cam_net``); 0 when it sees none of them (no evidence either way)."""
+        proj = cam_net.project(transform_points(invert(T_map_cam), self.points))
+        rows = np.flatnonzero(proj.in_image)
+        if len(rows) == 0:
+            return 0.0
+        grid_rows, grid_cols = self.config.grid_size
+        patches = patch_index(torch.from_numpy(proj.uv[rows].astype(np.float32)), self.config)
+        offsets = torch.arange(-1, 2)
+        r = (patches // grid_cols)[:, None, None] + offsets[None, :, None]  # (n, 3, 1)
+        c = (patches % grid_cols)[:, None, None] + offsets[None, None, :]  # (n, 1, 3)
+        inside = ((r >= 0) & (r < grid_rows) & (c >= 0) & (c < grid_cols)).reshape(len(rows), 9)
+        window = (r.clamp(0, grid_rows - 1) * grid_cols + c.clamp(0, grid_cols - 1)).reshape(len(rows), 9)
+        sel = torch.from_numpy(rows)
+        logits = torch.einsum("nkd,nd->nk", self.patch_side[window], self.features[sel])
+        mass = torch.logsumexp(logits.masked_fill(~inside, -math.inf), 1) - self.log_norm[sel]
+        return float(mass.mean()) + math.log(grid_rows * grid_cols / 9)

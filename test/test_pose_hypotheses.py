@@ -1,0 +1,111 @@
+"""Choosing between pose hypotheses: the matches' support, the patch likelihood, and the rule that weighs them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ep2p_loc_ros.geometry import PinholeCamera, make_T, transform_points
+from ep2p_loc_ros.model.config import ModelConfig
+from ep2p_loc_ros.model.heads import MatchingHead, patch_index
+from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
+
+MC = ModelConfig()
+ROWS, COLS = MC.grid_size
+# the network image's camera: 640 x 192, 60 degrees across
+CAM_NET = PinholeCamera(MC.image_width, MC.image_height, np.array([[554.0, 0, 319.5], [0, 554.0, 95.5], [0, 0, 1]]))
+
+
+def _points(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` points 5-40 m in front of a camera at the origin, spread over its view."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(5, 40, n)
+    return np.c_[rng.uniform(-0.55, 0.55, n) * z, rng.uniform(-0.16, 0.16, n) * z, z]
+
+
+def test_pick_hypothesis_weighs_the_alignment_score_against_the_matchers_votes():
+    """Score + weight * log(1 + support) + likelihood_weight * likelihood: a small score lead loses to several times
+    the support, a large one wins; with equal support the score decides, and a tie goes to the first hypothesis
+    (PnP's pose). A likelihood higher by a fraction of a nat a point outweighs both."""
+    assert pick_hypothesis([0.50, 0.45], [40, 200], 0.3) == 1  # 0.05 < 0.3 * log(201 / 41)
+    assert pick_hypothesis([1.00, 0.45], [40, 200], 0.3) == 0  # 0.55 > 0.48
+    assert pick_hypothesis([0.40, 0.45, 0.42], [100, 100, 100], 0.3) == 1
+    assert pick_hypothesis([0.45, 0.45], [100, 100], 0.3) == 0
+    assert pick_hypothesis([0.50, 0.45], [0, 10**6], 0.0) == 0  # weight 0: the score alone
+    assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.3) == 1  # 0.05 + 0.48 < 0.9
+    assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.0) == 0  # likelihood weight 0: ignored
+
+
+def test_match_support_counts_the_matches_a_pose_reprojects_within_the_radius():
+    """Matches that reproject within the radius count; those off by more, or behind the camera, do not."""
+    T = make_T(np.eye(3), np.array([3.0, -1.0, 2.0]))
+    X_cam = _points(50)
+    X = transform_points(T, X_cam)
+    px = CAM_NET.project(X_cam).uv
+    px[:10] += [6.0, 0.0]  # 6 px off
+    assert match_support(X, px, T, CAM_NET, 5.0) == 40
+    assert match_support(X, px, T, CAM_NET, 7.0) == 50
+    behind = T @ make_T(np.eye(3), np.array([0.0, 0.0, 60.0]))  # every point now behind the camera
+    assert match_support(X, px, behind, CAM_NET, 1e6) == 0
+    assert match_support(np.zeros((0, 3)), np.zeros((0, 2)), T, CAM_NET, 5.0) == 0
+
+
+def _head_and_patches(seed: int = 1) -> tuple[MatchingHead, torch.Tensor]:
+    torch.manual_seed(seed)
+    head = MatchingHead(MC)
+    patches = torch.nn.functional.normalize(torch.randn(MC.feature_dim, ROWS * COLS), dim=0)
+    return head, patches.view(MC.feature_dim, ROWS, COLS)
+
+
+def test_the_patch_likelihood_is_the_log_mass_of_each_points_3x3_window_against_a_uniform_guess():
+    """Against its definition, computed the slow way: each point's softmax over all patches, the mass of the 3x3
+    patches around where the pose projects it (cut at the grid's border), log of 9 / P times less, averaged over
+    the points in the image."""
+    head, patches = _head_and_patches()
+    X = _points(300, seed=2)
+    X[:20, 0] += 100.0  # outside the view: not counted
+    features = torch.randn(len(X), MC.feature_dim) * 0.3
+    T = make_T(np.eye(3), np.array([0.4, 0.1, -0.5]))
+    X_map = transform_points(T, X)
+    table = PatchLikelihood.from_features(head, X_map, features, patches, max_points=len(X))
+    proj = CAM_NET.project(X)
+    prob = torch.softmax(head.in_image_logits(features, patches), 1).double().numpy().reshape(len(X), ROWS, COLS)
+    values = []
+    for i in np.flatnonzero(proj.in_image):
+        p = int(patch_index(torch.from_numpy(proj.uv[i : i + 1].astype(np.float32)), MC)[0])
+        r, c = divmod(p, COLS)
+        mass = prob[i, max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].sum()
+        values.append(math.log(mass * ROWS * COLS / 9))
+    assert len(values) == 280
+    assert math.isclose(table.mean_log_ratio(T, CAM_NET), float(np.mean(values)), abs_tol=1e-4)
+
+
+def test_the_patch_likelihood_is_highest_at_the_pose_the_distributions_describe():
+    """Each point's features are the features of the patch the true camera sees it in: the likelihood there is near
+    its ceiling (log of P / 9), a pose 2 m to the side or turned 5 degrees scores far less, features that describe
+    nothing score 0, features sure of other patches far below 0, and a pose that sees none of the points scores 0
+    (no evidence)."""
+    head, patches = _head_and_patches()
+    X = _points(2000, seed=3)
+    flat = patches.view(MC.feature_dim, -1)
+    true_patch = patch_index(torch.from_numpy(CAM_NET.project(X).uv.astype(np.float32)), MC)
+    features = flat[:, true_patch].T.contiguous()
+    table = PatchLikelihood.from_features(head, X, features, patches, max_points=1000)
+    assert len(table.points) == 1000  # thinned evenly
+    ceiling = math.log(ROWS * COLS / 9)
+    at_truth = table.mean_log_ratio(np.eye(4), CAM_NET)
+    yaw = math.radians(5.0)
+    turned = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
+    side = table.mean_log_ratio(make_T(np.eye(3), np.array([2.0, 0.0, 0.0])), CAM_NET)
+    turn = table.mean_log_ratio(make_T(turned, np.zeros(3)), CAM_NET)
+    assert at_truth > ceiling - 0.5, (at_truth, ceiling)
+    assert side < at_truth - 2.0 and turn < at_truth - 2.0, (at_truth, side, turn)
+    blank = PatchLikelihood.from_features(head, X, torch.zeros_like(features), patches, max_points=1000)
+    assert -0.05 < blank.mean_log_ratio(np.eye(4), CAM_NET) <= 1e-6  # uniform: no evidence (less at the border)
+    shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))]
+    wrong = PatchLikelihood.from_features(head, X, shuffled, patches, max_points=1000)
+    assert wrong.mean_log_ratio(np.eye(4), CAM_NET) < -2.0  # sure of other patches: evidence against
+    away = make_T(np.eye(3), np.array([0.0, 0.0, 100.0]))  # every point behind the camera
+    assert table.mean_log_ratio(away, CAM_NET) == 0.0
