@@ -713,8 +713,20 @@ class Localizer:
                 timings["alignment"] = (time.perf_counter() - ta) * 1e3
                 timings["total"] = (time.perf_counter() - t0) * 1e3
                 return replace(res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True)
+        table = None  # the patch likelihood, to prune the starts and to weigh in the choice
+        if (cfg.likelihood_weight > 0 or math.isfinite(cfg.hypothesis_margin)) and m.classified is not None:
+            table = PatchLikelihood.from_features(self.head, *m.classified, patch, cfg.likelihood_points)
+        views = res.retrieved
+        if cfg.hypothesis_views > 0 and self.last_descriptor is not None:
+            views = tuple(int(s) for s in top_k_by_descriptor(self.map, self.last_descriptor, cfg.hypothesis_views)[0])
+        viewpoints = [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in views]
+        if table is not None and math.isfinite(cfg.hypothesis_margin) and viewpoints:
+            # a viewpoint whose likelihood is far below the best start's is another place: not worth an alignment
+            at_start = [table.mean_log_ratio(T, cam_net) for T, _ in viewpoints]
+            floor = max(table.mean_log_ratio(res.T_map_cam, cam_net), *at_start) - cfg.hypothesis_margin
+            viewpoints = [v for v, value in zip(viewpoints, at_start, strict=True) if value >= floor]
         starts: list[tuple[np.ndarray, int | None]] = [] if first is not None else [(res.T_map_cam, None)]
-        starts += [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in res.retrieved]
+        starts += viewpoints
         coarse = cfg.hypothesis_coarse
         quick = replace(
             cfg,
@@ -729,8 +741,7 @@ class Localizer:
         if ok:
             support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
             likelihood = None
-            if cfg.likelihood_weight > 0 and m.classified is not None and len(ok) > 1:
-                table = PatchLikelihood.from_features(self.head, *m.classified, patch, cfg.likelihood_points)
+            if table is not None and cfg.likelihood_weight > 0 and len(ok) > 1:
                 likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in ok]
             pick = pick_hypothesis(
                 [al.score for al in ok], support, cfg.support_weight, likelihood, cfg.likelihood_weight

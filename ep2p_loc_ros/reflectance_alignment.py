@@ -111,6 +111,9 @@ class AlignmentConfig:
     # likelihood_points of the classified points): the matcher's whole per-point distributions, not only its matches
     likelihood_weight: float = 0.3
     likelihood_points: int = 2000
+    hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
+    # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
+    hypothesis_margin: float = 0.75
     hypotheses_below_support: float = 1.0  # < 1: first PnP's pose alone, kept when this share of the matches support it
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
@@ -167,6 +170,10 @@ class AlignmentConfig:
             )
         if self.likelihood_points < 1:
             raise ValueError(f"alignment.likelihood_points must be >= 1, got {self.likelihood_points}")
+        if self.hypothesis_views < 0:
+            raise ValueError(f"alignment.hypothesis_views must be >= 0, got {self.hypothesis_views}")
+        if not self.hypothesis_margin >= 0:  # inf allowed (no pruning), NaN refused
+            raise ValueError(f"alignment.hypothesis_margin must be >= 0, got {self.hypothesis_margin}")
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
         for name in ("min_view_ratio", "hypotheses_below_support"):

@@ -918,14 +918,24 @@ def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_descr
     from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
     seq, lidar_map, T_gt, desc, ids = _split_map(scene, 0.0)
-    errors = {}
-    for weight in (0.0, 0.3):
-        cfg = AlignmentConfig(forward_range_m=3.0, retrieved_starts=True, likelihood_weight=weight)
+    errors, aligned = {}, {}
+    for weight, margin in ((0.0, math.inf), (0.3, math.inf), (0.3, 1.0)):
+        cfg = AlignmentConfig(
+            forward_range_m=3.0, retrieved_starts=True, likelihood_weight=weight, hypothesis_margin=margin
+        )
         session = CodedSession(_CODES)
         session.descriptor = desc
         loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=2, alignment=cfg))
+        starts, run = [], loc._aligned
+        loc._aligned = lambda T, *a, run=run, starts=starts, **k: (starts.append(T), run(T, *a, **k))[1]
         res = loc.localize(seq.image(FRAME), seq.calib.camera)
         assert res.ok and res.aligned and set(res.retrieved) == ids, res.message
-        errors[weight] = _errors(res.T_map_cam, T_gt)
-    assert errors[0.0][0] > 4.0, errors
-    assert errors[0.3][0] < 0.5 and errors[0.3][1] < 1.0, errors
+        errors[weight, margin] = _errors(res.T_map_cam, T_gt)
+        aligned[weight, margin] = len(starts)
+    assert errors[0.0, math.inf][0] > 4.0, errors
+    assert errors[0.3, math.inf][0] < 0.5 and errors[0.3, math.inf][1] < 1.0, errors
+    # hypothesis_margin: of the five retrieved viewpoints (hypothesis_views), only those whose likelihood at the
+    # start is near the best start's are aligned: the same pose from fewer alignments
+    assert errors[0.3, 1.0] == errors[0.3, math.inf], errors
+    views = min(5, len(lidar_map.T_map_viewpoint))
+    assert 3 <= aligned[0.3, 1.0] < aligned[0.3, math.inf] == 2 + views, aligned  # PnP, the views, the finish

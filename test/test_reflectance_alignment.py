@@ -180,6 +180,9 @@ def test_alignment_config_refuses_bad_values():
         {"support_radius_px": 0.0},
         {"likelihood_weight": -0.1},
         {"likelihood_points": 0},
+        {"hypothesis_views": -1},
+        {"hypothesis_margin": -0.1},
+        {"hypothesis_margin": float("nan")},
         {"hypotheses_below_support": 1.5},
     ):
         with pytest.raises(ValueError, match="alignment"):
