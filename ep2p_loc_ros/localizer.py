@@ -695,7 +695,8 @@ class Localizer:
         timings: dict[str, float],
         t0: float,
     ) -> LocalizationResult:
-        """A single image's pose aligned from PnP's pose and from each retrieved submap's viewpoint (each on its
+        """A single image's pose aligned from PnP's pose and from the viewpoints of the ``hypothesis_views`` best
+        retrieved submaps whose patch likelihood is within ``hypothesis_margin`` of the best start's (each on its
         own submap); the aligned pose that best combines the alignment's score with the matcher's votes (the
         matches' support and the patch likelihood, :mod:`.pose_hypotheses`) wins (:func:`pick_hypothesis`). Why:
         the alignment only climbs the basin it starts in, and PnP's pose is often at the wrong viewpoint; the

@@ -98,12 +98,13 @@ class AlignmentConfig:
     refine_spread_m: float = 0.0
     tracking_refine_spread_m: float = 0.0  # ... and for a pose tracked from a prior
     refine_spread_coarse: float = 2.0
-    # a single image's pose is aligned from PnP's pose and from every retrieved submap's viewpoint too, and the
-    # aligned pose with the best score + support_weight * log(1 + its support) wins, its support being the matches it
-    # reprojects within support_radius_px (network-image pixels) (Localizer._align_hypotheses). Single images within
-    # 0.5 m / 5 deg: nine outdoor drives 56.9 -> 69.6 %, eight indoor 33.4 -> 43.1 %. Off by default: the global p50
-    # goes 1.7x (drive 902: 86 -> 149 ms), and in the node's loop one outdoor drive of four locked onto a look-alike
-    # place 30 m off (models/README.md, "Session 29").
+    # a single image's pose is aligned from PnP's pose and from retrieved submaps' viewpoints too, and the aligned
+    # pose with the best score + support_weight * log(1 + its support) + likelihood_weight * its patch likelihood wins,
+    # its support being the matches it reprojects within support_radius_px (network-image pixels), its likelihood the
+    # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). Single images
+    # within 0.5 m / 5 deg: nine outdoor drives 56.9 -> 78.3 %, eight indoor 33.4 -> 44.1 %. Off by default: the
+    # global p50 goes 1.8x (drive 902: 86 -> 158 ms), and in the node's loop one outdoor drive of four locks onto a
+    # look-alike place 30 m off (models/README.md, "Sessions 29-30").
     retrieved_starts: bool = False
     support_weight: float = 0.3
     support_radius_px: float = 5.0
