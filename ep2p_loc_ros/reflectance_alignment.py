@@ -160,7 +160,7 @@ class AlignmentConfig:
         ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
         for name in (*ranges, "refine_rounds", "tracking_refine_rounds", "support_weight", "likelihood_weight"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("refine_spread_coarse", "hypothesis_coarse"):
             if not getattr(self, name) >= 1:

@@ -179,6 +179,7 @@ def test_alignment_config_refuses_bad_values():
         {"support_weight": -0.1},
         {"support_radius_px": 0.0},
         {"likelihood_weight": -0.1},
+        {"likelihood_weight": float("nan")},
         {"likelihood_points": 0},
         {"hypothesis_views": -1},
         {"hypothesis_margin": -0.1},
