@@ -57,13 +57,11 @@ class PatchLikelihood:
     mass each point's distribution (softmax over the image's patches, no prior) puts on the patch it lands in and
     that patch's eight neighbours, relative to a uniform distribution's: 0 where the matcher knows nothing,
     positive where it agrees. The 3x3 window forgives a patch of error (a pose a little off, a point near a patch
-    border). Only each point's normaliser needs all the patches; a pose then costs nine dot products a point.
+    border). The log-probabilities are computed once a frame (one matrix product); a pose then gathers nine a point.
     """
 
     points: np.ndarray  # (L, 3) map frame
-    features: torch.Tensor  # (L, D)
-    patch_side: torch.Tensor  # (P, D) patch features times the head's logit scale
-    log_norm: torch.Tensor  # (L,) log-sum-exp of each point's logits over all patches
+    log_prob: torch.Tensor  # (L, P) each point's log-probability of each patch
     config: ModelConfig
 
     @classmethod
@@ -78,13 +76,12 @@ class PatchLikelihood:
     ) -> PatchLikelihood:
         """For ``points`` (with their ``features``) against the image's ``patch_features`` (D, rows, cols),
         evenly thinned to ``max_points``: a mean over a thousand points is as telling as over all of them, and
-        the normalisers cost (points x patches)."""
+        the table costs (points x patches)."""
         if len(points) > max_points:
             kept = np.linspace(0, len(points) - 1, max_points).astype(np.int64)
             points, features = points[kept], features[torch.from_numpy(kept)]
-        log_norm = torch.logsumexp(head.in_image_logits(features, patch_features), 1)
-        patch_side = patch_features.flatten(1).T * head.logit_scale
-        return cls(np.asarray(points, dtype=np.float64), features, patch_side, log_norm, head.config)
+        log_prob = torch.log_softmax(head.in_image_logits(features, patch_features), 1)
+        return cls(np.asarray(points, dtype=np.float64), log_prob, head.config)
 
     @torch.no_grad()
     def mean_log_ratio(self, T_map_cam: np.ndarray, cam_net: PinholeCamera) -> float:
@@ -101,7 +98,7 @@ class PatchLikelihood:
         c = (patches % grid_cols)[:, None, None] + offsets[None, None, :]  # (n, 1, 3)
         inside = ((r >= 0) & (r < grid_rows) & (c >= 0) & (c < grid_cols)).reshape(len(rows), 9)
         window = (r.clamp(0, grid_rows - 1) * grid_cols + c.clamp(0, grid_cols - 1)).reshape(len(rows), 9)
-        sel = torch.from_numpy(rows)
-        logits = torch.einsum("nkd,nd->nk", self.patch_side[window], self.features[sel])
-        mass = torch.logsumexp(logits.masked_fill(~inside, -math.inf), 1) - self.log_norm[sel]
+        flat = torch.from_numpy(rows)[:, None] * self.log_prob.shape[1] + window  # (n, 9) into the flat table
+        logp = self.log_prob.view(-1)[flat]
+        mass = torch.logsumexp(logp.masked_fill(~inside, -math.inf), 1)
         return float(mass.mean()) + math.log(grid_rows * grid_cols / 9)
