@@ -159,20 +159,17 @@ class AlignmentConfig:
         ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_spread_m")
         ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
-        for name in (*ranges, "refine_rounds", "tracking_refine_rounds", "support_weight", "likelihood_weight"):
+        counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
+        for name in (*ranges, *counts, "support_weight", "likelihood_weight"):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("refine_spread_coarse", "hypothesis_coarse"):
+        for name in ("refine_spread_coarse", "hypothesis_coarse", "likelihood_points"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"alignment.{name} must be >= 1, got {getattr(self, name)}")
         if self.hypothesis_points < self.min_points:
             raise ValueError(
                 f"alignment.hypothesis_points must be >= min_points ({self.min_points}), got {self.hypothesis_points}"
             )
-        if self.likelihood_points < 1:
-            raise ValueError(f"alignment.likelihood_points must be >= 1, got {self.likelihood_points}")
-        if self.hypothesis_views < 0:
-            raise ValueError(f"alignment.hypothesis_views must be >= 0, got {self.hypothesis_views}")
         if not self.hypothesis_margin >= 0:  # inf allowed (no pruning), NaN refused
             raise ValueError(f"alignment.hypothesis_margin must be >= 0, got {self.hypothesis_margin}")
         if not 2 <= self.bins <= 256:
