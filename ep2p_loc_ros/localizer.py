@@ -37,9 +37,11 @@ from .pnp import compile_kernel as compile_lm
 from .pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
 from .reflectance_alignment import (
     AlignmentConfig,
+    AlignmentImage,
     AlignmentResult,
     align_to_reflectance,
     compile_kernels,
+    prepare_alignment_image,
     reflectance_contrast,
 )
 from .upright_ransac import compile_kernel as compile_upright
@@ -666,8 +668,10 @@ class Localizer:
         contrast: bool,
         sid: int | None = None,
         more_starts: list[np.ndarray] | None = None,
+        image: AlignmentImage | None = None,
     ) -> AlignmentResult:
-        """:func:`align_to_reflectance` from ``T_map_cam`` on submap ``sid`` (default: the one nearest it)."""
+        """:func:`align_to_reflectance` from ``T_map_cam`` on submap ``sid`` (default: the one nearest it);
+        ``image``: ``rgb`` prepared already (:func:`prepare_alignment_image`)."""
         if sid is None:
             sid = int(nearest_submaps(self.map, T_map_cam, 1)[0][0])
         sub = self.map.submap(sid, features=False)
@@ -682,6 +686,7 @@ class Localizer:
             self.config.ipr,
             local_contrast=contrast,
             more_starts=more_starts or (),
+            image=image,
         )
 
     def _align_hypotheses(
@@ -705,9 +710,10 @@ class Localizer:
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
+        image = prepare_alignment_image(rgb, camera, cfg, contrast)  # once for all the frame's alignments
         first: AlignmentResult | None = None  # PnP's pose aligned in full, as without hypotheses
         if cfg.hypotheses_below_support < 1:  # ... and kept if well supported
-            first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast)
+            first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, image=image)
             if first.ok and match_support(m.X, m.px, first.T_map_cam, camera, radius) >= (
                 cfg.hypotheses_below_support * len(m.X)
             ):
@@ -737,7 +743,7 @@ class Localizer:
             min_step_deg=coarse * cfg.min_step_deg,
         )
         found = [first] if first is not None else []  # (then PnP's hypothesis: it is finished already)
-        found += [self._aligned(T, rgb, camera, quick, contrast, sid) for T, sid in starts]
+        found += [self._aligned(T, rgb, camera, quick, contrast, sid, image=image) for T, sid in starts]
         ok = [al for al in found if al.ok]
         if ok:
             support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
@@ -755,7 +761,7 @@ class Localizer:
                     step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
                     step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
                 )
-                done = self._aligned(best.T_map_cam, rgb, camera, finish, contrast)
+                done = self._aligned(best.T_map_cam, rgb, camera, finish, contrast, image=image)
                 best = done if done.ok else best
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3

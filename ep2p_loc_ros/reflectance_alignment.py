@@ -38,10 +38,12 @@ from .model.preprocess import resize_camera
 
 __all__ = [
     "AlignmentConfig",
+    "AlignmentImage",
     "AlignmentResult",
     "align_to_reflectance",
     "compile_kernels",
     "mutual_information",
+    "prepare_alignment_image",
     "reflectance_contrast",
 ]
 
@@ -344,6 +346,70 @@ def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
     return np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
 
 
+@dataclass(frozen=True, eq=False)
+class AlignmentImage:
+    """An image as the alignment scores it (:func:`prepare_alignment_image`): grey (or its local contrast),
+    scaled by ``image_scale``, blurred, upsampled twice and cut into equal-count bins.
+
+    Why apart from :func:`align_to_reflectance`: a single image's hypotheses are aligned several times a frame
+    (``AlignmentConfig.retrieved_starts``), and preparing the image each time was a fifth of each alignment's time
+    (one-off profile, models/README.md "Session 31"); prepared once, every alignment of the frame scores the same
+    bins."""
+
+    source: PinholeCamera  # the camera the image was taken with
+    camera: PinholeCamera  # ... at the compared size (the searches' IPR)
+    fine: PinholeCamera  # ... upsampled twice: where the bins live
+    bins: np.ndarray  # (fine pixels + 1,) uint16: each pixel's grey bin, then the out-of-view bin (``cfg.bins``)
+    settings: tuple  # what it was prepared with (:func:`_image_settings`)
+
+
+UPSAMPLE = 2  # the grey bins are looked up on the compared image upsampled this many times (_Scorer's docstring)
+
+
+def _same_camera(a: PinholeCamera, b: PinholeCamera) -> bool:
+    return (a.width, a.height) == (b.width, b.height) and np.array_equal(a.K, b.K) and np.array_equal(a.dist, b.dist)
+
+
+def _image_settings(cfg: AlignmentConfig, local_contrast: bool) -> tuple:
+    """The :class:`AlignmentConfig` fields an :class:`AlignmentImage` depends on."""
+    return (cfg.image_scale, cfg.blur_px, cfg.bins, local_contrast, cfg.contrast_blur_px if local_contrast else None)
+
+
+def prepare_alignment_image(
+    rgb: np.ndarray, camera: PinholeCamera, config: AlignmentConfig | None = None, local_contrast: bool = False
+) -> AlignmentImage:
+    """``rgb`` ((H, W, 3) or grey (H, W), as taken by ``camera``) prepared for :func:`align_to_reflectance` with
+    ``config``'s image settings (``local_contrast``: the grey level less its blur, ``contrast_blur_px``)."""
+    cfg = config or AlignmentConfig()
+    img = np.asarray(rgb)
+    if img.dtype not in (np.uint8, np.float32):
+        img = img.astype(np.float32)
+    w, h = max(round(camera.width * cfg.image_scale), 8), max(round(camera.height * cfg.image_scale), 8)
+    small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)  # before the grey: 4x fewer
+    if small.ndim == 3:  # the channels' mean, as numpy's mean(axis=2) sums and divides, at a tenth of its time
+        grey = small[..., 0] + small[..., 1]
+        for ch in range(2, small.shape[2]):
+            grey += small[..., ch]
+        grey /= np.float32(small.shape[2])
+    else:
+        grey = small
+    if local_contrast:
+        grey = grey - cv2.GaussianBlur(grey, (0, 0), cfg.contrast_blur_px)
+    if cfg.blur_px > 0:
+        grey = cv2.GaussianBlur(grey, (0, 0), cfg.blur_px)
+    grey = grey.astype(np.float32)
+    fine = cv2.resize(grey, (w * UPSAMPLE, h * UPSAMPLE), interpolation=cv2.INTER_LINEAR)
+    # one entry more than the image's pixels: the out-of-view "bin" (cfg.bins), looked up by points not in view
+    bins = np.empty(fine.size + 1, np.uint16)
+    _bin_image(fine.ravel(), _equal_count_bins(grey.ravel(), cfg.bins).astype(np.float32), bins[:-1])
+    bins[-1] = cfg.bins
+    bins.flags.writeable = False
+    cam = resize_camera(camera, w, h)
+    return AlignmentImage(
+        camera, cam, resize_camera(camera, w * UPSAMPLE, h * UPSAMPLE), bins, _image_settings(cfg, local_contrast)
+    )
+
+
 class _Scorer:
     """Scores poses: the MI between the points' reflectance and the grey level where each pose projects them.
 
@@ -356,17 +422,10 @@ class _Scorer:
     ~12,000 points takes ~0.06 ms where numpy took 0.24 ms (session 23).
     """
 
-    UPSAMPLE = 2
-
-    def __init__(self, grey: np.ndarray, camera: PinholeCamera, origin: np.ndarray, cfg: AlignmentConfig) -> None:
+    def __init__(self, image: AlignmentImage, origin: np.ndarray, cfg: AlignmentConfig) -> None:
         self.origin, self.cfg = origin, cfg
-        h, w = grey.shape
-        fine = cv2.resize(grey, (w * self.UPSAMPLE, h * self.UPSAMPLE), interpolation=cv2.INTER_LINEAR)
-        # one entry more than the image's pixels: the out-of-view "bin" (cfg.bins), looked up by points not in view
-        self.bins = np.empty(fine.size + 1, np.uint16)
-        _bin_image(fine.ravel(), _equal_count_bins(grey.ravel(), cfg.bins).astype(np.float32), self.bins[:-1])
-        self.bins[-1] = cfg.bins
-        self.camera = resize_camera(camera, w * self.UPSAMPLE, h * self.UPSAMPLE)
+        self.bins = image.bins  # read only: every scorer of the image shares them
+        self.camera = image.fine
         self.pinhole = not self.camera.has_distortion
         self.K_floor = self.camera.K.copy()  # + 0.5: the nearest pixel centre is the floor of the projection
         self.K_floor[:2, 2] += 0.5
@@ -421,7 +480,9 @@ def compile_kernels() -> None:
     so that the first frame a node aligns is not the one that pays."""
     cam = PinholeCamera(8, 8, np.array([[4.0, 0.0, 4.0], [0.0, 4.0, 4.0], [0.0, 0.0, 1.0]]))
     cfg = AlignmentConfig(bins=2, min_points=1)
-    scorer = _Scorer(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), cam, np.zeros(3), cfg)
+    scorer = _Scorer(
+        prepare_alignment_image(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), cam, cfg), np.zeros(3), cfg
+    )
     scorer.score(np.eye(4), np.array([[0.0], [0.0], [1.0]], np.float32), scorer.rows(np.zeros(1, np.int64)))
     _cells_joint(np.zeros(1, np.int32), np.zeros(1, np.int32), scorer.bins, scorer.joint)
 
@@ -456,6 +517,7 @@ def align_to_reflectance(
     ipr: IPRConfig | None = None,
     local_contrast: bool = False,
     more_starts: Sequence[np.ndarray] = (),
+    image: AlignmentImage | None = None,
 ) -> AlignmentResult:
     """Refine ``T_map_cam`` so that the map points' ``reflectance`` best predicts the image's grey level.
 
@@ -464,28 +526,17 @@ def align_to_reflectance(
     ``local_contrast``: compare the grey level less its blur (``contrast_blur_px``) with ``reflectance`` given as
     :func:`reflectance_contrast`'s (indoors: module docstring). ``more_starts``: search from these poses too, on
     the same image and points (prepared once), and return the result with the best score (the first that ran
-    when none beats it).
+    when none beats it). ``image``: ``rgb`` already prepared (:func:`prepare_alignment_image`, with this
+    ``camera``, this ``config``'s image settings and ``local_contrast``), for several alignments of one frame.
     """
     cfg = config or AlignmentConfig()
     ipr = ipr or IPRConfig()
     start = np.asarray(T_map_cam, dtype=np.float64)
-    img = np.asarray(rgb)
-    if img.dtype not in (np.uint8, np.float32):
-        img = img.astype(np.float32)
-    w, h = max(round(camera.width * cfg.image_scale), 8), max(round(camera.height * cfg.image_scale), 8)
-    small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)  # before the grey: 4x fewer
-    if small.ndim == 3:  # the channels' mean, as numpy's mean(axis=2) sums and divides, at a tenth of its time
-        grey = small[..., 0] + small[..., 1]
-        for ch in range(2, small.shape[2]):
-            grey += small[..., ch]
-        grey /= np.float32(small.shape[2])
-    else:
-        grey = small
-    if local_contrast:
-        grey = grey - cv2.GaussianBlur(grey, (0, 0), cfg.contrast_blur_px)
-    if cfg.blur_px > 0:
-        grey = cv2.GaussianBlur(grey, (0, 0), cfg.blur_px)
-    cam = resize_camera(camera, w, h)
+    if image is None:
+        image = prepare_alignment_image(rgb, camera, cfg, local_contrast)
+    elif image.settings != _image_settings(cfg, local_contrast) or not _same_camera(image.source, camera):
+        raise ValueError("the prepared image was made for another camera or other image settings")
+    cam = image.camera
     pts, refl = np.asarray(points), np.asarray(reflectance)
     if not (np.isfinite(pts).all() and np.isfinite(refl).all()):  # (a map's points are: skip the copies)
         finite = np.isfinite(pts).all(1) & np.isfinite(refl)
@@ -497,7 +548,7 @@ def align_to_reflectance(
     if len(pts) < cfg.min_points:
         return AlignmentResult(False, start, -np.inf, -np.inf, len(pts), 0, f"{len(pts)} map points near the pose")
     refl_bins = np.searchsorted(_equal_count_bins(refl, cfg.bins), refl)
-    scorer = _Scorer(grey.astype(np.float32), cam, start[:3, 3], cfg)
+    scorer = _Scorer(image, start[:3, 3], cfg)
     rows = scorer.rows(refl_bins)
     best: AlignmentResult | None = None
     for pose in (start, *(np.asarray(T, dtype=np.float64) for T in more_starts)):

@@ -15,6 +15,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     _Scorer,
     align_to_reflectance,
     mutual_information,
+    prepare_alignment_image,
     reflectance_contrast,
 )
 
@@ -241,7 +242,7 @@ def test_the_compiled_score_is_the_mi_of_where_the_camera_projects_each_point(di
     grey = rng.random((CAM.height, CAM.width)).astype(np.float32)
     cfg = AlignmentConfig(bins=8, min_points=10)
     origin = np.array([100.0, -20.0, 3.0])  # the scorer works relative to a point near the camera
-    scorer = _Scorer(grey, cam, origin, cfg)
+    scorer = _Scorer(prepare_alignment_image(grey, cam, replace(cfg, image_scale=1.0, blur_px=0.0)), origin, cfg)
     pts = origin + np.c_[rng.uniform(-30, 30, 4000), rng.uniform(-10, 10, 4000), rng.uniform(-5, 40, 4000)]
     T = make_T(rotvec_to_matrix(np.radians([2.0, -3.0, 1.0])), origin + np.array([0.3, -0.2, 0.5]))
     fine_cam = scorer.camera  # the grey bins live on the twice-upsampled image
@@ -359,3 +360,40 @@ def test_more_starts_keep_the_best_scoring_search(street):
     assert both.score == alone[1].score and both.evaluations == alone[1].evaluations
     first = align_to_reflectance(rgb, CAM, points, reflectance, near, short, more_starts=[far])
     np.testing.assert_array_equal(first.T_map_cam, alone[1].T_map_cam)
+
+
+def test_an_image_prepared_once_aligns_as_the_image_itself_and_refuses_other_settings(street):
+    """Several alignments of one frame share one prepared image (the hypotheses of a single image): the same
+    poses, scores and evaluations as preparing it each time; prepared for another camera, another blur or the
+    local contrast, it is refused rather than scored against the wrong bins."""
+    points, reflectance, rgb = street
+    cfg = AlignmentConfig(forward_range_m=2.0)
+    image = prepare_alignment_image(rgb, CAM, cfg)
+    for offset in ([0.0, 0.0, 1.5, 0.0, 0.0, 0.0], [0.2, -0.1, -1.0, 0.3, 0.5, 0.0]):
+        start = _off(np.array(offset))
+        own = align_to_reflectance(rgb, CAM, points, reflectance, start, cfg)
+        shared = align_to_reflectance(rgb, CAM, points, reflectance, start, cfg, image=image)
+        assert own.ok and np.linalg.norm(own.T_map_cam[:3, 3]) < 0.25
+        np.testing.assert_array_equal(shared.T_map_cam, own.T_map_cam)
+        assert (shared.score, shared.evaluations) == (own.score, own.evaluations)
+    assert not image.bins.flags.writeable  # shared by every scorer of the frame
+    other_cam = PinholeCamera.from_params(480, 180, 250.0, 250.0, 239.5, 89.5)
+    for kwargs in (
+        {"camera": other_cam},
+        {"config": replace(cfg, blur_px=2.0)},
+        {"config": replace(cfg, bins=8)},
+        {"local_contrast": True},
+    ):
+        call = {"camera": CAM, "config": cfg, "local_contrast": False, **kwargs}
+        with pytest.raises(ValueError, match="prepared image"):
+            align_to_reflectance(
+                rgb,
+                call["camera"],
+                points,
+                reflectance,
+                np.eye(4),
+                call["config"],
+                None,
+                call["local_contrast"],
+                image=image,
+            )
