@@ -23,6 +23,7 @@ whose detail (doors, frames, books, planks) is where it is only from the right p
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -31,7 +32,7 @@ import numba
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .geometry import PinholeCamera, invert, make_T, rotvec_to_matrix
+from .geometry import PinholeCamera, make_T, rotvec_to_matrix
 from .ipr import IPRConfig, visible_mask
 from .map.store import ENVIRONMENTS
 from .model.preprocess import resize_camera
@@ -632,7 +633,6 @@ class _Search:
         self.scorer, self.cfg, self.cam, self.ipr = scorer, cfg, cam, ipr
         self.local, self.local_t, self.rows = local, local_t, rows  # (N, 3), (3, N) float32; the rows of each
         self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local``
-        self._move_cache: dict[float, list[list[np.ndarray]]] = {}
 
     def forward(self, start: np.ndarray, range_m: float, step_m: float) -> _Found | str:
         """The best of ``start`` moved along its optical axis by multiples of ``step_m`` up to ``range_m`` either
@@ -647,8 +647,13 @@ class _Search:
         cfg, scorer = self.cfg, self.scorer
         n_fwd = int(np.floor(range_m / step_m + 1e-9))
         offsets = np.arange(-n_fwd, n_fwd + 1) * step_m
-        cands = np.stack([_moved(start, np.r_[0.0, 0.0, d, 0.0, 0.0, 0.0]) for d in offsets])
-        seen = visible_mask(self.local, np.stack([invert(self.shift @ T) for T in cands]), self.cam, self.ipr)
+        cands = np.repeat(start[None], len(offsets), axis=0)  # start moved along its own z axis, at once
+        cands[:, :3, 3] += offsets[:, None] * start[:3, 2]
+        R_t = np.ascontiguousarray(cands[:, :3, :3].transpose(0, 2, 1))  # each candidate's inverse, in ``local``
+        views = np.repeat(np.eye(4)[None], len(offsets), axis=0)
+        views[:, :3, :3] = R_t
+        views[:, :3, 3] = -np.einsum("kij,kj->ki", R_t, cands[:, :3, 3] + self.shift[:3, 3])
+        seen = visible_mask(self.local, views, self.cam, self.ipr)
         counts = seen.sum(1)
         base = int(counts[n_fwd])
         if base < cfg.min_points:
@@ -726,13 +731,22 @@ class _Search:
                 moves = self._moves(scale)
         return best, best_score, n_pts
 
-    def _moves(self, scale: float) -> list[list[np.ndarray]]:
-        """The ascent's moves at ``scale`` of its first steps, each both ways (``best @ move`` is :func:`_moved`'s);
-        made once per frame and scale: every ascent of the frame takes the same ones."""
-        moves = self._move_cache.get(scale)
-        if moves is None:
-            cfg = self.cfg
-            directions = _ascent_directions(cfg.step_m, np.radians(cfg.step_deg), cfg.pivot_depths_m)
-            moves = [[_moved(np.eye(4), sign * d) for sign in (scale, -scale)] for d in directions]
-            self._move_cache[scale] = moves
-        return moves
+    def _moves(self, scale: float) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """The ascent's moves at ``scale`` of its first steps (:func:`_ascent_moves`)."""
+        cfg = self.cfg
+        return _ascent_moves(cfg.step_m, cfg.step_deg, cfg.pivot_depths_m, scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _ascent_moves(
+    step_m: float, step_deg: float, pivot_depths_m: tuple[float, ...], scale: float
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The ascent's moves at ``scale`` of its first steps, each both ways (``best @ move`` is :func:`_moved`'s),
+    read only. Made once per process and scale: every ascent takes the same ones, and making them (~280 small
+    rotations a frame) was ~6 ms of a single image's hypotheses (one-off profile, session 31)."""
+    directions = _ascent_directions(step_m, np.radians(step_deg), pivot_depths_m)
+    moves = tuple(tuple(_moved(np.eye(4), sign * d) for sign in (scale, -scale)) for d in directions)
+    for pair in moves:
+        for move in pair:
+            move.flags.writeable = False
+    return moves
