@@ -7,7 +7,10 @@ stage's p50 per checkout and the ratio this / other per round (median, and the r
 
     git worktree add ../prev HEAD~1            # the checkout to compare against
     python bench/latency_ab.py --other ../prev [--rounds 3] [--modes global tracking] [--stride 2]
-        [--kinds outdoor indoor] [--seed KIND=SEED ...] [--model models]
+        [--kinds outdoor indoor] [--seed KIND=SEED ...] [--model models] [--config LOCALIZER.yaml]
+
+``--config``: LocalizerConfig fields (the node's ``localizer.*``, as ``ep2p-loc evaluate --config``), read by each
+checkout's own LocalizerConfig, e.g. ``alignment: {retrieved_starts: true}``.
 
 Tracking starts every frame from its true pose (the timing does not depend on the prior's error). The drives and
 their maps are those of ``bench/eval_model.py`` (made if missing, built with ``--model``'s features).
@@ -26,18 +29,23 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("preprocess", "image_encoder", "ipr", "matching", "pnp", "alignment", "total")
 
 
-def worker(tree: Path, map_dir: Path, sequence: Path, model: Path, mode: str, stride: int) -> dict[str, float]:
-    """p50 (ms) of each stage over every ``stride``-th frame, with the package of checkout ``tree``."""
+def worker(
+    tree: Path, map_dir: Path, sequence: Path, model: Path, mode: str, stride: int, config: Path | None = None
+) -> dict[str, float]:
+    """p50 (ms) of each stage over every ``stride``-th frame, with the package of checkout ``tree`` (and the
+    localizer settings of the YAML ``config``)."""
     sys.path.insert(0, str(tree))
     import numpy as np
+    import yaml
 
     import ep2p_loc_ros
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
-    from ep2p_loc_ros.localizer import Localizer
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
 
     if not Path(ep2p_loc_ros.__file__).resolve().is_relative_to(tree.resolve()):
         raise SystemExit(f"imported {ep2p_loc_ros.__file__}, not the package of {tree}")
-    loc = Localizer.from_paths(map_dir, model)
+    cfg = LocalizerConfig.from_dict(yaml.safe_load(config.read_text()) or {}, str(config)) if config else None
+    loc = Localizer.from_paths(map_dir, model, cfg)
     seq = KittiOdometrySequence(sequence)
     camera = seq.calib.camera
     frames = range(0, len(seq), stride)
@@ -48,9 +56,12 @@ def worker(tree: Path, map_dir: Path, sequence: Path, model: Path, mode: str, st
     return {s: float(np.median([t[s] for t in timings if s in t])) for s in STAGES if any(s in t for t in timings)}
 
 
-def run_worker(tree: Path, map_dir: Path, sequence: Path, model: Path, mode: str, stride: int) -> dict[str, float]:
+def run_worker(
+    tree: Path, map_dir: Path, sequence: Path, model: Path, mode: str, stride: int, config: Path | None
+) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", str(tree), "--map", str(map_dir), "--sequence", str(sequence)]
     cmd += ["--model", str(model), "--mode", mode, "--stride", str(stride)]
+    cmd += ["--config", str(config.resolve())] if config else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,8 +74,9 @@ def worker_main() -> None:
         ap.add_argument(name, type=Path, required=True)
     ap.add_argument("--mode", required=True)
     ap.add_argument("--stride", type=int, required=True)
+    ap.add_argument("--config", type=Path, default=None)
     a = ap.parse_args()
-    print(json.dumps(worker(a.worker, a.map, a.sequence, a.model, a.mode, a.stride)))
+    print(json.dumps(worker(a.worker, a.map, a.sequence, a.model, a.mode, a.stride, a.config)))
 
 
 def main() -> None:
@@ -77,6 +89,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", nargs="+", default=["global", "tracking"], choices=["global", "tracking"])
     ap.add_argument("--stride", type=int, default=2, help="localize every n-th frame")
+    ap.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields, for both checkouts")
     args = ap.parse_args()
     if args.other is None or not (args.other / "ep2p_loc_ros" / "__init__.py").exists():
         ap.error("--other must be a checkout of this project (git worktree add ../prev HEAD~1)")
@@ -95,10 +108,14 @@ def main() -> None:
             for mode in args.modes:
                 for drive, (seq, map_dir) in drives.items():
                     p50.setdefault((name, mode, drive), []).append(
-                        run_worker(tree, map_dir, seq, args.model, mode, args.stride)
+                        run_worker(tree, map_dir, seq, args.model, mode, args.stride, args.config)
                     )
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    print(f"# p50 per stage (ms), {args.other} (other) against {ROOT} (this), {args.rounds} interleaved rounds\n")
+    settings = f", localizer settings {args.config}" if args.config else ""
+    print(
+        f"# p50 per stage (ms), {args.other} (other) against {ROOT} (this), {args.rounds} interleaved rounds"
+        f"{settings}\n"
+    )
     print("| drive | mode | stage | other | this | this / other: median (range) |")
     print("|---|---|---|---|---|---|")
     for mode in args.modes:
