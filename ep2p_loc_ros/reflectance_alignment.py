@@ -106,8 +106,8 @@ class AlignmentConfig:
     # its support being the matches it reprojects within support_radius_px (network-image pixels), its likelihood the
     # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). Single images
     # within 0.5 m / 5 deg: nine outdoor drives 56.9 -> 78.3 %, eight indoor 33.4 -> 44.1 %. Off by default: the
-    # global p50 goes 1.8x (drive 902: 86 -> 158 ms), and in the node's loop one outdoor drive of four locks onto a
-    # look-alike place 30 m off (models/README.md, "Sessions 29-30").
+    # global p50 goes 1.4-1.6x (drive 902: 98 -> 139 ms), and in the node's loop one outdoor drive of nine locks onto
+    # a look-alike place 30 m off (models/README.md, "Sessions 29-31").
     retrieved_starts: bool = False
     support_weight: float = 0.3
     support_radius_px: float = 5.0
