@@ -111,6 +111,13 @@ def main() -> None:
     ap.add_argument(
         "--config", type=Path, default=None, help="YAML with LocalizerConfig fields (the node's localizer.*)"
     )
+    ap.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        help="with --track, search globally until the published hypothesis holds this many localizations "
+        "(tracking.confirm_updates)",
+    )
     args = ap.parse_args()
     loc_cfg = (
         LocalizerConfig.from_dict(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
@@ -155,11 +162,11 @@ def main() -> None:
         """The filter's pose of every frame from the localizations up to it (``results``: each frame's global
         localization; with ``--track`` each frame is localized now from the filter's pose, as the node does)."""
         filt = MapOdomFilter(cfg)
-        policy = TrackingPolicy(args.max_failures)  # the node's: global search again once tracking is lost
+        policy = TrackingPolicy(args.max_failures, args.confirm)  # the node's: when to search globally
         fused, cov = [], []
         for i in range(len(odo)):
             filt.predict(odo[i])
-            prior = filt.pose(odo[i]) if args.track and not policy.lost else None
+            prior = filt.pose(odo[i]) if args.track and policy.global_reason(filt) is None else None
             r = results[i] if prior is None else loc.localize(seq.image(i), seq.calib.camera, prior[0])
             joined = False
             if r.ok and r.num_inliers >= args.min_inliers:

@@ -132,6 +132,11 @@ class MapOdomFilter:
     def hypotheses(self) -> int:
         return len(self._hyps)
 
+    @property
+    def published_updates(self) -> int:
+        """Localizations the published hypothesis holds (0 before one is published)."""
+        return 0 if self._published is None else self._published.updates
+
     def predict(self, T_odom_base: np.ndarray) -> None:
         """Bring every hypothesis up to the odometry ``T_odom_base``: add the path driven since the last call.
 

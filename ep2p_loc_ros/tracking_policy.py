@@ -8,11 +8,19 @@ the rival that its hypotheses need to switch. So a frame counts as a failure whe
 the published pose (none, too few inliers, refused by the gate, or fitting another hypothesis), and after
 ``max_failures`` of them in a row the node searches globally, frame after frame, until a localization joins the
 published pose again (then that pose is right, or the filter has switched to the place the searches found).
+
+Confirmation (``confirm_updates``): the fallback finds a wrong first pose out only once tracking from it fails,
+which can take a while where the look-alike place goes on looking alike (drive 906 in session 31: 13 frames). With
+fusion, the node can instead go on searching globally until the published hypothesis holds ``confirm_updates``
+localizations: a wrong first pose then meets the global localizations of the right place, which take over through
+the filter's switch (``fusion.switch_after``) before tracking starts from either.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .map_odom_filter import MapOdomFilter
 
 __all__ = ["TrackingPolicy"]
 
@@ -22,11 +30,24 @@ class TrackingPolicy:
     """Counts the frames in a row whose localization did not join the published pose (see the module docstring)."""
 
     max_failures: int
+    confirm_updates: int = 0
     failures: int = 0
 
     def __post_init__(self) -> None:
         if self.max_failures < 1:
             raise ValueError(f"tracking.max_failures must be >= 1, got {self.max_failures}")
+        if self.confirm_updates < 0:
+            raise ValueError(f"tracking.confirm_updates must be >= 0, got {self.confirm_updates}")
+
+    def global_reason(self, fusion: MapOdomFilter | None = None) -> str | None:
+        """Why the next frame should search the whole map rather than track from the published pose (None: track):
+        lost (:attr:`lost`), or, with a filter that has had localizations, its published hypothesis holds fewer
+        than ``confirm_updates`` (a filter without any, e.g. without odometry, does not hold tracking back)."""
+        if self.lost:
+            return f"lost: {self.failures} frames not joining the published pose"
+        if fusion is not None and fusion.hypotheses > 0 and fusion.published_updates < self.confirm_updates:
+            return f"confirming the fused pose: {fusion.published_updates} of {self.confirm_updates} localizations"
+        return None
 
     @property
     def lost(self) -> bool:

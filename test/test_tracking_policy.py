@@ -32,6 +32,8 @@ def test_lost_after_max_failures_in_a_row_and_found_on_the_first_join():
     assert policy.failures == 0
     with pytest.raises(ValueError, match="max_failures"):
         TrackingPolicy(0)
+    with pytest.raises(ValueError, match="confirm_updates"):
+        TrackingPolicy(3, -1)
 
 
 def _noisy(T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -39,18 +41,18 @@ def _noisy(T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return make_T(rotvec_to_matrix(d[3:]) @ T[:3, :3], T[:3, 3] + d[:3])
 
 
-def _run(max_failures: int) -> tuple[list[float], list[str]]:
+def _run(max_failures: int, confirm: int = 0) -> tuple[list[float], list[str]]:
     """The node's loop over 60 frames of a straight drive (odometry exact, map = odom): the first three global
     localizations find a look-alike place 35 m ahead; tracked from a pose, a localization agrees with that pose
     while the views still overlap (as the first 15 frames do) and fails after; global ones later find the truth."""
     rng = np.random.default_rng(0)
-    filt, policy = MapOdomFilter(), TrackingPolicy(max_failures)
+    filt, policy = MapOdomFilter(), TrackingPolicy(max_failures, confirm)
     errors, modes = [], []
     for i in range(60):
         truth = make_T(np.eye(3), [2.0 * i, 0.0, 0.0])
         filt.predict(truth)
         published = filt.pose(truth)
-        prior = None if published is None or policy.lost else published[0]
+        prior = None if published is None or policy.global_reason(filt) is not None else published[0]
         if prior is None:
             look_alike = i < 3
             z = _noisy(make_T(np.eye(3), truth[:3, 3] + [35.0, 0.0, 0.0]) if look_alike else truth, rng)
@@ -75,3 +77,19 @@ def test_a_filter_locked_onto_a_look_alike_place_is_found_out_and_tracking_resum
     # without the fallback (the node before session 22) the loop never leaves the look-alike place
     never, _ = _run(max_failures=10**6)
     assert all(e > 30 for e in never[2:])
+
+
+def test_confirming_the_first_pose_globally_replaces_a_look_alike_before_tracking_starts():
+    """With ``confirm_updates``, the loop goes on searching globally after the look-alike place is published: the
+    right place's localizations take over through the filter's switch, and tracking starts there, 9 frames in
+    rather than after tracking from the wrong place failed (frame 30)."""
+    errors, modes = _run(max_failures=3, confirm=6)
+    assert all(e > 30 for e in errors[2:7])  # published first: the look-alike place (3 localizations) ...
+    assert all(e < 1.0 for e in errors[7:]), errors  # ... then the right one, the switch after 5 of its own
+    first_track = modes.index("tracking")
+    assert 8 <= first_track <= 10 and modes[first_track:] == ["tracking"] * (60 - first_track)
+    no_odometry = TrackingPolicy(3, 6)
+    assert no_odometry.global_reason(MapOdomFilter()) is None  # a filter never fed does not hold tracking back
+    for _ in range(3):
+        no_odometry.record(False)
+    assert no_odometry.global_reason(None).startswith("lost")

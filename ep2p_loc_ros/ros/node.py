@@ -628,8 +628,9 @@ class LocalizationNode(LifecycleNode):
             return None, "global (relocalize requested)"
         if not self.params.tracking_enabled or tracked is None:
             return None, "global"
-        if self._policy.lost:
-            return None, f"global (lost: {self._policy.failures} frames not joining the published pose)"
+        why = self._policy.global_reason(self._fusion)
+        if why is not None:
+            return None, f"global ({why})"
         T_map_cam_last, _, T_odom_base_last = tracked
         T_odom_base_now = self._odom_T(stamp)
         if T_base_cam is not None and T_odom_base_last is not None and T_odom_base_now is not None:
@@ -707,8 +708,8 @@ class LocalizationNode(LifecycleNode):
         self._tracked: tuple[np.ndarray, float, np.ndarray | None] | None = None
         self._initial_pose: np.ndarray | None = None
         self._relocalize = False  # ~/relocalize was called: the next frame starts over (see _prior)
-        max_failures = self.params.tracking_max_failures if self.params is not None else 1
-        self._policy = TrackingPolicy(max_failures)
+        p = self.params
+        self._policy = TrackingPolicy(p.tracking_max_failures, p.tracking_confirm_updates) if p else TrackingPolicy(1)
         self._last_stamp: float | None = None
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()

@@ -133,6 +133,14 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         max=1000,
     ),
     ParamSpec(
+        "tracking.confirm_updates",
+        0,
+        "with fusion: search the whole map, not from the published pose, until the published fusion hypothesis holds "
+        "this many localizations, so that a first pose at a look-alike place meets its rivals (0: track at once)",
+        min=0,
+        max=1000,
+    ),
+    ParamSpec(
         "fusion.enabled",
         True,
         "with odometry (odom->base on /tf): fuse every localization over time in a map->odom filter and publish its "
@@ -226,6 +234,7 @@ class NodeParams:
     map_cloud_max_points: int
     tracking_enabled: bool
     tracking_max_failures: int
+    tracking_confirm_updates: int
     fusion_enabled: bool
     time_jump_reset_s: float
     diagnostics_period: float
@@ -347,6 +356,7 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         map_cloud_max_points=v["map_cloud_max_points"],
         tracking_enabled=v["tracking.enabled"],
         tracking_max_failures=v["tracking.max_failures"],
+        tracking_confirm_updates=v["tracking.confirm_updates"],
         fusion_enabled=v["fusion.enabled"],
         time_jump_reset_s=v["time_jump_reset_s"],
         diagnostics_period=v["diagnostics_period"],
