@@ -85,7 +85,8 @@ def h(demo_data, demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node_demo")
     proc, ros, lc = rh.connect_node(
         lambda: rh.start_node(
-            {"map_path": str(demo_data.map_dir), "publish_debug_image": True},
+            # tracking.confirm_updates 4: the fused test sees one frame confirm the filter's pose globally
+            {"map_path": str(demo_data.map_dir), "publish_debug_image": True, "tracking.confirm_updates": 4},
             remaps={"image": "/cam/image_raw", "camera_info": "/cam/camera_info"},
             oracle_sequence=demo_data.sequence_dir,
             log_dir=tmp,
@@ -172,7 +173,8 @@ def test_node_localizes_demo_sequence_over_dds(h, demo, demo_data):
 
 def test_node_fuses_localizations_through_odometry_and_publishes_map_to_odom(h, demo):
     """With odometry the node publishes the map->odom filter's pose: held until three localizations agree, then
-    the fused pose, with map->odom on /tf such that map->odom->base is that pose."""
+    the fused pose, with map->odom on /tf such that map->odom->base is that pose; with tracking.confirm_updates it
+    searches globally until the published pose holds that many localizations, then tracks from it."""
     T_odom_map = make_T(rotvec_to_matrix([0, 0, 0.4]), [3.0, -1.0, 0.0])  # odometry: the truth, from elsewhere
     results = []
     for i in (FRAMES[-1] + 1, FRAMES[-1] + 2, FRAMES[-1] + 3):
@@ -204,17 +206,18 @@ def test_node_fuses_localizations_through_odometry_and_publishes_map_to_odom(h, 
     T_map_odom = pose_to_matrix(hit[1].transforms[0].transform)
     np.testing.assert_allclose(T_map_odom @ T_odom_base, T_pose, atol=1e-9)
     np.testing.assert_allclose(T_map_odom, invert(T_odom_map), atol=0.1)
-    # the next frame tracks from the fused pose, and the filter is told so (fusion.intersect_own_prior uses it)
-    i = FRAMES[-1] + 4
-    T_odom_base = T_odom_map @ demo.T_map_base(i)
-    for dt in (-0.05, 0.0, 0.05):
-        st = rh.stamp_msg(T0 + float(demo.seq.times[i]) + dt)
-        h.tf_pub.publish(TFMessage(transforms=[make_transform_stamped(T_odom_base, "odom", "base_link", st)]))
-    time.sleep(0.3)
-    stamp = _stamp(i, demo)
-    diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
-    assert diag["mode"].startswith("tracking") and diag["fusion_own_prior"] == "True", diag
-    assert diag["reason"] == "fused" and pose is not None, diag
+    # tracking.confirm_updates 4: the next frame still searches globally (the published pose holds 3); the one after
+    # tracks from the fused pose, and the filter is told so (fusion.intersect_own_prior uses it)
+    for i, mode in ((FRAMES[-1] + 4, "global (confirming the fused pose: 3 of 4"), (FRAMES[-1] + 5, "tracking")):
+        T_odom_base = T_odom_map @ demo.T_map_base(i)
+        for dt in (-0.05, 0.0, 0.05):
+            st = rh.stamp_msg(T0 + float(demo.seq.times[i]) + dt)
+            h.tf_pub.publish(TFMessage(transforms=[make_transform_stamped(T_odom_base, "odom", "base_link", st)]))
+        time.sleep(0.3)
+        stamp = _stamp(i, demo)
+        diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
+        assert diag["mode"].startswith(mode) and diag["fusion_own_prior"] == str(mode == "tracking"), diag
+        assert diag["reason"] == "fused" and pose is not None, diag
 
 
 def test_node_initialpose_seeds_the_next_frame(h, demo):
@@ -226,7 +229,7 @@ def test_node_initialpose_seeds_the_next_frame(h, demo):
     msg.pose.pose = matrix_to_pose(demo.T_map_base(i))
     h.init_pub.publish(msg)
     assert h.ros.wait_for(lambda: "initial pose received" in h.proc.log(), 5)
-    stamp = _stamp(i, demo)
+    stamp = rh.stamp_msg(T0 + 5.0 + float(demo.seq.times[i]))  # 5 s after the last odometry: the gate's pose
     diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
     assert diag["mode"] == "initial pose" and pose is not None
 
