@@ -10,7 +10,8 @@ the published pose (none, too few inliers, refused by the gate, or fitting anoth
 published pose again (then that pose is right, or the filter has switched to the place the searches found).
 
 Confirmation (``confirm_updates``): the fallback finds a wrong first pose out only once tracking from it fails,
-which can take a while where the look-alike place goes on looking alike (drive 906 in session 31: 13 frames). With
+which can take a while where the look-alike place goes on looking alike (drive 906 with the single-image
+hypotheses: published at a look-alike place at frame 3, replaced at frame ~20; models/README.md "Session 31"). With
 fusion, the node can instead go on searching globally until the published hypothesis holds ``confirm_updates``
 localizations: a wrong first pose then meets the global localizations of the right place, which take over through
 the filter's switch (``fusion.switch_after``) before tracking starts from either.
@@ -27,7 +28,9 @@ __all__ = ["TrackingPolicy"]
 
 @dataclass
 class TrackingPolicy:
-    """Counts the frames in a row whose localization did not join the published pose (see the module docstring)."""
+    """When to search globally rather than track (:meth:`global_reason`): counts the frames in a row whose
+    localization did not join the published pose, and holds tracking back until the fused pose is confirmed (see
+    the module docstring)."""
 
     max_failures: int
     confirm_updates: int = 0
