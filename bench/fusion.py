@@ -114,9 +114,9 @@ def main() -> None:
     ap.add_argument(
         "--confirm",
         type=int,
-        default=0,
-        help="with --track, search globally until the published hypothesis holds this many localizations "
-        "(tracking.confirm_updates)",
+        default=6,
+        help="with --track, on maps where single images are aligned from hypotheses, search globally until the "
+        "published hypothesis holds this many localizations (tracking.confirm_updates; 0: track at once)",
     )
     args = ap.parse_args()
     loc_cfg = (
@@ -162,7 +162,8 @@ def main() -> None:
         """The filter's pose of every frame from the localizations up to it (``results``: each frame's global
         localization; with ``--track`` each frame is localized now from the filter's pose, as the node does)."""
         filt = MapOdomFilter(cfg)
-        policy = TrackingPolicy(args.max_failures, args.confirm)  # the node's: when to search globally
+        confirm = args.confirm if loc.single_image_hypotheses else 0  # as the node: where hypotheses run
+        policy = TrackingPolicy(args.max_failures, confirm)  # the node's: when to search globally
         fused, cov = [], []
         for i in range(len(odo)):
             filt.predict(odo[i])

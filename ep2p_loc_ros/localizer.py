@@ -457,6 +457,10 @@ class Localizer:
         self.map_environment = str(lidar_map.params.get("environment", "unknown"))
         self.align_here = self.map_environment in align.environments
         contrast = self.map_environment in align.contrast_environments
+        # single images (no prior) aligned from several hypotheses here (AlignmentConfig.retrieved_starts)
+        self.single_image_hypotheses = (
+            self.align_here and align.retrieved_starts and self.map_environment in align.hypothesis_environments
+        )
         # how poses are refined to the map's reflectance here (the node says it at configure)
         self.alignment_mode = "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last
@@ -625,7 +629,7 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
-        if res.ok and align and not near and cfg.alignment.retrieved_starts:
+        if res.ok and align and not near and self.single_image_hypotheses:
             res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0)
         elif res.ok and align:
             res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)

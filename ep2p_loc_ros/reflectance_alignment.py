@@ -104,11 +104,15 @@ class AlignmentConfig:
     # a single image's pose is aligned from PnP's pose and from retrieved submaps' viewpoints too, and the aligned
     # pose with the best score + support_weight * log(1 + its support) + likelihood_weight * its patch likelihood wins,
     # its support being the matches it reprojects within support_radius_px (network-image pixels), its likelihood the
-    # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). Single images
-    # within 0.5 m / 5 deg: nine outdoor drives 56.9 -> 78.3 %, eight indoor 33.4 -> 44.1 %. Off by default: the
-    # global p50 goes 1.4-1.6x (drive 902: 98 -> 139 ms), and in the node's loop one outdoor drive of nine locks onto
-    # a look-alike place 30 m off (models/README.md, "Sessions 29-31").
-    retrieved_starts: bool = False
+    # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). On maps of
+    # hypothesis_environments only, and first PnP's pose alone, the others only where few matches support it
+    # (hypotheses_below_support): single images within 0.5 m / 5 deg on nine outdoor drives 56.9 -> 72.6 % at about the
+    # default's global p50 (always: 78.3 %, but the global p50 1.4-1.6x). Indoors (eight drives: 33.4 -> 34.1 %, and
+    # always 44.1 %) the node's loop loses 4.2 points with them, so outdoors only; there the node confirms its first
+    # pose (tracking.confirm_updates), as a drive's first images can agree on a look-alike place (models/README.md,
+    # "Sessions 29-31").
+    retrieved_starts: bool = True
+    hypothesis_environments: tuple[str, ...] = ("outdoor",)
     support_weight: float = 0.3
     support_radius_px: float = 5.0
     # ... + likelihood_weight * the patch likelihood (nats a point, pose_hypotheses.PatchLikelihood, on at most
@@ -118,7 +122,7 @@ class AlignmentConfig:
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
-    hypotheses_below_support: float = 1.0  # < 1: first PnP's pose alone, kept when this share of the matches support it
+    hypotheses_below_support: float = 0.06  # < 1: first PnP's pose alone, kept if this share of the matches support it
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
     # on maps of these environments it compares local contrast, not levels (module docstring): the grey level less
@@ -147,7 +151,7 @@ class AlignmentConfig:
         if not all(np.isfinite(d) and d > 0 for d in depths):
             raise ValueError(f"alignment.pivot_depths_m must be positive, got {list(depths)}")
         object.__setattr__(self, "pivot_depths_m", depths)
-        for name in ("environments", "contrast_environments"):
+        for name in ("environments", "contrast_environments", "hypothesis_environments"):
             envs = tuple(str(e) for e in getattr(self, name))  # a list from YAML or ROS parameters
             if not set(envs) <= set(ENVIRONMENTS):
                 raise ValueError(f"alignment.{name} must be among {', '.join(ENVIRONMENTS)}, got {list(envs)}")

@@ -472,6 +472,9 @@ class OracleLocalizer:
         self.seq = KittiOdometrySequence(sequence_dir)
         self.cost_ms = float(cost_ms)
         self._index = {hashlib.sha1(self.seq.image(i).tobytes()).hexdigest(): i for i in range(len(self.seq))}
+        # as the Localizer says it (the node confirms its first fused pose where this is true)
+        align, environment = self.config.alignment, str(self.map.params.get("environment", "unknown"))
+        self.single_image_hypotheses = align.retrieved_starts and environment in align.hypothesis_environments
 
     @classmethod
     def from_paths(cls, map_dir, model_dir=None, config=None, providers: str = "auto") -> OracleLocalizer:

@@ -765,6 +765,19 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     outdoor = _localizer(lidar_map, desc, alignment=only_global)
     assert outdoor.localize(image, seq.calib.camera).aligned and not outdoor._contrast
     assert outdoor.alignment_mode == "levels"
+    # single images get pose hypotheses on outdoor maps only (alignment.hypothesis_environments): indoors the node's
+    # loop lost with them; maps that do not say where they are keep the single alignment
+    assert outdoor.single_image_hypotheses
+    for environment in ("indoor", "unknown"):
+        elsewhere = replace(lidar_map, params={**lidar_map.params, "environment": environment})
+        assert not _localizer(elsewhere, desc, alignment=only_global).single_image_hypotheses, environment
+    everywhere = replace(only_global, hypothesis_environments=["outdoor", "indoor", "unknown"])
+    assert _localizer(
+        replace(lidar_map, params={**lidar_map.params, "environment": "indoor"}), desc, alignment=everywhere
+    ).single_image_hypotheses
+    assert not _localizer(
+        lidar_map, desc, alignment=replace(only_global, retrieved_starts=False)
+    ).single_image_hypotheses
     # on a map built as indoor it compares local contrast (alignment.contrast_environments), the submap's kept for
     # the next frame; the alignment is off on environments the config leaves out (alignment.environments)
     indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
@@ -890,7 +903,7 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
 
     seq, lidar_map, T_gt, desc, ids = split_scene
     image = seq.image(FRAME)
-    short = AlignmentConfig(forward_range_m=3.0)
+    short = AlignmentConfig(forward_range_m=3.0, hypotheses_below_support=1.0)  # always, unless below
     runs = {}
     for starts in (False, True):
         cfg = replace(short, retrieved_starts=starts)
@@ -921,7 +934,11 @@ def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_descr
     errors, aligned = {}, {}
     for weight, margin in ((0.0, math.inf), (0.3, math.inf), (0.3, 1.0)):
         cfg = AlignmentConfig(
-            forward_range_m=3.0, retrieved_starts=True, likelihood_weight=weight, hypothesis_margin=margin
+            forward_range_m=3.0,
+            retrieved_starts=True,
+            hypotheses_below_support=1.0,
+            likelihood_weight=weight,
+            hypothesis_margin=margin,
         )
         session = CodedSession(_CODES)
         session.descriptor = desc

@@ -709,7 +709,10 @@ class LocalizationNode(LifecycleNode):
         self._initial_pose: np.ndarray | None = None
         self._relocalize = False  # ~/relocalize was called: the next frame starts over (see _prior)
         p = self.params
-        self._policy = TrackingPolicy(p.tracking_max_failures, p.tracking_confirm_updates) if p else TrackingPolicy(1)
+        # the first pose is confirmed where single images are aligned from several hypotheses: they can agree on a
+        # look-alike place (tracking_policy.py)
+        confirm = p.tracking_confirm_updates if p and getattr(self.localizer, "single_image_hypotheses", False) else 0
+        self._policy = TrackingPolicy(p.tracking_max_failures, confirm) if p else TrackingPolicy(1)
         self._last_stamp: float | None = None
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()

@@ -134,9 +134,11 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "tracking.confirm_updates",
-        0,
-        "with fusion: search the whole map, not from the published pose, until the published fusion hypothesis holds "
-        "this many localizations, so that a first pose at a look-alike place meets its rivals (0: track at once)",
+        6,
+        "with fusion, on maps where single images are aligned from several hypotheses (localizer.alignment."
+        "hypothesis_environments): search the whole map, not from the published pose, until the published fusion "
+        "hypothesis holds this many localizations, so that a first pose at a look-alike place meets its rivals (0: "
+        "track at once)",
         min=0,
         max=1000,
     ),
