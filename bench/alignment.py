@@ -9,9 +9,10 @@ alignment's p50 time against the localization's own (same run, same host: the ra
     python bench/alignment.py [--seed outdoor=902 indoor=903] [--kinds outdoor indoor] [--stride N]
         [--set forward_range_m=8 --set max_points=20000 ...] [--per-frame]
 
-With ``--set retrieved_starts=true`` the "after" pose is the Localizer's own (PnP's pose and retrieved viewpoints
-aligned, one chosen by score, the matches' support and the patch likelihood), and its time is the Localizer's
-alignment stage.
+With ``retrieved_starts`` on (the default since session 31) the "after" pose is the Localizer's own (on maps of
+``hypothesis_environments``, PnP's pose and retrieved viewpoints aligned, one chosen by score, the matches' support
+and the patch likelihood), and its time is the Localizer's alignment stage; ``--set retrieved_starts=false``: the
+alignment of PnP's pose alone.
 """
 
 from __future__ import annotations
