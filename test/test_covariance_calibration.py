@@ -157,13 +157,16 @@ def test_calibrate_covariance_command_on_the_demo_drive(demo_data, tmp_path, cap
     assert main([*args, "--model", str(model), "--stride", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data["modes"]) == {"global", "tracking"}
-    for m in data["modes"].values():
+    for mode, m in data["modes"].items():
         assert m["frames"] >= 8
-        assert m["nees_median_before"] > 100  # PnP alone: overconfident
+        # PnP alone: overconfident (global ~37 with the pose hypotheses since session 31, > 100 before; tracking > 100)
+        assert m["nees_median_before"] > 5 * CHI2_6_MEDIAN
         assert abs(m["nees_median_after"] - CHI2_6_MEDIAN) < 0.01
         assert m["within_95_after"] > 0.5 > m["within_95_before"]
         std = m["std_camera_axes"]
-        assert std[2] > std[1] and std[2] > 0.1  # the optical axis is where the error lies
+        assert std[2] > std[1]  # the optical axis is where the error lies ...
+        # ... metres of it when tracking; single images with the pose hypotheses are within ~8 cm on each axis here
+        assert std[2] > 0.1 if mode == "tracking" else max(std[:3]) < 0.5, (mode, std)
     cal = CovarianceCalibration.load(model / CALIBRATION_FILE)
 
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
@@ -177,7 +180,8 @@ def test_calibrate_covariance_command_on_the_demo_drive(demo_data, tmp_path, cap
     assert a.ok and b.ok
     np.testing.assert_allclose(a.T_map_cam, b.T_map_cam)
     np.testing.assert_allclose(a.covariance, cal.apply("global", b.T_map_cam, b.covariance))
-    assert np.sqrt(np.linalg.eigvalsh(a.covariance[:3, :3]).max()) > 10 * np.sqrt(
+    # the model's error on top of PnP's (frame 0 of the demo drive: 8.9 against 4.3 cm with the pose hypotheses)
+    assert np.sqrt(np.linalg.eigvalsh(a.covariance[:3, :3]).max()) > 1.5 * np.sqrt(
         np.linalg.eigvalsh(b.covariance[:3, :3]).max()
     )
 
