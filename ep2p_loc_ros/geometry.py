@@ -231,6 +231,11 @@ class PinholeCamera:
     def has_distortion(self) -> bool:
         return bool(np.any(self.dist != 0))
 
+    @property
+    def key(self) -> tuple:
+        """A hashable identity of the intrinsics: equal for the same size, K and distortion."""
+        return self.width, self.height, self.K.tobytes(), self.dist.tobytes()
+
     def scaled(self, factor: float) -> PinholeCamera:
         """The same camera for an image resized by ``factor`` (pixel centres at integers are kept)."""
         K = self.K.copy()

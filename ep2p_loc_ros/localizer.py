@@ -401,11 +401,6 @@ def viewpoint_spacing(T_map_viewpoint: np.ndarray) -> float:
     return float(np.median(dist[:, 1]))
 
 
-def _camera_key(camera: PinholeCamera) -> tuple[Any, ...]:
-    """A hashable identity of the intrinsics (a camera_info that changes makes new views)."""
-    return camera.width, camera.height, camera.K.tobytes(), camera.dist.tobytes()
-
-
 @dataclass(frozen=True)
 class _Matches:
     """2D-3D matches of one matching pass: map points, their original-image pixels and confidences; with the
@@ -871,7 +866,7 @@ class Localizer:
         Why keep them: consecutive frames retrieve mostly the same submaps, and gathering a submap's points from
         the memory-mapped map and running IPR on them was 4-6 ms a submap outdoors (90k points).
         """
-        key = (sid, _camera_key(camera))
+        key = (sid, camera.key)  # a camera_info that changes makes new views
         view = self._views.get(key)
         if view is not None:
             self._views.move_to_end(key)

@@ -371,10 +371,6 @@ class AlignmentImage:
 UPSAMPLE = 2  # the grey bins are looked up on the compared image upsampled this many times (_Scorer's docstring)
 
 
-def _same_camera(a: PinholeCamera, b: PinholeCamera) -> bool:
-    return (a.width, a.height) == (b.width, b.height) and np.array_equal(a.K, b.K) and np.array_equal(a.dist, b.dist)
-
-
 def _image_settings(cfg: AlignmentConfig, local_contrast: bool) -> tuple:
     """The :class:`AlignmentConfig` fields an :class:`AlignmentImage` depends on."""
     return (cfg.image_scale, cfg.blur_px, cfg.bins, local_contrast, cfg.contrast_blur_px if local_contrast else None)
@@ -539,7 +535,7 @@ def align_to_reflectance(
     start = np.asarray(T_map_cam, dtype=np.float64)
     if image is None:
         image = prepare_alignment_image(rgb, camera, cfg, local_contrast)
-    elif image.settings != _image_settings(cfg, local_contrast) or not _same_camera(image.source, camera):
+    elif image.settings != _image_settings(cfg, local_contrast) or image.source.key != camera.key:
         raise ValueError("the prepared image was made for another camera or other image settings")
     cam = image.camera
     pts, refl = np.asarray(points), np.asarray(reflectance)
