@@ -453,9 +453,7 @@ class Localizer:
         self.align_here = self.map_environment in align.environments
         contrast = self.map_environment in align.contrast_environments
         # single images (no prior) aligned from several hypotheses here (AlignmentConfig.retrieved_starts)
-        self.single_image_hypotheses = (
-            self.align_here and align.retrieved_starts and self.map_environment in align.hypothesis_environments
-        )
+        self.single_image_hypotheses = align.hypotheses_on(self.map_environment)
         # how poses are refined to the map's reflectance here (the node says it at configure)
         self.alignment_mode = "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last

@@ -185,6 +185,12 @@ class AlignmentConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"alignment.{name} must be in [0, 1], got {getattr(self, name)}")
 
+    def hypotheses_on(self, environment: str) -> bool:
+        """Whether single images on a map of ``environment`` are aligned from several hypotheses
+        (``retrieved_starts`` on a map the alignment runs on and of ``hypothesis_environments``)."""
+        here = environment in self.environments and environment in self.hypothesis_environments
+        return self.retrieved_starts and here
+
     def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range

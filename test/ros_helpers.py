@@ -473,8 +473,8 @@ class OracleLocalizer:
         self.cost_ms = float(cost_ms)
         self._index = {hashlib.sha1(self.seq.image(i).tobytes()).hexdigest(): i for i in range(len(self.seq))}
         # as the Localizer says it (the node confirms its first fused pose where this is true)
-        align, environment = self.config.alignment, str(self.map.params.get("environment", "unknown"))
-        self.single_image_hypotheses = align.retrieved_starts and environment in align.hypothesis_environments
+        environment = str(self.map.params.get("environment", "unknown"))
+        self.single_image_hypotheses = self.config.alignment.hypotheses_on(environment)
 
     @classmethod
     def from_paths(cls, map_dir, model_dir=None, config=None, providers: str = "auto") -> OracleLocalizer:
