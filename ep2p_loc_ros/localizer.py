@@ -709,11 +709,12 @@ class Localizer:
         radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
         image = prepare_alignment_image(rgb, camera, cfg, contrast)  # once for all the frame's alignments
         first: AlignmentResult | None = None  # PnP's pose aligned in full, as without hypotheses
+        first_support = 0  # ... its matches' support (counted once: it is a hypothesis too)
         if cfg.hypotheses_below_support < 1:  # ... and kept if well supported
             first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, image=image)
-            if first.ok and match_support(m.X, m.px, first.T_map_cam, camera, radius) >= (
-                cfg.hypotheses_below_support * len(m.X)
-            ):
+            if first.ok:
+                first_support = match_support(m.X, m.px, first.T_map_cam, camera, radius)
+            if first.ok and first_support >= cfg.hypotheses_below_support * len(m.X):
                 timings["alignment"] = (time.perf_counter() - ta) * 1e3
                 timings["total"] = (time.perf_counter() - t0) * 1e3
                 return replace(res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True)
@@ -743,7 +744,9 @@ class Localizer:
         found += [self._aligned(T, rgb, camera, quick, contrast, sid, image=image) for T, sid in starts]
         ok = [al for al in found if al.ok]
         if ok:
-            support = [match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok]
+            support = [
+                first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok
+            ]
             likelihood = None
             if table is not None and cfg.likelihood_weight > 0 and len(ok) > 1:
                 likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in ok]
