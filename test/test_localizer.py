@@ -903,7 +903,7 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
 
     seq, lidar_map, T_gt, desc, ids = split_scene
     image = seq.image(FRAME)
-    short = AlignmentConfig(forward_range_m=3.0, hypotheses_below_support=1.0)  # always, unless below
+    short = AlignmentConfig(forward_range_m=3.0, hypotheses_below_support=1.0)  # on every frame (gated below)
     runs = {}
     for starts in (False, True):
         cfg = replace(short, retrieved_starts=starts)
