@@ -18,10 +18,12 @@ the node's ``tracking.enabled``) and that localization is fused. It is what the 
 of the odometry (``fusion.drift_*``) apart from the simulated drift; ``--intersect-own-prior`` fuses the tracking
 localizations by covariance intersection (``fusion.intersect_own_prior``). As in the node, after
 ``--max-failures`` frames in a row whose localization did not join the filter's pose, the loop searches globally
-until one does (``tracking_policy.py``).
+until one does (``tracking_policy.py``). ``--robust-chi2`` sets how the filter weights localizations far within its
+gate (``fusion.robust_chi2``; 0: as a Gaussian update, at full weight).
 
     python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
-        [--gate-chi2 16.81 22.46 ...] [--correlation-length 0 2 ...] [--filter-drift 0.02 0.05 ...] [--track]
+        [--gate-chi2 16.81 22.46 ...] [--robust-chi2 0 4 ...] [--correlation-length 0 2 ...]
+        [--filter-drift 0.02 0.05 ...] [--track]
         [--intersect-own-prior] [--draws N] [--config LOCALIZER.yaml] [--max-failures N]
 """
 
@@ -73,6 +75,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--gate-chi2", nargs="+", type=float, default=[FusionConfig().gate_chi2], help="fusion.gate_chi2 values to try"
+    )
+    ap.add_argument(
+        "--robust-chi2",
+        nargs="+",
+        type=float,
+        default=[FusionConfig().robust_chi2],
+        help="fusion.robust_chi2 values to try (0: the Gaussian update)",
     )
     ap.add_argument(
         "--correlation-length",
@@ -197,14 +206,17 @@ def main() -> None:
         step = float(np.median(np.linalg.norm(np.diff(T_gt[:, :3, 3], axis=0), axis=1)))
         correlations.append((name, step, error_correlation(raw, T_gt)))
         print(f"| {name} | – | single images {score([(raw, None)], T_gt)}")
-        sweep = itertools.product(enumerate(drifts), args.gate_chi2, args.correlation_length, filter_drifts)
-        for (k, (frac, deg)), gate, length, (f_m, f_deg) in sweep:
+        sweep = itertools.product(
+            enumerate(drifts), args.gate_chi2, args.robust_chi2, args.correlation_length, filter_drifts
+        )
+        for (k, (frac, deg)), gate, robust, length, (f_m, f_deg) in sweep:
             cfg = FusionConfig(
                 gate_chi2=gate,
                 correlation_length_m=length,
                 drift_m_per_m=f_m,
                 drift_deg_per_m=f_deg,
                 intersect_own_prior=args.intersect_own_prior,
+                robust_chi2=robust,
             )
             runs = [
                 fuse(
@@ -220,6 +232,8 @@ def main() -> None:
             label = "fused" + (f" ({args.draws} draws)" if args.draws > 1 else "")
             if len(args.gate_chi2) > 1:
                 label += f", gate {gate:g}"
+            if len(args.robust_chi2) > 1:
+                label += f", robust {robust:g}"
             if len(args.correlation_length) > 1:
                 label += f", correlated over {length:g} m"
             if len(filter_drifts) > 1:
