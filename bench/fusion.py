@@ -171,8 +171,8 @@ def main() -> None:
         """The filter's pose of every frame from the localizations up to it (``results``: each frame's global
         localization; with ``--track`` each frame is localized now from the filter's pose, as the node does)."""
         filt = MapOdomFilter(cfg)
-        confirm = args.confirm if loc.single_image_hypotheses else 0  # as the node: where hypotheses run
-        policy = TrackingPolicy(args.max_failures, confirm)  # the node's: when to search globally
+        # the node's: when to search globally
+        policy = TrackingPolicy.for_localizer(args.max_failures, args.confirm, loc.single_image_hypotheses)
         fused, cov = [], []
         for i in range(len(odo)):
             filt.predict(odo[i])

@@ -42,6 +42,13 @@ class TrackingPolicy:
         if self.confirm_updates < 0:
             raise ValueError(f"tracking.confirm_updates must be >= 0, got {self.confirm_updates}")
 
+    @classmethod
+    def for_localizer(cls, max_failures: int, confirm_updates: int, single_image_hypotheses: bool) -> TrackingPolicy:
+        """The node's policy: the first pose is confirmed only where single images are aligned from several
+        hypotheses (``Localizer.single_image_hypotheses``), whose first images can agree on a look-alike place;
+        elsewhere confirming costs precision (models/README.md "Session 31")."""
+        return cls(max_failures, confirm_updates if single_image_hypotheses else 0)
+
     def global_reason(self, fusion: MapOdomFilter | None = None) -> str | None:
         """Why the next frame should search the whole map rather than track from the published pose (None: track):
         lost (:attr:`lost`), or, with a filter that has had localizations, its published hypothesis holds fewer

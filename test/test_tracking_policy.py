@@ -93,3 +93,15 @@ def test_confirming_the_first_pose_globally_replaces_a_look_alike_before_trackin
     for _ in range(3):
         no_odometry.record(False)
     assert no_odometry.global_reason(None).startswith("lost")
+
+
+def test_the_node_confirms_the_first_pose_only_where_single_images_get_hypotheses():
+    """``for_localizer``: the node's and bench/fusion.py's one rule for when ``tracking.confirm_updates`` applies."""
+    with_hypotheses = TrackingPolicy.for_localizer(3, 6, single_image_hypotheses=True)
+    without = TrackingPolicy.for_localizer(3, 6, single_image_hypotheses=False)
+    assert (with_hypotheses.max_failures, with_hypotheses.confirm_updates) == (3, 6)
+    assert (without.max_failures, without.confirm_updates) == (3, 0)
+    fed = MapOdomFilter()
+    fed.update(np.eye(4), COV, np.eye(4))  # one localization: a hypothesis, nothing published yet
+    assert with_hypotheses.global_reason(fed).startswith("confirming")
+    assert without.global_reason(fed) is None

@@ -709,10 +709,12 @@ class LocalizationNode(LifecycleNode):
         self._initial_pose: np.ndarray | None = None
         self._relocalize = False  # ~/relocalize was called: the next frame starts over (see _prior)
         p = self.params
-        # the first pose is confirmed where single images are aligned from several hypotheses: they can agree on a
-        # look-alike place (tracking_policy.py)
-        confirm = p.tracking_confirm_updates if p and getattr(self.localizer, "single_image_hypotheses", False) else 0
-        self._policy = TrackingPolicy(p.tracking_max_failures, confirm) if p else TrackingPolicy(1)
+        hypotheses = getattr(self.localizer, "single_image_hypotheses", False)
+        self._policy = (
+            TrackingPolicy.for_localizer(p.tracking_max_failures, p.tracking_confirm_updates, hypotheses)
+            if p
+            else TrackingPolicy(1)
+        )
         self._last_stamp: float | None = None
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()
