@@ -252,11 +252,14 @@ class MapOdomFilter:
             chosen.path_m = 0.0
             chosen.updates += 1
             chosen.recent += 1
-            if chosen is self._published:  # the rivals' runs of support end
-                for h in self._hyps:
-                    if h is not chosen:
-                        h.recent = 0
         self._choose_published()
+        # The rivals' runs of support end when the published hypothesis takes a localization, also one that just took
+        # over (else the one it replaced, its run still counted, takes over again at its next localization: the pose
+        # flips between two places); not at the first publication, which interrupted no run.
+        if chosen is not None and chosen is self._published and before is not None:
+            for h in self._hyps:
+                if h is not chosen:
+                    h.recent = 0
         if chosen is not None and chosen is not self._published:
             reason = "supports another hypothesis"
         return FusionUpdate(

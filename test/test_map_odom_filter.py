@@ -103,6 +103,28 @@ def test_a_moved_vehicle_is_found_again_after_a_few_agreeing_localizations():
     assert switched is not None and switched <= 4, switched
 
 
+def test_after_a_switch_the_replaced_hypothesis_needs_a_run_of_its_own_to_take_over_again():
+    """Localizations alternating between two places after a switch (tracked frames, one at a look-alike, the next at
+    the right place): the hypothesis just replaced must gather ``switch_after`` in a row again. Before session 32 its
+    old run still counted, and the published pose flipped between the places at every localization (drive 777)."""
+    rng = np.random.default_rng(6)
+    f = MapOdomFilter()
+    cov = np.diag(SIGMA**2)
+    drive = _drive(30)
+    moved = make_T(rotvec_to_matrix([0.0, 0.0, -1.2]), [300.0, 80.0, 0.0])
+    for T_ob in drive[:10]:
+        f.update(_measure(T_MAP_ODOM, T_ob, rng), cov, T_ob)
+    for T_ob in drive[10:15]:  # five at the other place: it takes over
+        f.update(_measure(moved, T_ob, rng), cov, T_ob)
+    assert np.linalg.norm(f.pose(drive[14])[0][:3, 3] - (moved @ drive[14])[:3, 3]) < 2.0
+    places = []
+    for k, T_ob in enumerate(drive[15:]):
+        f.update(_measure(T_MAP_ODOM if k % 2 == 0 else moved, T_ob, rng), cov, T_ob)
+        est = f.pose(T_ob)[0][:3, 3]
+        places.append("moved" if np.linalg.norm(est - (moved @ T_ob)[:3, 3]) < 2.0 else "first")
+    assert places == ["moved"] * len(places), places
+
+
 def test_measurement_and_pose_covariances_match_monte_carlo():
     """``update`` moves a vehicle-pose covariance to the odom origin and ``pose`` moves it back: sampled poses,
     carried the same way, have the covariance the filter computes."""

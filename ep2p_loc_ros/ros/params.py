@@ -188,7 +188,7 @@ _FUSION_DESCRIPTIONS = {
     "correlation_length_m": "fusion: m of path over which localization errors stay alike (0: independent)",
     "correlated_share": "fusion: share (0-1) of each localization's covariance that is correlated in time",
     "intersect_own_prior": "fusion: fuse localizations tracked from the fused pose by covariance intersection",
-    "robust_chi2": "fusion: a localization fitting at a Mahalanobis squared d2 above this counts d2/robust_chi2 less",
+    "robust_chi2": "fusion: a localization fitting at Mahalanobis squared d2 > this counts d2/robust_chi2 times less",
 }
 
 
