@@ -119,6 +119,7 @@ class FusionUpdate:
     hypotheses: int
     published: bool  # the filter has a hypothesis to publish after this measurement
     reason: str = field(default="ok")
+    weight: float = 0.0  # how much it counted: 1 in full, robust_chi2 / d² when down-weighted, 0 when not taken in
 
 
 def _finite_pose(T: np.ndarray, what: str) -> np.ndarray:
@@ -218,8 +219,10 @@ class MapOdomFilter:
                 d2_published = d2
             if d2 < cfg.gate_chi2 and d2 < best_d2:
                 best_d2, chosen, added = d2, h, grown
+        weight = 0.0 if chosen is None else 1.0
         if chosen is not None and best_d2 > cfg.robust_chi2 > 0:
-            Cz = Cz * (best_d2 / cfg.robust_chi2)  # heavy tails: the farther within the gate, the less it counts
+            weight = cfg.robust_chi2 / best_d2  # heavy tails: the farther within the gate, the less it counts
+            Cz = Cz / weight
         if chosen is None:
             # room for a new hypothesis: the rival with the least recent support goes (never the published one)
             rivals = [h for h in self._hyps if h is not self._published]
@@ -268,6 +271,7 @@ class MapOdomFilter:
             hypotheses=len(self._hyps),
             published=self._published is not None,
             reason=reason,
+            weight=weight,
         )
 
     def _intersect(self, h: _Hypothesis, z: np.ndarray, Cz: np.ndarray, added: np.ndarray) -> None:

@@ -250,7 +250,7 @@ def test_heavy_tailed_localizations_pull_the_pose_less_with_the_robust_weight():
     cov = np.diag(SIGMA**2)
     out = {}
     for robust in (0.0, 4.0):
-        err, nees = [], []
+        err, nees, weights = [], [], {True: [], False: []}
         for seed in range(8):  # eight drives: one drive's mean error swings with its noise
             rng = np.random.default_rng(seed)
             f = MapOdomFilter(FusionConfig(robust_chi2=robust))
@@ -259,13 +259,18 @@ def test_heavy_tailed_localizations_pull_the_pose_less_with_the_robust_weight():
                 if i % 4 == 3:
                     d[2] += 2.0 * SIGMA[2]
                     d[5] += 2.5 * SIGMA[5]
-                f.update(_perturb(T_MAP_ODOM @ T_ob, d), cov, T_ob)
+                up = f.update(_perturb(T_MAP_ODOM @ T_ob, d), cov, T_ob)
+                weights[i % 4 == 3].append(up.weight)
                 if i >= 20:
                     est, P = f.pose(T_ob)
                     e = _diff(est, T_MAP_ODOM @ T_ob)
                     err.append(np.linalg.norm(e[:3]))
                     nees.append(e @ np.linalg.solve(P, e))
         out[robust] = (float(np.mean(err)), float(np.mean(np.array(nees) < 16.81)))
+        if robust:  # what each update reports: the look-alikes counted less (those the gate refused: 0)
+            assert np.median(weights[True]) < 0.5 < np.median(weights[False]), weights
+        else:
+            assert set(weights[True] + weights[False]) <= {0.0, 1.0}
     (gauss, _), (robust, inside) = out[0.0], out[4.0]
     assert robust < 0.8 * gauss, out
     assert inside > 0.9, out

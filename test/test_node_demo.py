@@ -218,6 +218,7 @@ def test_node_fuses_localizations_through_odometry_and_publishes_map_to_odom(h, 
         diag, pose = h.send(demo.image_msg(i, stamp), demo.camera_info_msg(stamp))
         assert diag["mode"].startswith(mode) and diag["fusion_own_prior"] == str(mode == "tracking"), diag
         assert diag["reason"] == "fused" and pose is not None, diag
+        assert 0 < float(diag["fusion_weight"]) <= 1, diag  # how much it counted (fusion.robust_chi2)
 
 
 def test_node_initialpose_seeds_the_next_frame(h, demo):

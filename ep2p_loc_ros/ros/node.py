@@ -515,7 +515,10 @@ class LocalizationNode(LifecycleNode):
                     note = f"not fused: {exc}"
                 else:
                     note = "fused" if up.accepted else f"not fused: {up.reason}"
-                    extra.update(fusion_mahalanobis2=up.mahalanobis2, fusion_hypotheses=up.hypotheses)
+                    # fusion_weight < 1: far inside the gate, fusion.robust_chi2 counted it less
+                    extra.update(
+                        fusion_mahalanobis2=up.mahalanobis2, fusion_hypotheses=up.hypotheses, fusion_weight=up.weight
+                    )
         self._fusion.predict(T_odom_base)  # odometry advances the filter with or without a localization
         fused = self._fusion.pose(T_odom_base)
         if fused is None:
