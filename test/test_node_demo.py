@@ -71,6 +71,9 @@ class Harness:
             lambda: self.diags.find(lambda m: (rh.diag_values(m) or {}).get("image_stamp") == s), timeout
         )
         pose = self.poses.find(lambda m: rh.stamp_str(m.header.stamp) == s)
+        if pose is None and got and rh.diag_values(got[1]).get("result") == "localized":
+            # the pose and the diagnostics are different topics: either can arrive first
+            pose = self.ros.wait_for(lambda: self.poses.find(lambda m: rh.stamp_str(m.header.stamp) == s), 5.0)
         if pose is not None:
             self.latencies_ms.append((pose[0] - t_pub) * 1e3)
             self.node_latencies_ms.append(float(rh.diag_values(got[1])["latency_ms"]))
