@@ -236,6 +236,38 @@ class Collector:
         return None
 
 
+def send_frame(
+    ros: Any,
+    img_pub: Any,
+    info_pub: Any,
+    diags: Collector,
+    poses: Collector,
+    image_msg: Any,
+    info_msg: Any = None,
+    timeout: float = 20.0,
+    settle: float = 0.0,
+) -> tuple[float, tuple[float, Any] | None, tuple[float, Any] | None]:
+    """Publish one frame (its camera_info first) and wait for its diagnostics, then for its pose where they say it
+    was localized: the pose and the diagnostics are different topics, either can arrive first. Otherwise the pose
+    is looked for after ``settle`` seconds (a pose that should not exist may come late). Returns the publish time
+    (``time.perf_counter()``), the diagnostics and the pose as :meth:`Collector.find` gives them, or None."""
+    if info_msg is not None:
+        info_pub.publish(info_msg)
+        time.sleep(0.05)  # different topics have no order between them
+    s = stamp_str(image_msg.header.stamp)
+    t_pub = time.perf_counter()
+    img_pub.publish(image_msg)
+    got = ros.wait_for(lambda: diags.find(lambda m: (diag_values(m) or {}).get("image_stamp") == s), timeout)
+
+    def pose() -> tuple[float, Any] | None:
+        return poses.find(lambda m: stamp_str(m.header.stamp) == s)
+
+    if got and diag_values(got[1]).get("result") == "localized":
+        return t_pub, got, ros.wait_for(pose, 5.0)
+    time.sleep(settle)
+    return t_pub, got, pose()
+
+
 def _call(client, request, timeout: float):
     if not client.wait_for_service(timeout_sec=timeout):
         raise TimeoutError(f"service {client.srv_name} not available after {timeout} s")

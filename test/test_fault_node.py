@@ -41,16 +41,9 @@ class Harness:
 
     def send(self, image_msg, info_msg=None, timeout: float = 20.0):
         """(diagnostics values of this frame, pose msg or None)."""
-        if info_msg is not None:
-            self.info_pub.publish(info_msg)
-            time.sleep(0.05)
-        s = rh.stamp_str(image_msg.header.stamp)
-        self.img_pub.publish(image_msg)
-        got = self.ros.wait_for(
-            lambda: self.diags.find(lambda m: (rh.diag_values(m) or {}).get("image_stamp") == s), timeout
+        _, got, pose = rh.send_frame(
+            self.ros, self.img_pub, self.info_pub, self.diags, self.poses, image_msg, info_msg, timeout, settle=0.05
         )
-        time.sleep(0.05)
-        pose = self.poses.find(lambda m: rh.stamp_str(m.header.stamp) == s)
         return (rh.diag_values(got[1]) if got else None), (pose[1] if pose else None)
 
     def close(self):

@@ -60,20 +60,9 @@ class Harness:
 
     def send(self, image_msg, info_msg=None, timeout: float = 20.0) -> tuple[dict | None, object | None]:
         """Publish one frame (camera_info first), wait for its diagnostics; (diag values, pose msg or None)."""
-        if info_msg is not None:
-            self.info_pub.publish(info_msg)
-            time.sleep(0.05)  # different topics have no order between them
-        stamp = image_msg.header.stamp
-        s = rh.stamp_str(stamp)
-        t_pub = time.perf_counter()
-        self.img_pub.publish(image_msg)
-        got = self.ros.wait_for(
-            lambda: self.diags.find(lambda m: (rh.diag_values(m) or {}).get("image_stamp") == s), timeout
+        t_pub, got, pose = rh.send_frame(
+            self.ros, self.img_pub, self.info_pub, self.diags, self.poses, image_msg, info_msg, timeout
         )
-        pose = self.poses.find(lambda m: rh.stamp_str(m.header.stamp) == s)
-        if pose is None and got and rh.diag_values(got[1]).get("result") == "localized":
-            # the pose and the diagnostics are different topics: either can arrive first
-            pose = self.ros.wait_for(lambda: self.poses.find(lambda m: rh.stamp_str(m.header.stamp) == s), 5.0)
         if pose is not None:
             self.latencies_ms.append((pose[0] - t_pub) * 1e3)
             self.node_latencies_ms.append(float(rh.diag_values(got[1])["latency_ms"]))
