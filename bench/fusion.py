@@ -111,6 +111,13 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1, help="odometry noise draws per drift (pooled; worst one shown)")
     ap.add_argument("--min-inliers", type=int, default=30, help="gate.min_inliers: fewer inliers are not fused")
     ap.add_argument(
+        "--min-confidence",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="gate.min_confidence values to try: single images less likely right than this are not fused",
+    )
+    ap.add_argument(
         "--max-failures",
         type=int,
         default=3,
@@ -167,7 +174,7 @@ def main() -> None:
             f"| {100 * len(t) / n:.0f} % | {inside} | {mean} | {worst:.1f} % |"
         )
 
-    def fuse(loc, seq, results: list, odo: np.ndarray, cfg: FusionConfig) -> tuple[list, list]:
+    def fuse(loc, seq, results: list, odo: np.ndarray, cfg: FusionConfig, min_conf: float) -> tuple[list, list]:
         """The filter's pose of every frame from the localizations up to it (``results``: each frame's global
         localization; with ``--track`` each frame is localized now from the filter's pose, as the node does)."""
         filt = MapOdomFilter(cfg)
@@ -179,7 +186,8 @@ def main() -> None:
             prior = filt.pose(odo[i]) if args.track and policy.global_reason(filt) is None else None
             r = results[i] if prior is None else loc.localize(seq.image(i), seq.calib.camera, prior[0])
             joined = False
-            if r.ok and r.num_inliers >= args.min_inliers:
+            unlikely = prior is None and r.confidence < min_conf  # (NaN: no confidence, fused)
+            if r.ok and r.num_inliers >= args.min_inliers and not unlikely:
                 joined = filt.update(r.T_map_cam, r.covariance, odo[i], own_prior=prior is not None).accepted
             policy.record(joined)
             p = filt.pose(odo[i])
@@ -207,9 +215,14 @@ def main() -> None:
         correlations.append((name, step, error_correlation(raw, T_gt)))
         print(f"| {name} | – | single images {score([(raw, None)], T_gt)}")
         sweep = itertools.product(
-            enumerate(drifts), args.gate_chi2, args.robust_chi2, args.correlation_length, filter_drifts
+            enumerate(drifts),
+            args.gate_chi2,
+            args.robust_chi2,
+            args.correlation_length,
+            filter_drifts,
+            args.min_confidence,
         )
-        for (k, (frac, deg)), gate, robust, length, (f_m, f_deg) in sweep:
+        for (k, (frac, deg)), gate, robust, length, (f_m, f_deg), min_conf in sweep:
             cfg = FusionConfig(
                 gate_chi2=gate,
                 correlation_length_m=length,
@@ -225,6 +238,7 @@ def main() -> None:
                     results,
                     drifting_odometry(T_gt, frac, deg, np.random.default_rng(k if d == 0 else [k, d])),
                     cfg,
+                    min_conf,
                 )
                 for d in range(args.draws)
             ]
@@ -236,6 +250,8 @@ def main() -> None:
                 label += f", robust {robust:g}"
             if len(args.correlation_length) > 1:
                 label += f", correlated over {length:g} m"
+            if len(args.min_confidence) > 1:
+                label += f", min confidence {min_conf:g}"
             if len(filter_drifts) > 1:
                 label += f", filter drift {f_m:g} m/m, {f_deg:g}°/m"
             print(f"| {name} | {drift} | {label} {score(runs, T_gt)}")

@@ -1,4 +1,4 @@
-"""Atomic replacement of an output directory: a reader or a crash sees the old complete output or the new one.
+"""Atomic replacement of an output directory or file: a reader or a crash sees the old complete output or the new one.
 
 Every command that writes a directory (map, model, synthetic sequence) writes it into a temporary sibling, fsyncs
 it, and swaps it in here. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)``, so there is no moment without
@@ -16,7 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-__all__ = ["exchange", "fsync_dir", "replace_dir"]
+__all__ = ["exchange", "fsync_dir", "replace_dir", "write_text_atomic"]
 
 _RENAME_EXCHANGE = 2
 
@@ -70,3 +70,21 @@ def replace_dir(tmp: Path, target: Path) -> None:
     else:
         os.rename(tmp, target)
         fsync_dir(target.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling (fsynced, then renamed over it): a reader sees the
+    old file or the new one, never part of either."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path

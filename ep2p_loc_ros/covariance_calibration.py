@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import DataError
 from .evaluation.metrics import CHI2_6_95, CHI2_6_MEDIAN, nees
 from .geometry import pose_difference
@@ -267,14 +267,7 @@ class CovarianceCalibration:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary sibling, fsync, rename): a reader sees the old file or the new one."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.to_json(), indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, data: Any, source: str = "covariance calibration") -> CovarianceCalibration:

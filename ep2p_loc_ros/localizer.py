@@ -34,6 +34,7 @@ from .model.heads import MatchingHead, patch_centers, patch_index, top_per_group
 from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
+from .pose_confidence import CONFIDENCE_FILE, ConfidenceModel, signal_vector
 from .pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
 from .reflectance_alignment import (
     AlignmentConfig,
@@ -146,6 +147,9 @@ class LocalizerConfig:
     # Add the model's own error, measured on held-out drives (MODEL/covariance.json, `ep2p-loc
     # calibrate-covariance`), to PnP's covariance; false: PnP's alone, which is far too small for a weak matcher
     calibrated_covariance: bool = True
+    # Give each aligned result the probability that it is right (MODEL/confidence.json, `ep2p-loc
+    # calibrate-confidence`; pose_confidence.py); false: NaN
+    confidence: bool = True
 
     def __post_init__(self) -> None:
         if not self.refine_radius_px > 0:
@@ -243,6 +247,11 @@ class LocalizationResult:
     inlier_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (K,)
     # the pose was refined by the reflectance alignment (the matches' inliers are then PnP's, at its own pose)
     aligned: bool = False
+    alignment_score: float = math.nan  # ... the alignment's score where it ended (mutual information, nats)
+    support: float = math.nan  # share of the matches the final pose reprojects within alignment.support_radius_px
+    # probability that the pose is within 0.5 m / 5 deg of the truth (pose_confidence.py; MODEL/confidence.json);
+    # NaN without an alignment or a fit for this map's environment
+    confidence: float = math.nan
 
     @property
     def ok(self) -> bool:
@@ -427,6 +436,7 @@ class Localizer:
         config: LocalizerConfig | None = None,
         point_encoder: torch.nn.Module | None = None,
         calibration: CovarianceCalibration | None = None,
+        confidence_model: ConfidenceModel | None = None,
     ) -> None:
         self.map = lidar_map
         self.point_encoder = point_encoder.eval() if point_encoder is not None else None
@@ -436,6 +446,8 @@ class Localizer:
         self.config = config or LocalizerConfig()
         # used only when config.calibrated_covariance is on (from_paths loads it from the model directory)
         self.calibration = calibration
+        self.confidence_model = confidence_model  # each aligned result's confidence (from_paths: MODEL/confidence.json)
+        self.confidence_source = "on" if confidence_model is not None else "off"  # (from_paths names the file)
         # what the published covariance is, for logs and diagnostics (from_paths names the file)
         on = calibration is not None and self.config.calibrated_covariance
         self.covariance_source = "PnP + calibrated model error" if on else "PnP alone"
@@ -512,6 +524,14 @@ class Localizer:
                 model_dir,
                 CALIBRATION_FILE,
             )
+        confidence = None
+        conf_path = Path(model_dir) / CONFIDENCE_FILE
+        if config.confidence and conf_path.exists():
+            confidence = ConfidenceModel.load(conf_path, sha256_file(verify_model_file(model_dir, WEIGHTS_FILE)))
+        elif config.confidence:
+            logger.info(
+                "%s: no %s, so results carry no confidence (ep2p-loc calibrate-confidence)", model_dir, CONFIDENCE_FILE
+            )
         loc = cls(
             load_map(map_dir),
             session,
@@ -520,7 +540,14 @@ class Localizer:
             config,
             point_encoder=net.point_encoder,
             calibration=calibration,
+            confidence_model=confidence,
         )
+        if confidence is not None:
+            fitted = sorted(confidence.fits.get(loc.map_environment, {}))
+            what = ", ".join(fitted) if fitted else "nothing"
+            loc.confidence_source = f"{conf_path} ({what} fitted for {loc.map_environment} maps)"
+        elif config.confidence:
+            loc.confidence_source = f"off (no {conf_path})"
         if calibration is not None:
             own = sorted(calibration.environments.get(loc.map_environment, {}))
             mine = f"; {', '.join(own)} calibrated for {loc.map_environment} maps" if own else ""
@@ -626,11 +653,27 @@ class Localizer:
             res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0)
         elif res.ok and align:
             res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
+        mode = "global" if T_map_cam_prior is None else "tracking"
+        if res.ok and res.aligned:
+            res = self._with_confidence(res, m, camera, cam_net, mode)
+            timings["total"] = (time.perf_counter() - t0) * 1e3
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
-            mode = "global" if T_map_cam_prior is None else "tracking"
             cov = self.calibration.apply(mode, res.T_map_cam, res.covariance, self.map_environment)
             res = replace(res, covariance=cov)
         return res
+
+    def _with_confidence(
+        self, res: LocalizationResult, m: _Matches, camera: PinholeCamera, cam_net: PinholeCamera, mode: str
+    ) -> LocalizationResult:
+        """``res`` (aligned) with its matches' support at its final pose and, where ``MODEL/confidence.json`` has a
+        fit for this map's environment and ``mode``, the probability that it is right (:mod:`.pose_confidence`)."""
+        radius = self.config.alignment.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]
+        support = match_support(m.X, m.px, res.T_map_cam, camera, radius) / max(len(m.X), 1)
+        confidence = math.nan
+        if self.confidence_model is not None:
+            signals = signal_vector(res.alignment_score, support, res.inlier_ratio)
+            confidence = self.confidence_model.confidence(mode, self.map_environment, signals)
+        return replace(res, support=support, confidence=confidence)
 
     def _align(
         self,
@@ -654,7 +697,7 @@ class Localizer:
         if not al.ok:
             logger.debug("reflectance alignment skipped: %s", al.message)
             return replace(res, timings_ms=timings)
-        return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings, aligned=True)
+        return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings, aligned=True, alignment_score=al.score)
 
     def _aligned(
         self,
@@ -714,10 +757,18 @@ class Localizer:
             first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, image=image)
             if first.ok:
                 first_support = match_support(m.X, m.px, first.T_map_cam, camera, radius)
-            if first.ok and first_support >= cfg.hypotheses_below_support * len(m.X):
+            kept = first.ok and first_support >= cfg.hypotheses_below_support * len(m.X)
+            if kept and cfg.hypotheses_below_confidence > 0 and self.confidence_model is not None:
+                signals = signal_vector(first.score, first_support / len(m.X), res.inlier_ratio)
+                kept = not self.confidence_model.confidence("global", self.map_environment, signals) < (
+                    cfg.hypotheses_below_confidence
+                )  # (NaN: no fit for this map: the support decides)
+            if kept:
                 timings["alignment"] = (time.perf_counter() - ta) * 1e3
                 timings["total"] = (time.perf_counter() - t0) * 1e3
-                return replace(res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True)
+                return replace(
+                    res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True, alignment_score=first.score
+                )
         table = None  # the patch likelihood, to prune the starts and to weigh in the choice
         if (cfg.likelihood_weight > 0 or math.isfinite(cfg.hypothesis_margin)) and m.classified is not None:
             table = PatchLikelihood.from_features(self.head, *m.classified, patch, cfg.likelihood_points)
@@ -769,7 +820,7 @@ class Localizer:
         if not ok:
             logger.debug("reflectance alignment skipped: %s", found[0].message)
             return replace(res, timings_ms=timings)
-        return replace(res, T_map_cam=ok[0].T_map_cam, timings_ms=timings, aligned=True)
+        return replace(res, T_map_cam=ok[0].T_map_cam, timings_ms=timings, aligned=True, alignment_score=ok[0].score)
 
     CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
 

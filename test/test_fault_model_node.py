@@ -90,11 +90,15 @@ def test_fault_onnxruntime_cuda_fails_falls_back_to_cpu_with_a_warning(real, dem
         conf[-1]["covariance"].startswith("PnP + calibrated model error (")
         and "covariance.json" in conf[-1]["covariance"]
     ), conf
+    # ... and its confidence model (models/confidence.json), fitted for the demo's outdoor maps
+    assert "confidence.json (global, tracking fitted for outdoor maps)" in conf[-1]["confidence"], conf
     real.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
     assert real.ros.wait_for(lambda: real.img_pub.get_subscription_count() > 0, 10)
     time.sleep(0.3)
     diag, _ = real.send(demo.image_msg(0, _stamp(demo, 0)), demo.camera_info_msg())
     assert diag is not None and int(diag["level"]) >= 1 and "CUDA" in diag["degraded"], diag
+    # a pose the alignment refined says how likely it is right
+    assert diag["aligned"] == "True" and 0 < float(diag["confidence"]) < 1, diag
     assert real.proc.alive
 
 

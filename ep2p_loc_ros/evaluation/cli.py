@@ -67,6 +67,11 @@ def _result_json(res: Any) -> dict[str, Any]:
         out["position"] = res.T_map_cam[:3, 3].tolist()
         out["orientation_xyzw"] = matrix_to_quaternion(res.T_map_cam[:3, :3]).tolist()
         out["covariance"] = res.covariance.tolist()
+        if res.aligned:
+            out["alignment_score"] = res.alignment_score
+            out["support"] = res.support
+            # probability that the pose is within 0.5 m / 5 deg (null: no MODEL/confidence.json fit for this map)
+            out["confidence"] = None if np.isnan(res.confidence) else res.confidence
     return out
 
 
@@ -110,6 +115,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
     lat = summary.get("latency_ms", {})
     if lat:
         print("latency p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in lat.items()))
+    conf = summary.get("confidence")
+    if conf:
+        print(
+            f"confidence: AUC {conf['auc']:.3f}, Brier {conf['brier']:.3f}; {conf['kept']:.1%} of the poses at "
+            f">= {conf['threshold']}, {conf['right_of_kept']:.1%} of them right ({conf['right_of_rest']:.1%} below)"
+        )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -173,6 +184,31 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(format_calibration(fitted))
         print(f"written: {out}{where}")
+    return 0
+
+
+def _cmd_calibrate_confidence(args: argparse.Namespace) -> int:
+    from ..pose_confidence import CONFIDENCE_FILE
+    from .calibrate import calibrate_confidence, format_confidence
+
+    out = args.out if args.out is not None else args.model / CONFIDENCE_FILE
+    model = calibrate_confidence(
+        [(Path(m), Path(s)) for m, s in args.drive],
+        args.model,
+        _localizer_config(args),
+        modes=tuple(args.modes),
+        prior_noise=tuple(args.prior_noise),
+        stride=args.stride,
+        progress=not args.json,
+    )
+    model.save(out)
+    if args.json:
+        print(json.dumps(model.to_json(), indent=2))
+    else:
+        print(format_confidence(model))
+        for pair, why in model.info.get("skipped", {}).items():
+            print(f"not fitted: {pair}: {why}")
+        print(f"written: {out}")
     return 0
 
 
@@ -319,3 +355,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the calibration as JSON")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser(
+        "calibrate-confidence",
+        help="fit how likely a pose is right from what the localizer measures (on held-out drives)",
+        description="Localize each drive globally and from noisy priors (tracking), then fit per map environment and "
+        "mode a logistic model of the probability that a pose is within 0.5 m / 5° of the truth from its alignment "
+        "score, its matches' support and PnP's inlier ratio. Writes MODEL/confidence.json (atomically); every "
+        "aligned result then carries its confidence. Use drives the model never trained on, of each environment.",
+    )
+    p.add_argument(
+        "--drive",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("MAP", "SEQUENCE"),
+        help="a map directory and the KITTI-layout sequence to localize in it (repeat for more drives)",
+    )
+    p.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields (nested ipr/pnp)")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL/confidence.json)")
+    p.add_argument(
+        "--modes", nargs="+", choices=("global", "tracking"), default=["global", "tracking"], help="modes to fit"
+    )
+    _add_metres_degrees(
+        p, "--prior-noise", (1.0, 3.0), "tracking priors: the true pose moved and turned this much (default: 1 m, 3°)"
+    )
+    p.add_argument("--stride", type=int, default=1, help="every n-th frame")
+    p.add_argument("--json", action="store_true", help="print the fitted model as JSON")
+    p.set_defaults(func=_cmd_calibrate_confidence)

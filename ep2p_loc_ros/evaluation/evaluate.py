@@ -12,6 +12,7 @@ from ..datasets.kitti_odometry import KittiOdometrySequence
 from ..geometry import pose_add
 from ..localizer import LocalizationResult, Localizer
 from ..map import nearest_submaps
+from ..pose_confidence import GOOD_LIMITS_M_DEG, confidence_summary
 from .metrics import CHI2_6_95, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = ["SequenceEvaluation", "evaluate_sequence"]
@@ -49,7 +50,16 @@ class SequenceEvaluation:
             # share of the localized frames whose NEES is within chi-square(6)'s 95th percentile (consistent: 0.95)
             "nees_within_95": float(np.mean(n[np.isfinite(n)] <= CHI2_6_95)) if np.isfinite(n).any() else float("nan"),
             "status_counts": statuses,
+            **self._confidence(t_err, r_err),
         }
+
+    def _confidence(self, t_err: np.ndarray, r_err: np.ndarray) -> dict[str, Any]:
+        """How well the results' confidence told right poses from wrong ones (``{}`` when none has one)."""
+        conf = np.array([r.confidence if r.ok else np.nan for r in self.results])
+        if not np.isfinite(conf).any():
+            return {}
+        good = (t_err <= GOOD_LIMITS_M_DEG[0]) & (r_err <= GOOD_LIMITS_M_DEG[1])
+        return {"confidence": confidence_summary(conf, good)}
 
 
 def _perturb(T: np.ndarray, metres: float, degrees: float, rng: np.random.Generator) -> np.ndarray:

@@ -45,6 +45,7 @@ stderr and the node runs on (to see where a stuck node waits).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 import traceback
@@ -204,6 +205,7 @@ class LocalizationNode(LifecycleNode):
                 {
                     "provider": getattr(session, "provider", "n/a"),
                     "covariance": covariance_source,
+                    "confidence": getattr(localizer, "confidence_source", "n/a"),
                     "alignment": getattr(localizer, "alignment_mode", "n/a"),
                 },
             )
@@ -442,6 +444,8 @@ class LocalizationNode(LifecycleNode):
             "aligned": result.aligned,
             **{f"t_{k}_ms": float(v) for k, v in result.timings_ms.items()},
         }
+        if math.isfinite(result.confidence):  # P(within 0.5 m / 5 deg): MODEL/confidence.json (pose_confidence.py)
+            extra["confidence"] = result.confidence
         if p.publish_visible_points and result.num_matches:
             self._publish_points(result, stamp)
         if p.publish_debug_image:
