@@ -757,13 +757,7 @@ class Localizer:
             first = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, image=image)
             if first.ok:
                 first_support = match_support(m.X, m.px, first.T_map_cam, camera, radius)
-            kept = first.ok and first_support >= cfg.hypotheses_below_support * len(m.X)
-            if kept and cfg.hypotheses_below_confidence > 0 and self.confidence_model is not None:
-                signals = signal_vector(first.score, first_support / len(m.X), res.inlier_ratio)
-                kept = not self.confidence_model.confidence("global", self.map_environment, signals) < (
-                    cfg.hypotheses_below_confidence
-                )  # (NaN: no fit for this map: the support decides)
-            if kept:
+            if first.ok and first_support >= cfg.hypotheses_below_support * len(m.X):
                 timings["alignment"] = (time.perf_counter() - ta) * 1e3
                 timings["total"] = (time.perf_counter() - t0) * 1e3
                 return replace(

@@ -123,9 +123,6 @@ class AlignmentConfig:
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
     hypotheses_below_support: float = 0.06  # < 1: first PnP's pose alone, kept if this share of the matches support it
-    # ... and (> 0) only if it is at least this likely right (pose_confidence.py: MODEL/confidence.json's global fit
-    # for the map's environment; without one, the support decides alone)
-    hypotheses_below_confidence: float = 0.0
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
     # on maps of these environments it compares local contrast, not levels (module docstring): the grey level less
@@ -184,7 +181,7 @@ class AlignmentConfig:
             raise ValueError(f"alignment.hypothesis_margin must be >= 0, got {self.hypothesis_margin}")
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
-        for name in ("min_view_ratio", "hypotheses_below_support", "hypotheses_below_confidence"):
+        for name in ("min_view_ratio", "hypotheses_below_support"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"alignment.{name} must be in [0, 1], got {getattr(self, name)}")
 

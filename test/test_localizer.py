@@ -922,34 +922,6 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
         assert (_errors(res.T_map_cam, T_gt)[0] < 0.5) is near, (share, _errors(res.T_map_cam, T_gt))
 
 
-def test_a_single_image_unlikely_right_gets_the_hypotheses_though_its_matches_support_it(split_scene):
-    """``alignment.hypotheses_below_confidence``: PnP's aligned pose (2.5 m off, 10-20 % support) passes the support
-    test at 5 %; a confidence model that calls it unlikely right sends the frame to the hypotheses (the true camera
-    wins), one that calls it likely keeps it. The result carries the model's confidence of its final pose."""
-    from ep2p_loc_ros.pose_confidence import ConfidenceModel, LogisticFit, signal_vector
-    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
-
-    seq, lidar_map, T_gt, desc, _ = split_scene
-    image = seq.image(FRAME)
-    cfg = AlignmentConfig(
-        forward_range_m=3.0, retrieved_starts=True, hypotheses_below_support=0.05, hypotheses_below_confidence=0.5
-    )
-    for bias, near in ((-5.0, True), (5.0, False)):  # P(right) ~0.007 or ~0.993 whatever the signals
-        loc = _localizer(lidar_map, desc, top_k=2, alignment=cfg)
-        fit = LogisticFit(np.zeros(3), np.ones(3), np.array([0.0, 1e-9, 0.0]), bias, 100, 50, 0.5, 0.25)
-        loc.confidence_model = ConfidenceModel("0" * 64, {loc.map_environment: {"global": fit}})
-        res = loc.localize(image, seq.calib.camera)
-        assert res.ok and res.aligned
-        assert (_errors(res.T_map_cam, T_gt)[0] < 0.5) is near, (bias, _errors(res.T_map_cam, T_gt))
-        expected = fit.probability(signal_vector(res.alignment_score, res.support, res.inlier_ratio))
-        assert res.confidence == pytest.approx(float(expected)) and (res.confidence < 0.5) is near
-    # without a fit for this map's environment, the support decides alone (kept: PnP's pose, far)
-    other = "indoor" if loc.map_environment != "indoor" else "outdoor"
-    loc.confidence_model = ConfidenceModel("0" * 64, {other: {"global": replace(fit, bias=-5.0)}})
-    res = loc.localize(image, seq.calib.camera)
-    assert res.ok and _errors(res.T_map_cam, T_gt)[0] > 2.0 and math.isnan(res.confidence)
-
-
 def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_describe(scene):
     """Every match describes a camera 8 m behind the true one, so that place has all the matches' support and wins
     the choice though the reflectance fits the true camera better. Every point's patch distribution describes the
