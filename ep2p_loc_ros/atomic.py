@@ -1,4 +1,5 @@
 """Atomic replacement of an output directory or file: a reader or a crash sees the old complete output or the new one.
+(And :func:`read_json`, which reads such a file back with an error that names it.)
 
 Every command that writes a directory (map, model, synthetic sequence) writes it into a temporary sibling, fsyncs
 it, and swaps it in here. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)``, so there is no moment without
@@ -11,12 +12,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
-__all__ = ["exchange", "fsync_dir", "replace_dir", "write_text_atomic"]
+from .errors import DataError
+
+__all__ = ["exchange", "fsync_dir", "read_json", "replace_dir", "write_text_atomic"]
 
 _RENAME_EXCHANGE = 2
 
@@ -88,3 +93,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document at ``path``; ``DataError`` naming the file and ``what`` it should hold when it cannot be
+    read or parsed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc})") from exc

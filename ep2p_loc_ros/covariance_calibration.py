@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text_atomic
+from .atomic import read_json, write_text_atomic
 from .errors import DataError
 from .evaluation.metrics import CHI2_6_95, CHI2_6_MEDIAN, nees
 from .geometry import pose_difference
@@ -302,10 +302,7 @@ class CovarianceCalibration:
     def load(cls, path: str | Path, weights_sha256: str | None = None) -> CovarianceCalibration:
         """Read and check ``path``; with ``weights_sha256``, refuse a calibration made for other weights."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read covariance calibration ({exc})") from exc
+        data = read_json(path, "covariance calibration")
         cal = cls.from_json(data, str(path))
         if weights_sha256 is not None and cal.weights_sha256 != weights_sha256:
             raise DataError(

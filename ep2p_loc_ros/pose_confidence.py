@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text_atomic
+from .atomic import read_json, write_text_atomic
 from .errors import DataError
 from .map.store import ENVIRONMENTS
 
@@ -213,10 +213,7 @@ class ConfidenceModel:
     def load(cls, path: str | Path, weights_sha256: str | None = None) -> ConfidenceModel:
         """Read and check ``path``; with ``weights_sha256``, refuse a model fitted for other weights."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read the confidence model ({exc})") from exc
+        data = read_json(path, "the confidence model")
         model = cls.from_json(data, str(path))
         if weights_sha256 is not None and model.weights_sha256 != weights_sha256:
             raise DataError(

@@ -60,6 +60,18 @@ def _localized_drives(
             yield loc.map_environment, mode, ev
 
 
+def _run_info(
+    drives: list[tuple[Path, Path]], prior_noise: tuple[float, float], stride: int, seed: int
+) -> dict[str, Any]:
+    """How a calibration's drives were localized (its file's ``info``)."""
+    return {
+        "drives": [{"map": str(m), "sequence": str(s)} for m, s in drives],
+        "prior_noise_m_deg": list(prior_noise),
+        "stride": stride,
+        "seed": seed,
+    }
+
+
 def calibrate_covariance(
     drives: list[tuple[Path, Path]],
     model_dir: Path,
@@ -85,12 +97,9 @@ def calibrate_covariance(
     for mode, runs in collected.items():
         T_est, T_gt, covs = (np.concatenate([r[i] for r in runs]) for i in range(3))
         fitted[mode] = fit_model_error(T_est, T_gt, covs, *gross)
-    info: dict[str, Any] = {
-        "drives": [{"map": str(m), "sequence": str(s)} for m, s in drives],
-        "prior_noise_m_deg": list(prior_noise),
+    info = {
+        **_run_info(drives, prior_noise, stride, seed),
         "gross_limits_m_deg": list(gross),
-        "stride": stride,
-        "seed": seed,
         **({"environment": environment} if environment is not None else {}),
     }
     return CovarianceCalibration(fitted, sha256_file(verify_model_file(model_dir, WEIGHTS_FILE)), info)
@@ -148,13 +157,7 @@ def calibrate_confidence(
             skipped[f"{environment}.{mode}"] = str(exc)
     if not fits:
         raise DataError("no confidence could be fitted: " + "; ".join(skipped.values() or ["no aligned poses"]))
-    info: dict[str, Any] = {
-        "drives": [{"map": str(m), "sequence": str(s)} for m, s in drives],
-        "prior_noise_m_deg": list(prior_noise),
-        "stride": stride,
-        "seed": seed,
-        **({"skipped": skipped} if skipped else {}),
-    }
+    info = {**_run_info(drives, prior_noise, stride, seed), **({"skipped": skipped} if skipped else {})}
     return ConfidenceModel(sha256_file(verify_model_file(model_dir, WEIGHTS_FILE)), fits, info)
 
 

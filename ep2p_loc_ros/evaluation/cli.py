@@ -268,6 +268,30 @@ def _add_metres_degrees(p: argparse.ArgumentParser, flag: str, default: Any, hel
     )
 
 
+def _add_calibration_args(p: argparse.ArgumentParser, out_file: str) -> None:
+    """What both calibrations take: the drives, the model, a localizer config, the output file, the modes and the
+    tracking priors' noise."""
+    p.add_argument(
+        "--drive",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("MAP", "SEQUENCE"),
+        help="a map directory and the KITTI-layout sequence to localize in it (repeat for more drives)",
+    )
+    p.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields (nested ipr/pnp)")
+    p.add_argument("--out", type=Path, default=None, help=f"output file (default: MODEL/{out_file})")
+    p.add_argument(
+        "--modes", nargs="+", choices=("global", "tracking"), default=["global", "tracking"], help="modes to fit"
+    )
+    _add_metres_degrees(
+        p, "--prior-noise", (1.0, 3.0), "tracking priors: the true pose moved and turned this much (default: 1 m, 3°)"
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "localize",
@@ -320,25 +344,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Writes MODEL/covariance.json (atomically), which the localizer and the node add to PnP's covariance. "
         "Use drives the model never trained on.",
     )
-    p.add_argument(
-        "--drive",
-        nargs=2,
-        action="append",
-        required=True,
-        metavar=("MAP", "SEQUENCE"),
-        help="a map directory and the KITTI-layout sequence to localize in it (repeat for more drives)",
-    )
-    p.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
-    )
-    p.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields (nested ipr/pnp)")
-    p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL/covariance.json)")
-    p.add_argument(
-        "--modes", nargs="+", choices=("global", "tracking"), default=["global", "tracking"], help="modes to fit"
-    )
-    _add_metres_degrees(
-        p, "--prior-noise", (1.0, 3.0), "tracking priors: the true pose moved and turned this much (default: 1 m, 3°)"
-    )
+    _add_calibration_args(p, "covariance.json")
     _add_metres_degrees(
         p,
         "--gross",
@@ -364,25 +370,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "score, its matches' support and PnP's inlier ratio. Writes MODEL/confidence.json (atomically); every "
         "aligned result then carries its confidence. Use drives the model never trained on, of each environment.",
     )
-    p.add_argument(
-        "--drive",
-        nargs=2,
-        action="append",
-        required=True,
-        metavar=("MAP", "SEQUENCE"),
-        help="a map directory and the KITTI-layout sequence to localize in it (repeat for more drives)",
-    )
-    p.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (default: the shipped models/)"
-    )
-    p.add_argument("--config", type=Path, default=None, help="YAML with LocalizerConfig fields (nested ipr/pnp)")
-    p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL/confidence.json)")
-    p.add_argument(
-        "--modes", nargs="+", choices=("global", "tracking"), default=["global", "tracking"], help="modes to fit"
-    )
-    _add_metres_degrees(
-        p, "--prior-noise", (1.0, 3.0), "tracking priors: the true pose moved and turned this much (default: 1 m, 3°)"
-    )
+    _add_calibration_args(p, "confidence.json")
     p.add_argument("--stride", type=int, default=1, help="every n-th frame")
     p.add_argument("--json", action="store_true", help="print the fitted model as JSON")
     p.set_defaults(func=_cmd_calibrate_confidence)
