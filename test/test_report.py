@@ -156,6 +156,7 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
             continue
         Tb = _perturb(T_base, cov_base, rng)
         frames.append({"stamp_ns": t_ns, "pose": Tb, "covariance": cov_base, "latency_ms": 100.0 + k, "raw_pose": Tb})
+        frames[-1]["confidence"] = None if k == 5 else 0.1 * k
         T_est_cam.append(Tb @ s.T_base_cam)
         cov_cam.append(covariance_base_to_camera(cov_base, Tb, Tb @ s.T_base_cam))
     write_result(tmp_path / "res", frames, input_bag=str(tmp_path / "bag"), pose_frame="base_link", dropped=0)
@@ -167,6 +168,7 @@ def test_result_dir_against_bag_ground_truth(tmp_path: Path) -> None:
     T_raw_expected = np.stack(T_est_cam)
     T_raw_expected[[2, 4]] = run.T_gt[[2, 4]]
     np.testing.assert_allclose(run.T_raw, T_raw_expected, atol=1e-9)
+    np.testing.assert_allclose(run.confidence, [0.0, 0.1, np.nan, 0.3, np.nan, np.nan])  # the node's, where it said
     summary = evaluate_result(tmp_path / "res", out_dir=tmp_path / "report")
     assert summary["localized_frames"] == 4 and summary["no_pose"] == 2
     assert summary["before_gate"]["poses"] == 6 and summary["before_gate"]["refused"] == 2
@@ -187,6 +189,8 @@ def test_report_folder(tmp_path: Path) -> None:
 
     run = make_run(40)
     run.stage_latency_ms = {"total": list(np.random.default_rng(0).uniform(60, 150, 37))}
+    run.T_raw = run.T_est.copy()  # (every plot is drawn: the confidence plot needs the poses before the gate)
+    run.confidence = np.linspace(0.2, 0.9, 40)
     s = evaluate_run(run)
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (120, 300, 3), dtype=np.uint8)
@@ -204,6 +208,37 @@ def test_report_folder(tmp_path: Path) -> None:
     table = format_table(s)
     assert "recall @ 0.25 m, 2°" in table and "ATE" in table and "NEES" in table
     assert (tmp_path / "rep" / "estimate.tum").is_file()
+
+
+def test_each_localizations_confidence_is_scored_against_its_pose_and_plotted(tmp_path: Path) -> None:
+    """``Run.confidence`` (the node's diagnostics): how well it told the localizer's right poses (before the gate)
+    from its wrong ones; the report says it and draws it, and a run without it has neither."""
+    from ep2p_loc_ros.evaluation.report import PLOTS, format_table, write_report
+
+    run = make_run(40, fail=(5, 17, 30))
+    raw = run.T_gt.copy()  # the localizer's poses: right ...
+    wrong = [3, 9, 21, 22]
+    raw[wrong, :3, 3] += 3.0  # ... but four, 5 m off
+    raw[30] = np.nan  # and none on frame 30
+    run.T_raw = raw
+    run.confidence = np.full(40, 0.9)
+    run.confidence[[3, 9, 21]] = 0.2  # three of the wrong ones say so; 22 does not, and neither does right 12
+    run.confidence[12] = 0.3
+    run.confidence[31] = np.nan  # no confidence: left out (as frame 30, without a pose)
+    s = evaluate_run(run)
+    c = s["before_gate"]["confidence"]
+    assert c["frames"] == 38 and c["kept"] == pytest.approx(34 / 38)
+    assert c["right_of_kept"] == pytest.approx(33 / 34) and c["right_of_rest"] == pytest.approx(1 / 4)
+    # AUC over 34 right x 4 wrong pairs: wrong 22 (0.9) ties with 33 right ones; right 12 (0.3) beats the three at 0.2
+    assert c["auc"] == pytest.approx((33 * 3 + 33 * 0.5 + 1 * 3) / (34 * 4))
+    assert "confidence AUC" in format_table(s)
+    text = write_report(run, s, tmp_path / "rep").read_text()
+    assert f"]({PLOTS['confidence']})" in text and (tmp_path / "rep" / PLOTS["confidence"]).is_file()
+    run.confidence = None
+    s = evaluate_run(run)
+    assert "confidence" not in s["before_gate"]
+    text = write_report(run, s, tmp_path / "rep").read_text()
+    assert PLOTS["confidence"] not in text and not (tmp_path / "rep" / PLOTS["confidence"]).exists()
 
 
 def test_poses_refused_by_the_gate_are_scored_before_the_gate(tmp_path: Path) -> None:

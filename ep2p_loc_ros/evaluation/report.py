@@ -1,7 +1,8 @@
 """Report of a localization run: ``report.md`` + PNG plots + ``summary.json`` + TUM trajectories.
 
-Plots: top-down trajectory against ground truth, error over time, error CDF, latency histogram, and one frame
-with its 2D-3D matches drawn (inliers green, outliers red). Matplotlib with the Agg backend (no display).
+Plots: top-down trajectory against ground truth, error over time, error CDF, latency histogram, one frame with its
+2D-3D matches drawn (inliers green, outliers red), and each localization's confidence where the run recorded it.
+Matplotlib with the Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..pose_confidence import GOOD_LIMITS_M_DEG
 from .metrics import RECALL_THRESHOLDS, pose_errors
 from .trajectory import Run, per_frame_errors
 
@@ -24,6 +26,7 @@ PLOTS = {
     "cdf": "error_cdf.png",
     "latency": "latency_hist.png",
     "matches": "matches.png",
+    "confidence": "confidence.png",
 }
 
 
@@ -94,6 +97,15 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_fmt(raw['median_translation_m'])} m, {_fmt(raw['median_rotation_deg'], digits=2)}°",
             ),
         ]
+        conf = raw.get("confidence")
+        if conf:
+            rows.append(
+                (
+                    "before the gate: confidence AUC; poses at ≥ 0.5, right among them / among the rest",
+                    f"{_fmt(conf['auc'])}; {_fmt(100 * conf['kept'], '%', 1)}, "
+                    f"{_fmt(100 * conf['right_of_kept'], '%', 1)} / {_fmt(100 * conf['right_of_rest'], '%', 1)}",
+                )
+            )
     return rows
 
 
@@ -232,6 +244,28 @@ def plot_errors_over_time(run: Run, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_confidence(run: Run, path: Path) -> None:
+    """Each localization's confidence over time, marked by whether its pose (before the gate) was within 0.5 m /
+    5° of the truth: what a consumer of the diagnostics would have known."""
+    plt = _plt()
+    t_raw, r_raw = pose_errors(run.T_raw, run.T_gt)
+    right = (t_raw <= GOOD_LIMITS_M_DEG[0]) & (r_raw <= GOOD_LIMITS_M_DEG[1])
+    have = np.isfinite(run.confidence) & np.isfinite(t_raw)
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=110)
+    for mask, color, label in ((have & right, "tab:green", "right"), (have & ~right, "tab:red", "wrong")):
+        ax.plot(run.t_s[mask], run.confidence[mask], "o", ms=4, color=color, label=f"pose {label} (0.5 m / 5°)")
+    ax.axhline(0.5, color="0.5", ls="--", lw=0.8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time since first image (s)")
+    ax.set_ylabel("confidence")
+    ax.set_title("Each localization's confidence (P within 0.5 m / 5°), before the gate and fusion")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _raw_errors(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     """Errors of the poses found before the gate (``Run.T_raw``), or None when the run has none."""
     if run.T_raw is None or not np.isfinite(run.T_raw).all(axis=(1, 2)).any():
@@ -348,6 +382,11 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: str | Path, match_f
         images.append("matches")
     else:
         (out / PLOTS["matches"]).unlink(missing_ok=True)  # not a stale one from an earlier run
+    if (summary.get("before_gate") or {}).get("confidence"):
+        plot_confidence(run, out / PLOTS["confidence"])
+        images.append("confidence")
+    else:
+        (out / PLOTS["confidence"]).unlink(missing_ok=True)
     tum = run.write_tum(out)
     write_summary_json(summary, out / "summary.json")
 
@@ -384,6 +423,7 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: str | Path, match_f
         "cdf": "Error CDF",
         "latency": "Latency",
         "matches": f"Matches on one frame{': ' + caption if caption else ''}",
+        "confidence": "Confidence of each localization",
     }
     for k in images:
         lines += [f"### {titles[k]}", "", f"![{titles[k]}]({PLOTS[k]})", ""]

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..geometry import invert, lever_jacobian, matrix_to_quaternion, quaternion_to_matrix
+from ..pose_confidence import GOOD_LIMITS_M_DEG, confidence_summary
 from .metrics import CHI2_6_95, RECALL_THRESHOLDS, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = [
@@ -105,6 +106,9 @@ class Run:
     # (N, 4, 4) T_map_cam of every pose the localizer found, before the node's quality gate (NaN: none found);
     # None when the run did not record them (older results, in-process runs)
     T_raw: np.ndarray | None = None
+    # (N,) each frame's localization confidence (P within 0.5 m / 5 deg, the node's diagnostics; NaN: none); None when
+    # the run did not record it
+    confidence: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.stamps_ns)
@@ -247,6 +251,11 @@ def evaluate_run(run: Run) -> dict[str, Any]:
             **summarize_errors(t_raw, r_raw),
             "refused": int((found & ~ok).sum()),
         }
+        if run.confidence is not None and np.isfinite(run.confidence[found]).any():
+            # how well each localization's confidence told its right poses from its wrong ones
+            right = (t_raw <= GOOD_LIMITS_M_DEG[0]) & (r_raw <= GOOD_LIMITS_M_DEG[1])
+            conf = np.where(found, run.confidence, np.nan)
+            out["before_gate"]["confidence"] = confidence_summary(conf, right)
     return out
 
 
@@ -342,6 +351,9 @@ def load_result(result: str | Path, ground_truth: str | Path | None = None) -> R
     cov = np.full((n, 6, 6), np.nan)
     lat = np.full(n, np.nan)
     T_raw = np.full((n, 4, 4), np.nan) if any("raw_pose" in f for f in frames) else None
+    confidence = None
+    if any(f.get("confidence") is not None for f in frames):
+        confidence = np.array([np.nan if f.get("confidence") is None else float(f["confidence"]) for f in frames])
     reasons: list[str | None] = []
     for k, f in enumerate(frames):
         g = _lookup(gt, int(f["stamp_ns"]))
@@ -377,6 +389,7 @@ def load_result(result: str | Path, ground_truth: str | Path | None = None) -> R
         meta={k: v for k, v in meta.items() if k != "frames"},
         no_pose_reasons=_count_reasons(reasons),
         T_raw=T_raw,
+        confidence=confidence,
     )
 
 

@@ -504,6 +504,7 @@ class _Replayer:
                     "mode": v.get("mode"),
                     "node_latency_ms": _float(v.get("latency_ms")),
                     "localize_ms": _float(v.get("localize_ms")),
+                    "confidence": _float(v.get("confidence")),  # of the localization (MODEL/confidence.json)
                     "pose_of": v.get("pose_of"),
                     "pose": None,
                     "covariance": None,
@@ -584,6 +585,7 @@ def frames_from_result_bag(result_bag: str | Path) -> tuple[list[dict[str, Any]]
             if stamp is not None and stamp in rows and "result" in v:
                 rows[stamp]["result"] = v["result"]
                 rows[stamp]["latency_ms"] = _float(v.get("latency_ms"))
+                rows[stamp]["confidence"] = _float(v.get("confidence"))
                 rows[stamp]["pose_of"] = v.get("pose_of")
                 pose_of = v.get("pose_of") or pose_of
     frames = [rows[k] for k in sorted(rows)]
