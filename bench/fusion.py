@@ -73,23 +73,14 @@ def main() -> None:
     ap.add_argument(
         "--drift", nargs=2, type=float, action="append", metavar=("FRAC", "DEG_PER_M"), help="odometry drift"
     )
-    ap.add_argument(
-        "--gate-chi2", nargs="+", type=float, default=[FusionConfig().gate_chi2], help="fusion.gate_chi2 values to try"
-    )
-    ap.add_argument(
-        "--robust-chi2",
-        nargs="+",
-        type=float,
-        default=[FusionConfig().robust_chi2],
-        help="fusion.robust_chi2 values to try (0: the Gaussian update)",
-    )
-    ap.add_argument(
-        "--correlation-length",
-        nargs="+",
-        type=float,
-        default=[FusionConfig().correlation_length_m],
-        help="fusion.correlation_length_m values to try (0: localization errors independent)",
-    )
+    defaults = FusionConfig()
+    for flag, default, what in (
+        ("--gate-chi2", defaults.gate_chi2, "fusion.gate_chi2"),
+        ("--robust-chi2", defaults.robust_chi2, "fusion.robust_chi2 (0: the Gaussian update)"),
+        ("--correlation-length", defaults.correlation_length_m, "fusion.correlation_length_m (0: independent errors)"),
+        ("--min-confidence", 0.0, "single images less likely right than this are not fused (not in the node)"),
+    ):
+        ap.add_argument(flag, nargs="+", type=float, default=[default], help=f"{what}: values to try")
     ap.add_argument(
         "--filter-drift",
         nargs=2,
@@ -110,13 +101,6 @@ def main() -> None:
     )
     ap.add_argument("--draws", type=int, default=1, help="odometry noise draws per drift (pooled; worst one shown)")
     ap.add_argument("--min-inliers", type=int, default=30, help="gate.min_inliers: fewer inliers are not fused")
-    ap.add_argument(
-        "--min-confidence",
-        type=float,
-        nargs="+",
-        default=[0.0],
-        help="gate.min_confidence values to try: single images less likely right than this are not fused",
-    )
     ap.add_argument(
         "--max-failures",
         type=int,
@@ -142,7 +126,6 @@ def main() -> None:
     )
     seeds = parse_seeds(ap, args.seed)
     drifts = args.drift or [[0.0, 0.0], [0.01, 0.02], [0.03, 0.1]]
-    defaults = FusionConfig()
     filter_drifts = args.filter_drift or [[defaults.drift_m_per_m, defaults.drift_deg_per_m]]
 
     def score(runs: list[tuple[list, list | None]], T_gt: np.ndarray) -> str:

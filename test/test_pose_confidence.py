@@ -172,6 +172,8 @@ def test_calibrate_confidence_on_the_demo_drive_gives_every_aligned_pose_a_confi
     assert main(["localize", *where, "--image", str(image), "--calib", str(calib), "--json"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert one["confidence"] == pytest.approx(a.confidence) and one["support"] == pytest.approx(a.support)
+    assert main(["localize", *where, "--image", str(image), "--calib", str(calib)]) == 0
+    assert f"confidence (P within 0.5 m / 5°): {a.confidence:.2f}" in capsys.readouterr().out
     assert main(["evaluate", *where, "--sequence", str(demo_data.sequence_dir), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["confidence"]["frames"] == summary["frames"]

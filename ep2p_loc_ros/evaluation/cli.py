@@ -96,6 +96,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
             np.set_printoptions(precision=4, suppress=True)
             print(f"T_map_cam:\n{res.T_map_cam}")
             print(f"position std (m): {np.sqrt(np.diag(res.covariance)[:3])}")
+            if np.isfinite(res.confidence):
+                print(f"confidence (P within 0.5 m / 5°): {res.confidence:.2f}")
         print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings_ms.items()))
     return 0 if res.ok else 1
 
