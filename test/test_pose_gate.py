@@ -167,3 +167,17 @@ def test_pose_gate_refuses_a_low_inlier_ratio():
     assert gate.check(T, cov, 100, 0.2).accepted  # no match count: no ratio test
     with pytest.raises(ValueError, match="min_inlier_ratio"):
         GateConfig(min_inlier_ratio=1.5)
+
+
+def test_pose_gate_refuses_a_pose_unlikely_right_when_it_knows_how_likely():
+    from ep2p_loc_ros.pose_gate import GateConfig, PoseGate
+
+    gate = PoseGate(GateConfig(min_confidence=0.5))
+    T, cov = np.eye(4), np.eye(6) * 1e-4
+    d = gate.check(T, cov, 100, 0.0, confidence=0.2)
+    assert not d.accepted and d.reason == "confidence too low: 0.20 < gate.min_confidence 0.5"
+    assert gate.check(T, cov, 100, 0.1, confidence=0.5).accepted
+    assert gate.check(T, cov, 100, 0.2).accepted  # no confidence (no fit for the map): not tested
+    assert PoseGate(GateConfig(min_confidence=0.0)).check(T, cov, 100, 0.0, confidence=0.01).accepted  # 0: off
+    with pytest.raises(ValueError, match="min_confidence"):
+        GateConfig(min_confidence=-0.1)

@@ -473,7 +473,12 @@ class LocalizationNode(LifecycleNode):
             if p.publish_raw_pose:
                 self._pubs["raw_pose"].publish(self._pose_msg(T_map_out, cov_out, stamp))
         decision = self._gate.check(
-            result.T_map_cam, result.covariance, result.num_inliers, stamp_s, num_matches=result.num_matches
+            result.T_map_cam,
+            result.covariance,
+            result.num_inliers,
+            stamp_s,
+            num_matches=result.num_matches,
+            confidence=result.confidence,
         )
         extra.update(position_std_m=decision.position_std_m, rotation_std_deg=decision.rotation_std_deg)
         if not decision.accepted:
