@@ -1,7 +1,8 @@
 """Faults of the ep2p_loc node with the real Localizer and the shipped model, over real DDS: onnxruntime's CUDA
-provider failing (injected: the node falls back to CPU and says so); the robot leaves the map (a prior 1 km
-away); a map whose submap is empty. Each: the node keeps running, publishes no wrong pose, /diagnostics says why.
-The node's own faults (camera_info, mount TF, camera stopping) are in test_fault_node.py.
+provider failing (injected: the node falls back to CPU and says so); a pose the confidence calls unlikely right; the
+robot leaves the map (a prior 1 km away); a map whose submap is empty. Each: the node keeps running, publishes no
+wrong pose, /diagnostics says why. The node's own faults (camera_info, mount TF, camera stopping) are in
+test_fault_node.py.
 """
 
 from __future__ import annotations
@@ -100,6 +101,25 @@ def test_fault_onnxruntime_cuda_fails_falls_back_to_cpu_with_a_warning(real, dem
     # a pose the alignment refined says how likely it is right
     assert diag["aligned"] == "True" and 0 < float(diag["confidence"]) < 1, diag
     assert real.proc.alive
+
+
+def test_fault_a_pose_unlikely_right_is_refused_and_the_diagnostics_say_how_likely(real, demo):
+    """``gate.min_confidence`` without odometry: a pose less likely right than that is not published; /diagnostics
+    gives the reason and the pose's confidence (the other gate tests off, so that this one decides)."""
+    strict = {"gate.min_confidence": 0.999, "gate.min_inlier_ratio": 0.0, "gate.min_inliers": 0}
+    assert rh.set_parameters(real.ros.node, strict) == [True] * 3
+    assert real.lc.deactivate() and real.lc.cleanup() and real.lc.configure() and real.lc.activate(), real.proc.log()
+    try:
+        real.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+        time.sleep(0.3)
+        diag, pose = real.send(demo.image_msg(3, _stamp(demo, 3, 0.5)), demo.camera_info_msg())
+        assert pose is None and diag["result"] == "rejected", diag
+        assert diag["reason"] == f"confidence too low: {float(diag['confidence']):.2f} < gate.min_confidence 0.999"
+        assert real.proc.alive
+    finally:
+        defaults = {"gate.min_confidence": 0.3, "gate.min_inlier_ratio": 0.1, "gate.min_inliers": 30}
+        assert rh.set_parameters(real.ros.node, defaults) == [True] * 3
+        assert real.lc.deactivate() and real.lc.cleanup() and real.lc.configure() and real.lc.activate()
 
 
 def _initial_pose(T_map_base):
