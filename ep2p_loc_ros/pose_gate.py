@@ -1,7 +1,8 @@
 """What the node does with a localization result before publishing it (ROS-free, unit-tested).
 
-- :class:`PoseGate`: the quality gate. A result is published only with enough inliers, a covariance small
-  enough to be useful, and no jump from the last accepted pose beyond what both covariances and the time
+- :class:`PoseGate`: the quality gate. A result is published only with enough inliers, a confidence high enough
+  (where it has one: :mod:`.pose_confidence`), a covariance small enough to be useful, and no jump from the last
+  accepted pose beyond what both covariances and the time
   between them allow. A pose that jumps is *held back*: it becomes a candidate, and is published only once
   ``jump_reset_after`` poses in a row agree with each other (each within the jump test of the one before),
   so a vehicle that really was moved (kidnapped, re-localized after a long gap) is found again, while
