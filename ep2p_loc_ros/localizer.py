@@ -662,13 +662,18 @@ class Localizer:
             res = replace(res, covariance=cov)
         return res
 
+    def _support_radius(self, camera: PinholeCamera, cam_net: PinholeCamera) -> float:
+        """``alignment.support_radius_px`` (network-image pixels) in ``camera``'s pixels: the radius within which a
+        match supports a pose, for the hypotheses' choice and the confidence alike."""
+        return self.config.alignment.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]
+
     def _with_confidence(
         self, res: LocalizationResult, m: _Matches, camera: PinholeCamera, cam_net: PinholeCamera, mode: str
     ) -> LocalizationResult:
         """``res`` (aligned) with its matches' support at its final pose and, where ``MODEL/confidence.json`` has a
         fit for this map's environment and ``mode``, the probability that it is right (:mod:`.pose_confidence`)."""
-        radius = self.config.alignment.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]
-        support = match_support(m.X, m.px, res.T_map_cam, camera, radius) / max(len(m.X), 1)
+        support = match_support(m.X, m.px, res.T_map_cam, camera, self._support_radius(camera, cam_net))
+        support /= max(len(m.X), 1)
         confidence = math.nan
         if self.confidence_model is not None:
             signals = signal_vector(res.alignment_score, support, res.inlier_ratio)
@@ -749,7 +754,7 @@ class Localizer:
         (``AlignmentConfig.retrieved_starts``)."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
-        radius = cfg.support_radius_px * camera.K[0, 0] / cam_net.K[0, 0]  # network pixels -> this image's
+        radius = self._support_radius(camera, cam_net)
         image = prepare_alignment_image(rgb, camera, cfg, contrast)  # once for all the frame's alignments
         first: AlignmentResult | None = None  # PnP's pose aligned in full, as without hypotheses
         first_support = 0  # ... its matches' support (counted once: it is a hypothesis too)

@@ -43,6 +43,7 @@ __all__ = [
     "LogisticFit",
     "confidence_summary",
     "fit_logistic",
+    "right_poses",
     "signal_vector",
 ]
 
@@ -54,6 +55,11 @@ MODES = ("global", "tracking")
 MIN_FRAMES = 20  # fewer frames, or fewer than MIN_CLASS right or wrong ones, cannot fit four numbers usefully
 MIN_CLASS = 5
 _LOG_FLOOR = 1e-3  # a support or inlier ratio of 0 is log(1e-3), not -inf
+
+
+def right_poses(t_err: np.ndarray, r_err: np.ndarray) -> np.ndarray:
+    """Which pose errors (metres, degrees) are within ``GOOD_LIMITS_M_DEG``: what the confidence predicts."""
+    return (np.asarray(t_err) <= GOOD_LIMITS_M_DEG[0]) & (np.asarray(r_err) <= GOOD_LIMITS_M_DEG[1])
 
 
 def signal_vector(alignment_score: float, support: float, inlier_ratio: float) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from ..covariance_calibration import CovarianceCalibration, ModelError, fit_model_error
 from ..errors import DataError
 from ..localizer import Localizer, LocalizerConfig
-from ..pose_confidence import GOOD_LIMITS_M_DEG, ConfidenceModel, LogisticFit, fit_logistic, signal_vector
+from ..pose_confidence import ConfidenceModel, LogisticFit, fit_logistic, right_poses, signal_vector
 from .evaluate import SequenceEvaluation, evaluate_sequence
 from .metrics import pose_errors
 
@@ -140,12 +140,11 @@ def calibrate_confidence(
     cfg = replace(config or LocalizerConfig(), confidence=False)
     rows: dict[tuple[str, str], list[tuple[np.ndarray, bool]]] = {}
     for environment, mode, ev in _localized_drives(drives, model_dir, cfg, modes, prior_noise, stride, seed, progress):
-        t_err, r_err = pose_errors(ev.T_est, ev.T_gt)
-        for res, t, r in zip(ev.results, t_err, r_err, strict=True):
+        right = right_poses(*pose_errors(ev.T_est, ev.T_gt))
+        for res, good in zip(ev.results, right, strict=True):
             if res.ok and res.aligned:
-                good = bool(t <= GOOD_LIMITS_M_DEG[0] and r <= GOOD_LIMITS_M_DEG[1])
                 x = signal_vector(res.alignment_score, res.support, res.inlier_ratio)
-                rows.setdefault((environment, mode), []).append((x, good))
+                rows.setdefault((environment, mode), []).append((x, bool(good)))
     fits: dict[str, dict[str, LogisticFit]] = {}
     skipped: dict[str, str] = {}
     for (environment, mode), data in sorted(rows.items()):

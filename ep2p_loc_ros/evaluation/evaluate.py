@@ -12,7 +12,7 @@ from ..datasets.kitti_odometry import KittiOdometrySequence
 from ..geometry import pose_add
 from ..localizer import LocalizationResult, Localizer
 from ..map import nearest_submaps
-from ..pose_confidence import GOOD_LIMITS_M_DEG, confidence_summary
+from ..pose_confidence import confidence_summary, right_poses
 from .metrics import CHI2_6_95, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = ["SequenceEvaluation", "evaluate_sequence"]
@@ -58,8 +58,7 @@ class SequenceEvaluation:
         conf = np.array([r.confidence if r.ok else np.nan for r in self.results])
         if not np.isfinite(conf).any():
             return {}
-        good = (t_err <= GOOD_LIMITS_M_DEG[0]) & (r_err <= GOOD_LIMITS_M_DEG[1])
-        return {"confidence": confidence_summary(conf, good)}
+        return {"confidence": confidence_summary(conf, right_poses(t_err, r_err))}
 
 
 def _perturb(T: np.ndarray, metres: float, degrees: float, rng: np.random.Generator) -> np.ndarray:

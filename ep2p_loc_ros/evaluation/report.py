@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pose_confidence import GOOD_LIMITS_M_DEG
+from ..pose_confidence import right_poses
 from .metrics import RECALL_THRESHOLDS, pose_errors
 from .trajectory import Run, per_frame_errors
 
@@ -248,8 +248,8 @@ def plot_confidence(run: Run, path: Path) -> None:
     """Each localization's confidence over time, marked by whether its pose (before the gate) was within 0.5 m /
     5° of the truth: what a consumer of the diagnostics would have known."""
     plt = _plt()
-    t_raw, r_raw = pose_errors(run.T_raw, run.T_gt)
-    right = (t_raw <= GOOD_LIMITS_M_DEG[0]) & (r_raw <= GOOD_LIMITS_M_DEG[1])
+    t_raw, r_raw = _raw_errors(run)  # (write_report draws it only for runs with poses before the gate)
+    right = right_poses(t_raw, r_raw)
     have = np.isfinite(run.confidence) & np.isfinite(t_raw)
     fig, ax = plt.subplots(figsize=(8, 3), dpi=110)
     for mask, color, label in ((have & right, "tab:green", "right"), (have & ~right, "tab:red", "wrong")):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..geometry import invert, lever_jacobian, matrix_to_quaternion, quaternion_to_matrix
-from ..pose_confidence import GOOD_LIMITS_M_DEG, confidence_summary
+from ..pose_confidence import confidence_summary, right_poses
 from .metrics import CHI2_6_95, RECALL_THRESHOLDS, nees, pose_errors, recall_table, summarize_errors
 
 __all__ = [
@@ -253,9 +253,8 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         }
         if run.confidence is not None and np.isfinite(run.confidence[found]).any():
             # how well each localization's confidence told its right poses from its wrong ones
-            right = (t_raw <= GOOD_LIMITS_M_DEG[0]) & (r_raw <= GOOD_LIMITS_M_DEG[1])
             conf = np.where(found, run.confidence, np.nan)
-            out["before_gate"]["confidence"] = confidence_summary(conf, right)
+            out["before_gate"]["confidence"] = confidence_summary(conf, right_poses(t_raw, r_raw))
     return out
 
 
