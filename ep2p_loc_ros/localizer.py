@@ -8,11 +8,13 @@ the result, never exceptions, so a node can publish "no pose" and say why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
@@ -39,10 +41,12 @@ from .pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
 from .reflectance_alignment import (
     AlignmentConfig,
     AlignmentImage,
+    AlignmentPoints,
     AlignmentResult,
     align_to_reflectance,
     compile_kernels,
     prepare_alignment_image,
+    prepare_alignment_points,
     reflectance_contrast,
 )
 from .upright_ransac import compile_kernel as compile_upright
@@ -470,6 +474,10 @@ class Localizer:
         self.alignment_mode = "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last
         self._contrast: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        # (submap, contrast, max_points, bins) -> its points prepared for the alignment, most recently used last
+        self._prepared_points: OrderedDict[tuple[int, bool, int, int], AlignmentPoints] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None  # a single image's hypotheses aligned side by side
+        self._pool_size = 0
         if align.after_retrieval or align.in_tracking:
             if self.align_here:
                 compile_kernels()
@@ -717,22 +725,68 @@ class Localizer:
     ) -> AlignmentResult:
         """:func:`align_to_reflectance` from ``T_map_cam`` on submap ``sid`` (default: the one nearest it);
         ``image``: ``rgb`` prepared already (:func:`prepare_alignment_image`)."""
+        prepared = self._alignment_points(T_map_cam, sid, contrast, cfg)
+        return self._align_on(T_map_cam, rgb, camera, cfg, contrast, prepared, image, more_starts)
+
+    POINTS_CACHE = 16  # submaps prepared for the alignment (a frame's hypotheses use up to six, tracking one or two)
+
+    def _alignment_points(
+        self, T_map_cam: np.ndarray, sid: int | None, contrast: bool, cfg: AlignmentConfig
+    ) -> AlignmentPoints:
+        """Submap ``sid``'s points (default: the submap nearest ``T_map_cam``) and their reflectance (or its
+        contrast) as an alignment with ``cfg`` compares them with the image, prepared once and kept (the gather
+        from the map and the binning were ~10 ms of a single image's hypotheses). Called from one thread only."""
         if sid is None:
             sid = int(nearest_submaps(self.map, T_map_cam, 1)[0][0])
-        sub = self.map.submap(sid, features=False)
-        refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
+        key = (sid, contrast, cfg.max_points, cfg.bins)
+        prepared = self._prepared_points.get(key)
+        if prepared is None:
+            sub = self.map.submap(sid, features=False)
+            refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
+            prepared = prepare_alignment_points(sub.points, refl, cfg)
+            self._prepared_points[key] = prepared
+            while len(self._prepared_points) > self.POINTS_CACHE:
+                self._prepared_points.popitem(last=False)
+        self._prepared_points.move_to_end(key)
+        return prepared
+
+    def _align_on(
+        self,
+        T_map_cam: np.ndarray,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        cfg: AlignmentConfig,
+        contrast: bool,
+        prepared: AlignmentPoints,
+        image: AlignmentImage | None = None,
+        more_starts: list[np.ndarray] | None = None,
+    ) -> AlignmentResult:
+        """:func:`align_to_reflectance` from ``T_map_cam`` on ``prepared`` points (:meth:`_alignment_points`)."""
         return align_to_reflectance(
             rgb,
             camera,
-            sub.points,
-            refl,
+            None,
+            None,
             T_map_cam,
             cfg,
             self.config.ipr,
             local_contrast=contrast,
             more_starts=more_starts or (),
             image=image,
+            prepared=prepared,
         )
+
+    def _side_by_side(self, threads: int, jobs: list[Callable[[], AlignmentResult]]) -> list[AlignmentResult]:
+        """Each of ``jobs``' results, in order, run in up to ``threads`` threads (a pool kept for the localizer's
+        life). Why threads: the alignment's searches are compiled and release the GIL, and a single image's
+        hypotheses are independent of each other, so two cores align two at once."""
+        if threads <= 1 or len(jobs) <= 1:
+            return [job() for job in jobs]
+        if self._pool is None or self._pool_size != threads:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool, self._pool_size = ThreadPoolExecutor(threads, thread_name_prefix="ep2p-align"), threads
+        return list(self._pool.map(lambda job: job(), jobs))
 
     def _align_hypotheses(
         self,
@@ -791,7 +845,13 @@ class Localizer:
             min_step_deg=coarse * cfg.min_step_deg,
         )
         found = [first] if first is not None else []  # (then PnP's hypothesis: it is finished already)
-        found += [self._aligned(T, rgb, camera, quick, contrast, sid, image=image) for T, sid in starts]
+        jobs = [  # (the points prepared here, in one thread)
+            functools.partial(
+                self._align_on, T, rgb, camera, quick, contrast, self._alignment_points(T, sid, contrast, quick), image
+            )
+            for T, sid in starts
+        ]
+        found += self._side_by_side(cfg.threads, jobs)
         ok = [al for al in found if al.ok]
         if ok:
             support = [

@@ -40,11 +40,13 @@ from .model.preprocess import resize_camera
 __all__ = [
     "AlignmentConfig",
     "AlignmentImage",
+    "AlignmentPoints",
     "AlignmentResult",
     "align_to_reflectance",
     "compile_kernels",
     "mutual_information",
     "prepare_alignment_image",
+    "prepare_alignment_points",
     "reflectance_contrast",
 ]
 
@@ -125,6 +127,9 @@ class AlignmentConfig:
     hypotheses_below_support: float = 0.06  # < 1: first PnP's pose alone, kept if this share of the matches support it
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
+    # ... side by side in this many threads (the searches are compiled and release the GIL; 1: one after another).
+    # The same poses either way (models/README.md, "Session 34")
+    threads: int = 2
     # on maps of these environments it compares local contrast, not levels (module docstring): the grey level less
     # its Gaussian blur of this sigma (pixels of the scaled image), each point's reflectance less the mean of its
     # this many nearest map points (itself included). Four held-out indoor drives' single images, from the same
@@ -166,6 +171,8 @@ class AlignmentConfig:
         ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_spread_m")
         ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
+        if not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"alignment.threads must be an integer >= 1, got {self.threads!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
         for name in (*ranges, *counts, "support_weight", "likelihood_weight"):
             if not getattr(self, name) >= 0:  # NaN refused too
@@ -334,6 +341,91 @@ def _bin_image(grey: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  #
             out[i] += grey[i] > e
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pose_score(
+    T: np.ndarray,
+    K_floor: np.ndarray,
+    origin: np.ndarray,
+    pts: np.ndarray,
+    rows: np.ndarray,
+    seen: np.ndarray,
+    grey_bins: np.ndarray,
+    w: int,
+    h: int,
+    cells: np.ndarray,
+    joint: np.ndarray,
+    bins: int,
+    min_points: int,
+) -> tuple[float, int]:  # pragma: no cover (compiled)
+    """:meth:`_Scorer.score` of the pose ``T`` (map <- camera) for a pinhole camera whose intrinsics, with the
+    nearest pixel centre's half pixel, are ``K_floor``; ``pts`` (3, N) float32 relative to ``origin``."""
+    M = np.empty((3, 3))  # K_floor @ R.T, as explicit sums: the same in every caller
+    for i in range(3):
+        for j in range(3):
+            M[i, j] = K_floor[i, 0] * T[j, 0] + K_floor[i, 1] * T[j, 1] + K_floor[i, 2] * T[j, 2]
+    t0, t1, t2 = T[0, 3] - origin[0], T[1, 3] - origin[1], T[2, 3] - origin[2]
+    M32 = M.astype(np.float32)
+    off = np.empty(3, np.float32)
+    for i in range(3):
+        off[i] = M[i, 0] * t0 + M[i, 1] * t1 + M[i, 2] * t2
+    _pinhole_joint(M32, off, pts, rows, seen, grey_bins, w, h, cells, joint)
+    mi, n = _mi_from_counts(joint.reshape(bins, bins + 1))
+    if n < min_points:
+        return -np.inf, n
+    return mi, n
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _matmul4(A: np.ndarray, B: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """``A @ B`` for 4x4 poses, as explicit sums."""
+    out = np.empty((4, 4))
+    for i in range(4):
+        for j in range(4):
+            out[i, j] = A[i, 0] * B[0, j] + A[i, 1] * B[1, j] + A[i, 2] * B[2, j] + A[i, 3] * B[3, j]
+    return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _ascent_kernel(
+    best: np.ndarray,
+    best_score: float,
+    n_pts: int,
+    moves: np.ndarray,
+    K_floor: np.ndarray,
+    origin: np.ndarray,
+    pts: np.ndarray,
+    rows: np.ndarray,
+    grey_bins: np.ndarray,
+    w: int,
+    h: int,
+    cells: np.ndarray,
+    joint: np.ndarray,
+    bins: int,
+    min_points: int,
+) -> tuple[np.ndarray, float, int, int]:  # pragma: no cover (compiled)
+    """:meth:`_Search.ascend` in one call: ``moves`` (levels, pairs, 2, 4, 4), each level's moves at half the
+    last's steps; a sweep over a level's pairs takes the first of each pair that raises the score, and a sweep
+    that raises nothing moves on to the next level. Returns the pose, its score, its points and the poses scored.
+    Why compiled: in Python each pose scored cost as much again in calls as in the scoring, and held the GIL, so
+    a frame's hypotheses could not be aligned side by side."""
+    seen = np.ones(pts.shape[1], np.bool_)
+    evaluations = 0
+    level = 0
+    while level < moves.shape[0]:
+        improved = False
+        for p in range(moves.shape[1]):
+            for k in range(2):
+                T = _matmul4(best, moves[level, p, k])
+                s, n = _pose_score(T, K_floor, origin, pts, rows, seen, grey_bins, w, h, cells, joint, bins, min_points)
+                evaluations += 1
+                if s > best_score:
+                    best, best_score, n_pts, improved = T, s, n, True
+                    break
+        if not improved:
+            level += 1
+    return best, best_score, n_pts, evaluations
+
+
 def reflectance_contrast(points: np.ndarray, reflectance: np.ndarray, neighbours: int) -> np.ndarray:
     """Each point's reflectance less the mean over its ``neighbours`` nearest ``points`` (itself included): the
     map's half of :func:`align_to_reflectance`'s ``local_contrast``. Computed on a whole submap (~25 ms for 18,000
@@ -417,6 +509,45 @@ def prepare_alignment_image(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class AlignmentPoints:
+    """Map points as the alignment compares them (:func:`prepare_alignment_points`): finite, evenly thinned to
+    ``max_points``, float64, with their reflectance's equal-count bins.
+
+    Why apart from :func:`align_to_reflectance`: a submap is aligned on several times a frame and frame after
+    frame, and thinning and binning it each time was ~10 ms of a single image's hypotheses (one-off profile,
+    models/README.md "Session 34")."""
+
+    points: np.ndarray  # (N, 3) float64, read only
+    reflectance_bins: np.ndarray  # (N,) int64, read only
+    settings: tuple  # what it was prepared with (:func:`_points_settings`)
+
+
+def _points_settings(cfg: AlignmentConfig) -> tuple:
+    """The :class:`AlignmentConfig` fields an :class:`AlignmentPoints` depends on."""
+    return (cfg.max_points, cfg.bins)
+
+
+def prepare_alignment_points(
+    points: np.ndarray, reflectance: np.ndarray, config: AlignmentConfig | None = None
+) -> AlignmentPoints:
+    """``points`` (N, 3) and their ``reflectance`` (N,) prepared for :func:`align_to_reflectance` with
+    ``config``'s point settings: non-finite points dropped, the rest thinned evenly to ``max_points``."""
+    cfg = config or AlignmentConfig()
+    pts, refl = np.asarray(points), np.asarray(reflectance)
+    if not (np.isfinite(pts).all() and np.isfinite(refl).all()):  # (a map's points are: skip the copies)
+        finite = np.isfinite(pts).all(1) & np.isfinite(refl)
+        pts, refl = pts[finite], refl[finite]
+    if len(pts) > cfg.max_points:
+        keep = np.linspace(0, len(pts) - 1, cfg.max_points).astype(np.int64)
+        pts, refl = pts[keep], refl[keep]
+    pts, refl = pts.astype(np.float64), refl.astype(np.float64)
+    refl_bins = np.searchsorted(_equal_count_bins(refl, cfg.bins), refl) if len(refl) else np.zeros(0, np.int64)
+    for a in (pts, refl_bins):
+        a.flags.writeable = False
+    return AlignmentPoints(pts, refl_bins, _points_settings(cfg))
+
+
 class _Scorer:
     """Scores poses: the MI between the points' reflectance and the grey level where each pose projects them.
 
@@ -430,7 +561,7 @@ class _Scorer:
     """
 
     def __init__(self, image: AlignmentImage, origin: np.ndarray, cfg: AlignmentConfig) -> None:
-        self.origin, self.cfg = origin, cfg
+        self.origin, self.cfg = np.ascontiguousarray(origin, dtype=np.float64), cfg
         self.bins = image.bins  # read only: every scorer of the image shares them
         self.camera = image.fine
         self.pinhole = not self.camera.has_distortion
@@ -444,7 +575,7 @@ class _Scorer:
     def at(self, origin: np.ndarray) -> _Scorer:
         """This scorer (the same image bins and scratch) for points relative to ``origin``, its count at 0."""
         other = copy.copy(self)
-        other.origin, other.evaluations = origin, 0
+        other.origin, other.evaluations = np.ascontiguousarray(origin, dtype=np.float64), 0
         return other
 
     def rows(self, refl_bins: np.ndarray) -> np.ndarray:
@@ -464,18 +595,16 @@ class _Scorer:
             self.cells = np.empty(len(rows), np.int32)
             self.all_seen = np.ones(len(rows), bool)
         seen = self.all_seen[: len(rows)] if seen is None else seen
-        R, t = T_map_cam[:3, :3], T_map_cam[:3, 3] - self.origin
-        cam = self.camera
+        cam, b = self.camera, self.cfg.bins
         if self.pinhole:  # rectified images (the common case): homogeneous pixels from one 3x3 product
-            M = self.K_floor @ R.T
-            args = (M.astype(np.float32), (M @ t).astype(np.float32), pts_t, rows, seen, self.bins)
-            _pinhole_joint(*args, cam.width, cam.height, self.cells[: len(rows)], self.joint)
+            args = (self.K_floor, self.origin, pts_t, rows, seen, self.bins, cam.width, cam.height)
+            return _pose_score(T_map_cam, *args, self.cells[: len(rows)], self.joint, b, self.cfg.min_points)
         else:
+            R, t = T_map_cam[:3, :3], T_map_cam[:3, 3] - self.origin
             pr = cam.project((R.T @ (pts_t.astype(np.float64) - t[:, None])).T)
             col, row = pr.pixel_index().T  # a pixel of the image wherever in_image
             cells = np.where(pr.in_image & seen, row * cam.width + col, cam.width * cam.height).astype(np.int32)
             _cells_joint(cells, rows, self.bins, self.joint)
-        b = self.cfg.bins
         mi, n = _mi_from_counts(self.joint.reshape(b, b + 1))
         if n < self.cfg.min_points:
             return -np.inf, n
@@ -490,7 +619,10 @@ def compile_kernels() -> None:
     scorer = _Scorer(
         prepare_alignment_image(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), cam, cfg), np.zeros(3), cfg
     )
-    scorer.score(np.eye(4), np.array([[0.0], [0.0], [1.0]], np.float32), scorer.rows(np.zeros(1, np.int64)))
+    pts, rows = np.array([[0.0], [0.0], [1.0]], np.float32), scorer.rows(np.zeros(1, np.int64))
+    score, n = scorer.score(np.eye(4), pts, rows)
+    search = _Search(scorer, np.ascontiguousarray(pts.T), pts, rows, cam, IPRConfig(), np.zeros(3), cfg)
+    search.ascend(np.eye(4), score, n, (pts, rows), coarse=True)
     _cells_joint(np.zeros(1, np.int32), np.zeros(1, np.int32), scorer.bins, scorer.joint)
 
 
@@ -517,14 +649,15 @@ def _moved(T_map_cam: np.ndarray, d: np.ndarray) -> np.ndarray:
 def align_to_reflectance(
     rgb: np.ndarray,
     camera: PinholeCamera,
-    points: np.ndarray,
-    reflectance: np.ndarray,
+    points: np.ndarray | None,
+    reflectance: np.ndarray | None,
     T_map_cam: np.ndarray,
     config: AlignmentConfig | None = None,
     ipr: IPRConfig | None = None,
     local_contrast: bool = False,
     more_starts: Sequence[np.ndarray] = (),
     image: AlignmentImage | None = None,
+    prepared: AlignmentPoints | None = None,
 ) -> AlignmentResult:
     """Refine ``T_map_cam`` so that the map points' ``reflectance`` best predicts the image's grey level.
 
@@ -534,7 +667,9 @@ def align_to_reflectance(
     :func:`reflectance_contrast`'s (indoors: module docstring). ``more_starts``: search from these poses too, on
     the same image and points (prepared once), and return the result with the best score (the first that ran
     when none beats it). ``image``: ``rgb`` already prepared (:func:`prepare_alignment_image`, with this
-    ``camera``, this ``config``'s image settings and ``local_contrast``), for several alignments of one frame.
+    ``camera``, this ``config``'s image settings and ``local_contrast``), for several alignments of one frame;
+    ``prepared``: ``points`` and ``reflectance`` already prepared (:func:`prepare_alignment_points`, with this
+    ``config``), for alignments on one submap (then ``points`` and ``reflectance`` are not read).
     """
     cfg = config or AlignmentConfig()
     ipr = ipr or IPRConfig()
@@ -543,20 +678,15 @@ def align_to_reflectance(
         image = prepare_alignment_image(rgb, camera, cfg, local_contrast)
     elif image.settings != _image_settings(cfg, local_contrast) or image.source.key != camera.key:
         raise ValueError("the prepared image was made for another camera or other image settings")
-    cam = image.camera
-    pts, refl = np.asarray(points), np.asarray(reflectance)
-    if not (np.isfinite(pts).all() and np.isfinite(refl).all()):  # (a map's points are: skip the copies)
-        finite = np.isfinite(pts).all(1) & np.isfinite(refl)
-        pts, refl = pts[finite], refl[finite]
-    if len(pts) > cfg.max_points:
-        keep = np.linspace(0, len(pts) - 1, cfg.max_points).astype(np.int64)
-        pts, refl = pts[keep], refl[keep]
-    pts, refl = pts.astype(np.float64), refl.astype(np.float64)
+    if prepared is None:
+        prepared = prepare_alignment_points(points, reflectance, cfg)
+    elif prepared.settings != _points_settings(cfg):
+        raise ValueError("the prepared points were made with other settings (max_points, bins)")
+    cam, pts = image.camera, prepared.points
     if len(pts) < cfg.min_points:
         return AlignmentResult(False, start, -np.inf, -np.inf, len(pts), 0, f"{len(pts)} map points near the pose")
-    refl_bins = np.searchsorted(_equal_count_bins(refl, cfg.bins), refl)
     scorer = _Scorer(image, start[:3, 3], cfg)
-    rows = scorer.rows(refl_bins)
+    rows = scorer.rows(prepared.reflectance_bins)
     best: AlignmentResult | None = None
     for pose in (start, *(np.asarray(T, dtype=np.float64) for T in more_starts)):
         res = _align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg)
@@ -717,42 +847,61 @@ class _Search:
         """Coordinate ascent from ``best`` (scored ``best_score`` on ``n_pts`` points) on ``view``'s points (their
         coordinates and rows): the pose it ends at, its score and points. ``coarse``: stop at
         ``refine_spread_coarse`` times the minimum steps."""
-        cfg = self.cfg
-        step_m, step_deg = cfg.step_m, cfg.step_deg
+        cfg, scorer = self.cfg, self.scorer
         stop = cfg.refine_spread_coarse if coarse else 1.0
-        min_m, min_deg = stop * cfg.min_step_m, stop * cfg.min_step_deg
-        scale = 1.0  # of the first moves: halved when none of them helps, until both steps are below their minimum
-        moves = self._moves(scale)
-        while scale * step_m >= min_m or scale * step_deg >= min_deg:
-            improved = False
-            for pair in moves:
-                for move in pair:
-                    T = best @ move
-                    s, n = self.scorer.score(T, *view)
-                    if s > best_score:
-                        best, best_score, n_pts, improved = T, s, n, True
-                        break
-            if not improved:
-                scale /= 2
-                moves = self._moves(scale)
+        moves = _ascent_move_levels(
+            cfg.step_m, cfg.step_deg, cfg.pivot_depths_m, stop * cfg.min_step_m, stop * cfg.min_step_deg
+        )
+        if not scorer.pinhole:  # a camera with distortion: scored in Python (_Scorer.score), the same sweeps
+            return self.ascend_python(best, best_score, n_pts, view, moves)
+        pts_t, rows = view
+        if len(scorer.cells) < len(rows):
+            scorer.cells = np.empty(len(rows), np.int32)
+        cam = scorer.camera
+        start = np.ascontiguousarray(best, dtype=np.float64)
+        scoring = (scorer.K_floor, scorer.origin, pts_t, rows, scorer.bins, cam.width, cam.height)
+        scratch = (scorer.cells[: len(rows)], scorer.joint, cfg.bins, cfg.min_points)
+        best, best_score, n_pts, evaluations = _ascent_kernel(start, best_score, n_pts, moves, *scoring, *scratch)
+        scorer.evaluations += evaluations
         return best, best_score, n_pts
 
-    def _moves(self, scale: float) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        """The ascent's moves at ``scale`` of its first steps (:func:`_ascent_moves`)."""
-        cfg = self.cfg
-        return _ascent_moves(cfg.step_m, cfg.step_deg, cfg.pivot_depths_m, scale)
+    def ascend_python(
+        self,
+        best: np.ndarray,
+        best_score: float,
+        n_pts: int,
+        view: tuple[np.ndarray, np.ndarray],
+        moves: np.ndarray,
+    ) -> tuple[np.ndarray, float, int]:
+        """:func:`_ascent_kernel`'s sweeps over ``moves`` (:func:`_ascent_move_levels`) with :meth:`_Scorer.score`
+        (any camera)."""
+        for level in moves:
+            improved = True
+            while improved:  # sweeps at this level until one raises nothing
+                improved = False
+                for pair in level:
+                    for move in pair:
+                        T = _matmul4(best, move)
+                        s, n = self.scorer.score(T, *view)
+                        if s > best_score:
+                            best, best_score, n_pts, improved = T, s, n, True
+                            break
+        return best, best_score, n_pts
 
 
 @functools.lru_cache(maxsize=64)
-def _ascent_moves(
-    step_m: float, step_deg: float, pivot_depths_m: tuple[float, ...], scale: float
-) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """The ascent's moves at ``scale`` of its first steps, each both ways (``best @ move`` is :func:`_moved`'s),
-    read only. Made once per process and scale: every ascent takes the same ones, and making them (~280 small
-    rotations a frame) was ~6 ms of a single image's hypotheses (one-off profile, session 31)."""
+def _ascent_move_levels(
+    step_m: float, step_deg: float, pivot_depths_m: tuple[float, ...], min_m: float, min_deg: float
+) -> np.ndarray:
+    """The ascent's moves (levels, pairs, 2, 4, 4), each both ways (``best @ move`` is :func:`_moved`'s), at scales
+    1, 1/2, ... of its first steps while either step is at least its minimum, read only. Made once per process:
+    every ascent takes the same ones, and making them (~280 small rotations a frame) was ~6 ms of a single image's
+    hypotheses (one-off profile, session 31)."""
     directions = _ascent_directions(step_m, np.radians(step_deg), pivot_depths_m)
-    moves = tuple(tuple(_moved(np.eye(4), sign * d) for sign in (scale, -scale)) for d in directions)
-    for pair in moves:
-        for move in pair:
-            move.flags.writeable = False
-    return moves
+    levels, scale = [], 1.0
+    while scale * step_m >= min_m or scale * step_deg >= min_deg:
+        levels.append([[_moved(np.eye(4), sign * d) for sign in (scale, -scale)] for d in directions])
+        scale /= 2
+    out = np.array(levels) if levels else np.empty((0, len(directions), 2, 4, 4))
+    out.flags.writeable = False
+    return out

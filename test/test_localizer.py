@@ -922,6 +922,28 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
         assert (_errors(res.T_map_cam, T_gt)[0] < 0.5) is near, (share, _errors(res.T_map_cam, T_gt))
 
 
+def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):
+    """``alignment.threads``: the hypotheses of a single image are aligned in a pool of threads (the searches are
+    compiled and release the GIL). The pose, the score and the retrieved submaps are the same bit for bit as in one
+    thread, frame after frame (the second frame takes each submap's prepared points from the cache)."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, ids = split_scene
+    image = seq.image(FRAME)
+    runs = {}
+    for threads in (1, 2):
+        cfg = AlignmentConfig(forward_range_m=3.0, hypotheses_below_support=1.0, threads=threads)
+        loc = _localizer(lidar_map, desc, top_k=2, alignment=cfg)
+        runs[threads] = [loc.localize(image, seq.calib.camera) for _ in range(2)]
+        assert (loc._pool is not None) is (threads == 2)
+        assert len(loc._prepared_points) >= 2  # PnP's submap and the retrieved ones, kept for the next frame
+    for one, two in zip(runs[1], runs[2], strict=True):
+        assert one.ok and one.aligned and set(one.retrieved) == ids and _errors(one.T_map_cam, T_gt)[0] < 0.5
+        np.testing.assert_array_equal(one.T_map_cam, two.T_map_cam)
+        assert (one.alignment_score, one.retrieved) == (two.alignment_score, two.retrieved)
+    np.testing.assert_array_equal(runs[2][0].T_map_cam, runs[2][1].T_map_cam)
+
+
 def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_describe(scene):
     """Every match describes a camera 8 m behind the true one, so that place has all the matches' support and wins
     the choice though the reflectance fits the true camera better. Every point's patch distribution describes the
@@ -943,8 +965,8 @@ def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_descr
         session = CodedSession(_CODES)
         session.descriptor = desc
         loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=2, alignment=cfg))
-        starts, run = [], loc._aligned
-        loc._aligned = lambda T, *a, run=run, starts=starts, **k: (starts.append(T), run(T, *a, **k))[1]
+        starts, run = [], loc._align_on
+        loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append(T), run(T, *a, **k))[1]
         res = loc.localize(seq.image(FRAME), seq.calib.camera)
         assert res.ok and res.aligned and set(res.retrieved) == ids, res.message
         errors[weight, margin] = _errors(res.T_map_cam, T_gt)

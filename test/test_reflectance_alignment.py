@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 
 from ep2p_loc_ros.geometry import PinholeCamera, make_T, matrix_to_rotvec, rotvec_to_matrix
+from ep2p_loc_ros.ipr import IPRConfig
 from ep2p_loc_ros.reflectance_alignment import (
     AlignmentConfig,
     _ascent_directions,
+    _ascent_move_levels,
     _moved,
     _Scorer,
+    _Search,
     align_to_reflectance,
     mutual_information,
     prepare_alignment_image,
+    prepare_alignment_points,
     reflectance_contrast,
 )
 
@@ -186,6 +190,8 @@ def test_alignment_config_refuses_bad_values():
         {"hypothesis_margin": -0.1},
         {"hypothesis_margin": float("nan")},
         {"hypotheses_below_support": 1.5},
+        {"threads": 0},
+        {"threads": 1.5},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -397,3 +403,62 @@ def test_an_image_prepared_once_aligns_as_the_image_itself_and_refuses_other_set
                 call["local_contrast"],
                 image=image,
             )
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_the_compiled_ascent_makes_the_python_sweeps_pose_for_pose(street, coarse):
+    """The coordinate ascent in one compiled call (:func:`_ascent_kernel`) against its Python sweeps (kept for
+    cameras with distortion), from poses off in every parameter: the same end pose bit for bit, the same score and
+    points, and as many poses scored. Its moves halve level by level as the ascent's steps do."""
+    points, reflectance, rgb = street
+    cfg = AlignmentConfig()
+    image = prepare_alignment_image(rgb, CAM, cfg)
+    prepared = prepare_alignment_points(points, reflectance, cfg)
+    levels = _ascent_move_levels(cfg.step_m, cfg.step_deg, cfg.pivot_depths_m, cfg.min_step_m, cfg.min_step_deg)
+    assert levels.shape == (3, 10, 2, 4, 4) and not levels.flags.writeable  # 0.2, 0.1, 0.05 m; 0.4, 0.2, 0.1 deg
+    np.testing.assert_allclose(levels[1, 2, 1][:3, 3], [0.0, 0.0, -0.1], atol=1e-12)  # z, half the step, back
+    for offset in ([0.3, -0.1, 0.4, 0.5, -0.8, 0.2], [-0.5, 0.2, -0.3, -0.6, 1.0, -0.3]):
+        start = _off(np.array(offset))
+        scorer = _Scorer(image, start[:3, 3], cfg)
+        rows = scorer.rows(prepared.reflectance_bins)
+        local = (prepared.points - start[:3, 3]).astype(np.float32)
+        search = _Search(
+            scorer, local, np.ascontiguousarray(local.T), rows, image.camera, IPRConfig(), start[:3, 3], cfg
+        )
+        view = search.view(np.ones(len(rows), bool))
+        score, n = scorer.score(start, *view)
+        compiled = search.ascend(start, score, n, view, coarse=coarse)
+        evaluations, scorer.evaluations = scorer.evaluations, 0
+        stop = cfg.refine_spread_coarse if coarse else 1.0
+        moves = _ascent_move_levels(
+            cfg.step_m, cfg.step_deg, cfg.pivot_depths_m, stop * cfg.min_step_m, stop * cfg.min_step_deg
+        )
+        python = search.ascend_python(start, score, n, view, moves)
+        np.testing.assert_array_equal(compiled[0], python[0])
+        assert compiled[1:] == python[1:] and evaluations == scorer.evaluations + 1  # (+ the start's score)
+        assert compiled[1] > score and np.linalg.norm(compiled[0][:3, 3]) < np.linalg.norm(offset[:3])
+
+
+def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_settings(street):
+    """A submap aligned on several times (a frame's hypotheses, frame after frame) is thinned and binned once: the
+    same poses, scores and evaluations as preparing it each time, non-finite points dropped, and points prepared
+    with another thinning or binning refused."""
+    points, reflectance, rgb = street
+    cfg = AlignmentConfig(forward_range_m=2.0, max_points=20000)
+    dirty = points.copy()
+    dirty[::97] = np.nan
+    prepared = prepare_alignment_points(dirty, reflectance, cfg)
+    assert len(prepared.points) == 20000 and np.isfinite(prepared.points).all()
+    assert not prepared.points.flags.writeable and prepared.reflectance_bins.max() == cfg.bins - 1
+    start = _off(np.array([0.1, 0.0, 1.2, 0.0, 0.3, 0.0]))
+    own = align_to_reflectance(rgb, CAM, dirty, reflectance, start, cfg)
+    shared = align_to_reflectance(rgb, CAM, None, None, start, cfg, prepared=prepared)
+    assert own.ok and np.linalg.norm(own.T_map_cam[:3, 3]) < 0.25
+    np.testing.assert_array_equal(shared.T_map_cam, own.T_map_cam)
+    assert (shared.score, shared.evaluations) == (own.score, own.evaluations)
+    for other in (replace(cfg, max_points=10000), replace(cfg, bins=8)):
+        with pytest.raises(ValueError, match="prepared points"):
+            align_to_reflectance(rgb, CAM, None, None, start, other, prepared=prepared)
+    few = prepare_alignment_points(points[:100], reflectance[:100], cfg)
+    res = align_to_reflectance(rgb, CAM, None, None, start, cfg, prepared=few)
+    assert not res.ok and "100 map points" in res.message
