@@ -301,8 +301,12 @@ def _visible_kernel(
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _min_max_filter(src: np.ndarray, dst: np.ndarray, r: int, is_min: bool) -> None:  # pragma: no cover
     """``dst`` = the (2r+1)-square min (or max) filter of ``src``, windows cut at the border, as
-    :func:`_window_filter` computes it: by shifted rows and columns, so that the inner loops vectorise."""
+    :func:`_window_filter` computes it: by shifted rows and columns, so that the inner loops vectorise.
+    The default window (r = 2) takes :func:`_min_max_filter_5`: the same values at ~0.55x the time."""
     h, w = src.shape
+    if r == 2 and h >= 4 and w >= 4:
+        _min_max_filter_5(src, dst, is_min)
+        return
     tmp = src.copy()
     for s in range(1, min(r, w - 1) + 1):  # along each row
         for i in range(h):
@@ -322,6 +326,45 @@ def _min_max_filter(src: np.ndarray, dst: np.ndarray, r: int, is_min: bool) -> N
             for j in range(w):
                 a, b = dst[i, j], tmp[i - s, j]
                 dst[i, j] = min(a, b) if is_min else max(a, b)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _min_max_filter_5(src: np.ndarray, dst: np.ndarray, is_min: bool) -> None:  # pragma: no cover (compiled)
+    """:func:`_min_max_filter` for a 5 x 5 window (h, w >= 4): each row's five-wide window in one pass (five loads
+    per pixel, no loop inside, so it vectorises; the shifted passes read and wrote the image four times), then
+    the columns over up to five rows. Why: IPR's depth images are filtered twice a pose, and the alignment asks
+    for ~100 poses a frame, where the two filters were most of IPR's time (~110 us a pose of ~260)."""
+    h, w = src.shape
+    if h < 4 or w < 4:  # (also what lets the compiler vectorise the rows: 4x faster with it, one-off timing)
+        raise ValueError("a 5 x 5 filter here needs an image of at least 4 x 4")
+    tmp = np.empty_like(src)
+    for i in range(h):
+        s, o = src[i], tmp[i]
+        if is_min:
+            o[0] = min(min(s[0], s[1]), s[2])
+            o[1] = min(min(s[0], s[1]), min(s[2], s[3]))
+            for j in range(2, w - 2):
+                o[j] = min(min(min(s[j - 2], s[j - 1]), min(s[j], s[j + 1])), s[j + 2])
+            o[w - 2] = min(min(s[w - 4], s[w - 3]), min(s[w - 2], s[w - 1]))
+            o[w - 1] = min(min(s[w - 3], s[w - 2]), s[w - 1])
+        else:
+            o[0] = max(max(s[0], s[1]), s[2])
+            o[1] = max(max(s[0], s[1]), max(s[2], s[3]))
+            for j in range(2, w - 2):
+                o[j] = max(max(max(s[j - 2], s[j - 1]), max(s[j], s[j + 1])), s[j + 2])
+            o[w - 2] = max(max(s[w - 4], s[w - 3]), max(s[w - 2], s[w - 1]))
+            o[w - 1] = max(max(s[w - 3], s[w - 2]), s[w - 1])
+    for i in range(h):
+        out = dst[i]
+        out[:] = tmp[max(i - 2, 0)]
+        for q in range(max(i - 2, 0) + 1, min(i + 2, h - 1) + 1):
+            t = tmp[q]
+            if is_min:
+                for j in range(w):
+                    out[j] = min(out[j], t[j])
+            else:
+                for j in range(w):
+                    out[j] = max(out[j], t[j])
 
 
 def _window_filter(img: torch.Tensor, k: int, op: Callable[..., torch.Tensor]) -> torch.Tensor:

@@ -44,6 +44,7 @@ from .reflectance_alignment import (
     AlignmentPoints,
     AlignmentResult,
     align_to_reflectance,
+    best_alignment,
     compile_kernels,
     prepare_alignment_image,
     prepare_alignment_points,
@@ -703,8 +704,14 @@ class Localizer:
         ``tracking_from_prior`` from ``prior`` too, the better score kept."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, prior is not None)
-        more = [prior] if prior is not None and cfg.tracking_from_prior else []  # the better score wins
-        al = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, more_starts=more)
+        starts = [res.T_map_cam] + ([prior] if prior is not None and cfg.tracking_from_prior else [])
+        if len(starts) == 1:
+            al = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast)
+        else:  # both on the submap nearest PnP's pose, side by side; the better score wins
+            image = prepare_alignment_image(rgb, camera, cfg, contrast)
+            prepared = self._alignment_points(res.T_map_cam, None, contrast, cfg)
+            jobs = [functools.partial(self._align_on, T, rgb, camera, cfg, contrast, prepared, image) for T in starts]
+            al = best_alignment(self._side_by_side(cfg.threads, jobs))
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not al.ok:
@@ -720,13 +727,12 @@ class Localizer:
         cfg: AlignmentConfig,
         contrast: bool,
         sid: int | None = None,
-        more_starts: list[np.ndarray] | None = None,
         image: AlignmentImage | None = None,
     ) -> AlignmentResult:
         """:func:`align_to_reflectance` from ``T_map_cam`` on submap ``sid`` (default: the one nearest it);
         ``image``: ``rgb`` prepared already (:func:`prepare_alignment_image`)."""
         prepared = self._alignment_points(T_map_cam, sid, contrast, cfg)
-        return self._align_on(T_map_cam, rgb, camera, cfg, contrast, prepared, image, more_starts)
+        return self._align_on(T_map_cam, rgb, camera, cfg, contrast, prepared, image)
 
     POINTS_CACHE = 16  # submaps prepared for the alignment (a frame's hypotheses use up to six, tracking one or two)
 
@@ -759,21 +765,11 @@ class Localizer:
         contrast: bool,
         prepared: AlignmentPoints,
         image: AlignmentImage | None = None,
-        more_starts: list[np.ndarray] | None = None,
     ) -> AlignmentResult:
         """:func:`align_to_reflectance` from ``T_map_cam`` on ``prepared`` points (:meth:`_alignment_points`)."""
+        ipr = self.config.ipr
         return align_to_reflectance(
-            rgb,
-            camera,
-            None,
-            None,
-            T_map_cam,
-            cfg,
-            self.config.ipr,
-            local_contrast=contrast,
-            more_starts=more_starts or (),
-            image=image,
-            prepared=prepared,
+            rgb, camera, None, None, T_map_cam, cfg, ipr, local_contrast=contrast, image=image, prepared=prepared
         )
 
     def _side_by_side(self, threads: int, jobs: list[Callable[[], AlignmentResult]]) -> list[AlignmentResult]:

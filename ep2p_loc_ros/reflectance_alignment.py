@@ -43,6 +43,7 @@ __all__ = [
     "AlignmentPoints",
     "AlignmentResult",
     "align_to_reflectance",
+    "best_alignment",
     "compile_kernels",
     "mutual_information",
     "prepare_alignment_image",
@@ -687,10 +688,16 @@ def align_to_reflectance(
         return AlignmentResult(False, start, -np.inf, -np.inf, len(pts), 0, f"{len(pts)} map points near the pose")
     scorer = _Scorer(image, start[:3, 3], cfg)
     rows = scorer.rows(prepared.reflectance_bins)
-    best: AlignmentResult | None = None
-    for pose in (start, *(np.asarray(T, dtype=np.float64) for T in more_starts)):
-        res = _align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg)
-        if best is None or (res.ok and (not best.ok or res.score > best.score)):
+    poses = (start, *(np.asarray(T, dtype=np.float64) for T in more_starts))
+    return best_alignment([_align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg) for pose in poses])
+
+
+def best_alignment(results: Sequence[AlignmentResult]) -> AlignmentResult:
+    """The result with the best score among those that ran (the first when none beats it, or none ran): how
+    :func:`align_to_reflectance` chooses between its starts, and callers that align the starts apart."""
+    best = results[0]
+    for res in results[1:]:
+        if res.ok and (not best.ok or res.score > best.score):
             best = res
     return best
 
