@@ -772,6 +772,13 @@ class Localizer:
             rgb, camera, None, None, T_map_cam, cfg, ipr, local_contrast=contrast, image=image, prepared=prepared
         )
 
+    def close(self) -> None:
+        """Stop the threads that align a single image's hypotheses (they are made again if it localizes again).
+        The node calls it when it releases the localizer (cleanup, shutdown, error), so that no thread outlives it."""
+        pool, self._pool, self._pool_size = self._pool, None, 0
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def _side_by_side(self, threads: int, jobs: list[Callable[[], AlignmentResult]]) -> list[AlignmentResult]:
         """Each of ``jobs``' results, in order, run in up to ``threads`` threads (a pool kept for the localizer's
         life). Why threads: the alignment's searches are compiled and release the GIL, and a single image's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -942,6 +943,12 @@ def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_o
         np.testing.assert_array_equal(one.T_map_cam, two.T_map_cam)
         assert (one.alignment_score, one.retrieved) == (two.alignment_score, two.retrieved)
     np.testing.assert_array_equal(runs[2][0].T_map_cam, runs[2][1].T_map_cam)
+    workers = [t for t in threading.enumerate() if t in loc._pool._threads]
+    assert workers and all(t.name.startswith("ep2p-align") for t in workers)
+    loc.close()  # (the node's cleanup): its threads stop, and a later frame makes them again
+    assert loc._pool is None and not any(t.is_alive() for t in workers)
+    np.testing.assert_array_equal(loc.localize(image, seq.calib.camera).T_map_cam, runs[2][0].T_map_cam)
+    loc.close()
 
 
 def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_describe(scene):

@@ -302,6 +302,8 @@ class LocalizationNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
+        if self.localizer is not None:
+            self.localizer.close()
         self.localizer = None
         self._degraded = ""
         self._camera_info = None
