@@ -513,6 +513,10 @@ class OracleLocalizer:
         cost_ms = float(os.environ.get("EP2P_ORACLE_COST_MS", "0"))
         return cls(map_dir, os.environ["EP2P_ORACLE_SEQUENCE"], config, cost_ms)
 
+    def close(self) -> None:
+        """As :meth:`Localizer.close` (the node calls it when it releases the localizer); this one has no threads."""
+        self.closed = True
+
     def frame_of(self, rgb: np.ndarray) -> int | None:
         import hashlib
 
