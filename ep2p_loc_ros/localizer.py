@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +56,23 @@ from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
 __all__ = ["LocalizationResult", "LocalizationStatus", "Localizer", "LocalizerConfig", "result_from_pnp"]
 
 logger = logging.getLogger(__name__)
+
+T_ = TypeVar("T_")
+
+
+def _kept(cache: OrderedDict, key: Any, size: int, make: Callable[[], T_]) -> T_:
+    """``cache[key]``, made by ``make`` when it is not there; the ``size`` most recently used entries are kept
+    (0: none). The localizer's caches of per-submap work that frames repeat."""
+    value = cache.get(key)
+    if value is None:
+        value = make()
+        if size <= 0:
+            return value
+        cache[key] = value
+        while len(cache) > size:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return value
 
 
 @contextmanager
@@ -744,17 +761,14 @@ class Localizer:
         from the map and the binning were ~10 ms of a single image's hypotheses). Called from one thread only."""
         if sid is None:
             sid = int(nearest_submaps(self.map, T_map_cam, 1)[0][0])
-        key = (sid, contrast, cfg.max_points, cfg.bins)
-        prepared = self._prepared_points.get(key)
-        if prepared is None:
+
+        def prepare() -> AlignmentPoints:
             sub = self.map.submap(sid, features=False)
             refl = self._reflectance_contrast(sid, sub) if contrast else sub.reflectance
-            prepared = prepare_alignment_points(sub.points, refl, cfg)
-            self._prepared_points[key] = prepared
-            while len(self._prepared_points) > self.POINTS_CACHE:
-                self._prepared_points.popitem(last=False)
-        self._prepared_points.move_to_end(key)
-        return prepared
+            return prepare_alignment_points(sub.points, refl, cfg)
+
+        key = (sid, contrast, cfg.max_points, cfg.bins)
+        return _kept(self._prepared_points, key, self.POINTS_CACHE, prepare)
 
     def _align_on(
         self,
@@ -888,15 +902,9 @@ class Localizer:
 
     def _reflectance_contrast(self, sid: int, sub: Any) -> np.ndarray:
         """Submap ``sid``'s :func:`reflectance_contrast`, computed once (~25 ms for an indoor submap) and kept."""
-        key = (sid, self.config.alignment.contrast_neighbours)
-        contrast = self._contrast.get(key)
-        if contrast is None:
-            contrast = reflectance_contrast(sub.points, sub.reflectance, key[1])
-            self._contrast[key] = contrast
-            while len(self._contrast) > self.CONTRAST_CACHE:
-                self._contrast.popitem(last=False)
-        self._contrast.move_to_end(key)
-        return contrast
+        neighbours = self.config.alignment.contrast_neighbours
+        make = functools.partial(reflectance_contrast, sub.points, sub.reflectance, neighbours)
+        return _kept(self._contrast, (sid, neighbours), self.CONTRAST_CACHE, make)
 
     def _solve_view(
         self,
@@ -980,22 +988,17 @@ class Localizer:
         Why keep them: consecutive frames retrieve mostly the same submaps, and gathering a submap's points from
         the memory-mapped map and running IPR on them was 4-6 ms a submap outdoors (90k points).
         """
+
+        def make() -> _ViewpointView:
+            sub = self.map.submap(sid, features=False)
+            pts, _, rows = self._visible(sub, sub.T_map_viewpoint, camera, {"ipr": 0.0}, features=False)
+            expected = cov = None
+            if any(v > 0 for v in self.config.viewpoint_sigmas().values()):
+                expected, cov = self._viewpoint_prior(sub.T_map_viewpoint, pts, cam_net)
+            return _ViewpointView(pts, sub.point_indices[rows], expected, cov)
+
         key = (sid, camera.key)  # a camera_info that changes makes new views
-        view = self._views.get(key)
-        if view is not None:
-            self._views.move_to_end(key)
-            return view
-        sub = self.map.submap(sid, features=False)
-        pts, _, rows = self._visible(sub, sub.T_map_viewpoint, camera, {"ipr": 0.0}, features=False)
-        expected = cov = None
-        if any(v > 0 for v in self.config.viewpoint_sigmas().values()):
-            expected, cov = self._viewpoint_prior(sub.T_map_viewpoint, pts, cam_net)
-        view = _ViewpointView(pts, sub.point_indices[rows], expected, cov)
-        if self.config.viewpoint_cache > 0:
-            self._views[key] = view
-            while len(self._views) > self.config.viewpoint_cache:
-                self._views.popitem(last=False)
-        return view
+        return _kept(self._views, key, self.config.viewpoint_cache, make)
 
     def _viewpoint_prior(
         self, T_map_viewpoint: np.ndarray, pts: np.ndarray, cam_net: PinholeCamera
