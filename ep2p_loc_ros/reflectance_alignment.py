@@ -110,12 +110,11 @@ class AlignmentConfig:
     # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). On maps of
     # hypothesis_environments only, and first PnP's pose alone, the others only where few matches support it
     # (hypotheses_below_support): single images within 0.5 m / 5 deg on nine outdoor drives 56.9 -> 72.6 % at about the
-    # default's global p50 (always: 78.3 %, but the global p50 1.4-1.6x). Indoors (eight drives: 33.4 -> 34.1 %, and
-    # always 44.1 %) the node's loop loses 4.2 points with them, so outdoors only; there the node confirms its first
-    # pose (tracking.confirm_updates), as a drive's first images can agree on a look-alike place (models/README.md,
-    # "Sessions 29-31").
+    # default's global p50 (always: 78.3 %, at ~1.3x the global p50). Indoors on every frame
+    # (contrast_hypotheses_below_support). Where they run, the node confirms its first pose (tracking.confirm_updates),
+    # as a drive's first images can agree on a look-alike place (models/README.md, "Sessions 29-31", "Session 34").
     retrieved_starts: bool = True
-    hypothesis_environments: tuple[str, ...] = ("outdoor",)
+    hypothesis_environments: tuple[str, ...] = ("outdoor", "indoor")
     support_weight: float = 0.3
     support_radius_px: float = 5.0
     # ... + likelihood_weight * the patch likelihood (nats a point, pose_hypotheses.PatchLikelihood, on at most
@@ -126,6 +125,10 @@ class AlignmentConfig:
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
     hypotheses_below_support: float = 0.06  # < 1: first PnP's pose alone, kept if this share of the matches support it
+    # ... and on the contrast environments (indoors), where every frame gets them (1.0): eight indoor drives' single
+    # images 33.4 -> 44.1 % within 0.5 m / 5 deg, the node's loop 94.1 -> 95.0 % (91.2 -> 94.4 % within 0.25 m / 2 deg),
+    # for ~1.3x the global p50 (models/README.md, "Session 34")
+    contrast_hypotheses_below_support: float = 1.0
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
     # ... side by side in this many threads (the searches are compiled and release the GIL; 1: one after another).
@@ -189,7 +192,7 @@ class AlignmentConfig:
             raise ValueError(f"alignment.hypothesis_margin must be >= 0, got {self.hypothesis_margin}")
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
-        for name in ("min_view_ratio", "hypotheses_below_support"):
+        for name in ("min_view_ratio", "hypotheses_below_support", "contrast_hypotheses_below_support"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"alignment.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -202,7 +205,7 @@ class AlignmentConfig:
     def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
-        and refine rounds, and the contrast environments' shorter forward ranges."""
+        and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate."""
         cfg = self
         if tracking:
             cfg = replace(
@@ -218,6 +221,7 @@ class AlignmentConfig:
                 cfg,
                 forward_range_m=min(cfg.forward_range_m, reach),
                 tracking_from_prior=cfg.contrast_tracking_from_prior,
+                hypotheses_below_support=cfg.contrast_hypotheses_below_support,
             )
         return cfg, contrast
 

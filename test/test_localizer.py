@@ -766,24 +766,27 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     outdoor = _localizer(lidar_map, desc, alignment=only_global)
     assert outdoor.localize(image, seq.calib.camera).aligned and not outdoor._contrast
     assert outdoor.alignment_mode == "levels"
-    # single images get pose hypotheses on outdoor maps only (alignment.hypothesis_environments): indoors the node's
-    # loop lost with them; maps that do not say where they are keep the single alignment
+    # single images get pose hypotheses on outdoor and indoor maps (alignment.hypothesis_environments); maps that do
+    # not say where they are keep the single alignment
     assert outdoor.single_image_hypotheses
-    for environment in ("indoor", "unknown"):
+    for environment, on in (("indoor", True), ("unknown", False)):
         elsewhere = replace(lidar_map, params={**lidar_map.params, "environment": environment})
-        assert not _localizer(elsewhere, desc, alignment=only_global).single_image_hypotheses, environment
+        assert _localizer(elsewhere, desc, alignment=only_global).single_image_hypotheses is on, environment
     everywhere = replace(only_global, hypothesis_environments=["outdoor", "indoor", "unknown"])
     assert _localizer(
-        replace(lidar_map, params={**lidar_map.params, "environment": "indoor"}), desc, alignment=everywhere
+        replace(lidar_map, params={**lidar_map.params, "environment": "unknown"}), desc, alignment=everywhere
     ).single_image_hypotheses
+    # indoors (the contrast environments) every frame gets them; outdoors only where few matches support PnP's pose
+    assert only_global.for_frame("indoor", tracking=False)[0].hypotheses_below_support == 1.0
+    assert only_global.for_frame("outdoor", tracking=False)[0].hypotheses_below_support == 0.06
     assert not _localizer(
         lidar_map, desc, alignment=replace(only_global, retrieved_starts=False)
     ).single_image_hypotheses
     # on a map built as indoor it compares local contrast (alignment.contrast_environments), the submap's kept for
     # the next frame; the alignment is off on environments the config leaves out (alignment.environments)
     indoor_map = replace(lidar_map, params={**lidar_map.params, "environment": "indoor"})
-    with caplog.at_level(logging.INFO, logger="ep2p_loc_ros.localizer"):
-        inside = _localizer(indoor_map, desc, alignment=only_global)
+    with caplog.at_level(logging.INFO, logger="ep2p_loc_ros.localizer"):  # (one alignment: no hypotheses)
+        inside = _localizer(indoor_map, desc, alignment=replace(only_global, retrieved_starts=False))
     assert "reflectance alignment by local contrast: the map is indoor" in caplog.text
     assert inside.alignment_mode == "local contrast"
     indoor = inside.localize(image, seq.calib.camera)

@@ -190,6 +190,7 @@ def test_alignment_config_refuses_bad_values():
         {"hypothesis_margin": -0.1},
         {"hypothesis_margin": float("nan")},
         {"hypotheses_below_support": 1.5},
+        {"contrast_hypotheses_below_support": -0.1},
         {"threads": 0},
         {"threads": 1.5},
     ):
