@@ -175,7 +175,7 @@ class AlignmentConfig:
         ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_spread_m")
         ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
-        if not (isinstance(self.threads, int) and self.threads >= 1):
+        if isinstance(self.threads, bool) or not (isinstance(self.threads, int) and self.threads >= 1):
             raise ValueError(f"alignment.threads must be an integer >= 1, got {self.threads!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
         for name in (*ranges, *counts, "support_weight", "likelihood_weight"):
@@ -684,6 +684,8 @@ def align_to_reflectance(
     elif image.settings != _image_settings(cfg, local_contrast) or image.source.key != camera.key:
         raise ValueError("the prepared image was made for another camera or other image settings")
     if prepared is None:
+        if points is None or reflectance is None:
+            raise ValueError("align_to_reflectance needs the points and their reflectance, or them prepared")
         prepared = prepare_alignment_points(points, reflectance, cfg)
     elif prepared.settings != _points_settings(cfg):
         raise ValueError("the prepared points were made with other settings (max_points, bins)")

@@ -193,6 +193,7 @@ def test_alignment_config_refuses_bad_values():
         {"contrast_hypotheses_below_support": -0.1},
         {"threads": 0},
         {"threads": 1.5},
+        {"threads": True},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -460,6 +461,8 @@ def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_se
     for other in (replace(cfg, max_points=10000), replace(cfg, bins=8)):
         with pytest.raises(ValueError, match="prepared points"):
             align_to_reflectance(rgb, CAM, None, None, start, other, prepared=prepared)
+    with pytest.raises(ValueError, match="points and their reflectance"):
+        align_to_reflectance(rgb, CAM, None, None, start, cfg)
     few = prepare_alignment_points(points[:100], reflectance[:100], cfg)
     res = align_to_reflectance(rgb, CAM, None, None, start, cfg, prepared=few)
     assert not res.ok and "100 map points" in res.message
