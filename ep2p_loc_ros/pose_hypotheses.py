@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -92,13 +93,32 @@ class PatchLikelihood:
         if len(rows) == 0:
             return 0.0
         grid_rows, grid_cols = self.config.grid_size
-        patches = patch_index(torch.from_numpy(proj.uv[rows].astype(np.float32)), self.config)
-        offsets = torch.arange(-1, 2)
-        r = (patches // grid_cols)[:, None, None] + offsets[None, :, None]  # (n, 3, 1)
-        c = (patches % grid_cols)[:, None, None] + offsets[None, None, :]  # (n, 1, 3)
-        inside = ((r >= 0) & (r < grid_rows) & (c >= 0) & (c < grid_cols)).reshape(len(rows), 9)
-        window = (r.clamp(0, grid_rows - 1) * grid_cols + c.clamp(0, grid_cols - 1)).reshape(len(rows), 9)
-        flat = torch.from_numpy(rows)[:, None] * self.log_prob.shape[1] + window  # (n, 9) into the flat table
-        logp = self.log_prob.view(-1)[flat]
-        mass = torch.logsumexp(logp.masked_fill(~inside, -math.inf), 1)
-        return float(mass.mean()) + math.log(grid_rows * grid_cols / 9)
+        patches = patch_index(torch.from_numpy(proj.uv[rows].astype(np.float32)), self.config).numpy()
+        table = self.log_prob.numpy()
+        return _mean_window_mass(table, rows, patches, grid_rows, grid_cols) + math.log(grid_rows * grid_cols / 9)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _mean_window_mass(
+    log_prob: np.ndarray, rows: np.ndarray, patches: np.ndarray, grid_rows: int, grid_cols: int
+) -> float:  # pragma: no cover (compiled)
+    """The mean over ``rows`` of log(the probability mass of the 3x3 patches around each row's patch), from the
+    (L, P) log-probabilities: :meth:`PatchLikelihood.mean_log_ratio`'s sum. Compiled: as ten torch operations on
+    (n, 9) arrays it cost ~0.8 ms a pose, and a frame's hypotheses score ten poses (one-off profile, session 34)."""
+    total = 0.0
+    window = np.empty(9)
+    for k in range(rows.shape[0]):
+        row = log_prob[rows[k]]
+        r0, c0 = patches[k] // grid_cols, patches[k] % grid_cols
+        n, top = 0, -np.inf
+        for r in range(max(r0 - 1, 0), min(r0 + 2, grid_rows)):
+            for c in range(max(c0 - 1, 0), min(c0 + 2, grid_cols)):
+                v = np.float64(row[r * grid_cols + c])
+                window[n] = v
+                n += 1
+                top = max(top, v)
+        mass = 0.0
+        for i in range(n):
+            mass += np.exp(window[i] - top)
+        total += top + np.log(mass)
+    return total / rows.shape[0]
