@@ -110,7 +110,7 @@ class AlignmentConfig:
     # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). On maps of
     # hypothesis_environments only, and first PnP's pose alone, the others only where few matches support it
     # (hypotheses_below_support): single images within 0.5 m / 5 deg on nine outdoor drives 56.9 -> 72.6 % at about the
-    # default's global p50 (always: 78.3 %, at ~1.3x the global p50). Indoors on every frame
+    # default's global p50 (always: 78.3 %, at 1.2-1.3x the global p50). Indoors on every frame
     # (contrast_hypotheses_below_support). Where they run, the node confirms its first pose (tracking.confirm_updates),
     # as a drive's first images can agree on a look-alike place (models/README.md, "Sessions 29-31", "Session 34").
     retrieved_starts: bool = True
@@ -127,7 +127,7 @@ class AlignmentConfig:
     hypotheses_below_support: float = 0.06  # < 1: first PnP's pose alone, kept if this share of the matches support it
     # ... and on the contrast environments (indoors), where every frame gets them (1.0): eight indoor drives' single
     # images 33.4 -> 44.1 % within 0.5 m / 5 deg, the node's loop 94.1 -> 95.0 % (91.2 -> 94.4 % within 0.25 m / 2 deg),
-    # for ~1.3x the global p50 (models/README.md, "Session 34")
+    # for ~1.25x the global p50 (models/README.md, "Session 34")
     contrast_hypotheses_below_support: float = 1.0
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
