@@ -583,6 +583,13 @@ class _Scorer:
         other.origin, other.evaluations = np.ascontiguousarray(origin, dtype=np.float64), 0
         return other
 
+    def scratch(self, n: int) -> np.ndarray:
+        """The first ``n`` of the per-point scratch ``cells`` (``all_seen`` grows with it), grown to ``n`` if needed."""
+        if len(self.cells) < n:
+            self.cells = np.empty(n, np.int32)
+            self.all_seen = np.ones(n, bool)
+        return self.cells[:n]
+
     def rows(self, refl_bins: np.ndarray) -> np.ndarray:
         """Each point's row of the joint histogram (reflectance bin times the bins-plus-one grey columns)."""
         return (refl_bins * (self.cfg.bins + 1)).astype(np.int32)
@@ -596,14 +603,12 @@ class _Scorer:
         Why ``seen`` rather than the points it selects: the forward search scores 25 poses each on its own
         visible subset of the same points, and gathering each subset cost twice what scoring it did."""
         self.evaluations += 1
-        if len(self.cells) < len(rows):
-            self.cells = np.empty(len(rows), np.int32)
-            self.all_seen = np.ones(len(rows), bool)
+        cells = self.scratch(len(rows))
         seen = self.all_seen[: len(rows)] if seen is None else seen
         cam, b = self.camera, self.cfg.bins
         if self.pinhole:  # rectified images (the common case): homogeneous pixels from one 3x3 product
             args = (self.K_floor, self.origin, pts_t, rows, seen, self.bins, cam.width, cam.height)
-            return _pose_score(T_map_cam, *args, self.cells[: len(rows)], self.joint, b, self.cfg.min_points)
+            return _pose_score(T_map_cam, *args, cells, self.joint, b, self.cfg.min_points)
         else:
             R, t = T_map_cam[:3, :3], T_map_cam[:3, 3] - self.origin
             pr = cam.project((R.T @ (pts_t.astype(np.float64) - t[:, None])).T)
@@ -868,12 +873,10 @@ class _Search:
         if not scorer.pinhole:  # a camera with distortion: scored in Python (_Scorer.score), the same sweeps
             return self.ascend_python(best, best_score, n_pts, view, moves)
         pts_t, rows = view
-        if len(scorer.cells) < len(rows):
-            scorer.cells = np.empty(len(rows), np.int32)
         cam = scorer.camera
         start = np.ascontiguousarray(best, dtype=np.float64)
         scoring = (scorer.K_floor, scorer.origin, pts_t, rows, scorer.bins, cam.width, cam.height)
-        scratch = (scorer.cells[: len(rows)], scorer.joint, cfg.bins, cfg.min_points)
+        scratch = (scorer.scratch(len(rows)), scorer.joint, cfg.bins, cfg.min_points)
         best, best_score, n_pts, evaluations = _ascent_kernel(start, best_score, n_pts, moves, *scoring, *scratch)
         scorer.evaluations += evaluations
         return best, best_score, n_pts
