@@ -450,8 +450,65 @@ def reflectance_contrast(points: np.ndarray, reflectance: np.ndarray, neighbours
 
 
 def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
-    """Bin edges (bins - 1 inner ones) that split ``values`` into equally full bins."""
-    return np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    """Bin edges (bins - 1 inner ones) that split ``values`` into equally full bins: ``np.quantile``'s (linear
+    interpolation), to the bit. Finite float32 values take :func:`_order_statistics` (~0.3 ms for an image's
+    116k grey levels, where ``np.quantile``'s partition took 2-4 ms of every frame, session 35); others numpy."""
+    q = np.linspace(0, 1, bins + 1)[1:-1]
+    values = np.asarray(values)
+    if values.dtype != np.float32 or values.ndim != 1 or len(values) < 2:
+        return np.quantile(values, q)
+    at = (len(values) - 1) * q  # numpy's "linear" method: the virtual index, its floor and the next, and the weight
+    lower = np.floor(at).astype(np.int64)
+    upper = np.minimum(lower + 1, len(values) - 1)
+    gamma = at - lower
+    stats = _order_statistics(values, np.unique(np.r_[lower, upper]))
+    if stats is None:  # NaN or infinity: numpy's own rules
+        return np.quantile(values, q)
+    ranks = np.unique(np.r_[lower, upper])
+    a, b = stats[np.searchsorted(ranks, lower)], stats[np.searchsorted(ranks, upper)]
+    diff = b - a  # float32, then float64 with the weight, as numpy's _lerp
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
+@numba.njit(cache=True, nogil=True)
+def _order_statistics(values: np.ndarray, ranks: np.ndarray) -> np.ndarray | None:  # pragma: no cover (compiled)
+    """The ``ranks``-th smallest of the float32 ``values`` (``ranks`` sorted, distinct), or None when a value is
+    not finite. A radix select: each float's bits as an unsigned key that sorts like the float, a histogram of the
+    keys' top 16 bits, then only the buckets holding a wanted rank are gathered and sorted. Two passes over the
+    values instead of a partition around each rank."""
+    n = values.shape[0]
+    bits = values.view(np.uint32)
+    keys = np.empty(n, np.uint32)
+    counts = np.zeros(65537, np.int64)
+    for i in range(n):
+        b = bits[i]
+        if b & np.uint32(0x7F800000) == np.uint32(0x7F800000):  # exponent all ones: inf or NaN
+            return None
+        k = ~b if b & np.uint32(0x80000000) else b | np.uint32(0x80000000)
+        keys[i] = k
+        counts[(k >> np.uint32(16)) + 1] += 1
+    for j in range(65536):  # counts[j] becomes the number of keys in buckets below j
+        counts[j + 1] += counts[j]
+    wanted = np.zeros(65536, np.bool_)
+    bucket_of = np.empty(ranks.shape[0], np.int64)
+    for r in range(ranks.shape[0]):
+        j = np.searchsorted(counts, ranks[r], side="right") - 1
+        bucket_of[r] = j
+        wanted[j] = True
+    fill = counts[:-1].copy()
+    gathered = np.empty(n, np.uint32)  # the wanted buckets' keys, each bucket in its own slot range
+    for i in range(n):
+        j = keys[i] >> np.uint32(16)
+        if wanted[j]:
+            gathered[fill[j]] = keys[i]
+            fill[j] += 1
+    for j in np.unique(bucket_of):
+        gathered[counts[j] : counts[j + 1]] = np.sort(gathered[counts[j] : counts[j + 1]])
+    out = np.empty(ranks.shape[0], np.uint32)
+    for r in range(ranks.shape[0]):
+        k = gathered[ranks[r]]
+        out[r] = k & np.uint32(0x7FFFFFFF) if k & np.uint32(0x80000000) else ~k
+    return out.view(np.float32)
 
 
 @dataclass(frozen=True, eq=False)

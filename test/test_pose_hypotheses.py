@@ -109,3 +109,34 @@ def test_the_patch_likelihood_is_highest_at_the_pose_the_distributions_describe(
     assert wrong.mean_log_ratio(np.eye(4), CAM_NET) < -2.0  # sure of other patches: evidence against
     away = make_T(np.eye(3), np.array([0.0, 0.0, 100.0]))  # every point behind the camera
     assert table.mean_log_ratio(away, CAM_NET) == 0.0
+
+
+def test_the_compiled_projection_sees_the_points_and_patches_that_project_and_patch_index_give():
+    """A pinhole network camera's points go through one compiled pass (``_pinhole_patches``); a camera with
+    distortion through ``PinholeCamera.project``. With a zero distortion vector both paths must agree exactly, on
+    points in view, behind the camera, beside the image and on the image's border, and so must the likelihood."""
+    from ep2p_loc_ros.pose_hypotheses import _pinhole_patches
+
+    rng = np.random.default_rng(7)
+    X = np.r_[_points(3000, seed=5) * rng.uniform(0.5, 1.6, (3000, 1)), -_points(200, seed=6)]
+    # points 12 m away whose pixels fall on the image's edges and on patch borders
+    uv = np.array([[-0.5, 10.0], [CAM_NET.width - 0.5, 10.0], [7.5, -0.5], [15.5, 95.5], [100.0, 191.49]])
+    K = CAM_NET.K
+    X = np.r_[X, np.c_[(uv[:, 0] - K[0, 2]) / K[0, 0], (uv[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(uv))] * 12.0]
+    T = make_T(np.eye(3), np.array([0.3, -0.2, 0.5]))
+    X = transform_points(T, X)  # (camera frame above) into the map
+    T_cam_map = np.linalg.inv(T)
+    rows, patches = _pinhole_patches(
+        X, T_cam_map[:3, :3].copy(), T_cam_map[:3, 3].copy(), CAM_NET.K, 640.0, 192.0, 8.0, ROWS, COLS
+    )
+    proj = CAM_NET.project(transform_points(T_cam_map, X))
+    expected_rows = np.flatnonzero(proj.in_image)
+    expected = patch_index(torch.from_numpy(proj.uv[expected_rows].astype(np.float32)), MC).numpy()
+    assert 1000 < len(rows) < len(X) - 200
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(patches, expected)
+    head, patch_features = _head_and_patches()
+    table = PatchLikelihood.from_features(head, X, torch.randn(len(X), MC.feature_dim) * 0.3, patch_features, 4000)
+    distorted = PinholeCamera(CAM_NET.width, CAM_NET.height, CAM_NET.K, np.array([1e-300, 0, 0, 0, 0]))
+    assert distorted.has_distortion
+    assert table.mean_log_ratio(T, CAM_NET) == table.mean_log_ratio(T, distorted)

@@ -466,3 +466,28 @@ def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_se
     few = prepare_alignment_points(points[:100], reflectance[:100], cfg)
     res = align_to_reflectance(rgb, CAM, None, None, start, cfg, prepared=few)
     assert not res.ok and "100 map points" in res.message
+
+
+def test_equal_count_bins_are_numpys_quantiles_to_the_bit():
+    """The compiled radix select gives ``np.quantile``'s edges exactly (same values, same dtype) for grey levels,
+    ties, signed zeros, huge values, tiny arrays and any bin count; NaN falls back to numpy's rules."""
+    from ep2p_loc_ros.reflectance_alignment import _equal_count_bins
+
+    rng = np.random.default_rng(3)
+    cases = [
+        (rng.random(116_560) * 255).astype(np.float32),  # a 620 x 188 grey image
+        np.round(rng.random(5000) * 10).astype(np.float32),  # many ties
+        np.r_[np.zeros(100, np.float32), -np.zeros(100, np.float32), np.ones(3, np.float32)],
+        np.float32([1e38, -1e38, 0.0, 5.0] * 10),
+        np.float32([2.0, -1.0]),
+        np.float32([1.0, np.nan, 2.0, 3.0]),
+    ]
+    cases += [
+        (rng.standard_normal(int(rng.integers(2, 3000))) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
+        for _ in range(60)
+    ]
+    for i, values in enumerate(cases):
+        for bins in (2, 3, 16, 37):
+            got = _equal_count_bins(values, bins)
+            want = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+            assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), (i, bins)
