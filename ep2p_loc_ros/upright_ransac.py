@@ -84,6 +84,19 @@ def yaw_about_camera_y(R_ref: np.ndarray, R: np.ndarray) -> float:
     return float(np.arctan2(axis[0], axis[2]))
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of (S, 3) arrays: ``np.cross``'s products and differences, without its axis
+    handling (0.7 ms of each search's 1 ms for 2,000 samples; one-off profile, session 35)."""
+    return np.stack(
+        [
+            a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1],
+            a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0],
+        ],
+        1,
+    )
+
+
 def upright_candidates(
     Y1: np.ndarray, Y2: np.ndarray, f1: np.ndarray, f2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,7 +106,7 @@ def upright_candidates(
     ``valid`` is False where a solution does not exist (no real root) or puts a point behind the camera.
     """
     D = Y1 - Y2
-    n = np.cross(f1, f2)
+    n = _cross(f1, f2)
     A = n[:, 0] * D[:, 0] + n[:, 2] * D[:, 2]
     B = n[:, 2] * D[:, 0] - n[:, 0] * D[:, 2]
     C = n[:, 1] * D[:, 1]
@@ -137,10 +150,25 @@ def occupied_cells(masks: np.ndarray, uv: np.ndarray, cell: float = 32.0) -> np.
     cell_id = cells[:, 0] * (int(cells[:, 1].max()) + 1) + cells[:, 1]  # one int per cell, row-major
     if int(cell_id.max()) >= 4 * len(uv):  # a sparse spread (pixels far apart): number the cells densely
         cell_id = np.unique(cell_id, return_inverse=True)[1].reshape(-1)
-    occupied = np.zeros((len(masks), int(cell_id.max()) + 1), dtype=bool)
-    h, m = np.nonzero(masks)
-    occupied[h, cell_id[m]] = True
-    return occupied.sum(1)
+    return _occupied_counts(masks, cell_id, int(cell_id.max()) + 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _occupied_counts(masks: np.ndarray, cell_id: np.ndarray, n_cells: int) -> np.ndarray:  # pragma: no cover
+    """(H,) how many distinct ``cell_id`` values (< ``n_cells``) each row of ``masks`` (H, N) selects. One pass a
+    row, a cell marked with its row's stamp (no clearing between rows). Compiled: numpy's nonzero and scatter over
+    the (H, N) masks were ~3 ms of a single image's PnP (13 calls; one-off profile, session 35)."""
+    stamp = np.zeros(n_cells, np.int64)
+    out = np.zeros(masks.shape[0], np.int64)
+    for h in range(masks.shape[0]):
+        row = masks[h]
+        count = 0
+        for m in range(row.shape[0]):
+            if row[m] and stamp[cell_id[m]] != h + 1:
+                stamp[cell_id[m]] = h + 1
+                count += 1
+        out[h] = count
+    return out
 
 
 def search_rank(masks: np.ndarray, uv: np.ndarray, score: str = "cells") -> np.ndarray:

@@ -168,6 +168,20 @@ def test_heads_match_over_the_whole_image_equals_the_softmax_of_all_logits():
         torch.testing.assert_close(conf, posterior.max(1).values, rtol=tol, atol=tol)
 
 
+def test_heads_best_patch_by_blocks_of_rows_equals_the_whole_matrix_to_the_bit():
+    """Global matching makes and reduces its logits 512 rows at a time (they stay in cache): the best patch and its
+    confidence must be exactly those of the whole (M, P) matrix, for a last block of any size."""
+    from ep2p_loc_ros.model.heads import _best_patch, _best_patch_of
+
+    torch.manual_seed(8)
+    for m in (511, 1300, 2048):
+        point_side = torch.randn(m, 70) * 0.3
+        patch_side = torch.randn(70, 1920) * 0.3
+        best, conf = _best_patch_of(point_side, patch_side)
+        whole_best, whole_conf = _best_patch(point_side @ patch_side)
+        assert torch.equal(best, whole_best) and torch.equal(conf, whole_conf), m
+
+
 def test_heads_guided_match_soft_prior_favours_patches_near_the_expected_pixel():
     """``sigma``: inside the window, the logits lose (distance / sigma)^2 / 2; a huge sigma is the window alone,
     smaller ones move choices to patches nearer the expected pixel; a sigma without expected pixels is refused."""

@@ -153,6 +153,16 @@ def test_occupied_cells_counts_distinct_cells_per_mask() -> None:
     assert occupied_cells(masks, far).tolist() == [3, 1, 2]
 
 
+def test_occupied_cells_equals_counting_each_masks_set_of_cells() -> None:
+    """The compiled count against its definition, on random masks over an image's worth of pixels: for each mask,
+    the number of distinct 32 px cells its selected pixels fall in."""
+    rng = np.random.default_rng(4)
+    uv = rng.random((700, 2)) * [1241.0, 376.0]
+    masks = rng.random((90, 700)) < rng.random((90, 1))
+    cells = [{(int(u // 32), int(v // 32)) for (u, v), on in zip(uv, row, strict=True) if on} for row in masks]
+    assert occupied_cells(masks, uv).tolist() == [len(c) for c in cells]
+
+
 @pytest.mark.parametrize("finalists", [1, 8, 64])
 def test_finalist_ranks_pick_the_finalists_of_ranking_every_hypothesis(finalists: int) -> None:
     """Only hypotheses with enough inliers get their cells counted; the finalists, in order, must be those of

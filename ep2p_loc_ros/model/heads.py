@@ -86,6 +86,27 @@ def _best_patch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return best, 1.0 / logits.sub_(top[:, None]).clamp_(min=-80.0).exp_().sum(1)
 
 
+def _best_patch_of(
+    point_side: torch.Tensor, patch_side: torch.Tensor, block: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_best_patch` of the logits ``point_side @ patch_side``, made and reduced ``block`` rows at a time on
+    the CPU (the same values: each row's product and reduction do not depend on the others).
+
+    Why: a block's logits (512 x 1,920 floats, 4 MB) stay in cache through the product and _best_patch's passes,
+    where the whole (4,000 x 1,920) matrix went to memory between them: ~10 % less time (one-off microbenchmark,
+    session 35). A GPU takes the whole product at once.
+    """
+    m = len(point_side)
+    if point_side.device.type != "cpu" or m <= block:
+        return _best_patch(point_side @ patch_side)
+    best = torch.empty(m, dtype=torch.long)
+    conf = torch.empty(m, dtype=point_side.dtype)
+    for start in range(0, m, block):
+        rows = slice(start, start + block)
+        best[rows], conf[rows] = _best_patch(point_side[rows] @ patch_side)
+    return best, conf
+
+
 def _best_in_windows(
     point_side: torch.Tensor,
     patch_side: torch.Tensor,
@@ -284,7 +305,7 @@ class MatchingHead(nn.Module):
         point_side, patch_side = self._logit_factors(point_features, patch_features, expected, inv2s2)
         candidates = torch.ones(len(point_side), dtype=torch.bool, device=point_side.device)
         if expected is None:
-            best, conf = _best_patch(point_side @ patch_side)
+            best, conf = _best_patch_of(point_side, patch_side)
         else:
             if radius is None or not radius > 0:
                 raise ValueError(f"guided matching needs a positive radius, got {radius}")
@@ -308,7 +329,7 @@ class MatchingHead(nn.Module):
                     )
                 best, conf = _best_in_windows(point_side, patch_side, du2, dv2, radius**2, outside, candidates, rows)
             else:  # an infinite radius: the whole image, the soft prior alone
-                best, conf = _best_patch(point_side @ patch_side)
+                best, conf = _best_patch_of(point_side, patch_side)
         idx = torch.nonzero((conf >= min_confidence) & candidates)[:, 0]
         if max_per_patch > 0:
             idx = idx[top_per_group(best[idx], conf[idx], max_per_patch)]
