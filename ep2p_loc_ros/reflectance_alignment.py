@@ -451,7 +451,7 @@ def reflectance_contrast(points: np.ndarray, reflectance: np.ndarray, neighbours
 
 def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
     """Bin edges (bins - 1 inner ones) that split ``values`` into equally full bins: ``np.quantile``'s (linear
-    interpolation), to the bit. Finite float32 values take :func:`_order_statistics` (~0.3 ms for an image's
+    interpolation), to the bit. Finite float32 values take :func:`_order_statistics` (~1 ms for an image's
     116k grey levels, where ``np.quantile``'s partition took 2-4 ms of every frame, session 35); others numpy."""
     q = np.linspace(0, 1, bins + 1)[1:-1]
     values = np.asarray(values)
@@ -461,10 +461,10 @@ def _equal_count_bins(values: np.ndarray, bins: int) -> np.ndarray:
     lower = np.floor(at).astype(np.int64)
     upper = np.minimum(lower + 1, len(values) - 1)
     gamma = at - lower
-    stats = _order_statistics(values, np.unique(np.r_[lower, upper]))
+    ranks = np.unique(np.r_[lower, upper])
+    stats = _order_statistics(values, ranks)
     if stats is None:  # NaN or infinity: numpy's own rules
         return np.quantile(values, q)
-    ranks = np.unique(np.r_[lower, upper])
     a, b = stats[np.searchsorted(ranks, lower)], stats[np.searchsorted(ranks, upper)]
     diff = b - a  # float32, then float64 with the weight, as numpy's _lerp
     return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
