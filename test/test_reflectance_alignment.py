@@ -13,6 +13,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     AlignmentConfig,
     _ascent_directions,
     _ascent_move_levels,
+    _cells_joint,
     _moved,
     _Scorer,
     _Search,
@@ -270,6 +271,38 @@ def test_the_compiled_score_is_the_mi_of_where_the_camera_projects_each_point(di
     assert expected > 0.3
     assert mi == pytest.approx(expected, abs=2e-3)
     assert scorer.score(T, np.zeros((3, 5), np.float32), scorer.rows(refl_bins[:5]))[0] == -np.inf  # < min_points
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 4096, 4099])
+def test_the_joint_histogram_counts_the_points_in_view_in_any_order_and_layout(n):
+    """The compiled histogram (four partial histograms, out-of-view points skipped) counts each point in view once
+    in its (reflectance, grey) cell, whatever runs of equal cells the points come in and however many they are; the
+    scorer gives the same score to points in rows (what an ascent's view holds) and interleaved."""
+    rng = np.random.default_rng(n)
+    bins, n_cells = 6, 50
+    grey_bins = np.append(rng.integers(0, bins, n_cells), bins).astype(np.uint16)  # + the out-of-view cell
+    cells = np.repeat(rng.integers(0, n_cells + 1, n), rng.integers(1, 9, n))[:n].astype(np.int32)  # runs
+    refl = rng.integers(0, bins, n)
+    joint = np.full(bins * (bins + 1), -1, np.int64)
+    _cells_joint(cells, (refl * (bins + 1)).astype(np.int32), grey_bins, joint)
+    in_view = cells < n_cells
+    expected = np.bincount(refl[in_view] * (bins + 1) + grey_bins[cells[in_view]], minlength=bins * (bins + 1))
+    np.testing.assert_array_equal(joint.reshape(bins, bins + 1)[:, :bins], expected.reshape(bins, bins + 1)[:, :bins])
+    assert joint.reshape(bins, bins + 1)[:, bins].sum() == 0  # the out-of-view column is not counted
+
+    cfg = AlignmentConfig(bins=8, min_points=10)
+    grey = rng.random((CAM.height, CAM.width)).astype(np.float32)
+    scorer = _Scorer(prepare_alignment_image(grey, CAM, cfg), np.zeros(3), cfg)
+    local = np.c_[rng.uniform(-20, 20, 3000), rng.uniform(-5, 5, 3000), rng.uniform(1, 40, 3000)].astype(np.float32)
+    rows = scorer.rows(rng.integers(0, cfg.bins, len(local)))
+    search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, CAM, IPRConfig(), np.zeros(3), cfg)
+    seen = rng.random(len(local)) < 0.7
+    pts_t, view_rows = search.view(seen)
+    assert pts_t.flags.c_contiguous  # each coordinate's row contiguous: the kernel vectorises over them
+    T = make_T(rotvec_to_matrix(np.radians([1.0, -2.0, 0.5])), np.array([0.2, 0.1, -0.3]))
+    score = scorer.score(T, pts_t, view_rows)
+    assert np.isfinite(score[0]) and score == scorer.score(T, np.asfortranarray(pts_t), view_rows)
+    assert score == scorer.score(T, search.local_t, rows, seen)  # the points selected, or all with a mask
 
 
 def _surface(p: np.ndarray) -> np.ndarray:
