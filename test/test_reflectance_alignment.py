@@ -305,6 +305,41 @@ def test_the_joint_histogram_counts_the_points_in_view_in_any_order_and_layout(n
     assert score == scorer.score(T, search.local_t, rows, seen)  # the points selected, or all with a mask
 
 
+@pytest.mark.parametrize("cx", [239.5, 600.0])
+def test_a_line_of_candidates_sees_and_scores_as_over_all_points(street, cx):
+    """A line along the optical axis works on the points its rearmost candidate may see: the masks, scores and views
+    are the same as over every point of the map (here also points behind the camera and beside it). A camera whose
+    principal point is outside its image keeps them all."""
+    points, reflectance, rgb = street
+    points = np.concatenate([points, points * [1, 1, -1], points[::7] * [3, 1, 0.3]])  # behind, far to the sides
+    reflectance = np.concatenate([reflectance, reflectance, reflectance[::7]])
+    cam = PinholeCamera.from_params(CAM.width, CAM.height, CAM.fx, CAM.fy, cx, CAM.cy)
+    cfg = AlignmentConfig(max_points=10**6)
+    image = prepare_alignment_image(rgb, cam, cfg)
+    start = _off(np.array([0.3, -0.1, 0.4, 0.5, -0.8, 0.2]))
+    scorer = _Scorer(image, start[:3, 3], cfg)
+    prepared = prepare_alignment_points(points, reflectance, cfg)
+    rows = scorer.rows(prepared.reflectance_bins)
+    local = (prepared.points - start[:3, 3]).astype(np.float32)
+    search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, image.camera, IPRConfig(), start[:3, 3], cfg)
+
+    class _AllPoints(_Search):
+        def _line_points(self, rear):
+            return self.local, (self.local_t, self.rows)
+
+    every = _AllPoints(scorer, local, search.local_t, rows, image.camera, IPRConfig(), start[:3, 3], cfg)
+    line, full = search.line(start, 6.0, 0.5), every.line(start, 6.0, 0.5)
+    kept = line.points[0].shape[1]
+    assert kept < 0.6 * len(local) if cx < CAM.width else kept == len(local)
+    np.testing.assert_array_equal(line.scores, full.scores)
+    np.testing.assert_array_equal(line.n_seen, full.n_seen)
+    np.testing.assert_array_equal(line.seen.sum(1), full.seen.sum(1))
+    assert np.isfinite(line.scores).sum() > 10
+    for k in range(len(line.poses)):
+        for a, b in zip(line.view(k), full.view(k), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def _surface(p: np.ndarray) -> np.ndarray:
     """The corridor's surfaces: 0 the floor (1.6 m below), 1 the walls."""
     return np.where(p[..., 1] > 1.55, 0, 1)
