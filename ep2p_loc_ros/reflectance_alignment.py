@@ -707,6 +707,7 @@ def compile_kernels() -> None:
     search = _Search(scorer, np.ascontiguousarray(pts.T), pts, rows, cam, IPRConfig(), np.zeros(3), cfg)
     search.ascend(np.eye(4), score, n, (pts, rows), coarse=True)
     _cells_joint(np.zeros(1, np.int32), np.zeros(1, np.int32), scorer.bins, scorer.joint)
+    _in_frustum(pts, np.eye(3), np.zeros(3), np.asarray(cam.K, np.float64), cam.width, cam.height, 0.0)
 
 
 def _ascent_directions(step_m: float, step_rad: float, pivot_depths_m: tuple[float, ...]) -> list[np.ndarray]:
