@@ -108,11 +108,11 @@ class AlignmentConfig:
     # pose with the best score + support_weight * log(1 + its support) + likelihood_weight * its patch likelihood wins,
     # its support being the matches it reprojects within support_radius_px (network-image pixels), its likelihood the
     # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). On maps of
-    # hypothesis_environments only, and first PnP's pose alone, the others only where few matches support it
-    # (hypotheses_below_support): single images within 0.5 m / 5 deg on nine outdoor drives 56.9 -> 72.6 % at about the
-    # default's global p50 (always: 78.3 %, at 1.2-1.3x the global p50). Indoors on every frame
-    # (contrast_hypotheses_below_support). Where they run, the node confirms its first pose (tracking.confirm_updates),
-    # as a drive's first images can agree on a look-alike place (models/README.md, "Sessions 29-31", "Session 34").
+    # hypothesis_environments only, on every frame (hypotheses_below_support: 1): single images within 0.5 m / 5 deg on
+    # nine outdoor drives 56.9 -> 78.3 %, at ~1.2x the global p50 (with 0.06, session 31's default: 72.6 % at about the
+    # p50 without them; models/README.md "Session 36"). Indoors too (contrast_hypotheses_below_support). Where they
+    # run, the node confirms its first pose (tracking.confirm_updates), as a drive's first images can agree on a
+    # look-alike place (models/README.md, "Sessions 29-31", "Session 34").
     retrieved_starts: bool = True
     hypothesis_environments: tuple[str, ...] = ("outdoor", "indoor")
     support_weight: float = 0.3
@@ -124,7 +124,7 @@ class AlignmentConfig:
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
-    hypotheses_below_support: float = 0.06  # < 1: first PnP's pose alone, kept if this share of the matches support it
+    hypotheses_below_support: float = 1.0  # < 1: first PnP's pose alone, kept if this share of the matches support it
     # ... and on the contrast environments (indoors), where every frame gets them (1.0): eight indoor drives' single
     # images 33.4 -> 44.1 % within 0.5 m / 5 deg, the node's loop 94.1 -> 95.0 % (91.2 -> 94.4 % within 0.25 m / 2 deg),
     # for ~1.25x the global p50 (models/README.md, "Session 34")
