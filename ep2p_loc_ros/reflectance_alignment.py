@@ -863,7 +863,8 @@ def _in_frustum(
 ) -> np.ndarray:  # pragma: no cover (compiled)
     """Mask of the (3, N) points that the camera ``R``, ``t`` (camera from points, float64) with intrinsics ``K``
     has in front of it and within ``margin`` pixels of its (``height``, ``width``) image (pixel centres at
-    integers: ``PinholeCamera.project``'s convention)."""
+    integers: ``PinholeCamera.project``'s convention). Points within a centimetre of the camera's plane are kept
+    whatever their pixel: float32 projections of them (IPR's) are too rough to rule them out."""
     X, Y, Z = local_t[0], local_t[1], local_t[2]
     fx, fy, cx, cy, skew = K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1]
     lo, hi_u, hi_v = -0.5 - margin, width - 0.5 + margin, height - 0.5 + margin
@@ -875,7 +876,7 @@ def _in_frustum(
         d = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
         u = (fx * c0 + skew * c1) / d + cx
         v = fy * c1 / d + cy
-        out[i] = (d > 0.0) & (u >= lo) & (u < hi_u) & (v >= lo) & (v < hi_v)
+        out[i] = (d > -0.01) & ((d < 0.01) | ((u >= lo) & (u < hi_u) & (v >= lo) & (v < hi_v)))
     return out
 
 
