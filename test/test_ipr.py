@@ -12,7 +12,7 @@ from torch.nn.functional import max_pool2d
 
 from ep2p_loc_ros.calib import read_kitti_object_calib, read_velodyne_bin
 from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, rotvec_to_matrix, transform_points
-from ep2p_loc_ros.ipr import IPRConfig, _window_filter, visible_mask
+from ep2p_loc_ros.ipr import IPRConfig, _min_max_filter, _window_filter, visible_mask
 
 KITTI = Path(__file__).parent / "data" / "kitti_object"
 CAM = PinholeCamera.from_params(320, 240, 300.0, 300.0, 159.5, 119.5)
@@ -154,6 +154,19 @@ def test_ipr_window_filter_equals_max_pool2d() -> None:
         d[d < 0.6] = torch.inf
         assert torch.equal(_window_filter(d, k, torch.maximum), max_pool2d(d[:, None], k, 1, k // 2)[:, 0])
         assert torch.equal(_window_filter(d, k, torch.minimum), -max_pool2d(-d[:, None], k, 1, k // 2)[:, 0])
+
+
+def test_the_compiled_window_filter_is_the_torch_one() -> None:
+    """The CPU kernel's min / max filters (the 5 x 5 one with its whole-window rows, and the general one) give the
+    torch filter's values on images from the smallest the 5 x 5 path takes to a depth image's size."""
+    g = torch.Generator().manual_seed(1)
+    for h, w, k in ((4, 4, 5), (5, 7, 5), (6, 9, 5), (9, 5, 5), (94, 310, 5), (7, 9, 3), (12, 11, 7)):
+        d = torch.rand(h, w, generator=g)
+        d[d < 0.6] = torch.inf
+        for op, is_min in ((torch.minimum, True), (torch.maximum, False)):
+            out = np.empty((h, w), np.float32)
+            _min_max_filter(d.numpy(), out, k // 2, is_min)
+            np.testing.assert_array_equal(out, _window_filter(d[None], k, op)[0].numpy())
 
 
 # --------------------------------------------------------------------------- API: batch, types, devices, errors
