@@ -37,7 +37,7 @@ from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
 from .pose_confidence import CONFIDENCE_FILE, ConfidenceModel, signal_vector
-from .pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
+from .pose_hypotheses import PatchLikelihood, match_support, rank_hypotheses
 from .reflectance_alignment import (
     AlignmentConfig,
     AlignmentImage,
@@ -871,25 +871,44 @@ class Localizer:
         found += self._side_by_side(cfg.threads, jobs)
         ok = [al for al in found if al.ok]
         if ok:
-            support = [
-                first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius) for al in ok
-            ]
-            likelihood = None
-            if table is not None and cfg.likelihood_weight > 0 and len(ok) > 1:
-                likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in ok]
-            pick = pick_hypothesis(
-                [al.score for al in ok], support, cfg.support_weight, likelihood, cfg.likelihood_weight
+
+            def ranked(poses: list[AlignmentResult]) -> np.ndarray:  # best first (the score and the matcher's votes)
+                support = [
+                    first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius)
+                    for al in poses
+                ]
+                likelihood = None
+                if table is not None and cfg.likelihood_weight > 0 and len(poses) > 1:
+                    likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
+                scores = [al.score for al in poses]
+                return rank_hypotheses(scores, support, cfg.support_weight, likelihood, cfg.likelihood_weight)
+
+            # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
+            chosen = [ok[i] for i in ranked(ok)[: cfg.hypothesis_finish]]
+            finish = replace(
+                cfg,
+                forward_range_m=0.0,
+                step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
+                step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
             )
-            best = ok[pick]
-            if best is not first:  # a coarse hypothesis: the fine steps and the refine round(s) from where it ended
-                finish = replace(
-                    cfg,
-                    forward_range_m=0.0,
-                    step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
-                    step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
+            jobs = [  # (the points prepared here, in one thread)
+                functools.partial(
+                    self._align_on,
+                    al.T_map_cam,
+                    rgb,
+                    camera,
+                    finish,
+                    contrast,
+                    self._alignment_points(al.T_map_cam, None, contrast, finish),
+                    image,
                 )
-                done = self._aligned(best.T_map_cam, rgb, camera, finish, contrast, image=image)
-                best = done if done.ok else best
+                for al in chosen
+                if al is not first  # (PnP's own pose is finished already)
+            ]
+            done = iter(self._side_by_side(cfg.threads, jobs))
+            finished = [al if al is first else next(done) for al in chosen]
+            finished = [fin if fin.ok else al for fin, al in zip(finished, chosen, strict=True)]
+            best = finished[0] if len(finished) == 1 else finished[int(ranked(finished)[0])]
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3

@@ -20,7 +20,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_index
 
-__all__ = ["PatchLikelihood", "match_support", "pick_hypothesis"]
+__all__ = ["PatchLikelihood", "match_support", "pick_hypothesis", "rank_hypotheses"]
 
 
 def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
@@ -44,10 +44,21 @@ def pick_hypothesis(
     likelihood``: the alignment's score (mutual information, nats) decides between poses the matcher votes for
     alike, and a few times more matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a
     small score lead. Ties go to the first (PnP's own pose comes first)."""
+    return int(rank_hypotheses(scores, support, weight, likelihood, likelihood_weight)[0])
+
+
+def rank_hypotheses(
+    scores: list[float],
+    support: list[int],
+    weight: float,
+    likelihood: list[float] | None = None,
+    likelihood_weight: float = 0.0,
+) -> np.ndarray:
+    """The pose hypotheses' indices, best first by :func:`pick_hypothesis`'s value (ties: the earlier first)."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
-    return int(np.argmax(value))
+    return np.argsort(-value, kind="stable")
 
 
 @dataclass(frozen=True)

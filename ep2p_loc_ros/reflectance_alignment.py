@@ -131,6 +131,8 @@ class AlignmentConfig:
     contrast_hypotheses_below_support: float = 1.0
     hypothesis_points: int = 30000  # each hypothesis is aligned on at most this many points ...
     hypothesis_coarse: float = 4.0  # ... with ascents that stop at this many times the minimum steps, no refine round
+    # ... then the best this many get the fine steps and the refine round(s), and the best of them wins
+    hypothesis_finish: int = 1
     # ... side by side in this many threads (the searches are compiled and release the GIL; 1: one after another).
     # The same poses either way (models/README.md, "Session 34")
     threads: int = 2
@@ -175,8 +177,10 @@ class AlignmentConfig:
         ranges = ("forward_range_m", "tracking_forward_range_m", "refine_range_m", "refine_spread_m")
         ranges += ("tracking_refine_spread_m",)
         ranges += ("contrast_forward_range_m", "contrast_tracking_forward_range_m")
-        if isinstance(self.threads, bool) or not (isinstance(self.threads, int) and self.threads >= 1):
-            raise ValueError(f"alignment.threads must be an integer >= 1, got {self.threads!r}")
+        for name in ("threads", "hypothesis_finish"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
         for name in (*ranges, *counts, "support_weight", "likelihood_weight"):
             if not getattr(self, name) >= 0:  # NaN refused too

@@ -927,6 +927,30 @@ def test_a_single_image_is_aligned_from_each_retrieved_viewpoint_and_the_best_su
         assert (_errors(res.T_map_cam, T_gt)[0] < 0.5) is near, (share, _errors(res.T_map_cam, T_gt))
 
 
+def test_the_best_coarse_hypotheses_are_finished_and_the_best_finished_one_wins(split_scene):
+    """``alignment.hypothesis_finish``: the best n coarse hypotheses each get the fine steps and the refine round from
+    where they ended (side by side), and the best of the finished poses by the same rule wins; 1 finishes the best
+    coarse one alone. Here every count ends at the true camera, and n finishes run (no more than the hypotheses)."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, ids = split_scene
+    finishes = {}
+    for n in (1, 2, 10):
+        cfg = AlignmentConfig(forward_range_m=3.0, hypotheses_below_support=1.0, hypothesis_finish=n)
+        loc = _localizer(lidar_map, desc, top_k=2, alignment=cfg)
+        calls, run = [], loc._align_on
+        loc._align_on = lambda T, *a, run=run, calls=calls, **k: (calls.append((T, a[2])), run(T, *a, **k))[1]
+        res = loc.localize(seq.image(FRAME), seq.calib.camera)
+        assert res.ok and res.aligned and set(res.retrieved) == ids, res.message
+        assert _errors(res.T_map_cam, T_gt)[0] < 0.5, (n, _errors(res.T_map_cam, T_gt))
+        coarse = [T for T, c in calls if c.forward_range_m > 0]
+        finishes[n] = [T for T, c in calls if c.forward_range_m == 0]
+        assert len(finishes[n]) == min(n, len(coarse)) and len(coarse) >= 3, (n, len(coarse))
+        assert len({T.tobytes() for T in finishes[n]}) == len(finishes[n])  # each from its own coarse end
+        loc.close()
+    np.testing.assert_array_equal(finishes[1][0], finishes[2][0])  # the best coarse one is finished first
+
+
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):
     """``alignment.threads``: the hypotheses of a single image are aligned in a pool of threads (the searches are
     compiled and release the GIL). The pose, the score and the retrieved submaps are the same bit for bit as in one

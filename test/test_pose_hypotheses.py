@@ -10,7 +10,7 @@ import torch
 from ep2p_loc_ros.geometry import PinholeCamera, make_T, transform_points
 from ep2p_loc_ros.model.config import ModelConfig
 from ep2p_loc_ros.model.heads import MatchingHead, patch_index
-from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis
+from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis, rank_hypotheses
 
 MC = ModelConfig()
 ROWS, COLS = MC.grid_size
@@ -36,6 +36,11 @@ def test_pick_hypothesis_weighs_the_alignment_score_against_the_matchers_votes()
     assert pick_hypothesis([0.50, 0.45], [0, 10**6], 0.0) == 0  # weight 0: the score alone
     assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.3) == 1  # 0.05 + 0.48 < 0.9
     assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.0) == 0  # likelihood weight 0: ignored
+    # the whole order, best first, ties to the earlier (what the finish of the best few takes)
+    np.testing.assert_array_equal(rank_hypotheses([0.40, 0.45, 0.42, 0.45], [100] * 4, 0.3), [1, 3, 2, 0])
+    np.testing.assert_array_equal(
+        rank_hypotheses([0.50, 0.45, 0.45], [40, 200, 10], 0.3, [0.0, 0.0, 3.0], 0.3), [2, 1, 0]
+    )
 
 
 def test_match_support_counts_the_matches_a_pose_reprojects_within_the_radius():

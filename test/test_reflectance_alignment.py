@@ -195,6 +195,8 @@ def test_alignment_config_refuses_bad_values():
         {"threads": 0},
         {"threads": 1.5},
         {"threads": True},
+        {"hypothesis_finish": 0},
+        {"hypothesis_finish": 2.0},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
