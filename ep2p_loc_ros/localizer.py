@@ -880,8 +880,9 @@ class Localizer:
                 likelihood = None
                 if table is not None and cfg.likelihood_weight > 0 and len(poses) > 1:
                     likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
-                scores = [al.score for al in poses]
-                return rank_hypotheses(scores, support, cfg.support_weight, likelihood, cfg.likelihood_weight)
+                scores, points = [al.score for al in poses], [al.points for al in poses]
+                weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
+                return rank_hypotheses(scores, support, *weights)
 
             # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
             chosen = [ok[i] for i in ranked(ok)[: cfg.hypothesis_finish]]

@@ -53,11 +53,18 @@ def rank_hypotheses(
     weight: float,
     likelihood: list[float] | None = None,
     likelihood_weight: float = 0.0,
+    points: list[int] | None = None,
+    points_weight: float = 0.0,
 ) -> np.ndarray:
-    """The pose hypotheses' indices, best first by :func:`pick_hypothesis`'s value (ties: the earlier first)."""
+    """The pose hypotheses' indices, best first by :func:`pick_hypothesis`'s value, plus ``points_weight`` times the
+    log of the map ``points`` each aligned pose scored on (ties: the earlier first). Why the points: a pose that sees
+    few points (facing a wall, or off the map) fits by chance as well as the right one, and its score says so less
+    than how much it sees."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
+    if points is not None and points_weight:
+        value = value + points_weight * np.log(np.maximum(np.asarray(points, dtype=np.float64), 1.0))
     return np.argsort(-value, kind="stable")
 
 

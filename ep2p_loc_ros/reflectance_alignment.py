@@ -121,6 +121,7 @@ class AlignmentConfig:
     # likelihood_points of the classified points): the matcher's whole per-point distributions, not only its matches
     likelihood_weight: float = 0.3
     likelihood_points: int = 2000
+    points_weight: float = 0.0  # ... + this weight * log(the map points the aligned pose scored on)
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
@@ -182,7 +183,7 @@ class AlignmentConfig:
             if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
-        for name in (*ranges, *counts, "support_weight", "likelihood_weight"):
+        for name in (*ranges, *counts, "support_weight", "likelihood_weight", "points_weight"):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("refine_spread_coarse", "hypothesis_coarse", "likelihood_points"):

@@ -949,6 +949,24 @@ def test_the_best_coarse_hypotheses_are_finished_and_the_best_finished_one_wins(
         assert len({T.tobytes() for T in finishes[n]}) == len(finishes[n])  # each from its own coarse end
         loc.close()
     np.testing.assert_array_equal(finishes[1][0], finishes[2][0])  # the best coarse one is finished first
+    # points_weight reaches the choice with each coarse end's points
+    import ep2p_loc_ros.localizer as localizer_module
+
+    seen, rank = [], localizer_module.rank_hypotheses
+    cfg = AlignmentConfig(forward_range_m=3.0, hypotheses_below_support=1.0, points_weight=0.5)
+    loc = _localizer(lidar_map, desc, top_k=2, alignment=cfg)
+    ends, run = [], loc._align_on
+    loc._align_on = lambda T, *a, run=run, ends=ends, **k: (lambda r: (ends.append((a[2].forward_range_m, r)), r)[1])(
+        run(T, *a, **k)
+    )
+    try:
+        localizer_module.rank_hypotheses = lambda *a: (seen.append(a), rank(*a))[1]
+        assert loc.localize(seq.image(FRAME), seq.calib.camera).ok
+    finally:
+        localizer_module.rank_hypotheses = rank
+        loc.close()
+    coarse_points = sorted(r.points for reach, r in ends if reach > 0 and r.ok)  # (threads: in any order)
+    assert seen and seen[0][-1] == 0.5 and sorted(seen[0][-2]) == coarse_points
 
 
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):

@@ -36,6 +36,10 @@ def test_pick_hypothesis_weighs_the_alignment_score_against_the_matchers_votes()
     assert pick_hypothesis([0.50, 0.45], [0, 10**6], 0.0) == 0  # weight 0: the score alone
     assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.3) == 1  # 0.05 + 0.48 < 0.9
     assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.0) == 0  # likelihood weight 0: ignored
+    # points_weight: a pose that scores on few map points (facing a wall, off the map) loses to one that sees more
+    assert rank_hypotheses([0.50, 0.45], [100, 100], 0.3, None, 0.0, [300, 3000], 0.0)[0] == 0
+    assert rank_hypotheses([0.50, 0.45], [100, 100], 0.3, None, 0.0, [300, 3000], 0.5)[0] == 1  # 0.05 < 0.5 log 10
+    assert rank_hypotheses([0.50, 0.45], [100, 100], 0.3, None, 0.0, [300, 330], 0.5)[0] == 0  # 0.05 > 0.5 log 1.1
     # the whole order, best first, ties to the earlier (what the finish of the best few takes)
     np.testing.assert_array_equal(rank_hypotheses([0.40, 0.45, 0.42, 0.45], [100] * 4, 0.3), [1, 3, 2, 0])
     np.testing.assert_array_equal(

@@ -196,6 +196,7 @@ def test_alignment_config_refuses_bad_values():
         {"threads": 1.5},
         {"threads": True},
         {"hypothesis_finish": 0},
+        {"points_weight": -0.1},
         {"hypothesis_finish": 2.0},
     ):
         with pytest.raises(ValueError, match="alignment"):
