@@ -121,7 +121,9 @@ class AlignmentConfig:
     # likelihood_points of the classified points): the matcher's whole per-point distributions, not only its matches
     likelihood_weight: float = 0.3
     likelihood_points: int = 2000
-    points_weight: float = 0.0  # ... + this weight * log(the map points the aligned pose scored on)
+    # ... + this weight * log(the map points the aligned pose scored on): outdoor single images within 0.5 m / 5 deg
+    # +0.6 / +2.0 / +1.9 points on three sets of nine drives (models/README.md "Session 36")
+    points_weight: float = 0.3
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
