@@ -109,10 +109,10 @@ class AlignmentConfig:
     # its support being the matches it reprojects within support_radius_px (network-image pixels), its likelihood the
     # matcher's per-point patch distributions' (pose_hypotheses.py; Localizer._align_hypotheses). On maps of
     # hypothesis_environments only, on every frame (hypotheses_below_support: 1): single images within 0.5 m / 5 deg on
-    # nine outdoor drives 56.9 -> 78.3 %, at 1.1-1.3x the global p50 of the 0.06 gate of sessions 31-35 (72.6 %;
-    # models/README.md "Session 36"). Indoors too (contrast_hypotheses_below_support). Where they run, the node
-    # confirms its first pose (tracking.confirm_updates), as a drive's first images can agree on a look-alike place
-    # (models/README.md, "Sessions 29-31", "Session 34").
+    # nine outdoor drives 56.9 -> 78.3 % (78.9 % with points_weight), at 1.1-1.3x the global p50 of the 0.06 gate of
+    # sessions 31-35 (72.6 %; models/README.md "Session 36"). Indoors too (contrast_hypotheses_below_support). Where
+    # they run, the node confirms its first pose (tracking.confirm_updates), as a drive's first images can agree on a
+    # look-alike place (models/README.md, "Sessions 29-31", "Session 34").
     retrieved_starts: bool = True
     hypothesis_environments: tuple[str, ...] = ("outdoor", "indoor")
     support_weight: float = 0.3
