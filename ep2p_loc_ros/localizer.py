@@ -819,7 +819,8 @@ class Localizer:
         """A single image's pose aligned from PnP's pose and from the viewpoints of the ``hypothesis_views`` best
         retrieved submaps whose patch likelihood is within ``hypothesis_margin`` of the best start's (each on its
         own submap); the aligned pose that best combines the alignment's score with the matcher's votes (the
-        matches' support and the patch likelihood, :mod:`.pose_hypotheses`) wins (:func:`pick_hypothesis`). Why:
+        matches' support and the patch likelihood, :mod:`.pose_hypotheses`) and the points it sees wins
+        (:func:`rank_hypotheses`; the best ``hypothesis_finish`` coarse ones are finished first). Why:
         the alignment only climbs the basin it starts in, and PnP's pose is often at the wrong viewpoint; the
         reflectance score compares poses in one place, not between places, where the matcher tells them apart
         (``AlignmentConfig.retrieved_starts``)."""
