@@ -122,8 +122,9 @@ class AlignmentConfig:
     likelihood_weight: float = 0.3
     likelihood_points: int = 2000
     # ... + this weight * log(the map points the aligned pose scored on): outdoor single images within 0.5 m / 5 deg
-    # +0.6 / +2.0 / +1.9 points on three sets of nine drives (models/README.md "Session 36")
+    # +0.6 / +2.0 / +1.9 points on three sets of nine drives (models/README.md "Session 36") ...
     points_weight: float = 0.3
+    contrast_points_weight: float = 0.0  # ... and on the contrast environments (indoors: 44.1 -> 42.8 % with 0.3)
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
@@ -185,7 +186,8 @@ class AlignmentConfig:
             if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
-        for name in (*ranges, *counts, "support_weight", "likelihood_weight", "points_weight"):
+        weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
+        for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("refine_spread_coarse", "hypothesis_coarse", "likelihood_points"):
@@ -212,7 +214,8 @@ class AlignmentConfig:
     def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
-        and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate."""
+        and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate and
+        points' weight."""
         cfg = self
         if tracking:
             cfg = replace(
@@ -229,6 +232,7 @@ class AlignmentConfig:
                 forward_range_m=min(cfg.forward_range_m, reach),
                 tracking_from_prior=cfg.contrast_tracking_from_prior,
                 hypotheses_below_support=cfg.contrast_hypotheses_below_support,
+                points_weight=cfg.contrast_points_weight,
             )
         return cfg, contrast
 

@@ -780,6 +780,9 @@ def test_localizer_aligns_a_global_pose_off_along_its_axis_to_the_maps_reflectan
     gated = replace(only_global, hypotheses_below_support=0.06)
     assert gated.for_frame("indoor", tracking=False)[0].hypotheses_below_support == 1.0
     assert gated.for_frame("outdoor", tracking=False)[0].hypotheses_below_support == 0.06
+    # ... and their own points' weight in the choice (off indoors)
+    assert only_global.for_frame("indoor", tracking=False)[0].points_weight == 0.0
+    assert only_global.for_frame("outdoor", tracking=False)[0].points_weight == 0.3
     assert not _localizer(
         lidar_map, desc, alignment=replace(only_global, retrieved_starts=False)
     ).single_image_hypotheses

@@ -197,6 +197,7 @@ def test_alignment_config_refuses_bad_values():
         {"threads": True},
         {"hypothesis_finish": 0},
         {"points_weight": -0.1},
+        {"contrast_points_weight": float("nan")},
         {"hypothesis_finish": 2.0},
     ):
         with pytest.raises(ValueError, match="alignment"):
