@@ -20,7 +20,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_index
 
-__all__ = ["PatchLikelihood", "match_support", "pick_hypothesis", "rank_hypotheses"]
+__all__ = ["PatchLikelihood", "match_support", "rank_hypotheses"]
 
 
 def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
@@ -33,20 +33,6 @@ def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: 
     return int(np.count_nonzero((proj.depth > 0) & (err <= radius)))
 
 
-def pick_hypothesis(
-    scores: list[float],
-    support: list[int],
-    weight: float,
-    likelihood: list[float] | None = None,
-    likelihood_weight: float = 0.0,
-) -> int:
-    """The index of the best pose hypothesis by ``score + weight * log(1 + support) + likelihood_weight *
-    likelihood``: the alignment's score (mutual information, nats) decides between poses the matcher votes for
-    alike, and a few times more matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a
-    small score lead. Ties go to the first (PnP's own pose comes first)."""
-    return int(rank_hypotheses(scores, support, weight, likelihood, likelihood_weight)[0])
-
-
 def rank_hypotheses(
     scores: list[float],
     support: list[int],
@@ -56,10 +42,12 @@ def rank_hypotheses(
     points: list[int] | None = None,
     points_weight: float = 0.0,
 ) -> np.ndarray:
-    """The pose hypotheses' indices, best first by :func:`pick_hypothesis`'s value, plus ``points_weight`` times the
-    log of the map ``points`` each aligned pose scored on (ties: the earlier first). Why the points: a pose that sees
-    few points (facing a wall, or off the map) fits by chance as well as the right one, and its score says so less
-    than how much it sees."""
+    """The pose hypotheses' indices, best first by ``score + weight * log(1 + support) + likelihood_weight *
+    likelihood + points_weight * log(points)``: the alignment's score (mutual information, nats) decides between
+    poses the matcher votes for alike, and a few times more matches, or a patch likelihood higher by a fraction of a
+    nat a point, outweigh a small score lead. ``points``: the map points each aligned pose scored on; a pose that sees
+    few (facing a wall, or off the map) fits them by chance as well as the right one fits many. Ties go to the first
+    (PnP's own pose comes first)."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)

@@ -845,7 +845,7 @@ _Found = tuple[np.ndarray, float, int, tuple[np.ndarray, np.ndarray], float]
 class _Line:
     """Candidates along the optical axis (:meth:`_Search.line`): poses, their offsets (m), what each sees (masks
     over ``points``), scores (-inf: too few points seen) and points scored, the start's index, and the points any
-    candidate may see (coordinates (3, N) and rows, as :meth:`_Search.view` gives them)."""
+    candidate may see (coordinates (3, N) and rows, as :func:`_view` gives them)."""
 
     poses: np.ndarray
     offsets: np.ndarray
@@ -973,10 +973,6 @@ class _Search:
         if not np.isfinite(best_score):
             return "too few points in view"
         return line.poses[k_best], best_score, int(line.n_seen[k_best]), line.view(k_best), start_score
-
-    def view(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The coordinates and rows of the points ``seen`` (a mask over all of them): what an ascent scores on."""
-        return _view(self.local_t, self.rows, seen)
 
     def spread(self, line: _Line, found: _Found, spread_m: float) -> tuple[np.ndarray, float, int]:
         """The ascent from several of the ``line``'s candidates (``refine_spread_m``): best-scored first, skipping

@@ -10,7 +10,7 @@ import torch
 from ep2p_loc_ros.geometry import PinholeCamera, make_T, transform_points
 from ep2p_loc_ros.model.config import ModelConfig
 from ep2p_loc_ros.model.heads import MatchingHead, patch_index
-from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, pick_hypothesis, rank_hypotheses
+from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, rank_hypotheses
 
 MC = ModelConfig()
 ROWS, COLS = MC.grid_size
@@ -25,17 +25,17 @@ def _points(n: int, seed: int = 0) -> np.ndarray:
     return np.c_[rng.uniform(-0.55, 0.55, n) * z, rng.uniform(-0.16, 0.16, n) * z, z]
 
 
-def test_pick_hypothesis_weighs_the_alignment_score_against_the_matchers_votes():
+def test_rank_hypotheses_weighs_the_alignment_score_against_the_matchers_votes():
     """Score + weight * log(1 + support) + likelihood_weight * likelihood: a small score lead loses to several times
     the support, a large one wins; with equal support the score decides, and a tie goes to the first hypothesis
     (PnP's pose). A likelihood higher by a fraction of a nat a point outweighs both."""
-    assert pick_hypothesis([0.50, 0.45], [40, 200], 0.3) == 1  # 0.05 < 0.3 * log(201 / 41)
-    assert pick_hypothesis([1.00, 0.45], [40, 200], 0.3) == 0  # 0.55 > 0.48
-    assert pick_hypothesis([0.40, 0.45, 0.42], [100, 100, 100], 0.3) == 1
-    assert pick_hypothesis([0.45, 0.45], [100, 100], 0.3) == 0
-    assert pick_hypothesis([0.50, 0.45], [0, 10**6], 0.0) == 0  # weight 0: the score alone
-    assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.3) == 1  # 0.05 + 0.48 < 0.9
-    assert pick_hypothesis([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.0) == 0  # likelihood weight 0: ignored
+    assert rank_hypotheses([0.50, 0.45], [40, 200], 0.3)[0] == 1  # 0.05 < 0.3 * log(201 / 41)
+    assert rank_hypotheses([1.00, 0.45], [40, 200], 0.3)[0] == 0  # 0.55 > 0.48
+    assert rank_hypotheses([0.40, 0.45, 0.42], [100, 100, 100], 0.3)[0] == 1
+    assert rank_hypotheses([0.45, 0.45], [100, 100], 0.3)[0] == 0
+    assert rank_hypotheses([0.50, 0.45], [0, 10**6], 0.0)[0] == 0  # weight 0: the score alone
+    assert rank_hypotheses([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.3)[0] == 1  # 0.05 + 0.48 < 0.9
+    assert rank_hypotheses([0.50, 0.45], [200, 40], 0.3, [-1.0, 2.0], 0.0)[0] == 0  # likelihood weight 0: ignored
     # points_weight: a pose that scores on few map points (facing a wall, off the map) loses to one that sees more
     assert rank_hypotheses([0.50, 0.45], [100, 100], 0.3, None, 0.0, [300, 3000], 0.0)[0] == 0
     assert rank_hypotheses([0.50, 0.45], [100, 100], 0.3, None, 0.0, [300, 3000], 0.5)[0] == 1  # 0.05 < 0.5 log 10

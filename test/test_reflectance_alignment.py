@@ -17,6 +17,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     _moved,
     _Scorer,
     _Search,
+    _view,
     align_to_reflectance,
     mutual_information,
     prepare_alignment_image,
@@ -301,7 +302,7 @@ def test_the_joint_histogram_counts_the_points_in_view_in_any_order_and_layout(n
     rows = scorer.rows(rng.integers(0, cfg.bins, len(local)))
     search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, CAM, IPRConfig(), np.zeros(3), cfg)
     seen = rng.random(len(local)) < 0.7
-    pts_t, view_rows = search.view(seen)
+    pts_t, view_rows = _view(search.local_t, search.rows, seen)
     assert pts_t.flags.c_contiguous  # each coordinate's row contiguous: the kernel vectorises over them
     T = make_T(rotvec_to_matrix(np.radians([1.0, -2.0, 0.5])), np.array([0.2, 0.1, -0.3]))
     score = scorer.score(T, pts_t, view_rows)
@@ -499,7 +500,7 @@ def test_the_compiled_ascent_makes_the_python_sweeps_pose_for_pose(street, coars
         search = _Search(
             scorer, local, np.ascontiguousarray(local.T), rows, image.camera, IPRConfig(), start[:3, 3], cfg
         )
-        view = search.view(np.ones(len(rows), bool))
+        view = _view(search.local_t, search.rows, np.ones(len(rows), bool))
         score, n = scorer.score(start, *view)
         compiled = search.ascend(start, score, n, view, coarse=coarse)
         evaluations, scorer.evaluations = scorer.evaluations, 0
