@@ -37,7 +37,7 @@ from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
 from .pose_confidence import CONFIDENCE_FILE, ConfidenceModel, signal_vector
-from .pose_hypotheses import PatchLikelihood, match_support, rank_hypotheses
+from .pose_hypotheses import PatchLikelihood, match_support, pose_agreement, rank_hypotheses
 from .reflectance_alignment import (
     AlignmentConfig,
     AlignmentImage,
@@ -819,8 +819,9 @@ class Localizer:
         """A single image's pose aligned from PnP's pose and from the viewpoints of the ``hypothesis_views`` best
         retrieved submaps whose patch likelihood is within ``hypothesis_margin`` of the best start's (each on its
         own submap); the aligned pose that best combines the alignment's score with the matcher's votes (the
-        matches' support and the patch likelihood, :mod:`.pose_hypotheses`) and the points it sees wins
-        (:func:`rank_hypotheses`; the best ``hypothesis_finish`` coarse ones are finished first). Why:
+        matches' support and the patch likelihood, :mod:`.pose_hypotheses`), the points it sees and how many other
+        starts ended at it wins (:func:`rank_hypotheses`; the best ``hypothesis_finish`` coarse ones are finished
+        first). Why:
         the alignment only climbs the basin it starts in, and PnP's pose is often at the wrong viewpoint; the
         reflectance score compares poses in one place, not between places, where the matcher tells them apart
         (``AlignmentConfig.retrieved_starts``)."""
@@ -873,7 +874,7 @@ class Localizer:
         ok = [al for al in found if al.ok]
         if ok:
 
-            def ranked(poses: list[AlignmentResult]) -> np.ndarray:  # best first (the score and the matcher's votes)
+            def ranked(poses: list[AlignmentResult], agree: np.ndarray) -> np.ndarray:  # best first
                 support = [
                     first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius)
                     for al in poses
@@ -883,10 +884,13 @@ class Localizer:
                     likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
                 scores, points = [al.score for al in poses], [al.points for al in poses]
                 weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
-                return rank_hypotheses(scores, support, *weights)
+                return rank_hypotheses(scores, support, *weights, agree, cfg.agreement_weight)
 
+            # how many other starts' alignments ended at each coarse pose (a finished one keeps its coarse count)
+            agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
             # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
-            chosen = [ok[i] for i in ranked(ok)[: cfg.hypothesis_finish]]
+            order = ranked(ok, agree)[: cfg.hypothesis_finish]
+            chosen = [ok[i] for i in order]
             finish = replace(
                 cfg,
                 forward_range_m=0.0,
@@ -910,7 +914,7 @@ class Localizer:
             done = iter(self._side_by_side(cfg.threads, jobs))
             finished = [al if al is first else next(done) for al in chosen]
             finished = [fin if fin.ok else al for fin, al in zip(finished, chosen, strict=True)]
-            best = finished[0] if len(finished) == 1 else finished[int(ranked(finished)[0])]
+            best = finished[0] if len(finished) == 1 else finished[int(ranked(finished, agree[order])[0])]
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3

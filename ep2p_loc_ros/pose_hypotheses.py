@@ -4,7 +4,8 @@ The reflectance alignment's score compares poses within one place, not between p
 "Session 29"). Two votes of the matcher tell places apart: the matches a pose reprojects near their pixels
 (:func:`match_support`), and how likely the matcher's per-point patch distributions find the patches a pose
 projects the points into (:class:`PatchLikelihood`). The second uses every classified point's whole distribution,
-not only its most likely patch, which a weak matcher gets right for one point in ten.
+not only its most likely patch, which a weak matcher gets right for one point in ten. A third vote is the
+hypotheses' own agreement (:func:`pose_agreement`): alignments from different starts that end at one pose.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_index
 
-__all__ = ["PatchLikelihood", "match_support", "rank_hypotheses"]
+__all__ = ["PatchLikelihood", "match_support", "pose_agreement", "rank_hypotheses"]
 
 
 def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
@@ -33,6 +34,20 @@ def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: 
     return int(np.count_nonzero((proj.depth > 0) & (err <= radius)))
 
 
+def pose_agreement(poses: list[np.ndarray], radius_m: float, max_deg: float) -> np.ndarray:
+    """For each pose (4x4), how many of the others lie within ``radius_m`` and ``max_deg`` of it. Why: alignments
+    from different starts (PnP's pose, retrieved viewpoints) that end at one place are independent votes for it; a
+    look-alike place that wins on score is usually reached from one start only."""
+    T = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+    if len(T) == 0:
+        return np.zeros(0, dtype=np.int64)
+    near = np.linalg.norm(T[:, None, :3, 3] - T[None, :, :3, 3], axis=-1) <= radius_m
+    # the angle between two rotations from the trace of R_a^T R_b: sum of the elementwise product
+    cos = (np.einsum("aij,bij->ab", T[:, :3, :3], T[:, :3, :3]) - 1.0) / 2.0
+    near &= cos >= math.cos(math.radians(max_deg))
+    return near.sum(axis=1) - 1
+
+
 def rank_hypotheses(
     scores: list[float],
     support: list[int],
@@ -41,18 +56,23 @@ def rank_hypotheses(
     likelihood_weight: float = 0.0,
     points: list[int] | None = None,
     points_weight: float = 0.0,
+    agreement: list[int] | np.ndarray | None = None,
+    agreement_weight: float = 0.0,
 ) -> np.ndarray:
     """The pose hypotheses' indices, best first by ``score + weight * log(1 + support) + likelihood_weight *
-    likelihood + points_weight * log(points)``: the alignment's score (mutual information, nats) decides between
-    poses the matcher votes for alike, and a few times more matches, or a patch likelihood higher by a fraction of a
-    nat a point, outweigh a small score lead. ``points``: the map points each aligned pose scored on; a pose that sees
-    few (facing a wall, or off the map) fits them by chance as well as the right one fits many. Ties go to the first
-    (PnP's own pose comes first)."""
+    likelihood + points_weight * log(points) + agreement_weight * agreement``: the alignment's score (mutual
+    information, nats) decides between poses the matcher votes for alike, and a few times more matches, or a patch
+    likelihood higher by a fraction of a nat a point, outweigh a small score lead. ``points``: the map points each
+    aligned pose scored on; a pose that sees few (facing a wall, or off the map) fits them by chance as well as the
+    right one fits many. ``agreement``: how many other hypotheses ended at the same pose (:func:`pose_agreement`).
+    Ties go to the first (PnP's own pose comes first)."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
     if points is not None and points_weight:
         value = value + points_weight * np.log(np.maximum(np.asarray(points, dtype=np.float64), 1.0))
+    if agreement is not None and agreement_weight:
+        value = value + agreement_weight * np.asarray(agreement, dtype=np.float64)
     return np.argsort(-value, kind="stable")
 
 

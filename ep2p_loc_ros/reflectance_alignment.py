@@ -125,6 +125,14 @@ class AlignmentConfig:
     # +0.6 / +2.0 / +1.9 points on three sets of nine drives (models/README.md "Session 36") ...
     points_weight: float = 0.3
     contrast_points_weight: float = 0.0  # ... and on the contrast environments (indoors: 44.1 -> 42.8 % with 0.3)
+    # ... + this weight * how many of the other coarse hypotheses ended within agreement_radius_m and agreement_deg
+    # of it (pose_hypotheses.pose_agreement): alignments from different starts that end at one pose vote for it.
+    # Outdoor single images within 0.5 m / 5 deg on three sets of nine drives +0.5 / +0.9 / 0.0 points, indoors the
+    # same; with a radius of 1 m it loses (-0.2 / -0.7 / +0.1, indoors -0.7: ends 1 m apart are other basins along
+    # the axis) (models/README.md "Session 37")
+    agreement_weight: float = 0.2
+    agreement_radius_m: float = 0.5
+    agreement_deg: float = 5.0
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
@@ -175,6 +183,7 @@ class AlignmentConfig:
             raise ValueError(f"alignment.contrast_neighbours must be >= 2, got {self.contrast_neighbours}")
         positive = ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale")
         positive += ("contrast_blur_px", "support_radius_px")
+        positive += ("agreement_radius_m", "agreement_deg")
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
@@ -187,6 +196,7 @@ class AlignmentConfig:
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
+        weights += ("agreement_weight",)
         for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")

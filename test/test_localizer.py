@@ -25,6 +25,7 @@ from ep2p_loc_ros.map import MapBuildParams, build_map
 from ep2p_loc_ros.model.config import ModelConfig
 from ep2p_loc_ros.model.heads import MatchingHead
 from ep2p_loc_ros.model.preprocess import prepare_image
+from ep2p_loc_ros.pose_hypotheses import pose_agreement
 
 FRAME = 2
 MC = ModelConfig()
@@ -968,8 +969,12 @@ def test_the_best_coarse_hypotheses_are_finished_and_the_best_finished_one_wins(
     finally:
         localizer_module.rank_hypotheses = rank
         loc.close()
-    coarse_points = sorted(r.points for reach, r in ends if reach > 0 and r.ok)  # (threads: in any order)
-    assert seen and seen[0][-1] == 0.5 and sorted(seen[0][-2]) == coarse_points
+    coarse = [r for reach, r in ends if reach > 0 and r.ok]
+    coarse_points = sorted(r.points for r in coarse)  # (threads: in any order)
+    assert seen and seen[0][6] == 0.5 and sorted(seen[0][5]) == coarse_points
+    # ... and agreement_weight with how many other coarse ends each one's is near
+    agree = pose_agreement([r.T_map_cam for r in coarse], cfg.agreement_radius_m, cfg.agreement_deg)
+    assert seen[0][8] == cfg.agreement_weight > 0 and sorted(seen[0][7]) == sorted(agree)
 
 
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import torch
 
-from ep2p_loc_ros.geometry import PinholeCamera, make_T, transform_points
+from ep2p_loc_ros.geometry import PinholeCamera, make_T, rotvec_to_matrix, transform_points
 from ep2p_loc_ros.model.config import ModelConfig
 from ep2p_loc_ros.model.heads import MatchingHead, patch_index
-from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, rank_hypotheses
+from ep2p_loc_ros.pose_hypotheses import PatchLikelihood, match_support, pose_agreement, rank_hypotheses
 
 MC = ModelConfig()
 ROWS, COLS = MC.grid_size
@@ -45,6 +45,34 @@ def test_rank_hypotheses_weighs_the_alignment_score_against_the_matchers_votes()
     np.testing.assert_array_equal(
         rank_hypotheses([0.50, 0.45, 0.45], [40, 200, 10], 0.3, [0.0, 0.0, 3.0], 0.3), [2, 1, 0]
     )
+    # agreement_weight: a pose two other starts ended at beats a small score lead, not a large one
+    common = ([0.50, 0.45, 0.30], [100] * 3, 0.3, None, 0.0, None, 0.0)
+    assert rank_hypotheses(*common, [0, 2, 1], 0.0)[0] == 0
+    assert rank_hypotheses(*common, [0, 2, 1], 0.2)[0] == 1  # 0.05 < 0.2 * 2
+    assert rank_hypotheses([1.00, 0.45, 0.30], *common[1:], [0, 2, 1], 0.2)[0] == 0  # 0.55 > 0.4
+
+
+def test_pose_agreement_counts_the_other_poses_within_the_radius_and_angle():
+    """Each pose's count of the others within ``radius_m`` and ``max_deg``: a cluster of three counts two each,
+    a pose at the same place turned by more than the angle and one farther than the radius count none."""
+    T0 = make_T(rotvec_to_matrix(np.array([0.1, -0.4, 0.2])), np.array([10.0, -3.0, 1.5]))
+
+    def moved(t: list[float], deg: float, axis: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+        """T0 moved by ``t`` (its own frame) and turned ``deg`` about the unit ``axis``."""
+        return T0 @ make_T(rotvec_to_matrix(np.radians(deg) * np.asarray(axis)), np.asarray(t, dtype=np.float64))
+
+    poses = [
+        T0,
+        moved([0.6, 0.0, 0.0], 2.0),  # 0.6 m and 2 degrees from T0
+        moved([0.0, -0.5, 0.0], 3.0, (1.0, 0.0, 0.0)),  # 0.5 m and 3 degrees from T0, 0.78 m and 3.6 from T1
+        moved([0.0, 0.0, 0.0], 8.0),  # T0's position, turned 8 degrees (6 from T1, 8.5 from T2)
+        moved([0.0, 0.0, 1.2], 0.0),  # T0's heading, 1.2 m ahead (1.3 m and more from the others)
+    ]
+    np.testing.assert_array_equal(pose_agreement(poses, 1.0, 5.0), [2, 2, 2, 0, 0])
+    np.testing.assert_array_equal(pose_agreement(poses, 1.0, 10.0), [3, 3, 3, 3, 0])  # the turned one joins
+    np.testing.assert_array_equal(pose_agreement(poses, 1.25, 5.0), [3, 2, 2, 0, 1])  # ... the one ahead joins T0
+    np.testing.assert_array_equal(pose_agreement(poses[:1], 1.0, 5.0), [0])
+    assert pose_agreement([], 1.0, 5.0).shape == (0,)
 
 
 def test_match_support_counts_the_matches_a_pose_reprojects_within_the_radius():

@@ -200,6 +200,9 @@ def test_alignment_config_refuses_bad_values():
         {"points_weight": -0.1},
         {"contrast_points_weight": float("nan")},
         {"hypothesis_finish": 2.0},
+        {"agreement_weight": -0.1},
+        {"agreement_radius_m": 0.0},
+        {"agreement_deg": float("nan")},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
