@@ -46,6 +46,7 @@ from .reflectance_alignment import (
     align_to_reflectance,
     best_alignment,
     compile_kernels,
+    near_score,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
@@ -819,9 +820,9 @@ class Localizer:
         """A single image's pose aligned from PnP's pose and from the viewpoints of the ``hypothesis_views`` best
         retrieved submaps whose patch likelihood is within ``hypothesis_margin`` of the best start's (each on its
         own submap); the aligned pose that best combines the alignment's score with the matcher's votes (the
-        matches' support and the patch likelihood, :mod:`.pose_hypotheses`), the points it sees and how many other
-        starts ended at it wins (:func:`rank_hypotheses`; the best ``hypothesis_finish`` coarse ones are finished
-        first). Why:
+        matches' support and the patch likelihood, :mod:`.pose_hypotheses`), the points it sees, how many other
+        starts ended at it and its score over the near points wins (:func:`rank_hypotheses`; the best
+        ``hypothesis_finish`` coarse ones are finished first). Why:
         the alignment only climbs the basin it starts in, and PnP's pose is often at the wrong viewpoint; the
         reflectance score compares poses in one place, not between places, where the matcher tells them apart
         (``AlignmentConfig.retrieved_starts``)."""
@@ -874,7 +875,7 @@ class Localizer:
         ok = [al for al in found if al.ok]
         if ok:
 
-            def ranked(poses: list[AlignmentResult], agree: np.ndarray) -> np.ndarray:  # best first
+            def ranked(poses: list[AlignmentResult], agree: np.ndarray, near: np.ndarray | None) -> np.ndarray:
                 support = [
                     first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius)
                     for al in poses
@@ -884,19 +885,36 @@ class Localizer:
                     likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
                 scores, points = [al.score for al in poses], [al.points for al in poses]
                 weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
-                return rank_hypotheses(scores, support, *weights, agree, cfg.agreement_weight)
+                weights += (agree, cfg.agreement_weight, near, cfg.near_weight)
+                return rank_hypotheses(scores, support, *weights)  # (best first)
 
-            # how many other starts' alignments ended at each coarse pose (a finished one keeps its coarse count)
-            agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
-            # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
-            order = ranked(ok, agree)[: cfg.hypothesis_finish]
-            chosen = [ok[i] for i in order]
             finish = replace(
                 cfg,
                 forward_range_m=0.0,
                 step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
                 step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
             )
+            # how many other starts' alignments ended at each coarse pose, and its score over the near points on the
+            # submap nearest it, prepared as its finish takes it (a finished pose keeps its coarse ones)
+            agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
+            near = None
+            if cfg.near_weight > 0 and len(ok) > 1:
+                near = np.array(
+                    [
+                        near_score(
+                            image,
+                            self._alignment_points(al.T_map_cam, None, contrast, finish),
+                            al.T_map_cam,
+                            finish,
+                            self.config.ipr,
+                            cfg.near_m,
+                        )
+                        for al in ok
+                    ]
+                )
+            # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
+            order = ranked(ok, agree, near)[: cfg.hypothesis_finish]
+            chosen = [ok[i] for i in order]
             jobs = [  # (the points prepared here, in one thread)
                 functools.partial(
                     self._align_on,
@@ -914,7 +932,9 @@ class Localizer:
             done = iter(self._side_by_side(cfg.threads, jobs))
             finished = [al if al is first else next(done) for al in chosen]
             finished = [fin if fin.ok else al for fin, al in zip(finished, chosen, strict=True)]
-            best = finished[0] if len(finished) == 1 else finished[int(ranked(finished, agree[order])[0])]
+            if len(finished) > 1:
+                finished = [finished[int(ranked(finished, agree[order], None if near is None else near[order])[0])]]
+            best = finished[0]
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3

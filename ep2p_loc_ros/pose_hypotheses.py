@@ -58,14 +58,18 @@ def rank_hypotheses(
     points_weight: float = 0.0,
     agreement: list[int] | np.ndarray | None = None,
     agreement_weight: float = 0.0,
+    near: list[float] | np.ndarray | None = None,
+    near_weight: float = 0.0,
 ) -> np.ndarray:
     """The pose hypotheses' indices, best first by ``score + weight * log(1 + support) + likelihood_weight *
-    likelihood + points_weight * log(points) + agreement_weight * agreement``: the alignment's score (mutual
-    information, nats) decides between poses the matcher votes for alike, and a few times more matches, or a patch
-    likelihood higher by a fraction of a nat a point, outweigh a small score lead. ``points``: the map points each
-    aligned pose scored on; a pose that sees few (facing a wall, or off the map) fits them by chance as well as the
-    right one fits many. ``agreement``: how many other hypotheses ended at the same pose (:func:`pose_agreement`).
-    Ties go to the first (PnP's own pose comes first)."""
+    likelihood + points_weight * log(points) + agreement_weight * agreement + near_weight * near``: the alignment's
+    score (mutual information, nats) decides between poses the matcher votes for alike, and a few times more
+    matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a small score lead. ``points``:
+    the map points each aligned pose scored on; a pose that sees few (facing a wall, or off the map) fits them by
+    chance as well as the right one fits many. ``agreement``: how many other hypotheses ended at the same pose
+    (:func:`pose_agreement`). ``near``: the score over the near points alone
+    (:func:`.reflectance_alignment.near_score`); where a pose sees too few of them (-inf) it counts as the lowest
+    of the others' (0 when none has one). Ties go to the first (PnP's own pose comes first)."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
@@ -73,6 +77,11 @@ def rank_hypotheses(
         value = value + points_weight * np.log(np.maximum(np.asarray(points, dtype=np.float64), 1.0))
     if agreement is not None and agreement_weight:
         value = value + agreement_weight * np.asarray(agreement, dtype=np.float64)
+    if near is not None and near_weight:
+        near_ = np.asarray(near, dtype=np.float64)
+        known = np.isfinite(near_)
+        near_ = np.where(known, near_, near_[known].min() if known.any() else 0.0)
+        value = value + near_weight * near_
     return np.argsort(-value, kind="stable")
 
 

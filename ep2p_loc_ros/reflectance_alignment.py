@@ -46,6 +46,7 @@ __all__ = [
     "best_alignment",
     "compile_kernels",
     "mutual_information",
+    "near_score",
     "prepare_alignment_image",
     "prepare_alignment_points",
     "reflectance_contrast",
@@ -133,6 +134,12 @@ class AlignmentConfig:
     agreement_weight: float = 0.2
     agreement_radius_m: float = 0.5
     agreement_deg: float = 5.0
+    # ... + this weight * the score over the points the coarse pose sees less than near_m ahead (near_score,
+    # on the submap nearest it): poses metres along the axis or at a look-alike place fit the far facades as well
+    # as the right one, not the near points (models/README.md "Session 37") ...
+    near_weight: float = 2.0
+    contrast_near_weight: float = 0.0  # ... and on the contrast environments (indoors)
+    near_m: float = 10.0
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all)
     hypothesis_margin: float = 0.75
@@ -183,7 +190,7 @@ class AlignmentConfig:
             raise ValueError(f"alignment.contrast_neighbours must be >= 2, got {self.contrast_neighbours}")
         positive = ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale")
         positive += ("contrast_blur_px", "support_radius_px")
-        positive += ("agreement_radius_m", "agreement_deg")
+        positive += ("agreement_radius_m", "agreement_deg", "near_m")
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
@@ -196,7 +203,7 @@ class AlignmentConfig:
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
-        weights += ("agreement_weight",)
+        weights += ("agreement_weight", "near_weight", "contrast_near_weight")
         for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
@@ -225,7 +232,7 @@ class AlignmentConfig:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
         and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate and
-        points' weight."""
+        points' and near points' weights."""
         cfg = self
         if tracking:
             cfg = replace(
@@ -243,6 +250,7 @@ class AlignmentConfig:
                 tracking_from_prior=cfg.contrast_tracking_from_prior,
                 hypotheses_below_support=cfg.contrast_hypotheses_below_support,
                 points_weight=cfg.contrast_points_weight,
+                near_weight=cfg.contrast_near_weight,
             )
         return cfg, contrast
 
@@ -796,6 +804,37 @@ def align_to_reflectance(
     rows = scorer.rows(prepared.reflectance_bins)
     poses = (start, *(np.asarray(T, dtype=np.float64) for T in more_starts))
     return best_alignment([_align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg) for pose in poses])
+
+
+def near_score(
+    image: AlignmentImage,
+    prepared: AlignmentPoints,
+    T_map_cam: np.ndarray,
+    config: AlignmentConfig,
+    ipr: IPRConfig,
+    near_m: float,
+) -> float:
+    """The alignment's score (MI) at ``T_map_cam`` over the points it sees (IPR) less than ``near_m`` ahead, -inf
+    when they are fewer than ``min_points``. ``image`` and ``prepared`` as :func:`align_to_reflectance` takes them.
+
+    Why: a pose a few metres along the street, or at a look-alike place, still fits the far facades that fill most
+    of the view, and the score over all points barely tells it from the right one; the near points move most in
+    the image with the camera and fit only from the right place (models/README.md "Session 37")."""
+    cfg = config
+    if prepared.settings != _points_settings(cfg):
+        raise ValueError("the prepared points were made with other settings (max_points, bins)")
+    T = np.asarray(T_map_cam, dtype=np.float64)
+    origin = T[:3, 3]
+    scorer = _Scorer(image, origin, cfg)
+    rows = scorer.rows(prepared.reflectance_bins)
+    local = (prepared.points - origin).astype(np.float32)
+    search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, image.camera, ipr, origin, cfg)
+    line = search.line(T, 0.0, cfg.forward_step_m)  # the pose alone, with what it sees
+    if isinstance(line, str):
+        return -np.inf
+    (pts_t, pts_rows), seen = line.points, line.seen[line.start]
+    depth = T[:3, 2] @ pts_t.astype(np.float64)  # along the optical axis (points relative to the camera)
+    return float(scorer.score(T, pts_t, pts_rows, seen & (depth < near_m))[0])
 
 
 def best_alignment(results: Sequence[AlignmentResult]) -> AlignmentResult:

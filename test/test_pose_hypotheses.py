@@ -50,6 +50,14 @@ def test_rank_hypotheses_weighs_the_alignment_score_against_the_matchers_votes()
     assert rank_hypotheses(*common, [0, 2, 1], 0.0)[0] == 0
     assert rank_hypotheses(*common, [0, 2, 1], 0.2)[0] == 1  # 0.05 < 0.2 * 2
     assert rank_hypotheses([1.00, 0.45, 0.30], *common[1:], [0, 2, 1], 0.2)[0] == 0  # 0.55 > 0.4
+    # near_weight: the score over the near points; a pose that sees too few of them (-inf) counts as the lowest
+    common += (None, 0.0)
+    assert rank_hypotheses(*common, [0.1, 0.2, 0.0], 0.0)[0] == 0
+    assert rank_hypotheses(*common, [0.1, 0.2, 0.0], 2.0)[0] == 1  # 0.05 < 2 * 0.1
+    inf = float("inf")
+    np.testing.assert_array_equal(rank_hypotheses(*common, [-inf, 0.2, 0.25], 2.0), [0, 1, 2])  # 0.9, 0.85, 0.8
+    np.testing.assert_array_equal(rank_hypotheses(*common, [-inf, 0.2, 0.4], 2.0), [2, 0, 1])  # 0.9, 0.85, 1.1
+    np.testing.assert_array_equal(rank_hypotheses(*common, [-inf] * 3, 2.0), [0, 1, 2])  # none: the rest decides
 
 
 def test_pose_agreement_counts_the_other_poses_within_the_radius_and_angle():

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ep2p_loc_ros.geometry import PinholeCamera, make_T, matrix_to_rotvec, rotvec_to_matrix
-from ep2p_loc_ros.ipr import IPRConfig
+from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, matrix_to_rotvec, rotvec_to_matrix, transform_points
+from ep2p_loc_ros.ipr import IPRConfig, visible_mask
 from ep2p_loc_ros.reflectance_alignment import (
     AlignmentConfig,
     _ascent_directions,
@@ -20,6 +20,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     _view,
     align_to_reflectance,
     mutual_information,
+    near_score,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
@@ -542,6 +543,35 @@ def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_se
     few = prepare_alignment_points(points[:100], reflectance[:100], cfg)
     res = align_to_reflectance(rgb, CAM, None, None, start, cfg, prepared=few)
     assert not res.ok and "100 map points" in res.message
+
+
+def test_near_score_is_the_score_over_the_near_points_the_pose_sees_and_tells_places_along_the_axis_apart(street):
+    """``near_score``: the MI over the points a pose sees (IPR) less than ``near_m`` ahead, the same as scoring
+    those points alone; -inf when they are too few. On the street, a pose 2 m along the axis loses several times
+    more of it than of the score over every point it sees (the far facades fit from both)."""
+    points, reflectance, rgb = street
+    cfg = AlignmentConfig(max_points=10**6)
+    image = prepare_alignment_image(rgb, CAM, cfg)
+    prepared = prepare_alignment_points(points, reflectance, cfg)
+
+    def reference(T: np.ndarray, near_m: float) -> float:  # the points picked apart, then scored alone
+        depth = transform_points(invert(T), prepared.points)[:, 2]
+        keep = visible_mask(prepared.points, invert(T), image.camera, IPRConfig()) & (depth < near_m)
+        scorer = _Scorer(image, T[:3, 3], cfg)
+        local_t = np.ascontiguousarray((prepared.points[keep] - T[:3, 3]).astype(np.float32).T)
+        return scorer.score(T, local_t, scorer.rows(prepared.reflectance_bins[keep]))[0]
+
+    scores = {}
+    for ahead in (0.0, 2.0):
+        T = _off(np.array([0.05, -0.02, ahead, 0.2, -0.3, 0.1]))
+        for near_m in (10.0, 1e3):
+            scores[ahead, near_m] = near_score(image, prepared, T, cfg, IPRConfig(), near_m)
+            assert scores[ahead, near_m] == pytest.approx(reference(T, near_m), abs=1e-12)
+        assert near_score(image, prepared, T, cfg, IPRConfig(), 1.0) == -np.inf  # the road comes into view 4 m ahead
+    near_drop, full_drop = scores[0, 10.0] - scores[2, 10.0], scores[0, 1e3] - scores[2, 1e3]
+    assert near_drop > 3 * full_drop > 0, scores
+    with pytest.raises(ValueError, match="prepared points"):
+        near_score(image, prepared, T, replace(cfg, bins=8), IPRConfig(), 10.0)
 
 
 def test_equal_count_bins_are_numpys_quantiles_to_the_bit():
