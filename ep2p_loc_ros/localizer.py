@@ -851,9 +851,11 @@ class Localizer:
         viewpoints = [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in views]
         if table is not None and math.isfinite(cfg.hypothesis_margin) and viewpoints:
             # a viewpoint whose likelihood is far below the best start's is another place: not worth an alignment
+            # (but the best hypothesis_keep_views retrieved are aligned whatever theirs)
             at_start = [table.mean_log_ratio(T, cam_net) for T, _ in viewpoints]
             floor = max(table.mean_log_ratio(res.T_map_cam, cam_net), *at_start) - cfg.hypothesis_margin
-            viewpoints = [v for v, value in zip(viewpoints, at_start, strict=True) if value >= floor]
+            kept = enumerate(zip(viewpoints, at_start, strict=True))
+            viewpoints = [v for k, (v, value) in kept if value >= floor or k < cfg.hypothesis_keep_views]
         starts: list[tuple[np.ndarray, int | None]] = [] if first is not None else [(res.T_map_cam, None)]
         starts += viewpoints
         coarse = cfg.hypothesis_coarse

@@ -145,6 +145,10 @@ class AlignmentConfig:
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
     # global p50 (models/README.md "Session 37")
     hypothesis_margin: float = 0.75
+    # ... but the viewpoints of the best this many retrieved submaps are starts whatever their likelihood: the
+    # likelihood at a viewpoint is a noisy gate, and the best retrieved one is often the place (1: outdoor single
+    # images 77.7 -> 78.9 % over 27 drives, ~0.3 alignments more a frame; models/README.md "Session 37")
+    hypothesis_keep_views: int = 1
     hypotheses_below_support: float = 1.0  # < 1: first PnP's pose alone, kept if this share of the matches support it
     # ... and on the contrast environments (indoors), where every frame gets them (1.0): eight indoor drives' single
     # images 33.4 -> 44.1 % within 0.5 m / 5 deg, the node's loop 94.1 -> 95.0 % (91.2 -> 94.4 % within 0.25 m / 2 deg),
@@ -203,7 +207,7 @@ class AlignmentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
-        counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views")
+        counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
         weights += ("agreement_weight", "near_weight", "contrast_near_weight")
         for name in (*ranges, *counts, *weights):

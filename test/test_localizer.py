@@ -1019,13 +1019,14 @@ def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_descr
 
     seq, lidar_map, T_gt, desc, ids = _split_map(scene, 0.0)
     errors, aligned = {}, {}
-    for weight, margin in ((0.0, math.inf), (0.3, math.inf), (0.3, 1.0)):
+    for weight, margin, keep in ((0.0, math.inf, 1), (0.3, math.inf, 1), (0.3, 1.0, 0), (0.3, 1.0, 1), (0.3, 1.0, 5)):
         cfg = AlignmentConfig(
             forward_range_m=3.0,
             retrieved_starts=True,
             hypotheses_below_support=1.0,
             likelihood_weight=weight,
             hypothesis_margin=margin,
+            hypothesis_keep_views=keep,
         )
         session = CodedSession(_CODES)
         session.descriptor = desc
@@ -1034,12 +1035,15 @@ def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_descr
         loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append(T), run(T, *a, **k))[1]
         res = loc.localize(seq.image(FRAME), seq.calib.camera)
         assert res.ok and res.aligned and set(res.retrieved) == ids, res.message
-        errors[weight, margin] = _errors(res.T_map_cam, T_gt)
-        aligned[weight, margin] = len(starts)
-    assert errors[0.0, math.inf][0] > 4.0, errors
-    assert errors[0.3, math.inf][0] < 0.5 and errors[0.3, math.inf][1] < 1.0, errors
+        errors[weight, margin, keep] = _errors(res.T_map_cam, T_gt)
+        aligned[weight, margin, keep] = len(starts)
+    assert errors[0.0, math.inf, 1][0] > 4.0, errors
+    assert errors[0.3, math.inf, 1][0] < 0.5 and errors[0.3, math.inf, 1][1] < 1.0, errors
     # hypothesis_margin: of the five retrieved viewpoints (hypothesis_views), only those whose likelihood at the
     # start is near the best start's are aligned: the same pose from fewer alignments
-    assert errors[0.3, 1.0] == errors[0.3, math.inf], errors
+    assert errors[0.3, 1.0, 0] == errors[0.3, math.inf, 1], errors
     views = min(5, len(lidar_map.T_map_viewpoint))
-    assert 3 <= aligned[0.3, 1.0] < aligned[0.3, math.inf] == 2 + views, aligned  # PnP, the views, the finish
+    assert 3 <= aligned[0.3, 1.0, 0] < aligned[0.3, math.inf, 1] == 2 + views, aligned  # PnP, the views, the finish
+    # ... hypothesis_keep_views: the best retrieved ones are aligned whatever their likelihood (all five: every one)
+    assert aligned[0.3, 1.0, 0] <= aligned[0.3, 1.0, 1] <= aligned[0.3, 1.0, 0] + 1, aligned
+    assert aligned[0.3, 1.0, 5] == aligned[0.3, math.inf, 1], aligned

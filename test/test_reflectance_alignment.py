@@ -202,6 +202,7 @@ def test_alignment_config_refuses_bad_values():
         {"contrast_points_weight": float("nan")},
         {"hypothesis_finish": 2.0},
         {"agreement_weight": -0.1},
+        {"hypothesis_keep_views": -1},
         {"agreement_radius_m": 0.0},
         {"agreement_deg": float("nan")},
     ):
