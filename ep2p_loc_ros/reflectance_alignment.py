@@ -641,6 +641,12 @@ def _points_settings(cfg: AlignmentConfig) -> tuple:
     return (cfg.max_points, cfg.bins)
 
 
+def _check_points_settings(prepared: AlignmentPoints, cfg: AlignmentConfig) -> None:
+    """Refuse points prepared with other settings than ``cfg``'s (their thinning and bins would not match)."""
+    if prepared.settings != _points_settings(cfg):
+        raise ValueError("the prepared points were made with other settings (max_points, bins)")
+
+
 def prepare_alignment_points(
     points: np.ndarray, reflectance: np.ndarray, config: AlignmentConfig | None = None
 ) -> AlignmentPoints:
@@ -801,8 +807,8 @@ def align_to_reflectance(
         if points is None or reflectance is None:
             raise ValueError("align_to_reflectance needs the points and their reflectance, or them prepared")
         prepared = prepare_alignment_points(points, reflectance, cfg)
-    elif prepared.settings != _points_settings(cfg):
-        raise ValueError("the prepared points were made with other settings (max_points, bins)")
+    else:
+        _check_points_settings(prepared, cfg)
     cam, pts = image.camera, prepared.points
     if len(pts) < cfg.min_points:
         return AlignmentResult(False, start, -np.inf, -np.inf, len(pts), 0, f"{len(pts)} map points near the pose")
@@ -826,16 +832,12 @@ def near_score(
     Why: a pose a few metres along the street, or at a look-alike place, still fits the far facades that fill most
     of the view, and the score over all points barely tells it from the right one; the near points move most in
     the image with the camera and fit only from the right place (models/README.md "Session 37")."""
-    cfg = config
-    if prepared.settings != _points_settings(cfg):
-        raise ValueError("the prepared points were made with other settings (max_points, bins)")
+    _check_points_settings(prepared, config)
     T = np.asarray(T_map_cam, dtype=np.float64)
-    origin = T[:3, 3]
-    scorer = _Scorer(image, origin, cfg)
+    scorer = _Scorer(image, T[:3, 3], config)
     rows = scorer.rows(prepared.reflectance_bins)
-    local = (prepared.points - origin).astype(np.float32)
-    search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, image.camera, ipr, origin, cfg)
-    line = search.line(T, 0.0, cfg.forward_step_m)  # the pose alone, with what it sees
+    search = _Search.around(scorer, prepared.points, rows, image.camera, ipr, T[:3, 3], config)
+    line = search.line(T, 0.0, config.forward_step_m)  # the pose alone, with what it sees
     if isinstance(line, str):
         return -np.inf
     (pts_t, pts_rows), seen = line.points, line.seen[line.start]
@@ -864,11 +866,8 @@ def _align_from(
 ) -> AlignmentResult:
     """:func:`align_to_reflectance`'s search from one ``start``, with ``scorer`` relative to its position, over
     the map points ``pts`` (N, 3 float64) and their ``rows`` of the joint histogram."""
-    local = (pts - start[:3, 3]).astype(np.float32)
-    local_t = np.ascontiguousarray(local.T)  # (3, N): each coordinate contiguous for the scorer
-
     # 1. Along the optical axis, each candidate scored on what it sees (IPR for all candidates in one batch).
-    search = _Search(scorer, local, local_t, rows, cam, ipr, start[:3, 3], cfg)
+    search = _Search.around(scorer, pts, rows, cam, ipr, start[:3, 3], cfg)
     found = search.forward(start, cfg.forward_range_m, cfg.forward_step_m)
     if isinstance(found, str):
         return AlignmentResult(False, start, -np.inf, -np.inf, 0, scorer.evaluations, found)
@@ -964,6 +963,22 @@ class _Search:
         self.scorer, self.cfg, self.cam, self.ipr = scorer, cfg, cam, ipr
         self.local, self.local_t, self.rows = local, local_t, rows  # (N, 3), (3, N) float32; the rows of each
         self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local``
+
+    @classmethod
+    def around(
+        cls,
+        scorer: _Scorer,
+        pts: np.ndarray,
+        rows: np.ndarray,
+        cam: PinholeCamera,
+        ipr: IPRConfig,
+        origin: np.ndarray,
+        cfg: AlignmentConfig,
+    ) -> _Search:
+        """A search over the map points ``pts`` (N, 3 float64) and their ``rows``, kept in float32 relative to
+        ``origin`` (the scorer's), both as (N, 3) and as (3, N) with each coordinate contiguous for the scorer."""
+        local = (pts - origin).astype(np.float32)
+        return cls(scorer, local, np.ascontiguousarray(local.T), rows, cam, ipr, origin, cfg)
 
     def forward(self, start: np.ndarray, range_m: float, step_m: float) -> _Found | str:
         """The best of ``start`` moved along its optical axis by multiples of ``step_m`` up to ``range_m`` either
