@@ -46,7 +46,7 @@ from .reflectance_alignment import (
     align_to_reflectance,
     best_alignment,
     compile_kernels,
-    near_score,
+    near_scores,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
@@ -896,14 +896,15 @@ class Localizer:
                 step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
                 step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
             )
-            # how many other starts' alignments ended at each coarse pose, and its score over the near points on the
-            # submap nearest it, prepared as its finish takes it (a finished pose keeps its coarse ones)
+            # how many other starts' alignments ended at each coarse pose, and its scores over the points within each
+            # near depth on the submap nearest it, prepared as its finish takes it (a finished pose keeps its coarse
+            # ones)
             agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
             near = None
             if cfg.near_weight > 0 and len(ok) > 1:
                 near = np.array(
                     [
-                        near_score(
+                        near_scores(
                             image,
                             self._alignment_points(al.T_map_cam, None, contrast, finish),
                             al.T_map_cam,

@@ -67,9 +67,10 @@ def rank_hypotheses(
     matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a small score lead. ``points``:
     the map points each aligned pose scored on; a pose that sees few (facing a wall, or off the map) fits them by
     chance as well as the right one fits many. ``agreement``: how many other hypotheses ended at the same pose
-    (:func:`pose_agreement`). ``near``: the score over the near points alone
-    (:func:`.reflectance_alignment.near_score`); where a pose sees too few of them (-inf) it counts as the lowest
-    of the others' (0 when none has one). Ties go to the first (PnP's own pose comes first)."""
+    (:func:`pose_agreement`). ``near``: the scores over the near points alone, one per pose or a row of them (one
+    per depth, summed: :func:`.reflectance_alignment.near_scores`); where a pose sees too few of them (-inf) it
+    counts as the lowest of the others' at that depth (0 when none has one). Ties go to the first (PnP's own pose
+    comes first)."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
@@ -78,10 +79,11 @@ def rank_hypotheses(
     if agreement is not None and agreement_weight:
         value = value + agreement_weight * np.asarray(agreement, dtype=np.float64)
     if near is not None and near_weight:
-        near_ = np.asarray(near, dtype=np.float64)
+        near_ = np.asarray(near, dtype=np.float64).reshape(len(value), -1)  # (poses, depths)
         known = np.isfinite(near_)
-        near_ = np.where(known, near_, near_[known].min() if known.any() else 0.0)
-        value = value + near_weight * near_
+        lowest = np.where(known, near_, np.inf).min(axis=0)
+        near_ = np.where(known, near_, np.where(np.isfinite(lowest), lowest, 0.0))
+        value = value + near_weight * near_.sum(axis=1)
     return np.argsort(-value, kind="stable")
 
 

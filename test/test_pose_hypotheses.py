@@ -58,6 +58,13 @@ def test_rank_hypotheses_weighs_the_alignment_score_against_the_matchers_votes()
     np.testing.assert_array_equal(rank_hypotheses(*common, [-inf, 0.2, 0.25], 2.0), [0, 1, 2])  # 0.9, 0.85, 0.8
     np.testing.assert_array_equal(rank_hypotheses(*common, [-inf, 0.2, 0.4], 2.0), [2, 0, 1])  # 0.9, 0.85, 1.1
     np.testing.assert_array_equal(rank_hypotheses(*common, [-inf] * 3, 2.0), [0, 1, 2])  # none: the rest decides
+    # ... or one per depth (a row a pose; one column is the same as a list), summed, each depth's -inf the lowest of
+    # the others' at that depth
+    rows = [[-inf, 0.2], [0.2, -inf], [0.5, 0.1]]  # -> [0.2, 0.2], [0.2, 0.1], [0.5, 0.1]
+    np.testing.assert_array_equal(rank_hypotheses(*common, rows, 2.0), [2, 0, 1])  # 1.5, 1.3, 1.05
+    np.testing.assert_array_equal(
+        rank_hypotheses(*common, np.array(rows)[:, :1], 2.0), rank_hypotheses(*common, [-inf, 0.2, 0.5], 2.0)
+    )
 
 
 def test_pose_agreement_counts_the_other_poses_within_the_radius_and_angle():

@@ -20,7 +20,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     _view,
     align_to_reflectance,
     mutual_information,
-    near_score,
+    near_scores,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
@@ -546,10 +546,11 @@ def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_se
     assert not res.ok and "100 map points" in res.message
 
 
-def test_near_score_is_the_score_over_the_near_points_the_pose_sees_and_tells_places_along_the_axis_apart(street):
-    """``near_score``: the MI over the points a pose sees (IPR) less than ``near_m`` ahead, the same as scoring
-    those points alone; -inf when they are too few. On the street, a pose 2 m along the axis loses several times
-    more of it than of the score over every point it sees (the far facades fit from both)."""
+def test_near_scores_are_the_scores_over_the_near_points_the_pose_sees_and_tell_places_along_the_axis_apart(street):
+    """``near_scores``: the MI over the points a pose sees (IPR) less than each depth of ``near_m`` ahead, the same
+    as scoring those points alone; -inf where they are too few. On the street, a pose 2 m along the axis loses
+    several times more of the near score than of the score over every point it sees (the far facades fit from
+    both)."""
     points, reflectance, rgb = street
     cfg = AlignmentConfig(max_points=10**6)
     image = prepare_alignment_image(rgb, CAM, cfg)
@@ -562,17 +563,30 @@ def test_near_score_is_the_score_over_the_near_points_the_pose_sees_and_tells_pl
         local_t = np.ascontiguousarray((prepared.points[keep] - T[:3, 3]).astype(np.float32).T)
         return scorer.score(T, local_t, scorer.rows(prepared.reflectance_bins[keep]))[0]
 
+    depths = (1.0, 10.0, 20.0, 1e3)
     scores = {}
     for ahead in (0.0, 2.0):
         T = _off(np.array([0.05, -0.02, ahead, 0.2, -0.3, 0.1]))
-        for near_m in (10.0, 1e3):
-            scores[ahead, near_m] = near_score(image, prepared, T, cfg, IPRConfig(), near_m)
-            assert scores[ahead, near_m] == pytest.approx(reference(T, near_m), abs=1e-12)
-        assert near_score(image, prepared, T, cfg, IPRConfig(), 1.0) == -np.inf  # the road comes into view 4 m ahead
+        got = near_scores(image, prepared, T, cfg, IPRConfig(), depths)
+        assert got.shape == (4,) and got[0] == -np.inf  # the road comes into view 4 m ahead
+        for near_m, score in zip(depths[1:], got[1:], strict=True):
+            assert score == pytest.approx(reference(T, near_m), abs=1e-12)
+            scores[ahead, near_m] = score
+        assert len(set(got[1:])) == 3  # (each depth its own points)
     near_drop, full_drop = scores[0, 10.0] - scores[2, 10.0], scores[0, 1e3] - scores[2, 1e3]
     assert near_drop > 3 * full_drop > 0, scores
     with pytest.raises(ValueError, match="prepared points"):
-        near_score(image, prepared, T, replace(cfg, bins=8), IPRConfig(), 10.0)
+        near_scores(image, prepared, T, replace(cfg, bins=8), IPRConfig(), (10.0,))
+
+
+def test_near_m_takes_one_depth_or_several_and_refuses_others():
+    """``alignment.near_m``: a list from YAML or ROS parameters becomes a tuple, one number a tuple of one; no
+    depth, a negative one or NaN is refused with the parameter's name."""
+    assert AlignmentConfig(near_m=[10, 20.5]).near_m == (10.0, 20.5)
+    assert AlignmentConfig(near_m=12).near_m == (12.0,)
+    for bad in ([], [10.0, -1.0], [float("nan")]):
+        with pytest.raises(ValueError, match=r"alignment\.near_m"):
+            AlignmentConfig(near_m=bad)
 
 
 def test_equal_count_bins_are_numpys_quantiles_to_the_bit():
