@@ -46,7 +46,7 @@ from .reflectance_alignment import (
     align_to_reflectance,
     best_alignment,
     compile_kernels,
-    near_scores,
+    part_scores,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
@@ -877,7 +877,7 @@ class Localizer:
         ok = [al for al in found if al.ok]
         if ok:
 
-            def ranked(poses: list[AlignmentResult], agree: np.ndarray, near: np.ndarray | None) -> np.ndarray:
+            def ranked(poses: list[AlignmentResult], agree: np.ndarray, parts: np.ndarray | None) -> np.ndarray:
                 support = [
                     first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius)
                     for al in poses
@@ -887,8 +887,11 @@ class Localizer:
                     likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
                 scores, points = [al.score for al in poses], [al.points for al in poses]
                 weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
-                weights += (agree, cfg.agreement_weight, near, cfg.near_weight)
-                return rank_hypotheses(scores, support, *weights)  # (best first)
+                weights += (agree, cfg.agreement_weight)
+                if parts is None:
+                    return rank_hypotheses(scores, support, *weights)  # (best first)
+                near, halves = parts[:, : len(cfg.near_m)], parts[:, len(cfg.near_m) :]
+                return rank_hypotheses(scores, support, *weights, near, cfg.near_weight, halves, cfg.halves_weight)
 
             finish = replace(
                 cfg,
@@ -896,15 +899,15 @@ class Localizer:
                 step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
                 step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
             )
-            # how many other starts' alignments ended at each coarse pose, and its scores over the points within each
-            # near depth on the submap nearest it, prepared as its finish takes it (a finished pose keeps its coarse
-            # ones)
+            # how many other starts' alignments ended at each coarse pose, and its scores over parts of what it sees
+            # (the points within each near depth, left and right of its axis) on the submap nearest it, prepared as
+            # its finish takes it (a finished pose keeps its coarse ones)
             agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
-            near = None
-            if cfg.near_weight > 0 and len(ok) > 1:
-                near = np.array(
+            parts = None
+            if (cfg.near_weight > 0 or cfg.halves_weight > 0) and len(ok) > 1:
+                parts = np.array(
                     [
-                        near_scores(
+                        part_scores(
                             image,
                             self._alignment_points(al.T_map_cam, None, contrast, finish),
                             al.T_map_cam,
@@ -916,7 +919,7 @@ class Localizer:
                     ]
                 )
             # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
-            order = ranked(ok, agree, near)[: cfg.hypothesis_finish]
+            order = ranked(ok, agree, parts)[: cfg.hypothesis_finish]
             chosen = [ok[i] for i in order]
             jobs = [  # (the points prepared here, in one thread)
                 functools.partial(
@@ -936,7 +939,7 @@ class Localizer:
             finished = [al if al is first else next(done) for al in chosen]
             finished = [fin if fin.ok else al for fin, al in zip(finished, chosen, strict=True)]
             if len(finished) > 1:
-                finished = [finished[int(ranked(finished, agree[order], None if near is None else near[order])[0])]]
+                finished = [finished[int(ranked(finished, agree[order], None if parts is None else parts[order])[0])]]
             best = finished[0]
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3

@@ -60,17 +60,20 @@ def rank_hypotheses(
     agreement_weight: float = 0.0,
     near: list[float] | np.ndarray | None = None,
     near_weight: float = 0.0,
+    halves: np.ndarray | None = None,
+    halves_weight: float = 0.0,
 ) -> np.ndarray:
     """The pose hypotheses' indices, best first by ``score + weight * log(1 + support) + likelihood_weight *
-    likelihood + points_weight * log(points) + agreement_weight * agreement + near_weight * near``: the alignment's
-    score (mutual information, nats) decides between poses the matcher votes for alike, and a few times more
-    matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a small score lead. ``points``:
-    the map points each aligned pose scored on; a pose that sees few (facing a wall, or off the map) fits them by
-    chance as well as the right one fits many. ``agreement``: how many other hypotheses ended at the same pose
-    (:func:`pose_agreement`). ``near``: the scores over the near points alone, one per pose or a row of them (one
-    per depth, summed: :func:`.reflectance_alignment.near_scores`); where a pose sees too few of them (-inf) it
-    counts as the lowest of the others' at that depth (0 when none has one). Ties go to the first (PnP's own pose
-    comes first)."""
+    likelihood + points_weight * log(points) + agreement_weight * agreement + near_weight * near + halves_weight *
+    halves``: the alignment's score (mutual information, nats) decides between poses the matcher votes for alike,
+    and a few times more matches, or a patch likelihood higher by a fraction of a nat a point, outweigh a small score
+    lead. ``points``: the map points each aligned pose scored on; a pose that sees few (facing a wall, or off the map)
+    fits them by chance as well as the right one fits many. ``agreement``: how many other hypotheses ended at the
+    same pose (:func:`pose_agreement`). ``near``: the scores over the near points alone, one per pose or a row of
+    them (one per depth, summed); ``halves``: a row of the scores over the points left and right of each pose's
+    optical axis, summed (both: :func:`.reflectance_alignment.part_scores`). Where a pose sees too few points of a
+    part (-inf) it counts as the lowest of the others' there (0 when none has one). Ties go to the first (PnP's own
+    pose comes first)."""
     value = np.asarray(scores, dtype=np.float64) + weight * np.log1p(np.asarray(support, dtype=np.float64))
     if likelihood is not None:
         value = value + likelihood_weight * np.asarray(likelihood, dtype=np.float64)
@@ -78,13 +81,19 @@ def rank_hypotheses(
         value = value + points_weight * np.log(np.maximum(np.asarray(points, dtype=np.float64), 1.0))
     if agreement is not None and agreement_weight:
         value = value + agreement_weight * np.asarray(agreement, dtype=np.float64)
-    if near is not None and near_weight:
-        near_ = np.asarray(near, dtype=np.float64).reshape(len(value), -1)  # (poses, depths)
-        known = np.isfinite(near_)
-        lowest = np.where(known, near_, np.inf).min(axis=0)
-        near_ = np.where(known, near_, np.where(np.isfinite(lowest), lowest, 0.0))
-        value = value + near_weight * near_.sum(axis=1)
+    for parts, part_weight in ((near, near_weight), (halves, halves_weight)):
+        if parts is not None and part_weight:
+            value = value + part_weight * _parts_sum(parts, len(value))
     return np.argsort(-value, kind="stable")
+
+
+def _parts_sum(parts: list[float] | np.ndarray, n: int) -> np.ndarray:
+    """Each of ``n`` poses' scores over parts of its view (a row each, or one per pose) summed, a pose's -inf at a
+    part (too few points there) taken as the lowest of the others' there, 0 when none has one."""
+    parts_ = np.asarray(parts, dtype=np.float64).reshape(n, -1)  # (poses, parts)
+    known = np.isfinite(parts_)
+    lowest = np.where(known, parts_, np.inf).min(axis=0)
+    return np.where(known, parts_, np.where(np.isfinite(lowest), lowest, 0.0)).sum(axis=1)
 
 
 @dataclass(frozen=True)

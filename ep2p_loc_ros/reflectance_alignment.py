@@ -46,7 +46,7 @@ __all__ = [
     "best_alignment",
     "compile_kernels",
     "mutual_information",
-    "near_scores",
+    "part_scores",
     "prepare_alignment_image",
     "prepare_alignment_points",
     "reflectance_contrast",
@@ -142,6 +142,11 @@ class AlignmentConfig:
     near_weight: float = 2.0
     contrast_near_weight: float = 0.0  # ... and on the contrast environments (indoors)
     near_m: tuple[float, ...] = (10.0, 20.0)
+    # ... + this weight * (the score over the points it sees left of its optical axis + that over those right of it):
+    # a pose turned or moved toward one side of the street can fit that side's facade as well as the right pose, not
+    # both sides at once (outdoor single images +1.1 / +1.7 / -0.2 points; models/README.md "Session 38") ...
+    halves_weight: float = 1.0
+    contrast_halves_weight: float = 0.0  # ... and on the contrast environments (indoors)
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
@@ -216,7 +221,13 @@ class AlignmentConfig:
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
-        weights += ("agreement_weight", "near_weight", "contrast_near_weight")
+        weights += (
+            "agreement_weight",
+            "near_weight",
+            "contrast_near_weight",
+            "halves_weight",
+            "contrast_halves_weight",
+        )
         for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
@@ -264,6 +275,7 @@ class AlignmentConfig:
                 hypotheses_below_support=cfg.contrast_hypotheses_below_support,
                 points_weight=cfg.contrast_points_weight,
                 near_weight=cfg.contrast_near_weight,
+                halves_weight=cfg.contrast_halves_weight,
             )
         return cfg, contrast
 
@@ -825,7 +837,7 @@ def align_to_reflectance(
     return best_alignment([_align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg) for pose in poses])
 
 
-def near_scores(
+def part_scores(
     image: AlignmentImage,
     prepared: AlignmentPoints,
     T_map_cam: np.ndarray,
@@ -833,13 +845,15 @@ def near_scores(
     ipr: IPRConfig,
     near_m: Sequence[float],
 ) -> np.ndarray:
-    """The alignment's score (MI) at ``T_map_cam`` over the points it sees (IPR) less than each depth of
-    ``near_m`` ahead (one score a depth, -inf where they are fewer than ``min_points``). ``image`` and ``prepared``
-    as :func:`align_to_reflectance` takes them.
+    """The alignment's score (MI) at ``T_map_cam`` over parts of what it sees (IPR): the points less than each
+    depth of ``near_m`` ahead, then those left of its optical axis and those right of it (``len(near_m) + 2``
+    scores; -inf where a part has fewer than ``min_points``). ``image`` and ``prepared`` as
+    :func:`align_to_reflectance` takes them.
 
-    Why: a pose a few metres along the street, or at a look-alike place, still fits the far facades that fill most
-    of the view, and the score over all points barely tells it from the right one; the near points move most in
-    the image with the camera and fit only from the right place (models/README.md "Session 37")."""
+    Why: the score over every point averages the view, and a wrong pose can fit most of it. A pose a few metres
+    along the street, or at a look-alike place, still fits the far facades that fill most of the view; the near
+    points move most in the image with the camera and fit only from the right place. A pose turned or moved toward
+    one side fits that side's facade, not both (models/README.md "Session 37", "Session 38")."""
     _check_points_settings(prepared, config)
     T = np.asarray(T_map_cam, dtype=np.float64)
     scorer = _Scorer(image, T[:3, 3], config)
@@ -847,10 +861,11 @@ def near_scores(
     search = _Search.around(scorer, prepared.points, rows, image.camera, ipr, T[:3, 3], config)
     line = search.line(T, 0.0, config.forward_step_m)  # the pose alone, with what it sees
     if isinstance(line, str):
-        return np.full(len(near_m), -np.inf)
+        return np.full(len(near_m) + 2, -np.inf)
     (pts_t, pts_rows), seen = line.points, line.seen[line.start]
-    depth = T[:3, 2] @ pts_t.astype(np.float64)  # along the optical axis (points relative to the camera)
-    return np.array([scorer.score(T, pts_t, pts_rows, seen & (depth < d))[0] for d in near_m], dtype=np.float64)
+    cam_xz = T[:3, [0, 2]].T @ pts_t.astype(np.float64)  # sideways and along the axis (points relative to the camera)
+    parts = [cam_xz[1] < d for d in near_m] + [cam_xz[0] < 0, cam_xz[0] >= 0]
+    return np.array([scorer.score(T, pts_t, pts_rows, seen & part)[0] for part in parts], dtype=np.float64)
 
 
 def best_alignment(results: Sequence[AlignmentResult]) -> AlignmentResult:

@@ -976,11 +976,14 @@ def test_the_best_coarse_hypotheses_are_finished_and_the_best_finished_one_wins(
     agree = pose_agreement([r.T_map_cam for r in coarse], cfg.agreement_radius_m, cfg.agreement_deg)
     assert seen[0][8] == cfg.agreement_weight > 0 and sorted(seen[0][7]) == sorted(agree)
     # ... and near_weight with each coarse end's score over its near points (finite here: the scene is a street)
-    # (one score per depth of near_m, a row a pose)
-    near = np.asarray(seen[0][9])
+    # (one score per depth of near_m, a row a pose) and halves_weight with the scores left and right of each axis
+    near, halves = np.asarray(seen[0][9]), np.asarray(seen[0][11])
     assert seen[0][10] == cfg.near_weight > 0 and near.shape == (len(coarse), len(cfg.near_m)) == (len(coarse), 2)
+    assert seen[0][12] == cfg.halves_weight > 0 and halves.shape == (len(coarse), 2)
     assert np.isfinite(near).all() and not np.allclose(near[:, 0], near[:, 1])
-    assert not np.allclose(np.sort(near[:, 0]), np.sort(seen[0][0]))  # (not the score over every point again)
+    assert np.isfinite(halves).all() and not np.allclose(halves[:, 0], halves[:, 1])
+    for part in (near[:, 0], halves[:, 0], halves[:, 1]):  # (not the score over every point again)
+        assert not np.allclose(np.sort(part), np.sort(seen[0][0]))
 
 
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):

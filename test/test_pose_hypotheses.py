@@ -65,6 +65,11 @@ def test_rank_hypotheses_weighs_the_alignment_score_against_the_matchers_votes()
     np.testing.assert_array_equal(
         rank_hypotheses(*common, np.array(rows)[:, :1], 2.0), rank_hypotheses(*common, [-inf, 0.2, 0.5], 2.0)
     )
+    # halves_weight: the scores over the left and the right half, summed, -inf as for near
+    halves = np.array([[0.1, 0.1], [0.3, -inf], [0.0, 0.05]])  # -> 0.2, 0.35, 0.05
+    assert rank_hypotheses(*common, None, 0.0, halves, 0.0)[0] == 0
+    np.testing.assert_array_equal(rank_hypotheses(*common, None, 0.0, halves, 1.0), [1, 0, 2])  # 0.7, 0.8, 0.35
+    np.testing.assert_array_equal(rank_hypotheses(*common, rows, 2.0, halves, 1.0), [2, 0, 1])  # 1.55, 1.5, 1.4
 
 
 def test_pose_agreement_counts_the_other_poses_within_the_radius_and_angle():

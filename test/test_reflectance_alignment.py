@@ -20,7 +20,7 @@ from ep2p_loc_ros.reflectance_alignment import (
     _view,
     align_to_reflectance,
     mutual_information,
-    near_scores,
+    part_scores,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
@@ -546,37 +546,38 @@ def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_se
     assert not res.ok and "100 map points" in res.message
 
 
-def test_near_scores_are_the_scores_over_the_near_points_the_pose_sees_and_tell_places_along_the_axis_apart(street):
-    """``near_scores``: the MI over the points a pose sees (IPR) less than each depth of ``near_m`` ahead, the same
-    as scoring those points alone; -inf where they are too few. On the street, a pose 2 m along the axis loses
-    several times more of the near score than of the score over every point it sees (the far facades fit from
-    both)."""
+def test_part_scores_are_the_scores_over_parts_of_what_the_pose_sees_and_tell_places_along_the_axis_apart(street):
+    """``part_scores``: the MI over the points a pose sees (IPR) less than each depth of ``near_m`` ahead, then over
+    those left and right of its optical axis, each the same as scoring those points alone; -inf where they are too
+    few. On the street, a pose 2 m along the axis loses several times more of the near score than of the score over
+    every point it sees (the far facades fit from both)."""
     points, reflectance, rgb = street
     cfg = AlignmentConfig(max_points=10**6)
     image = prepare_alignment_image(rgb, CAM, cfg)
     prepared = prepare_alignment_points(points, reflectance, cfg)
 
-    def reference(T: np.ndarray, near_m: float) -> float:  # the points picked apart, then scored alone
-        depth = transform_points(invert(T), prepared.points)[:, 2]
-        keep = visible_mask(prepared.points, invert(T), image.camera, IPRConfig()) & (depth < near_m)
+    def reference(T: np.ndarray, part) -> float:  # the points picked apart, then scored alone
+        in_cam = transform_points(invert(T), prepared.points)
+        keep = visible_mask(prepared.points, invert(T), image.camera, IPRConfig()) & part(in_cam[:, 0], in_cam[:, 2])
         scorer = _Scorer(image, T[:3, 3], cfg)
         local_t = np.ascontiguousarray((prepared.points[keep] - T[:3, 3]).astype(np.float32).T)
         return scorer.score(T, local_t, scorer.rows(prepared.reflectance_bins[keep]))[0]
 
     depths = (1.0, 10.0, 20.0, 1e3)
+    parts = [lambda x, z, d=d: z < d for d in depths] + [lambda x, z: x < 0, lambda x, z: x >= 0]
     scores = {}
     for ahead in (0.0, 2.0):
         T = _off(np.array([0.05, -0.02, ahead, 0.2, -0.3, 0.1]))
-        got = near_scores(image, prepared, T, cfg, IPRConfig(), depths)
-        assert got.shape == (4,) and got[0] == -np.inf  # the road comes into view 4 m ahead
-        for near_m, score in zip(depths[1:], got[1:], strict=True):
-            assert score == pytest.approx(reference(T, near_m), abs=1e-12)
-            scores[ahead, near_m] = score
-        assert len(set(got[1:])) == 3  # (each depth its own points)
-    near_drop, full_drop = scores[0, 10.0] - scores[2, 10.0], scores[0, 1e3] - scores[2, 1e3]
+        got = part_scores(image, prepared, T, cfg, IPRConfig(), depths)
+        assert got.shape == (6,) and got[0] == -np.inf  # the road comes into view 4 m ahead
+        for k in range(1, 6):
+            assert got[k] == pytest.approx(reference(T, parts[k]), abs=1e-12), k
+        assert len(set(got[1:])) == 5  # (each part its own points)
+        scores[ahead] = got
+    near_drop, full_drop = scores[0][1] - scores[2][1], scores[0][3] - scores[2][3]
     assert near_drop > 3 * full_drop > 0, scores
     with pytest.raises(ValueError, match="prepared points"):
-        near_scores(image, prepared, T, replace(cfg, bins=8), IPRConfig(), (10.0,))
+        part_scores(image, prepared, T, replace(cfg, bins=8), IPRConfig(), (10.0,))
 
 
 def test_near_m_takes_one_depth_or_several_and_refuses_others():
