@@ -144,9 +144,9 @@ class AlignmentConfig:
     near_m: tuple[float, ...] = (10.0, 20.0)
     # ... + this weight * (the score over the points it sees left of its optical axis + that over those right of it):
     # a pose turned or moved toward one side of the street can fit that side's facade as well as the right pose, not
-    # both sides at once (outdoor single images +1.1 / +1.7 / -0.2 points; models/README.md "Session 38") ...
+    # both sides at once. Single images within 0.5 m / 5 deg on three sets of nine outdoor drives +0.7 / +1.7 / -0.2
+    # points, on eight indoor drives +0.6 (models/README.md "Session 38") ...
     halves_weight: float = 1.0
-    contrast_halves_weight: float = 0.0  # ... and on the contrast environments (indoors)
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
@@ -221,13 +221,7 @@ class AlignmentConfig:
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
-        weights += (
-            "agreement_weight",
-            "near_weight",
-            "contrast_near_weight",
-            "halves_weight",
-            "contrast_halves_weight",
-        )
+        weights += ("agreement_weight", "near_weight", "contrast_near_weight", "halves_weight")
         for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
@@ -275,7 +269,6 @@ class AlignmentConfig:
                 hypotheses_below_support=cfg.contrast_hypotheses_below_support,
                 points_weight=cfg.contrast_points_weight,
                 near_weight=cfg.contrast_near_weight,
-                halves_weight=cfg.contrast_halves_weight,
             )
         return cfg, contrast
 
