@@ -19,12 +19,14 @@ of the odometry (``fusion.drift_*``) apart from the simulated drift; ``--interse
 localizations by covariance intersection (``fusion.intersect_own_prior``). As in the node, after
 ``--max-failures`` frames in a row whose localization did not join the filter's pose, the loop searches globally
 until one does (``tracking_policy.py``). ``--robust-chi2`` sets how the filter weights localizations far within its
-gate (``fusion.robust_chi2``; 0: as a Gaussian update, at full weight).
+gate (``fusion.robust_chi2``; 0: as a Gaussian update, at full weight). As in the node, a localization with fewer
+inliers than ``--min-inliers`` or less likely right than ``--min-confidence`` (``gate.min_confidence``) is not fused
+(``pose_gate.fusion_refusal``).
 
     python bench/fusion.py [--model models] [--seed outdoor=902 indoor=903] [--drift 0 0 --drift 0.01 0.02 ...]
         [--gate-chi2 16.81 22.46 ...] [--robust-chi2 0 4 ...] [--correlation-length 0 2 ...]
         [--filter-drift 0.02 0.05 ...] [--track]
-        [--intersect-own-prior] [--draws N] [--config LOCALIZER.yaml] [--max-failures N]
+        [--intersect-own-prior] [--draws N] [--config LOCALIZER.yaml] [--max-failures N] [--min-confidence 0 0.3]
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main() -> None:
     from ep2p_loc_ros.evaluation.metrics import nees, pose_errors
     from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
     from ep2p_loc_ros.map_odom_filter import FusionConfig, MapOdomFilter
+    from ep2p_loc_ros.pose_gate import GateConfig, fusion_refusal
     from ep2p_loc_ros.sim.odometry import drifting_odometry
     from ep2p_loc_ros.tracking_policy import TrackingPolicy
 
@@ -78,7 +81,11 @@ def main() -> None:
         ("--gate-chi2", defaults.gate_chi2, "fusion.gate_chi2"),
         ("--robust-chi2", defaults.robust_chi2, "fusion.robust_chi2 (0: the Gaussian update)"),
         ("--correlation-length", defaults.correlation_length_m, "fusion.correlation_length_m (0: independent errors)"),
-        ("--min-confidence", 0.0, "single images less likely right than this are not fused (not in the node)"),
+        (
+            "--min-confidence",
+            GateConfig().min_confidence,
+            "gate.min_confidence: localizations less likely right than this are not fused (0: all are)",
+        ),
     ):
         ap.add_argument(flag, nargs="+", type=float, default=[default], help=f"{what}: values to try")
     ap.add_argument(
@@ -161,6 +168,7 @@ def main() -> None:
         """The filter's pose of every frame from the localizations up to it (``results``: each frame's global
         localization; with ``--track`` each frame is localized now from the filter's pose, as the node does)."""
         filt = MapOdomFilter(cfg)
+        gate_cfg = GateConfig(min_inliers=args.min_inliers, min_confidence=min_conf)
         # the node's: when to search globally
         policy = TrackingPolicy.for_localizer(args.max_failures, args.confirm, loc.single_image_hypotheses)
         fused, cov = [], []
@@ -169,8 +177,7 @@ def main() -> None:
             prior = filt.pose(odo[i]) if args.track and policy.global_reason(filt) is None else None
             r = results[i] if prior is None else loc.localize(seq.image(i), seq.calib.camera, prior[0])
             joined = False
-            unlikely = prior is None and r.confidence < min_conf  # (NaN: no confidence, fused)
-            if r.ok and r.num_inliers >= args.min_inliers and not unlikely:
+            if r.ok and fusion_refusal(gate_cfg, r.num_inliers, r.confidence) is None:  # (the node's rule)
                 joined = filt.update(r.T_map_cam, r.covariance, odo[i], own_prior=prior is not None).accepted
             policy.record(joined)
             p = filt.pose(odo[i])

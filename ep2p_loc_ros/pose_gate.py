@@ -7,6 +7,8 @@
   ``jump_reset_after`` poses in a row agree with each other (each within the jump test of the one before),
   so a vehicle that really was moved (kidnapped, re-localized after a long gap) is found again, while
   isolated or mutually inconsistent outliers never are. Each refusal says why (for diagnostics).
+- :func:`fusion_refusal`: with odometry, the map->odom filter (:mod:`.map_odom_filter`) takes a localization in
+  place of the gate, unless it has too few inliers or a confidence too low.
 - :func:`rebase_pose`: the camera's pose and covariance -> the vehicle's (``base_link``), given the mount.
 - :func:`interpolate_transform`: a transform between two stamped ones (what a TF lookup at a stamp needs).
 
@@ -39,7 +41,8 @@ class GateConfig:
     # a pose less likely right than this (its confidence, pose_confidence.py) is refused; one without a confidence (no
     # MODEL/confidence.json fit for the map, or no alignment) is not tested; 0: off. At 0.3, the node without odometry
     # on nine held-out drives: poses published > 5 m off 16 -> 1 outdoors, 1 -> 0 indoors, all frames within 0.5 m / 5
-    # deg 53.0 -> 54.7 % and 40.6 -> 40.6 % (bench/gate.py --min-confidence; models/README.md "Session 33")
+    # deg 53.0 -> 54.7 % and 40.6 -> 40.6 % (bench/gate.py --min-confidence; models/README.md "Session 33"). With
+    # odometry a localization below it is not fused either (fusion_refusal; models/README.md "Session 38")
     min_confidence: float = 0.3
     max_position_std_m: float = 2.0  # largest position standard deviation (sqrt of the covariance's eigenvalue)
     max_rotation_std_deg: float = 5.0  # largest rotation standard deviation
@@ -186,6 +189,21 @@ class PoseGate:
         if angle > allowed_deg:
             return f"jump: turned {angle:.1f} deg in {dt:.2f} s from the last pose, allowed {allowed_deg:.1f} deg"
         return ""
+
+
+def fusion_refusal(config: GateConfig, num_inliers: int, confidence: float = math.nan) -> str | None:
+    """Why a localization is not fused into the map->odom filter (``None``: it is): fewer inliers than
+    ``min_inliers``, or a confidence below ``min_confidence`` (NaN: not known, not tested). The filter's own χ² test
+    and hypotheses refuse gross errors, so the gate's other tests do not apply there.
+
+    Why the confidence: a tracked localization metres off that joins the filter, even at the reduced weight of
+    ``fusion.robust_chi2``, drags the fused pose; refusing those below 0.3 keeps drive 906 within 0.5 m / 5° on
+    88 % of its frames instead of 83 % (models/README.md "Session 38")."""
+    if num_inliers < config.min_inliers:
+        return f"{num_inliers} inliers < gate.min_inliers {config.min_inliers}"
+    if confidence < config.min_confidence:
+        return f"confidence too low: {confidence:.2f} < gate.min_confidence {config.min_confidence}"
+    return None
 
 
 def rebase_pose(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_base_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """Faults of the ep2p_loc node with the real Localizer and the shipped model, over real DDS: onnxruntime's CUDA
 provider failing (injected: the node falls back to CPU and says so); a pose the confidence calls unlikely right; the
-robot leaves the map (a prior 1 km away); a map whose submap is empty. Each: the node keeps running, publishes no
+robot leaves the map (a prior 1 km away); a map whose submap is empty; with odometry, a localization the confidence
+calls unlikely right is not fused. Each: the node keeps running, publishes no
 wrong pose, /diagnostics says why. The node's own faults (camera_info, mount TF, camera stopping) are in
 test_fault_node.py.
 """
@@ -119,6 +120,34 @@ def test_fault_a_pose_unlikely_right_is_refused_and_the_diagnostics_say_how_like
     finally:
         defaults = {"gate.min_confidence": 0.3, "gate.min_inlier_ratio": 0.1, "gate.min_inliers": 30}
         assert rh.set_parameters(real.ros.node, defaults) == [True] * 3
+        assert real.lc.deactivate() and real.lc.cleanup() and real.lc.configure() and real.lc.activate()
+
+
+def test_fault_with_odometry_a_localization_unlikely_right_is_not_fused(real, demo):
+    """With odometry the map->odom filter takes each localization in place of the gate, but not one less likely
+    right than ``gate.min_confidence`` (``pose_gate.fusion_refusal``): the frame is held, nothing is published, and
+    /diagnostics says why with the localization's confidence. (Reconfiguring afterwards drops the odometry.)"""
+    from ep2p_loc_ros.ros.tf import make_transform_stamped
+
+    tf_pub = real.ros.node.create_publisher(TFMessage, "/tf", 100)
+    assert rh.set_parameters(real.ros.node, {"gate.min_confidence": 0.999}) == [True]
+    assert real.lc.deactivate() and real.lc.cleanup() and real.lc.configure() and real.lc.activate(), real.proc.log()
+    try:
+        real.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+        i = 6
+        for dt in (-0.05, 0.0, 0.05):  # odometry (the truth) around the image's stamp
+            odom = make_transform_stamped(demo.T_map_base(i), "odom", "base_link", _stamp(demo, i, 3.0 + dt))
+            tf_pub.publish(TFMessage(transforms=[odom]))
+        time.sleep(0.3)
+        diag, pose = real.send(demo.image_msg(i, _stamp(demo, i, 3.0)), demo.camera_info_msg())
+        assert pose is None and diag["result"] == "held", diag
+        confidence = float(diag["confidence"])
+        reason = f"not fused: confidence too low: {confidence:.2f} < gate.min_confidence 0.999"
+        assert "fusion: waiting for" in diag["reason"] and reason in diag["reason"], diag
+        assert real.proc.alive
+    finally:
+        real.ros.node.destroy_publisher(tf_pub)
+        assert rh.set_parameters(real.ros.node, {"gate.min_confidence": 0.3}) == [True]
         assert real.lc.deactivate() and real.lc.cleanup() and real.lc.configure() and real.lc.activate()
 
 

@@ -181,3 +181,17 @@ def test_pose_gate_refuses_a_pose_unlikely_right_when_it_knows_how_likely():
     assert PoseGate(GateConfig(min_confidence=0.0)).check(T, cov, 100, 0.0, confidence=0.01).accepted  # 0: off
     with pytest.raises(ValueError, match="min_confidence"):
         GateConfig(min_confidence=-0.1)
+
+
+def test_fusion_refuses_a_localization_with_too_few_inliers_or_unlikely_right_and_says_why():
+    """``fusion_refusal``: the node (and ``bench/fusion.py``) fuse a localization unless it has fewer inliers than
+    ``gate.min_inliers`` or a confidence below ``gate.min_confidence``; an unknown confidence (NaN) is not tested,
+    and the gate's covariance and jump tests do not apply (the filter has its own)."""
+    from ep2p_loc_ros.pose_gate import fusion_refusal
+
+    cfg = GateConfig(min_inliers=30, min_confidence=0.3)
+    assert fusion_refusal(cfg, 30, 0.3) is None
+    assert fusion_refusal(cfg, 500) is None  # (no confidence fit for the map)
+    assert fusion_refusal(cfg, 29, 0.9) == "29 inliers < gate.min_inliers 30"
+    assert fusion_refusal(cfg, 100, 0.12) == "confidence too low: 0.12 < gate.min_confidence 0.3"
+    assert fusion_refusal(GateConfig(min_inliers=30, min_confidence=0.0), 100, 0.01) is None  # 0: off

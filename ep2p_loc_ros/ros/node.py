@@ -64,7 +64,7 @@ from std_srvs.srv import Trigger
 from ..geometry import invert, make_T, quaternion_to_matrix
 from ..localizer import Localizer
 from ..map_odom_filter import MapOdomFilter
-from ..pose_gate import PoseGate, rebase_pose
+from ..pose_gate import PoseGate, fusion_refusal, rebase_pose
 from ..tracking_policy import TrackingPolicy
 from .convert import (
     ConversionError,
@@ -505,9 +505,10 @@ class LocalizationNode(LifecycleNode):
         )
 
     def _fuse(self, frame: _Frame, result: Any, T_base_cam: np.ndarray, T_odom_base: np.ndarray, extra: dict) -> None:
-        """With odometry: the localization (if any, with ``gate.min_inliers``) updates the map->odom filter, and the
-        filter's pose is published (map_odom_filter.py: it averages what varies between frames and refuses gross
-        errors by its own χ² test and hypotheses, so the per-frame gate's other tests do not apply here)."""
+        """With odometry: the localization (if any, with ``gate.min_inliers`` and ``gate.min_confidence``:
+        :func:`fusion_refusal`) updates the map->odom filter, and the filter's pose is published (map_odom_filter.py:
+        it averages what varies between frames and refuses gross errors by its own χ² test and hypotheses, so the
+        per-frame gate's other tests do not apply here)."""
         p, stamp = self.params, frame.msg.header.stamp
         note = f"no localization ({result.status.value}: {result.message})"
         if result.ok:
@@ -515,8 +516,9 @@ class LocalizationNode(LifecycleNode):
             extra["pose_of"] = p.base_frame
             if p.publish_raw_pose:
                 self._pubs["raw_pose"].publish(self._pose_msg(T_map_base, cov_base, stamp))
-            note = f"not fused: {result.num_inliers} inliers < gate.min_inliers {p.gate.min_inliers}"
-            if result.num_inliers >= p.gate.min_inliers:
+            refusal = fusion_refusal(p.gate, result.num_inliers, result.confidence)
+            note = f"not fused: {refusal}"
+            if refusal is None:
                 try:
                     # tracked from the filter's own pose (its published one; before that, a prior came from elsewhere)
                     own = extra["mode"].startswith("tracking") and self._fusion.map_odom() is not None

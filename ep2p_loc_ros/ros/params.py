@@ -165,7 +165,7 @@ _GATE_DESCRIPTIONS = {
     "min_inliers": "quality gate: fewest PnP inliers for a pose",
     "min_inlier_ratio": "quality gate: smallest share of the matches that are PnP inliers",
     "min_confidence": "quality gate: smallest probability that a pose is right (its confidence, MODEL/confidence.json; "
-    "0: off); with odometry the fusion filter takes every localization instead",
+    "0: off); with odometry, the smallest for a localization to be fused (as gate.min_inliers)",
     "max_position_std_m": "quality gate: m, largest position standard deviation",
     "max_rotation_std_deg": "quality gate: deg, largest rotation standard deviation",
     "max_jump_sigma": "quality gate: allowed jump = sigma * combined std + speed * dt (0 disables)",
