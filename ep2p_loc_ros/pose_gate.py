@@ -197,8 +197,8 @@ def fusion_refusal(config: GateConfig, num_inliers: int, confidence: float = mat
     and hypotheses refuse gross errors, so the gate's other tests do not apply there.
 
     Why the confidence: a tracked localization metres off that joins the filter, even at the reduced weight of
-    ``fusion.robust_chi2``, drags the fused pose; refusing those below 0.3 keeps drive 906 within 0.5 m / 5° on
-    88 % of its frames instead of 83 % (models/README.md "Session 38")."""
+    ``fusion.robust_chi2``, drags the fused pose; refusing those below 0.3, drive 906's worst odometry draw of four
+    stays within 0.5 m / 5° on 88 % of its frames instead of 78 % (models/README.md "Session 38")."""
     if num_inliers < config.min_inliers:
         return f"{num_inliers} inliers < gate.min_inliers {config.min_inliers}"
     if confidence < config.min_confidence:

@@ -135,7 +135,7 @@ class AlignmentConfig:
     agreement_radius_m: float = 0.5
     agreement_deg: float = 5.0
     # ... + this weight * the sum of the scores over the points the coarse pose sees less than each of near_m
-    # ahead (near_scores, on the submap nearest it): poses metres along the axis or at a look-alike place fit the
+    # ahead (part_scores, on the submap nearest it): poses metres along the axis or at a look-alike place fit the
     # far facades as well as the right one, not the near points (models/README.md "Session 37"). The points within
     # 20 m as well as within 10 m: outdoor single images within 0.5 m / 5 deg on three sets of nine drives
     # +0.6 / +1.3 / +1.7 points (models/README.md "Session 38") ...
