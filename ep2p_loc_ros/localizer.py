@@ -887,11 +887,11 @@ class Localizer:
                     likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
                 scores, points = [al.score for al in poses], [al.points for al in poses]
                 weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
-                weights += (agree, cfg.agreement_weight)
-                if parts is None:
-                    return rank_hypotheses(scores, support, *weights)  # (best first)
-                near, halves = parts[:, : len(cfg.near_m)], parts[:, len(cfg.near_m) :]
-                return rank_hypotheses(scores, support, *weights, near, cfg.near_weight, halves, cfg.halves_weight)
+                near = halves = None
+                if parts is not None:  # (the near depths' scores, then the two halves')
+                    near, halves = parts[:, : len(cfg.near_m)], parts[:, len(cfg.near_m) :]
+                weights += (agree, cfg.agreement_weight, near, cfg.near_weight, halves, cfg.halves_weight)
+                return rank_hypotheses(scores, support, *weights)  # (best first)
 
             finish = replace(
                 cfg,

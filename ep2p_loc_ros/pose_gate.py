@@ -121,10 +121,9 @@ class PoseGate:
             return GateDecision(
                 False, f"inlier ratio too low: {ratio:.2f} < gate.min_inlier_ratio {cfg.min_inlier_ratio}"
             )
-        if confidence < cfg.min_confidence:  # (NaN: not known, not tested)
-            return GateDecision(
-                False, f"confidence too low: {confidence:.2f} < gate.min_confidence {cfg.min_confidence}"
-            )
+        unlikely = _unlikely(cfg, confidence)
+        if unlikely is not None:
+            return GateDecision(False, unlikely)
         if cov.shape != (6, 6) or not np.isfinite(cov).all():
             return GateDecision(False, "covariance is not a finite 6x6 matrix")
         pos_std = _max_std(cov[:3, :3])
@@ -201,6 +200,12 @@ def fusion_refusal(config: GateConfig, num_inliers: int, confidence: float = mat
     stays within 0.5 m / 5° on 88 % of its frames instead of 78 % (models/README.md "Session 38")."""
     if num_inliers < config.min_inliers:
         return f"{num_inliers} inliers < gate.min_inliers {config.min_inliers}"
+    return _unlikely(config, confidence)
+
+
+def _unlikely(config: GateConfig, confidence: float) -> str | None:
+    """Why a pose is too unlikely right (its confidence below ``min_confidence``; NaN: not known, not tested), or
+    ``None``: the gate's test and the fusion's, in one place."""
     if confidence < config.min_confidence:
         return f"confidence too low: {confidence:.2f} < gate.min_confidence {config.min_confidence}"
     return None
