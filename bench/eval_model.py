@@ -96,18 +96,24 @@ def offset_viewpoints(T_map_viewpoint: np.ndarray, lateral_m: float, yaw_deg: fl
 
 
 def prepare_drive(
-    kind: str, cache: Path, model: Path, map_cache: Path | None = None, seed: int | None = None
+    kind: str,
+    cache: Path,
+    model: Path,
+    map_cache: Path | None = None,
+    seed: int | None = None,
+    frames: int | None = None,
 ) -> tuple[Path, Path]:
-    """The held-out drive of ``kind`` (world ``seed``, default ``DRIVES``'; generated into ``cache`` if missing)
-    and its map built with ``model``'s features (into ``map_cache``, default ``cache``; rebuilt every time, since
-    it depends on the model)."""
+    """The held-out drive of ``kind`` (world ``seed`` and ``frames``, default ``DRIVES``'; generated into ``cache``
+    if missing) and its map built with ``model``'s features (into ``map_cache``, default ``cache``; rebuilt every
+    time, since it depends on the model). A world's drive with more frames starts with the same frames."""
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
     from ep2p_loc_ros.map import MapBuildParams, build_map, save_map
     from ep2p_loc_ros.model.features import submap_feature_fn
     from ep2p_loc_ros.sim.writer import SimConfig, generate_sequence
 
-    default_seed, frames = DRIVES[kind]
+    default_seed, default_frames = DRIVES[kind]
     seed = default_seed if seed is None else seed
+    frames = default_frames if frames is None else frames
     seq_dir = cache / f"{kind}-seed{seed}-{frames}f"
     if not (seq_dir / "sim.json").exists():
         generate_sequence(seq_dir, SimConfig(kind=kind, frames=frames, seed=seed))
