@@ -549,19 +549,24 @@ def test_points_prepared_once_align_as_the_points_themselves_and_refuse_other_se
 def test_part_scores_are_the_scores_over_parts_of_what_the_pose_sees_and_tell_places_along_the_axis_apart(street):
     """``part_scores``: the MI over the points a pose sees (IPR) less than each depth of ``near_m`` ahead, then over
     those left and right of its optical axis, each the same as scoring those points alone; -inf where they are too
-    few. On the street, a pose 2 m along the axis loses several times more of the near score than of the score over
-    every point it sees (the far facades fit from both)."""
+    few. With ``parts_per_entropy`` (the default) each is that MI over the entropy of its points' reflectance bins,
+    times log(bins). On the street, a pose 2 m along the axis loses several times more of the near score than of the
+    score over every point it sees (the far facades fit from both)."""
     points, reflectance, rgb = street
     cfg = AlignmentConfig(max_points=10**6)
+    assert cfg.parts_per_entropy
     image = prepare_alignment_image(rgb, CAM, cfg)
     prepared = prepare_alignment_points(points, reflectance, cfg)
 
-    def reference(T: np.ndarray, part) -> float:  # the points picked apart, then scored alone
+    def reference(T: np.ndarray, part) -> tuple[float, float]:  # the points picked apart, scored alone: MI, entropy
         in_cam = transform_points(invert(T), prepared.points)
         keep = visible_mask(prepared.points, invert(T), image.camera, IPRConfig()) & part(in_cam[:, 0], in_cam[:, 2])
         scorer = _Scorer(image, T[:3, 3], cfg)
         local_t = np.ascontiguousarray((prepared.points[keep] - T[:3, 3]).astype(np.float32).T)
-        return scorer.score(T, local_t, scorer.rows(prepared.reflectance_bins[keep]))[0]
+        mi, n = scorer.score(T, local_t, scorer.rows(prepared.reflectance_bins[keep]))
+        assert n == keep.sum() or mi == -np.inf  # (every point picked is in the image)
+        p = np.bincount(prepared.reflectance_bins[keep], minlength=cfg.bins) / max(keep.sum(), 1)
+        return mi, float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
     depths = (1.0, 10.0, 20.0, 1e3)
     parts = [lambda x, z, d=d: z < d for d in depths] + [lambda x, z: x < 0, lambda x, z: x >= 0]
@@ -569,9 +574,13 @@ def test_part_scores_are_the_scores_over_parts_of_what_the_pose_sees_and_tell_pl
     for ahead in (0.0, 2.0):
         T = _off(np.array([0.05, -0.02, ahead, 0.2, -0.3, 0.1]))
         got = part_scores(image, prepared, T, cfg, IPRConfig(), depths)
-        assert got.shape == (6,) and got[0] == -np.inf  # the road comes into view 4 m ahead
+        raw = part_scores(image, prepared, T, replace(cfg, parts_per_entropy=False), IPRConfig(), depths)
+        assert got.shape == raw.shape == (6,) and got[0] == raw[0] == -np.inf  # the road comes into view 4 m ahead
         for k in range(1, 6):
-            assert got[k] == pytest.approx(reference(T, parts[k]), abs=1e-12), k
+            mi, entropy = reference(T, parts[k])
+            assert 1.0 < entropy < np.log(cfg.bins), k
+            assert raw[k] == pytest.approx(mi, abs=1e-12), k
+            assert got[k] == pytest.approx(mi * np.log(cfg.bins) / entropy, abs=1e-12), k
         assert len(set(got[1:])) == 5  # (each part its own points)
         scores[ahead] = got
     near_drop, full_drop = scores[0][1] - scores[2][1], scores[0][3] - scores[2][3]
