@@ -836,6 +836,17 @@ def align_to_reflectance(
     return best_alignment([_align_from(pose, scorer.at(pose[:3, 3]), pts, rows, cam, ipr, cfg) for pose in poses])
 
 
+MIN_ENTROPY = 0.1  # nats: a part's reflectance entropy is floored here before it divides (all alike: MI ~ 0 anyway)
+
+
+def _reflectance_entropy(joint: np.ndarray, bins: int) -> float:
+    """The entropy (nats) of the reflectance bins of the points a score counted (in view), from its joint
+    histogram (``_Scorer.joint``: ``bins`` reflectance rows of ``bins`` image cells and an out-of-view one)."""
+    counts = joint.reshape(bins, bins + 1)[:, :bins].sum(axis=1).astype(np.float64)
+    p = counts[counts > 0] / max(counts.sum(), 1.0)
+    return float(-(p * np.log(p)).sum())
+
+
 def part_scores(
     image: AlignmentImage,
     prepared: AlignmentPoints,
@@ -871,17 +882,6 @@ def part_scores(
         if config.parts_per_entropy and np.isfinite(scores[k]):
             scores[k] *= np.log(config.bins) / max(_reflectance_entropy(scorer.joint, config.bins), MIN_ENTROPY)
     return scores
-
-
-MIN_ENTROPY = 0.1  # nats: a part's reflectance entropy is floored here before it divides (all alike: MI ~ 0 anyway)
-
-
-def _reflectance_entropy(joint: np.ndarray, bins: int) -> float:
-    """The entropy (nats) of the reflectance bins of the points a score counted (in view), from its joint
-    histogram (``_Scorer.joint``: ``bins`` reflectance rows of ``bins`` image cells and an out-of-view one)."""
-    counts = joint.reshape(bins, bins + 1)[:, :bins].sum(axis=1).astype(np.float64)
-    p = counts[counts > 0] / max(counts.sum(), 1.0)
-    return float(-(p * np.log(p)).sum())
 
 
 def best_alignment(results: Sequence[AlignmentResult]) -> AlignmentResult:
