@@ -752,6 +752,14 @@ class _Scorer:
             return -np.inf, n
         return mi, n
 
+    def reflectance_entropy(self) -> float:
+        """The entropy (nats) of the reflectance bins of the points the last :meth:`score` counted (in view), from
+        its joint histogram (reflectance rows; of the columns, the in-view image bins)."""
+        b = self.cfg.bins
+        counts = self.joint.reshape(b, b + 1)[:, :b].sum(axis=1).astype(np.float64)
+        p = counts[counts > 0] / max(counts.sum(), 1.0)
+        return float(-(p * np.log(p)).sum())
+
 
 def compile_kernels() -> None:
     """Compile the scoring kernels now (numba; ~2 s the first time on a host, ~0.3 s from numba's on-disk cache),
@@ -839,14 +847,6 @@ def align_to_reflectance(
 MIN_ENTROPY = 0.1  # nats: a part's reflectance entropy is floored here before it divides (all alike: MI ~ 0 anyway)
 
 
-def _reflectance_entropy(joint: np.ndarray, bins: int) -> float:
-    """The entropy (nats) of the reflectance bins of the points a score counted (in view), from its joint
-    histogram (``_Scorer.joint``: ``bins`` reflectance rows of ``bins`` image cells and an out-of-view one)."""
-    counts = joint.reshape(bins, bins + 1)[:, :bins].sum(axis=1).astype(np.float64)
-    p = counts[counts > 0] / max(counts.sum(), 1.0)
-    return float(-(p * np.log(p)).sum())
-
-
 def part_scores(
     image: AlignmentImage,
     prepared: AlignmentPoints,
@@ -880,7 +880,7 @@ def part_scores(
     for k, part in enumerate(parts):
         scores[k] = scorer.score(T, pts_t, pts_rows, seen & part)[0]
         if config.parts_per_entropy and np.isfinite(scores[k]):
-            scores[k] *= np.log(config.bins) / max(_reflectance_entropy(scorer.joint, config.bins), MIN_ENTROPY)
+            scores[k] *= np.log(config.bins) / max(scorer.reflectance_entropy(), MIN_ENTROPY)
     return scores
 
 
