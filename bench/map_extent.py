@@ -30,10 +30,10 @@ def right_frames(loc, seq) -> np.ndarray:
     """Whether each frame of ``seq`` localized alone (no prior) lands within 0.5 m / 5° of the truth."""
     from ep2p_loc_ros.evaluation.evaluate import evaluate_sequence
     from ep2p_loc_ros.evaluation.metrics import pose_errors
+    from ep2p_loc_ros.pose_confidence import right_poses
 
     ev = evaluate_sequence(loc, seq)
-    t_err, r_err = pose_errors(ev.T_est, ev.T_gt)
-    return (t_err <= 0.5) & (r_err <= 5.0)
+    return right_poses(*pose_errors(ev.T_est, ev.T_gt))
 
 
 def to_end_m(seq) -> np.ndarray:
