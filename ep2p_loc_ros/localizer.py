@@ -37,7 +37,7 @@ from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
 from .pose_confidence import CONFIDENCE_FILE, ConfidenceModel, signal_vector
-from .pose_hypotheses import PatchLikelihood, match_support, pose_agreement, rank_hypotheses
+from .pose_hypotheses import PatchLikelihood, match_support, pose_agreement, rank_hypotheses, turned_poses
 from .reflectance_alignment import (
     AlignmentConfig,
     AlignmentImage,
@@ -447,6 +447,97 @@ class _Matches:
     classified: tuple[np.ndarray, torch.Tensor] | None = None  # every point classified (map frame) and its features
 
 
+class _HypothesisChoice:
+    """The choice between one single image's coarse hypotheses (:meth:`Localizer._align_hypotheses`): rank them
+    (:func:`rank_hypotheses`), finish the best ``hypothesis_finish`` and keep the best of those. Each hypothesis's
+    part scores and finished pose are kept by its place in the list, so a second choice over the same list grown
+    by more starts (the turned ones) redoes neither."""
+
+    def __init__(
+        self,
+        loc: Localizer,
+        cfg: AlignmentConfig,
+        contrast: bool,
+        rgb: np.ndarray,
+        image: AlignmentImage,
+        m: _Matches,
+        camera: PinholeCamera,
+        cam_net: PinholeCamera,
+        table: PatchLikelihood | None,
+        first: AlignmentResult | None,
+        first_support: int,
+    ) -> None:
+        self.loc, self.cfg, self.contrast, self.rgb, self.image = loc, cfg, contrast, rgb, image
+        self.m, self.camera, self.cam_net, self.table = m, camera, cam_net, table
+        self.first, self.first_support = first, first_support  # PnP's pose aligned in full (finished already)
+        self.radius = loc._support_radius(camera, cam_net)
+        coarse = cfg.hypothesis_coarse
+        self.finish = replace(
+            cfg,
+            forward_range_m=0.0,
+            step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
+            step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
+        )
+        self.parts: list[np.ndarray] = []  # each hypothesis's part scores, in the order of the list given
+        self.finished: dict[int, AlignmentResult] = {}  # ... and its finished pose, once it was among the best
+
+    def _ranked(self, poses: list[AlignmentResult], agree: np.ndarray, parts: np.ndarray | None) -> np.ndarray:
+        """The hypotheses' order, best first."""
+        cfg, m, table = self.cfg, self.m, self.table
+        support = [
+            self.first_support if al is self.first else match_support(m.X, m.px, al.T_map_cam, self.camera, self.radius)
+            for al in poses
+        ]
+        likelihood = None
+        if table is not None and cfg.likelihood_weight > 0 and len(poses) > 1:
+            likelihood = [table.mean_log_ratio(al.T_map_cam, self.cam_net) for al in poses]
+        scores, points = [al.score for al in poses], [al.points for al in poses]
+        weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
+        near = halves = None
+        if parts is not None:  # (the near depths' scores, then the two halves')
+            near, halves = parts[:, : len(cfg.near_m)], parts[:, len(cfg.near_m) :]
+        weights += (agree, cfg.agreement_weight, near, cfg.near_weight, halves, cfg.halves_weight)
+        return rank_hypotheses(scores, support, *weights)  # (best first)
+
+    def best(self, ok: list[AlignmentResult]) -> AlignmentResult:
+        """The finished pose chosen among the coarse hypotheses ``ok`` (those whose alignment ran)."""
+        cfg, loc = self.cfg, self.loc
+        # how many other starts' alignments ended at each coarse pose, and its scores over parts of what it sees
+        # (the points within each near depth, left and right of its axis) on the submap nearest it, prepared as
+        # its finish takes it (a finished pose keeps its coarse ones)
+        agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
+        parts = None
+        if (cfg.near_weight > 0 or cfg.halves_weight > 0) and len(ok) > 1:
+            for al in ok[len(self.parts) :]:
+                prepared = loc._alignment_points(al.T_map_cam, None, self.contrast, self.finish)
+                self.parts.append(
+                    part_scores(self.image, prepared, al.T_map_cam, self.finish, loc.config.ipr, cfg.near_m)
+                )
+            parts = np.array(self.parts[: len(ok)])
+        # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
+        order = self._ranked(ok, agree, parts)[: cfg.hypothesis_finish]
+        todo = [int(i) for i in order if int(i) not in self.finished and ok[i] is not self.first]
+        jobs = [  # (the points prepared here, in one thread)
+            functools.partial(
+                loc._align_on,
+                ok[i].T_map_cam,
+                self.rgb,
+                self.camera,
+                self.finish,
+                self.contrast,
+                loc._alignment_points(ok[i].T_map_cam, None, self.contrast, self.finish),
+                self.image,
+            )
+            for i in todo
+        ]
+        for i, fin in zip(todo, loc._side_by_side(cfg.threads, jobs), strict=True):
+            self.finished[i] = fin if fin.ok else ok[i]
+        finished = [ok[i] if ok[i] is self.first else self.finished[int(i)] for i in order]
+        if len(finished) > 1:
+            finished = [finished[int(self._ranked(finished, agree[order], None if parts is None else parts[order])[0])]]
+        return finished[0]
+
+
 class Localizer:
     """Localizes images in one map with one model. Not thread-safe: one call at a time."""
 
@@ -825,7 +916,9 @@ class Localizer:
         ``hypothesis_finish`` coarse ones are finished first). Why:
         the alignment only climbs the basin it starts in, and PnP's pose is often at the wrong viewpoint; the
         reflectance score compares poses in one place, not between places, where the matcher tells them apart
-        (``AlignmentConfig.retrieved_starts``)."""
+        (``AlignmentConfig.retrieved_starts``). When the chosen pose is unlikely right (its confidence), PnP's pose
+        and the best retrieved viewpoints turned about the vertical are starts too, and the choice is made again
+        (``AlignmentConfig.turned_starts_deg``: a camera at a corner faces away from every viewpoint)."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = self._support_radius(camera, cam_net)
@@ -849,6 +942,7 @@ class Localizer:
         if cfg.hypothesis_views > 0 and self.last_descriptor is not None:
             views = tuple(int(s) for s in top_k_by_descriptor(self.map, self.last_descriptor, cfg.hypothesis_views)[0])
         viewpoints = [(np.asarray(self.map.T_map_viewpoint[s], dtype=np.float64), s) for s in views]
+        retrieved = list(viewpoints)  # (best first)
         if table is not None and math.isfinite(cfg.hypothesis_margin) and viewpoints:
             # a viewpoint whose likelihood is far below the best start's is another place: not worth an alignment
             # (but the best hypothesis_keep_views retrieved are aligned whatever theirs)
@@ -866,81 +960,31 @@ class Localizer:
             min_step_m=coarse * cfg.min_step_m,
             min_step_deg=coarse * cfg.min_step_deg,
         )
+
+        def coarse(poses: list[tuple[np.ndarray, int | None]]) -> list[AlignmentResult]:
+            """Each start's coarse alignment, side by side (the points prepared here, in one thread)."""
+            prep = [self._alignment_points(T, sid, contrast, quick) for T, sid in poses]
+            jobs = [
+                functools.partial(self._align_on, T, rgb, camera, quick, contrast, p, image)
+                for (T, _), p in zip(poses, prep, strict=True)
+            ]
+            return self._side_by_side(cfg.threads, jobs)
+
         found = [first] if first is not None else []  # (then PnP's hypothesis: it is finished already)
-        jobs = [  # (the points prepared here, in one thread)
-            functools.partial(
-                self._align_on, T, rgb, camera, quick, contrast, self._alignment_points(T, sid, contrast, quick), image
-            )
-            for T, sid in starts
-        ]
-        found += self._side_by_side(cfg.threads, jobs)
+        found += coarse(starts)
         ok = [al for al in found if al.ok]
         if ok:
-
-            def ranked(poses: list[AlignmentResult], agree: np.ndarray, parts: np.ndarray | None) -> np.ndarray:
-                support = [
-                    first_support if al is first else match_support(m.X, m.px, al.T_map_cam, camera, radius)
-                    for al in poses
-                ]
-                likelihood = None
-                if table is not None and cfg.likelihood_weight > 0 and len(poses) > 1:
-                    likelihood = [table.mean_log_ratio(al.T_map_cam, cam_net) for al in poses]
-                scores, points = [al.score for al in poses], [al.points for al in poses]
-                weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
-                near = halves = None
-                if parts is not None:  # (the near depths' scores, then the two halves')
-                    near, halves = parts[:, : len(cfg.near_m)], parts[:, len(cfg.near_m) :]
-                weights += (agree, cfg.agreement_weight, near, cfg.near_weight, halves, cfg.halves_weight)
-                return rank_hypotheses(scores, support, *weights)  # (best first)
-
-            finish = replace(
-                cfg,
-                forward_range_m=0.0,
-                step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
-                step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
-            )
-            # how many other starts' alignments ended at each coarse pose, and its scores over parts of what it sees
-            # (the points within each near depth, left and right of its axis) on the submap nearest it, prepared as
-            # its finish takes it (a finished pose keeps its coarse ones)
-            agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
-            parts = None
-            if (cfg.near_weight > 0 or cfg.halves_weight > 0) and len(ok) > 1:
-                parts = np.array(
-                    [
-                        part_scores(
-                            image,
-                            self._alignment_points(al.T_map_cam, None, contrast, finish),
-                            al.T_map_cam,
-                            finish,
-                            self.config.ipr,
-                            cfg.near_m,
-                        )
-                        for al in ok
-                    ]
-                )
-            # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
-            order = ranked(ok, agree, parts)[: cfg.hypothesis_finish]
-            chosen = [ok[i] for i in order]
-            jobs = [  # (the points prepared here, in one thread)
-                functools.partial(
-                    self._align_on,
-                    al.T_map_cam,
-                    rgb,
-                    camera,
-                    finish,
-                    contrast,
-                    self._alignment_points(al.T_map_cam, None, contrast, finish),
-                    image,
-                )
-                for al in chosen
-                if al is not first  # (PnP's own pose is finished already)
-            ]
-            done = iter(self._side_by_side(cfg.threads, jobs))
-            finished = [al if al is first else next(done) for al in chosen]
-            finished = [fin if fin.ok else al for fin, al in zip(finished, chosen, strict=True)]
-            if len(finished) > 1:
-                finished = [finished[int(ranked(finished, agree[order], None if parts is None else parts[order])[0])]]
-            best = finished[0]
+            choice = _HypothesisChoice(self, cfg, contrast, rgb, image, m, camera, cam_net, table, first, first_support)
+            best = choice.best(ok)
+            if cfg.turned_starts_deg and self.confidence_model is not None:
+                # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): PnP's pose turned too
+                chosen = replace(res, T_map_cam=best.T_map_cam, aligned=True, alignment_score=best.score)
+                if self._with_confidence(chosen, m, camera, cam_net, "global").confidence < cfg.turned_below_confidence:
+                    bases = [(res.T_map_cam, None)] + [(T, sid) for T, sid in retrieved[: cfg.turned_views]]
+                    turns = [(T, sid) for base, sid in bases for T in turned_poses(base, cfg.turned_starts_deg)]
+                    turned = [al for al in coarse(turns) if al.ok]
+                    if turned:
+                        best = choice.best(ok + turned)
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3

@@ -17,11 +17,11 @@ import numba
 import numpy as np
 import torch
 
-from .geometry import PinholeCamera, invert, transform_points
+from .geometry import PinholeCamera, invert, rotvec_to_matrix, transform_points
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_index
 
-__all__ = ["PatchLikelihood", "match_support", "pose_agreement", "rank_hypotheses"]
+__all__ = ["PatchLikelihood", "match_support", "pose_agreement", "rank_hypotheses", "turned_poses"]
 
 
 def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
@@ -46,6 +46,20 @@ def pose_agreement(poses: list[np.ndarray], radius_m: float, max_deg: float) -> 
     cos = (np.einsum("aij,bij->ab", T[:, :3, :3], T[:, :3, :3]) - 1.0) / 2.0
     near &= cos >= math.cos(math.radians(max_deg))
     return near.sum(axis=1) - 1
+
+
+def turned_poses(T_map_cam: np.ndarray, angles_deg: tuple[float, ...]) -> list[np.ndarray]:
+    """``T_map_cam`` turned about its camera's own vertical (the optical frame's y axis, through the camera) by
+    minus then plus each angle (degrees): starts for a camera that turned away from every map viewpoint. About the
+    camera's axis, not the map's z: a KITTI-layout map's frame is a camera's, y down."""
+    T = np.asarray(T_map_cam, dtype=np.float64)
+    out = []
+    for angle in angles_deg:
+        for sign in (-1.0, 1.0):
+            turned = T.copy()
+            turned[:3, :3] = T[:3, :3] @ rotvec_to_matrix(np.array([0.0, sign * math.radians(angle), 0.0]))
+            out.append(turned)
+    return out
 
 
 def rank_hypotheses(

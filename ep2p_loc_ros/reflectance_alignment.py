@@ -153,6 +153,17 @@ class AlignmentConfig:
     # of different places compare only so. Single images within 0.5 m / 5 deg on three sets of nine outdoor drives
     # +0.6 / +0.9 / +0.4 points, on eight indoor drives the same poses' figures (models/README.md "Session 39")
     parts_per_entropy: bool = True
+    # When the pose chosen from those hypotheses is unlikely right (its confidence below turned_below_confidence;
+    # needs a fit in MODEL/confidence.json), PnP's pose and the viewpoints of the best turned_views retrieved
+    # submaps, each turned about the camera's vertical by minus and plus each of these angles, are starts too, and
+    # the choice is made again over every hypothesis. Why: where a drive turns a corner the camera faces 10-30 deg
+    # away from every viewpoint, PnP keeps a viewpoint's heading (the matcher's prior) and the ascent's small turns
+    # do not reach the truth. Outdoor single images within 0.5 m / 5 deg on three sets of nine drives: see
+    # models/README.md "Session 40"; the p50 the same (13-16 % of frames run them). Indoors nothing gained, so off
+    turned_starts_deg: tuple[float, ...] = (10.0, 20.0)
+    contrast_turned_starts_deg: tuple[float, ...] = ()  # ... on the contrast environments (indoors)
+    turned_below_confidence: float = 0.4
+    turned_views: int = 1
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
@@ -205,6 +216,12 @@ class AlignmentConfig:
         if not near or not all(np.isfinite(d) and d > 0 for d in near):
             raise ValueError(f"alignment.near_m must be one or more positive depths, got {list(near)}")
         object.__setattr__(self, "near_m", near)
+        for name in ("turned_starts_deg", "contrast_turned_starts_deg"):
+            value = getattr(self, name)
+            turns = tuple(float(a) for a in (value if isinstance(value, list | tuple) else (value,)))
+            if not all(np.isfinite(a) and 0 < a < 180 for a in turns):
+                raise ValueError(f"alignment.{name} must be angles in (0, 180) deg, got {list(turns)}")
+            object.__setattr__(self, name, turns)
         for name in ("environments", "contrast_environments", "hypothesis_environments"):
             envs = tuple(str(e) for e in getattr(self, name))  # a list from YAML or ROS parameters
             if not set(envs) <= set(ENVIRONMENTS):
@@ -226,6 +243,7 @@ class AlignmentConfig:
             if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
+        counts += ("turned_views",)
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
         weights += ("agreement_weight", "near_weight", "contrast_near_weight", "halves_weight")
         for name in (*ranges, *counts, *weights):
@@ -242,7 +260,8 @@ class AlignmentConfig:
             raise ValueError(f"alignment.hypothesis_margin must be >= 0, got {self.hypothesis_margin}")
         if not 2 <= self.bins <= 256:
             raise ValueError(f"alignment.bins must be in [2, 256], got {self.bins}")
-        for name in ("min_view_ratio", "hypotheses_below_support", "contrast_hypotheses_below_support"):
+        bounded = ("min_view_ratio", "hypotheses_below_support", "contrast_hypotheses_below_support")
+        for name in (*bounded, "turned_below_confidence"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"alignment.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -255,8 +274,8 @@ class AlignmentConfig:
     def for_frame(self, environment: str, tracking: bool) -> tuple[AlignmentConfig, bool]:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
-        and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate and
-        points' and near points' weights."""
+        and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate,
+        points' and near points' weights and turned starts."""
         cfg = self
         if tracking:
             cfg = replace(
@@ -275,6 +294,7 @@ class AlignmentConfig:
                 hypotheses_below_support=cfg.contrast_hypotheses_below_support,
                 points_weight=cfg.contrast_points_weight,
                 near_weight=cfg.contrast_near_weight,
+                turned_starts_deg=cfg.contrast_turned_starts_deg,
             )
         return cfg, contrast
 

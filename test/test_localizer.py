@@ -986,6 +986,87 @@ def test_the_best_coarse_hypotheses_are_finished_and_the_best_finished_one_wins(
         assert not np.allclose(np.sort(part), np.sort(seen[0][0]))
 
 
+class _FixedConfidence:
+    """Stands in for ``models/confidence.json``'s fit: every pose gets the same confidence (the gate under test)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def confidence(self, mode, environment, signals) -> float:
+        return self.value
+
+
+@pytest.fixture(scope="module")
+def turned_scene(scene):
+    """The camera at a corner: every submap viewpoint and 60 % of the oracle's matches face 20 deg away from the
+    true camera (turned about its vertical), 40 % describe the true camera. Returns the sequence, the map, the true
+    pose, the descriptor that retrieves the submap nearest it (top_k 1) and that submap's id."""
+    from ep2p_loc_ros.map import nearest_submaps
+    from ep2p_loc_ros.pose_hypotheses import turned_poses
+
+    seq, _ = scene
+    T_gt = seq.T_world_cam(FRAME)
+    T_away = turned_poses(T_gt, (20.0,))[1]
+    _, cam_net = prepare_image(seq.image(FRAME), seq.calib.camera, MC)
+
+    def feature_fn(sub):
+        desc = np.zeros(MC.global_dim, np.float32)
+        desc[sub.id % MC.global_dim] = 1.0
+        truth = np.random.default_rng(sub.id).random(len(sub.points)) < 0.4
+        f_gt = _encode_pixels(sub.points, invert(T_gt), cam_net)
+        return np.where(truth[:, None], f_gt, _encode_pixels(sub.points, invert(T_away), cam_net)), desc
+
+    lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
+    lidar_map.T_map_viewpoint = np.array([turned_poses(T, (20.0,))[1] for T in lidar_map.T_map_viewpoint])
+    sid = int(nearest_submaps(lidar_map, T_gt, 1)[0][0])
+    return seq, lidar_map, T_gt, lidar_map.descriptors[sid], sid
+
+
+def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_best_viewpoint_turned(turned_scene):
+    """``alignment.turned_starts_deg``: PnP follows the matches' majority and every viewpoint faces 20 deg away from
+    the camera, out of the ascent's reach, so no hypothesis is right. When the chosen pose's confidence is below
+    ``turned_below_confidence``, PnP's pose and the best retrieved viewpoint turned by -20 and +20 deg are starts too,
+    and the true camera's pose wins the choice made again (the reflectance fits only there). A likely pose, no angles
+    or no confidence to tell: no turned starts, the pose as before."""
+    from ep2p_loc_ros.geometry import rotvec_to_matrix
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, sid = turned_scene
+    image = seq.image(FRAME)
+    errors, coarse_starts = {}, {}
+    for name, angles, confidence in (
+        ("turned", (20.0,), 0.1),
+        ("likely", (20.0,), 0.9),
+        ("no angles", (), 0.1),
+        ("no fit", (20.0,), math.nan),  # (a confidence.json without a fit for the map's environment)
+        ("no model", (20.0,), None),
+    ):
+        cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=angles, turned_views=1)
+        loc = _localizer(lidar_map, desc, top_k=1, alignment=cfg)
+        loc.confidence_model = None if confidence is None else _FixedConfidence(confidence)
+        starts, run = [], loc._align_on
+        loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
+        res = loc.localize(image, seq.calib.camera)
+        loc.close()
+        assert res.ok and res.aligned, (name, res.message)
+        errors[name] = _errors(res.T_map_cam, T_gt)
+        coarse_starts[name] = [T for T, c in starts if c.forward_range_m > 0]
+    assert errors["turned"][0] < 0.5 and errors["turned"][1] < 1.0, errors
+    for name in ("likely", "no angles", "no fit", "no model"):
+        assert errors[name][1] > 10.0, errors  # every hypothesis kept the matches' or a viewpoint's heading
+        assert len(coarse_starts[name]) == len(coarse_starts["likely"]), coarse_starts
+    # the turned run aligned four starts more: PnP's pose (its first start) and the retrieved viewpoint, each turned
+    # by -20 and +20 deg about its camera's vertical, in place
+    extra = coarse_starts["turned"][len(coarse_starts["likely"]) :]
+    bases = [coarse_starts["turned"][0]] * 2 + [lidar_map.T_map_viewpoint[sid]] * 2
+    assert len(extra) == 4
+    for T, base, sign in zip(extra, bases, (-1, 1, -1, 1), strict=True):
+        np.testing.assert_allclose(T[:3, 3], base[:3, 3])
+        np.testing.assert_allclose(
+            base[:3, :3].T @ T[:3, :3], rotvec_to_matrix([0.0, sign * math.radians(20.0), 0.0]), atol=1e-12
+        )
+
+
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):
     """``alignment.threads``: the hypotheses of a single image are aligned in a pool of threads (the searches are
     compiled and release the GIL). The pose, the score and the retrieved submaps are the same bit for bit as in one

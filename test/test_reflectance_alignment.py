@@ -205,6 +205,9 @@ def test_alignment_config_refuses_bad_values():
         {"hypothesis_keep_views": -1},
         {"agreement_radius_m": 0.0},
         {"agreement_deg": float("nan")},
+        {"turned_below_confidence": 1.5},
+        {"turned_below_confidence": float("nan")},
+        {"turned_views": -1},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -597,6 +600,22 @@ def test_near_m_takes_one_depth_or_several_and_refuses_others():
     for bad in ([], [10.0, -1.0], [float("nan")]):
         with pytest.raises(ValueError, match=r"alignment\.near_m"):
             AlignmentConfig(near_m=bad)
+
+
+def test_turned_starts_take_angles_as_a_list_and_are_off_on_the_contrast_environments():
+    """``alignment.turned_starts_deg``: a list from YAML or ROS parameters becomes a tuple (one number a tuple of
+    one); an angle not in (0, 180) deg is refused with the parameter's name. Indoors (a contrast environment) a frame
+    takes ``contrast_turned_starts_deg``, empty by default: nothing gained there."""
+    assert AlignmentConfig(turned_starts_deg=[10, 20.5]).turned_starts_deg == (10.0, 20.5)
+    assert AlignmentConfig(contrast_turned_starts_deg=15).contrast_turned_starts_deg == (15.0,)
+    for bad in ([10.0, 0.0], [-5.0], [180.0], [float("nan")]):
+        for name in ("turned_starts_deg", "contrast_turned_starts_deg"):
+            with pytest.raises(ValueError, match=rf"alignment\.{name}"):
+                AlignmentConfig(**{name: bad})
+    cfg = AlignmentConfig()
+    assert cfg.for_frame("outdoor", tracking=False)[0].turned_starts_deg == (10.0, 20.0)
+    assert cfg.for_frame("indoor", tracking=False)[0].turned_starts_deg == ()
+    assert AlignmentConfig(contrast_turned_starts_deg=[15]).for_frame("indoor", False)[0].turned_starts_deg == (15.0,)
 
 
 def test_equal_count_bins_are_numpys_quantiles_to_the_bit():
