@@ -961,7 +961,7 @@ class Localizer:
             min_step_deg=coarse * cfg.min_step_deg,
         )
 
-        def coarse(poses: list[tuple[np.ndarray, int | None]]) -> list[AlignmentResult]:
+        def align_coarse(poses: list[tuple[np.ndarray, int | None]]) -> list[AlignmentResult]:
             """Each start's coarse alignment, side by side (the points prepared here, in one thread)."""
             prep = [self._alignment_points(T, sid, contrast, quick) for T, sid in poses]
             jobs = [
@@ -971,7 +971,7 @@ class Localizer:
             return self._side_by_side(cfg.threads, jobs)
 
         found = [first] if first is not None else []  # (then PnP's hypothesis: it is finished already)
-        found += coarse(starts)
+        found += align_coarse(starts)
         ok = [al for al in found if al.ok]
         if ok:
             choice = _HypothesisChoice(self, cfg, contrast, rgb, image, m, camera, cam_net, table, first, first_support)
@@ -982,7 +982,7 @@ class Localizer:
                 if self._with_confidence(chosen, m, camera, cam_net, "global").confidence < cfg.turned_below_confidence:
                     bases = [(res.T_map_cam, None)] + [(T, sid) for T, sid in retrieved[: cfg.turned_views]]
                     turns = [(T, sid) for base, sid in bases for T in turned_poses(base, cfg.turned_starts_deg)]
-                    turned = [al for al in coarse(turns) if al.ok]
+                    turned = [al for al in align_coarse(turns) if al.ok]
                     if turned:
                         best = choice.best(ok + turned)
             ok = [best]

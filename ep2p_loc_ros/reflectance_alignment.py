@@ -158,8 +158,9 @@ class AlignmentConfig:
     # submaps, each turned about the camera's vertical by minus and plus each of these angles, are starts too, and
     # the choice is made again over every hypothesis. Why: where a drive turns a corner the camera faces 10-30 deg
     # away from every viewpoint, PnP keeps a viewpoint's heading (the matcher's prior) and the ascent's small turns
-    # do not reach the truth. Outdoor single images within 0.5 m / 5 deg on three sets of nine drives: see
-    # models/README.md "Session 40"; the p50 the same (13-16 % of frames run them). Indoors nothing gained, so off
+    # do not reach the truth. Outdoor single images within 0.5 m / 5 deg on three sets of nine drives +1.6 / +0.2 /
+    # +2.4 points, no frame lost; 8-12 % of the frames run them (models/README.md "Session 40"). Indoors the same
+    # poses, so off there
     turned_starts_deg: tuple[float, ...] = (10.0, 20.0)
     contrast_turned_starts_deg: tuple[float, ...] = ()  # ... on the contrast environments (indoors)
     turned_below_confidence: float = 0.4
