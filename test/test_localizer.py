@@ -999,9 +999,11 @@ class _FixedConfidence:
 @pytest.fixture(scope="module")
 def turned_scene(scene):
     """The camera at a corner: every submap viewpoint and 60 % of the oracle's matches face 20 deg away from the
-    true camera (turned about its vertical), 40 % describe the true camera. Returns the sequence, the map, the true
+    true camera (turned about its vertical), 40 % describe the true camera; every point carries the code of the
+    patch the true camera sees it in (``_CODES``, for :class:`CodedSession`). Returns the sequence, the map, the true
     pose, the descriptor that retrieves the submap nearest it (top_k 1) and that submap's id."""
     from ep2p_loc_ros.map import nearest_submaps
+    from ep2p_loc_ros.model.heads import patch_index
     from ep2p_loc_ros.pose_hypotheses import turned_poses
 
     seq, _ = scene
@@ -1014,7 +1016,11 @@ def turned_scene(scene):
         desc[sub.id % MC.global_dim] = 1.0
         truth = np.random.default_rng(sub.id).random(len(sub.points)) < 0.4
         f_gt = _encode_pixels(sub.points, invert(T_gt), cam_net)
-        return np.where(truth[:, None], f_gt, _encode_pixels(sub.points, invert(T_away), cam_net)), desc
+        f = np.where(truth[:, None], f_gt, _encode_pixels(sub.points, invert(T_away), cam_net))
+        seen = f_gt[:, 0] > 0.5  # every point also carries the code of the patch the true camera sees it in
+        px = torch.from_numpy((f_gt[seen][:, [1, 3]] * 1024 + f_gt[seen][:, [2, 4]]).astype(np.float32))
+        f[seen, 5:] = _CODES[patch_index(px, MC).numpy(), 5:]
+        return f, desc
 
     lidar_map = build_map(seq, MapBuildParams(spacing=4.0, radius=40.0), feature_fn, progress=False)
     lidar_map.T_map_viewpoint = np.array([turned_poses(T, (20.0,))[1] for T in lidar_map.T_map_viewpoint])
@@ -1065,6 +1071,24 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
         np.testing.assert_allclose(
             base[:3, :3].T @ T[:3, :3], rotvec_to_matrix([0.0, sign * math.radians(20.0), 0.0]), atol=1e-12
         )
+    # Above, the patch features are zeros (the likelihood is the same everywhere). With patch features that name the
+    # patches the true camera sees the points in, the turns whose patch likelihood is more than hypothesis_margin below
+    # the best turn's are not aligned; the turn toward the true camera is, and wins.
+    session = CodedSession(_CODES)
+    session.descriptor = desc
+    cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=(20.0,), turned_views=1)
+    loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=1, alignment=cfg))
+    loc.confidence_model = _FixedConfidence(0.1)
+    starts, run = [], loc._align_on
+    loc._align_on = lambda T, *a, run=run, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
+    res = loc.localize(image, seq.calib.camera)
+    loc.close()
+    assert res.ok and _errors(res.T_map_cam, T_gt)[0] < 0.5 and _errors(res.T_map_cam, T_gt)[1] < 1.0
+    coarse = [T for T, c in starts if c.forward_range_m > 0]
+    bases = (coarse[0], lidar_map.T_map_viewpoint[sid])  # (PnP's pose, the viewpoint)
+    kept = [T for T in coarse if any(_errors(T, b)[0] < 1e-9 and abs(_errors(T, b)[1] - 20.0) < 1e-6 for b in bases)]
+    assert 1 <= len(kept) < 4, len(kept)
+    assert min(_errors(T, T_gt)[1] for T in kept) < 1.0  # (PnP's pose turned back by 20 deg)
 
 
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):
