@@ -155,12 +155,12 @@ class AlignmentConfig:
     parts_per_entropy: bool = True
     # When the pose chosen from those hypotheses is unlikely right (its confidence below turned_below_confidence;
     # needs a fit in MODEL/confidence.json), PnP's pose and the viewpoints of the best turned_views retrieved
-    # submaps, each turned about the camera's vertical by minus and plus each of these angles, are starts too, and
-    # the choice is made again over every hypothesis. Why: where a drive turns a corner the camera faces 10-30 deg
-    # away from every viewpoint, PnP keeps a viewpoint's heading (the matcher's prior) and the ascent's small turns
-    # do not reach the truth. Outdoor single images within 0.5 m / 5 deg on three sets of nine drives +1.6 / +0.2 /
-    # +2.4 points, no frame lost; 8-12 % of the frames run them (models/README.md "Session 40"). Indoors the same
-    # poses, so off there
+    # submaps, each turned about the camera's vertical by minus and plus each of these angles, are starts too (those
+    # whose patch likelihood is within hypothesis_margin of the best turn's), and the choice is made again. Why: where
+    # a drive turns a corner the camera faces 10-30 deg away from every viewpoint, PnP keeps a viewpoint's heading
+    # (the matcher's prior) and the ascent's small turns do not reach the truth. Outdoor single images within 0.5 m /
+    # 5 deg on three sets of nine drives +1.6 / +0.2 / +2.2 points, no frame lost; 8-12 % of the frames run them
+    # (models/README.md "Session 40"). Indoors the same poses, so off there
     turned_starts_deg: tuple[float, ...] = (10.0, 20.0)
     contrast_turned_starts_deg: tuple[float, ...] = ()  # ... on the contrast environments (indoors)
     turned_below_confidence: float = 0.4
