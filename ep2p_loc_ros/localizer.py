@@ -451,7 +451,7 @@ class _HypothesisChoice:
     """The choice between one single image's coarse hypotheses (:meth:`Localizer._align_hypotheses`): rank them
     (:func:`rank_hypotheses`), finish the best ``hypothesis_finish`` and keep the best of those. Each hypothesis's
     part scores and finished pose are kept by its place in the list, so a second choice over the same list grown
-    by more starts (the turned ones) redoes neither."""
+    by more starts (the turned ones) redoes none of them; so are its matches' support and patch likelihood."""
 
     def __init__(
         self,
@@ -478,19 +478,33 @@ class _HypothesisChoice:
             step_m=min(cfg.step_m, coarse / 2 * cfg.min_step_m),
             step_deg=min(cfg.step_deg, coarse / 2 * cfg.min_step_deg),
         )
-        self.parts: list[np.ndarray] = []  # each hypothesis's part scores, in the order of the list given
+        self.support: list[int] = []  # each hypothesis's matches' support, in the order of the list given ...
+        self.likelihood: list[float] = []  # ... its patch likelihood, where weighed ...
+        self.parts: list[np.ndarray] = []  # ... and its part scores
         self.finished: dict[int, AlignmentResult] = {}  # ... and its finished pose, once it was among the best
 
-    def _ranked(self, poses: list[AlignmentResult], agree: np.ndarray, parts: np.ndarray | None) -> np.ndarray:
-        """The hypotheses' order, best first."""
-        cfg, m, table = self.cfg, self.m, self.table
+    def _votes(self, poses: list[AlignmentResult]) -> tuple[list[int], list[float] | None]:
+        """Each pose's matches' support and, where it is weighed, its patch likelihood (else None)."""
+        m, table = self.m, self.table
         support = [
             self.first_support if al is self.first else match_support(m.X, m.px, al.T_map_cam, self.camera, self.radius)
             for al in poses
         ]
-        likelihood = None
-        if table is not None and cfg.likelihood_weight > 0 and len(poses) > 1:
-            likelihood = [table.mean_log_ratio(al.T_map_cam, self.cam_net) for al in poses]
+        if table is None or self.cfg.likelihood_weight <= 0:
+            return support, None
+        return support, [table.mean_log_ratio(al.T_map_cam, self.cam_net) for al in poses]
+
+    def _ranked(
+        self,
+        poses: list[AlignmentResult],
+        votes: tuple[list[int], list[float] | None],
+        agree: np.ndarray,
+        parts: np.ndarray | None,
+    ) -> np.ndarray:
+        """The hypotheses' order, best first, given their :meth:`_votes`."""
+        cfg = self.cfg
+        support, likelihood = votes
+        likelihood = likelihood if len(poses) > 1 else None
         scores, points = [al.score for al in poses], [al.points for al in poses]
         weights = cfg.support_weight, likelihood, cfg.likelihood_weight, points, cfg.points_weight
         near = halves = None
@@ -515,7 +529,11 @@ class _HypothesisChoice:
                 )
             parts = np.array(self.parts[: len(ok)])
         # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
-        order = self._ranked(ok, agree, parts)[: cfg.hypothesis_finish]
+        support, likelihood = self._votes(ok[len(self.support) :])
+        self.support += support
+        self.likelihood += likelihood or []
+        votes = self.support[: len(ok)], None if likelihood is None else self.likelihood[: len(ok)]
+        order = self._ranked(ok, votes, agree, parts)[: cfg.hypothesis_finish]
         todo = [int(i) for i in order if int(i) not in self.finished and ok[i] is not self.first]
         jobs = [  # (the points prepared here, in one thread)
             functools.partial(
@@ -534,7 +552,8 @@ class _HypothesisChoice:
             self.finished[i] = fin if fin.ok else ok[i]
         finished = [ok[i] if ok[i] is self.first else self.finished[int(i)] for i in order]
         if len(finished) > 1:
-            finished = [finished[int(self._ranked(finished, agree[order], None if parts is None else parts[order])[0])]]
+            parts_of = None if parts is None else parts[order]
+            finished = [finished[int(self._ranked(finished, self._votes(finished), agree[order], parts_of)[0])]]
         return finished[0]
 
 
