@@ -26,6 +26,7 @@ import copy
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numba
@@ -51,6 +52,11 @@ __all__ = [
     "prepare_alignment_points",
     "reflectance_contrast",
 ]
+
+
+def _numbers(value: Any) -> tuple[float, ...]:
+    """A list of numbers from YAML or ROS parameters, or one number, as a tuple of floats."""
+    return tuple(float(x) for x in (value if isinstance(value, list | tuple) else (value,)))
 
 
 @dataclass(frozen=True)
@@ -212,14 +218,12 @@ class AlignmentConfig:
         if not all(np.isfinite(d) and d > 0 for d in depths):
             raise ValueError(f"alignment.pivot_depths_m must be positive, got {list(depths)}")
         object.__setattr__(self, "pivot_depths_m", depths)
-        near = self.near_m if isinstance(self.near_m, list | tuple) else (self.near_m,)  # (one depth: a number)
-        near = tuple(float(d) for d in near)
+        near = _numbers(self.near_m)
         if not near or not all(np.isfinite(d) and d > 0 for d in near):
             raise ValueError(f"alignment.near_m must be one or more positive depths, got {list(near)}")
         object.__setattr__(self, "near_m", near)
         for name in ("turned_starts_deg", "contrast_turned_starts_deg"):
-            value = getattr(self, name)
-            turns = tuple(float(a) for a in (value if isinstance(value, list | tuple) else (value,)))
+            turns = _numbers(getattr(self, name))
             if not all(np.isfinite(a) and 0 < a < 180 for a in turns):
                 raise ValueError(f"alignment.{name} must be angles in (0, 180) deg, got {list(turns)}")
             object.__setattr__(self, name, turns)
