@@ -29,6 +29,7 @@ from .errors import DataError
 from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
+from .likelihood_search import LikelihoodSearch, search_by_likelihood
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .memory_reuse import keep_freed_memory
 from .model.config import ModelConfig
@@ -995,21 +996,14 @@ class Localizer:
         if ok:
             choice = _HypothesisChoice(self, cfg, contrast, rgb, image, m, camera, cam_net, table, first, first_support)
             best = choice.best(ok)
-            if cfg.turned_starts_deg and self.confidence_model is not None:
-                # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): PnP's pose turned too
+            if (cfg.turned_starts_deg or cfg.likelihood_starts) and self.confidence_model is not None:
+                # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): starts off the viewpoints
                 chosen = replace(res, T_map_cam=best.T_map_cam, aligned=True, alignment_score=best.score)
                 if self._with_confidence(chosen, m, camera, cam_net, "global").confidence < cfg.turned_below_confidence:
-                    bases = [(res.T_map_cam, None)] + [(T, sid) for T, sid in retrieved[: cfg.turned_views]]
-                    turns = [(T, sid) for base, sid in bases for T in turned_poses(base, cfg.turned_starts_deg)]
-                    if table is not None and math.isfinite(cfg.hypothesis_margin) and len(turns) > 1:
-                        # as with the viewpoints: a turn whose patch likelihood is far below the best turn's faces
-                        # what the matcher does not see (8 -> ~2.3 alignments a frame, the same poses but one of 1,080)
-                        at_turn = [table.mean_log_ratio(T, cam_net) for T, _ in turns]
-                        floor = max(at_turn) - cfg.hypothesis_margin
-                        turns = [turn for turn, value in zip(turns, at_turn, strict=True) if value >= floor]
-                    turned = [al for al in align_coarse(turns) if al.ok]
-                    if turned:
-                        best = choice.best(ok + turned)
+                    rescue = self._rescue_starts(res, retrieved, table, cam_net, cfg)
+                    more = [al for al in align_coarse(rescue) if al.ok]
+                    if more:
+                        best = choice.best(ok + more)
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -1017,6 +1011,36 @@ class Localizer:
             logger.debug("reflectance alignment skipped: %s", found[0].message)
             return replace(res, timings_ms=timings)
         return replace(res, T_map_cam=ok[0].T_map_cam, timings_ms=timings, aligned=True, alignment_score=ok[0].score)
+
+    def _rescue_starts(
+        self,
+        res: LocalizationResult,
+        retrieved: list[tuple[np.ndarray, int]],
+        table: PatchLikelihood | None,
+        cam_net: PinholeCamera,
+        cfg: AlignmentConfig,
+    ) -> list[tuple[np.ndarray, int | None]]:
+        """Starts for a single image whose chosen pose is unlikely right (:meth:`_align_hypotheses`): PnP's pose and
+        the best ``turned_views`` retrieved viewpoints turned by ``turned_starts_deg``, and the ``likelihood_starts``
+        found by the patch likelihood around PnP's pose and the best ``likelihood_views`` viewpoints
+        (:func:`.likelihood_search.search_by_likelihood`), each with its submap (None: the nearest)."""
+        bases = [(res.T_map_cam, None)] + [(T, sid) for T, sid in retrieved[: cfg.turned_views]]
+        turns = [(T, sid) for base, sid in bases for T in turned_poses(base, cfg.turned_starts_deg)]
+        if table is None:
+            return turns
+        if math.isfinite(cfg.hypothesis_margin) and len(turns) > 1:
+            # as with the viewpoints: a turn whose patch likelihood is far below the best turn's faces what the
+            # matcher does not see (8 -> ~2.3 alignments a frame, the same poses but one of 1,080)
+            at_turn = table.mean_log_ratios(np.array([T for T, _ in turns]), cam_net)
+            floor = float(at_turn.max()) - cfg.hypothesis_margin
+            turns = [turn for turn, value in zip(turns, at_turn, strict=True) if value >= floor]
+        if cfg.likelihood_starts > 0:
+            around = [res.T_map_cam] + [T for T, _ in retrieved[: cfg.likelihood_views]]
+            grid = LikelihoodSearch(
+                along_m=cfg.likelihood_along_m, lateral_m=cfg.likelihood_lateral_m, turn_deg=cfg.likelihood_turn_deg
+            )
+            turns += [(T, None) for T in search_by_likelihood(table, cam_net, around, cfg.likelihood_starts, grid)]
+        return turns
 
     CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
 

@@ -171,6 +171,19 @@ class AlignmentConfig:
     contrast_turned_starts_deg: tuple[float, ...] = ()  # ... on the contrast environments (indoors)
     turned_below_confidence: float = 0.4
     turned_views: int = 1
+    # ... and, below the same confidence, the likelihood_starts best distinct poses by the matcher's patch likelihood
+    # alone (.likelihood_search) on a grid around PnP's pose and the viewpoints of the best likelihood_views retrieved
+    # submaps, moved up to likelihood_along_m along their axis (2 m steps) and likelihood_lateral_m across it, turned
+    # up to likelihood_turn_deg (10 deg steps), each climbed on the likelihood: where a drive turns a corner or runs
+    # past the map's last viewpoint the camera is metres and degrees from every start, and a turn in place does not
+    # reach it (outdoor single images within 0.5 m / 5 deg on two sets of nine drives +2.3 / +1.3 points;
+    # models/README.md "Session 41"); 0: off
+    likelihood_starts: int = 2
+    contrast_likelihood_starts: int = 0  # ... on the contrast environments (indoors)
+    likelihood_views: int = 3
+    likelihood_along_m: float = 10.0
+    likelihood_lateral_m: float = 3.0
+    likelihood_turn_deg: float = 30.0
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
@@ -248,7 +261,8 @@ class AlignmentConfig:
             if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
-        counts += ("turned_views",)
+        counts += ("turned_views", "likelihood_starts", "contrast_likelihood_starts", "likelihood_views")
+        ranges += ("likelihood_along_m", "likelihood_lateral_m", "likelihood_turn_deg")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
         weights += ("agreement_weight", "near_weight", "contrast_near_weight", "halves_weight")
         for name in (*ranges, *counts, *weights):
@@ -280,7 +294,7 @@ class AlignmentConfig:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
         and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate,
-        points' and near points' weights and turned starts."""
+        points' and near points' weights and turned and likelihood starts."""
         cfg = self
         if tracking:
             cfg = replace(
@@ -300,6 +314,7 @@ class AlignmentConfig:
                 points_weight=cfg.contrast_points_weight,
                 near_weight=cfg.contrast_near_weight,
                 turned_starts_deg=cfg.contrast_turned_starts_deg,
+                likelihood_starts=cfg.contrast_likelihood_starts,
             )
         return cfg, contrast
 

@@ -1047,7 +1047,7 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
         ("no fit", (20.0,), math.nan),  # (a confidence.json without a fit for the map's environment)
         ("no model", (20.0,), None),
     ):
-        cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=angles, turned_views=1)
+        cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=angles, turned_views=1, likelihood_starts=0)
         loc = _localizer(lidar_map, desc, top_k=1, alignment=cfg)
         loc.confidence_model = None if confidence is None else _FixedConfidence(confidence)
         starts, run = [], loc._align_on
@@ -1076,7 +1076,7 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
     # the best turn's are not aligned; the turn toward the true camera is, and wins.
     session = CodedSession(_CODES)
     session.descriptor = desc
-    cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=(20.0,), turned_views=1)
+    cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=(20.0,), turned_views=1, likelihood_starts=0)
     loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=1, alignment=cfg))
     loc.confidence_model = _FixedConfidence(0.1)
     starts, run = [], loc._align_on
@@ -1089,6 +1089,39 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
     kept = [T for T in coarse if any(_errors(T, b)[0] < 1e-9 and abs(_errors(T, b)[1] - 20.0) < 1e-6 for b in bases)]
     assert 1 <= len(kept) < 4, len(kept)
     assert min(_errors(T, T_gt)[1] for T in kept) < 1.0  # (PnP's pose turned back by 20 deg)
+
+
+def test_an_unlikely_single_image_pose_is_chosen_again_with_starts_the_patch_likelihood_finds(turned_scene):
+    """``alignment.likelihood_starts``: as above, no hypothesis is right (every start faces 20 deg away from the
+    camera), and no turned starts are asked for. With patch features that name the patches the true camera sees the
+    points in, the best poses by patch likelihood on the grid around PnP's pose and the retrieved viewpoint, climbed
+    on it, reach the true camera; aligned as coarse hypotheses, the true pose wins the choice made again. Without
+    them (0), or with a likely pose, the pose keeps the wrong heading and no start is added."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, _ = turned_scene
+    image = seq.image(FRAME)
+    results, coarse_starts = {}, {}
+    for name, count, confidence in (("search", 2, 0.1), ("off", 0, 0.1), ("likely", 2, 0.9)):
+        session = CodedSession(_CODES)
+        session.descriptor = desc
+        cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=(), likelihood_starts=count, likelihood_views=1)
+        loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=1, alignment=cfg))
+        loc.confidence_model = _FixedConfidence(confidence)
+        starts, run = [], loc._align_on
+        loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
+        results[name] = loc.localize(image, seq.calib.camera)
+        loc.close()
+        assert results[name].ok and results[name].aligned, (name, results[name].message)
+        coarse_starts[name] = [T for T, c in starts if c.forward_range_m > 0]
+    dt, dr = _errors(results["search"].T_map_cam, T_gt)
+    assert dt < 0.5 and dr < 1.0, (dt, dr)
+    for name in ("off", "likely"):
+        assert _errors(results[name].T_map_cam, T_gt)[1] > 10.0, name
+        assert len(coarse_starts[name]) == len(coarse_starts["off"])
+    extra = coarse_starts["search"][len(coarse_starts["off"]) :]
+    assert 1 <= len(extra) <= 2
+    assert min(_errors(T, T_gt)[1] for T in extra) < 2.0  # a start the alignment can climb to the truth from
 
 
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):

@@ -208,6 +208,12 @@ def test_alignment_config_refuses_bad_values():
         {"turned_below_confidence": 1.5},
         {"turned_below_confidence": float("nan")},
         {"turned_views": -1},
+        {"likelihood_starts": -1},
+        {"contrast_likelihood_starts": -2},
+        {"likelihood_views": -1},
+        {"likelihood_along_m": -1.0},
+        {"likelihood_lateral_m": float("nan")},
+        {"likelihood_turn_deg": -10.0},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -605,7 +611,8 @@ def test_near_m_takes_one_depth_or_several_and_refuses_others():
 def test_turned_starts_take_angles_as_a_list_and_are_off_on_the_contrast_environments():
     """``alignment.turned_starts_deg``: a list from YAML or ROS parameters becomes a tuple (one number a tuple of
     one); an angle not in (0, 180) deg is refused with the parameter's name. Indoors (a contrast environment) a frame
-    takes ``contrast_turned_starts_deg``, empty by default: nothing gained there."""
+    takes ``contrast_turned_starts_deg``, empty by default: nothing gained there; and ``contrast_likelihood_starts``,
+    0 by default (one frame of 320 gained)."""
     assert AlignmentConfig(turned_starts_deg=[10, 20.5]).turned_starts_deg == (10.0, 20.5)
     assert AlignmentConfig(contrast_turned_starts_deg=15).contrast_turned_starts_deg == (15.0,)
     for bad in ([10.0, 0.0], [-5.0], [180.0], [float("nan")]):
@@ -616,6 +623,10 @@ def test_turned_starts_take_angles_as_a_list_and_are_off_on_the_contrast_environ
     assert cfg.for_frame("outdoor", tracking=False)[0].turned_starts_deg == (10.0, 20.0)
     assert cfg.for_frame("indoor", tracking=False)[0].turned_starts_deg == ()
     assert AlignmentConfig(contrast_turned_starts_deg=[15]).for_frame("indoor", False)[0].turned_starts_deg == (15.0,)
+    # the starts the patch likelihood finds: outdoors two, indoors none unless asked
+    assert cfg.for_frame("outdoor", tracking=False)[0].likelihood_starts == 2
+    assert cfg.for_frame("indoor", tracking=False)[0].likelihood_starts == 0
+    assert AlignmentConfig(contrast_likelihood_starts=3).for_frame("indoor", False)[0].likelihood_starts == 3
 
 
 def test_equal_count_bins_are_numpys_quantiles_to_the_bit():

@@ -1,0 +1,125 @@
+"""Starts for a single image's alignment found by the matcher's patch likelihood alone, off the map's viewpoints.
+
+Where a drive turns a corner or runs past its map's last viewpoint, the camera is metres and degrees away from every
+viewpoint and from PnP's pose, which keeps a viewpoint's heading (the matcher's viewpoint prior). The reflectance
+alignment only climbs the basin it starts in, and turning a start in place (``turned_starts_deg``) leaves its
+position. The patch likelihood (:class:`.pose_hypotheses.PatchLikelihood`) needs no prior and costs microseconds a
+pose, so a grid of poses around the starts, moved along and across their axes and turned, is scored on it, and the
+best few distinct ones are climbed on it (small moves and turns while it rises) before they are aligned. On drives
+where that happens, the likelihood's peak lies within a metre or two and a few degrees of the truth on most such
+frames, while the starts the alignment had were 3-7 m and 10-30 deg off (models/README.md, "Session 41").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import PinholeCamera, rotvec_to_matrix
+from .pose_hypotheses import PatchLikelihood
+
+__all__ = ["LikelihoodSearch", "search_by_likelihood"]
+
+
+@dataclass(frozen=True)
+class LikelihoodSearch:
+    """The grid around each base pose and the climb (:func:`search_by_likelihood`)."""
+
+    along_m: float = 10.0  # moves along the optical axis up to this far each way ...
+    along_step_m: float = 2.0  # ... in these steps
+    lateral_m: float = 3.0  # moves across it: -this, 0 and +this (0: none)
+    turn_deg: float = 30.0  # turns about the camera's vertical up to this far each way ...
+    turn_step_deg: float = 10.0  # ... in these steps
+    distinct_m: float = 1.5  # two kept poses differ by more than this distance or more than distinct_deg
+    distinct_deg: float = 5.0
+    climb_steps: tuple[tuple[float, float], ...] = ((1.0, 2.0), (0.5, 1.0), (0.25, 0.5))  # (m, deg) each stage
+    climb_moves: int = 12  # at most this many moves a stage
+
+
+def _turned(T: np.ndarray, deg: np.ndarray) -> np.ndarray:
+    """(N, 4, 4): ``T`` turned about its camera's own vertical (y) by each angle (:func:`.turned_poses`)."""
+    out = np.repeat(T[None], len(deg), axis=0)
+    for k, angle in enumerate(deg):
+        out[k, :3, :3] = T[:3, :3] @ rotvec_to_matrix(np.array([0.0, math.radians(float(angle)), 0.0]))
+    return out
+
+
+def _offsets(count: float, step: float) -> np.ndarray:
+    """0, ±step, ±2 step, ... up to ±count (inclusive; just 0 when either is 0)."""
+    if count <= 0 or step <= 0:
+        return np.zeros(1)
+    n = math.floor(count / step + 1e-9)
+    return np.arange(-n, n + 1, dtype=np.float64) * step
+
+
+def _grid(bases: list[np.ndarray], search: LikelihoodSearch) -> np.ndarray:
+    """(N, 4, 4): each base turned by each angle, then moved along and across its (turned) axis by each offset."""
+    along = _offsets(search.along_m, search.along_step_m)
+    lateral = np.array([0.0]) if search.lateral_m <= 0 else np.array([-search.lateral_m, 0.0, search.lateral_m])
+    a, s = (g.ravel() for g in np.meshgrid(along, lateral, indexing="ij"))
+    out = []
+    for base in bases:
+        for T in _turned(np.asarray(base, dtype=np.float64), _offsets(search.turn_deg, search.turn_step_deg)):
+            moved = np.repeat(T[None], len(a), axis=0)
+            moved[:, :3, 3] += a[:, None] * T[:3, 2] + s[:, None] * T[:3, 0]
+            out.append(moved)
+    return np.concatenate(out) if out else np.zeros((0, 4, 4))
+
+
+def _apart(T: np.ndarray, kept: list[np.ndarray], search: LikelihoodSearch) -> bool:
+    """Whether ``T`` is more than ``distinct_m`` or ``distinct_deg`` from each kept pose."""
+    cos_max = math.cos(math.radians(search.distinct_deg))
+    for P in kept:
+        far = np.linalg.norm(T[:3, 3] - P[:3, 3]) > search.distinct_m
+        if not far and (np.trace(T[:3, :3].T @ P[:3, :3]) - 1.0) / 2.0 >= cos_max:
+            return False
+    return True
+
+
+def _climb(table: PatchLikelihood, cam_net: PinholeCamera, T: np.ndarray, search: LikelihoodSearch) -> np.ndarray:
+    """``T`` moved across and along its axis and turned about its vertical while the likelihood rises, the best
+    of the six moves at a time, in ever smaller steps."""
+    value = float(table.mean_log_ratios(T[None], cam_net)[0])
+    for step_m, step_deg in search.climb_steps:
+        for _ in range(search.climb_moves):
+            moves = np.repeat(T[None], 4, axis=0)
+            for k, (axis, sign) in enumerate(((0, -1.0), (0, 1.0), (2, -1.0), (2, 1.0))):
+                moves[k, :3, 3] += sign * step_m * T[:3, axis]
+            moves = np.concatenate([moves, _turned(T, np.array([-step_deg, step_deg]))])
+            values = table.mean_log_ratios(moves, cam_net)
+            best = int(np.argmax(values))
+            if not values[best] > value:
+                break
+            T, value = moves[best], float(values[best])
+    return T
+
+
+def search_by_likelihood(
+    table: PatchLikelihood,
+    cam_net: PinholeCamera,
+    bases: list[np.ndarray],
+    count: int,
+    search: LikelihoodSearch | None = None,
+) -> list[np.ndarray]:
+    """The ``count`` best poses by patch likelihood on the grid around ``bases`` (4x4 map-from-camera), distinct
+    from each other, each climbed on the likelihood (those that climb to a pose kept already are dropped): starts for
+    the alignment where those it had are far off."""
+    search = search or LikelihoodSearch()
+    grid = _grid(bases, search)
+    if count <= 0 or len(grid) == 0:
+        return []
+    values = table.mean_log_ratios(grid, cam_net)
+    kept: list[np.ndarray] = []
+    for k in np.argsort(-values, kind="stable"):
+        if _apart(grid[k], kept, search):
+            kept.append(grid[k])
+            if len(kept) == count:
+                break
+    climbed: list[np.ndarray] = []
+    for T in kept:  # (two can climb to one pose: an alignment more would only vote for it again)
+        top = _climb(table, cam_net, T, search)
+        if _apart(top, climbed, search):
+            climbed.append(top)
+    return climbed
