@@ -13,6 +13,7 @@ frames, while the starts the alignment had were 3-7 m and 10-30 deg off (models/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,17 +79,17 @@ def _apart(T: np.ndarray, kept: list[np.ndarray], search: LikelihoodSearch) -> b
     return True
 
 
-def _climb(table: PatchLikelihood, cam_net: PinholeCamera, T: np.ndarray, search: LikelihoodSearch) -> np.ndarray:
+def _climb(score: Callable[[np.ndarray], np.ndarray], T: np.ndarray, search: LikelihoodSearch) -> np.ndarray:
     """``T`` moved across and along its axis and turned about its vertical while the likelihood rises, the best
     of the six moves at a time, in ever smaller steps."""
-    value = float(table.mean_log_ratios(T[None], cam_net)[0])
+    value = float(score(T[None])[0])
     for step_m, step_deg in search.climb_steps:
         for _ in range(search.climb_moves):
             moves = np.repeat(T[None], 4, axis=0)
             for k, (axis, sign) in enumerate(((0, -1.0), (0, 1.0), (2, -1.0), (2, 1.0))):
                 moves[k, :3, 3] += sign * step_m * T[:3, axis]
             moves = np.concatenate([moves, _turned(T, np.array([-step_deg, step_deg]))])
-            values = table.mean_log_ratios(moves, cam_net)
+            values = score(moves)
             best = int(np.argmax(values))
             if not values[best] > value:
                 break
@@ -102,15 +103,21 @@ def search_by_likelihood(
     bases: list[np.ndarray],
     count: int,
     search: LikelihoodSearch | None = None,
+    score_grid: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """The ``count`` best poses by patch likelihood on the grid around ``bases`` (4x4 map-from-camera), distinct
     from each other, each climbed on the likelihood (those that climb to a pose kept already are dropped): starts for
-    the alignment where those it had are far off."""
+    the alignment where those it had are far off. ``score_grid``: the likelihood of (N, 4, 4) poses, the same values
+    as ``table.mean_log_ratios`` (the localizer scores the grid's ~900 poses in two threads)."""
     search = search or LikelihoodSearch()
     grid = _grid(bases, search)
     if count <= 0 or len(grid) == 0:
         return []
-    values = table.mean_log_ratios(grid, cam_net)
+
+    def score(T: np.ndarray) -> np.ndarray:
+        return table.mean_log_ratios(T, cam_net)
+
+    values = (score_grid or score)(grid)
     kept: list[np.ndarray] = []
     for k in np.argsort(-values, kind="stable"):
         if _apart(grid[k], kept, search):
@@ -119,7 +126,7 @@ def search_by_likelihood(
                 break
     climbed: list[np.ndarray] = []
     for T in kept:  # (two can climb to one pose: an alignment more would only vote for it again)
-        top = _climb(table, cam_net, T, search)
+        top = _climb(score, T, search)
         if _apart(top, climbed, search):
             climbed.append(top)
     return climbed

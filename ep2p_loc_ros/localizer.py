@@ -905,7 +905,7 @@ class Localizer:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def _side_by_side(self, threads: int, jobs: list[Callable[[], AlignmentResult]]) -> list[AlignmentResult]:
+    def _side_by_side(self, threads: int, jobs: list[Callable[[], T_]]) -> list[T_]:
         """Each of ``jobs``' results, in order, run in up to ``threads`` threads (a pool kept for the localizer's
         life). Why threads: the alignment's searches are compiled and release the GIL, and a single image's
         hypotheses are independent of each other, so two cores align two at once."""
@@ -1039,7 +1039,18 @@ class Localizer:
             grid = LikelihoodSearch(
                 along_m=cfg.likelihood_along_m, lateral_m=cfg.likelihood_lateral_m, turn_deg=cfg.likelihood_turn_deg
             )
-            turns += [(T, None) for T in search_by_likelihood(table, cam_net, around, cfg.likelihood_starts, grid)]
+            chunks = max(cfg.threads, 1)
+
+            def score_grid(T: np.ndarray) -> np.ndarray:  # (compiled, the GIL released: a chunk a thread)
+                parts = np.array_split(T, chunks)
+                return np.concatenate(
+                    self._side_by_side(
+                        chunks, [functools.partial(table.mean_log_ratios, part, cam_net) for part in parts]
+                    )
+                )
+
+            found = search_by_likelihood(table, cam_net, around, cfg.likelihood_starts, grid, score_grid)
+            turns += [(T, None) for T in found]
         return turns
 
     CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
