@@ -147,32 +147,21 @@ class PatchLikelihood:
     def mean_log_ratio(self, T_map_cam: np.ndarray, cam_net: PinholeCamera) -> float:
         """The mean log ratio (nats a point) over the points ``T_map_cam`` projects into the network image
         (``cam_net``); 0 when it sees none of them (no evidence either way)."""
+        if not cam_net.has_distortion:
+            return float(self.mean_log_ratios(np.asarray(T_map_cam, dtype=np.float64)[None], cam_net)[0])
+        # the distortion model lives in PinholeCamera.project
         grid_rows, grid_cols = self.config.grid_size
-        T_cam_map = invert(np.asarray(T_map_cam, dtype=np.float64))
-        if cam_net.has_distortion:  # the distortion model lives in PinholeCamera.project
-            proj = cam_net.project(transform_points(T_cam_map, self.points))
-            rows = np.flatnonzero(proj.in_image)
-            patches = patch_index(torch.from_numpy(proj.uv[rows].astype(np.float32)), self.config).numpy()
-        else:
-            rows, patches = _pinhole_patches(
-                self.points,
-                np.ascontiguousarray(T_cam_map[:3, :3]),
-                np.ascontiguousarray(T_cam_map[:3, 3]),
-                np.asarray(cam_net.K, dtype=np.float64),
-                float(cam_net.width),
-                float(cam_net.height),
-                float(self.config.patch_stride),
-                grid_rows,
-                grid_cols,
-            )
+        proj = cam_net.project(transform_points(invert(np.asarray(T_map_cam, dtype=np.float64)), self.points))
+        rows = np.flatnonzero(proj.in_image)
         if len(rows) == 0:
             return 0.0
-        table = self.prob.numpy()
-        return _mean_window_mass(table, rows, patches, grid_rows, grid_cols) + math.log(grid_rows * grid_cols / 9)
+        patches = patch_index(torch.from_numpy(proj.uv[rows].astype(np.float32)), self.config).numpy()
+        mean = _mean_window_mass(self.prob.numpy(), rows, patches, grid_rows, grid_cols)
+        return mean + math.log(grid_rows * grid_cols / 9)
 
     def mean_log_ratios(self, T_map_cams: np.ndarray, cam_net: PinholeCamera) -> np.ndarray:
-        """:meth:`mean_log_ratio` of each of the (N, 4, 4) poses, the same values, in one compiled pass: a search
-        over the likelihood scores hundreds of poses, and each call from Python cost ~0.15 ms."""
+        """:meth:`mean_log_ratio` of each of the (N, 4, 4) poses in one compiled pass: a search over the likelihood
+        scores hundreds of poses, and each call from Python cost ~0.15 ms."""
         T = np.asarray(T_map_cams, dtype=np.float64).reshape(-1, 4, 4)
         if cam_net.has_distortion or len(T) == 0:
             return np.array([self.mean_log_ratio(pose, cam_net) for pose in T], dtype=np.float64)
