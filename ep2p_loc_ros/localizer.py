@@ -39,6 +39,7 @@ from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
 from .pose_confidence import CONFIDENCE_FILE, ConfidenceModel, signal_vector
 from .pose_hypotheses import PatchLikelihood, match_support, pose_agreement, rank_hypotheses, turned_poses
+from .pose_hypotheses import compile_kernel as compile_likelihood
 from .reflectance_alignment import (
     AlignmentConfig,
     AlignmentImage,
@@ -591,7 +592,8 @@ class Localizer:
         self.viewpoint_spacing = viewpoint_spacing(lidar_map.T_map_viewpoint)
         if self.config.keep_freed_memory and not keep_freed_memory():
             logger.info("keep_freed_memory: not glibc, malloc left as it is")
-        for compile_kernel in (compile_ipr, compile_upright, compile_lm):  # at configure, not on the first frame
+        compiled = (compile_ipr, compile_upright, compile_lm, compile_likelihood)
+        for compile_kernel in compiled:  # at configure, not on the first frame
             compile_kernel()
         # the reflectance alignment runs on maps of the environments it is configured for (all by default)
         align = self.config.alignment

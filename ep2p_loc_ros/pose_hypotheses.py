@@ -183,6 +183,16 @@ class PatchLikelihood:
         return np.where(np.isnan(sums), 0.0, sums + math.log(grid_rows * grid_cols / 9))
 
 
+def compile_kernel() -> None:
+    """Compile the patch likelihood's kernels now (numba; a second or two the first time on a host, far less from its
+    on-disk cache), so that a node's first single image does not pay."""
+    rows, cols, stride = 2, 3, 8.0
+    K = np.array([[8.0, 0.0, 11.5], [0.0, 8.0, 7.5], [0.0, 0.0, 1.0]])
+    R, t = np.eye(3)[None].copy(), np.zeros((1, 3))
+    prob = np.full((1, rows * cols), 1.0 / (rows * cols), np.float32)
+    _mean_window_mass_many(np.array([[0.0, 0.0, 5.0]]), R, t, K, 24.0, 16.0, stride, rows, cols, prob)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pinhole_patches(
     points: np.ndarray,

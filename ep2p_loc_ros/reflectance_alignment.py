@@ -176,7 +176,7 @@ class AlignmentConfig:
     # submaps, moved up to likelihood_along_m along their axis (2 m steps) and likelihood_lateral_m across it, turned
     # up to likelihood_turn_deg (10 deg steps), each climbed on the likelihood: where a drive turns a corner or runs
     # past the map's last viewpoint the camera is metres and degrees from every start, and a turn in place does not
-    # reach it (outdoor single images within 0.5 m / 5 deg on two sets of nine drives +2.3 / +1.3 points;
+    # reach it (outdoor single images within 0.5 m / 5 deg on three sets of nine drives +2.1 / +0.9 / +1.3 points;
     # models/README.md "Session 41"); 0: off
     likelihood_starts: int = 2
     contrast_likelihood_starts: int = 0  # ... on the contrast environments (indoors)
