@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import PinholeCamera, rotvec_to_matrix
-from .pose_hypotheses import PatchLikelihood
+from .geometry import PinholeCamera
+from .pose_hypotheses import PatchLikelihood, turned_by
 
 __all__ = ["LikelihoodSearch", "search_by_likelihood"]
 
@@ -39,14 +39,6 @@ class LikelihoodSearch:
     climb_moves: int = 12  # at most this many moves a stage
 
 
-def _turned(T: np.ndarray, deg: np.ndarray) -> np.ndarray:
-    """(N, 4, 4): ``T`` turned about its camera's own vertical (y) by each angle (:func:`.turned_poses`)."""
-    out = np.repeat(T[None], len(deg), axis=0)
-    for k, angle in enumerate(deg):
-        out[k, :3, :3] = T[:3, :3] @ rotvec_to_matrix(np.array([0.0, math.radians(float(angle)), 0.0]))
-    return out
-
-
 def _offsets(count: float, step: float) -> np.ndarray:
     """0, ±step, ±2 step, ... up to ±count (inclusive; just 0 when either is 0)."""
     if count <= 0 or step <= 0:
@@ -62,7 +54,7 @@ def _grid(bases: list[np.ndarray], search: LikelihoodSearch) -> np.ndarray:
     a, s = (g.ravel() for g in np.meshgrid(along, lateral, indexing="ij"))
     out = []
     for base in bases:
-        for T in _turned(np.asarray(base, dtype=np.float64), _offsets(search.turn_deg, search.turn_step_deg)):
+        for T in turned_by(np.asarray(base, dtype=np.float64), _offsets(search.turn_deg, search.turn_step_deg)):
             moved = np.repeat(T[None], len(a), axis=0)
             moved[:, :3, 3] += a[:, None] * T[:3, 2] + s[:, None] * T[:3, 0]
             out.append(moved)
@@ -88,7 +80,7 @@ def _climb(score: Callable[[np.ndarray], np.ndarray], T: np.ndarray, search: Lik
             moves = np.repeat(T[None], 4, axis=0)
             for k, (axis, sign) in enumerate(((0, -1.0), (0, 1.0), (2, -1.0), (2, 1.0))):
                 moves[k, :3, 3] += sign * step_m * T[:3, axis]
-            moves = np.concatenate([moves, _turned(T, np.array([-step_deg, step_deg]))])
+            moves = np.concatenate([moves, turned_by(T, np.array([-step_deg, step_deg]))])
             values = score(moves)
             best = int(np.argmax(values))
             if not values[best] > value:

@@ -21,7 +21,7 @@ from .geometry import PinholeCamera, invert, rotvec_to_matrix, transform_points
 from .model.config import ModelConfig
 from .model.heads import MatchingHead, patch_index
 
-__all__ = ["PatchLikelihood", "match_support", "pose_agreement", "rank_hypotheses", "turned_poses"]
+__all__ = ["PatchLikelihood", "match_support", "pose_agreement", "rank_hypotheses", "turned_by", "turned_poses"]
 
 
 def match_support(X: np.ndarray, px: np.ndarray, T_map_cam: np.ndarray, camera: PinholeCamera, radius: float) -> int:
@@ -48,18 +48,21 @@ def pose_agreement(poses: list[np.ndarray], radius_m: float, max_deg: float) -> 
     return near.sum(axis=1) - 1
 
 
-def turned_poses(T_map_cam: np.ndarray, angles_deg: tuple[float, ...]) -> list[np.ndarray]:
-    """``T_map_cam`` turned about its camera's own vertical (the optical frame's y axis, through the camera) by
-    minus then plus each angle (degrees): starts for a camera that turned away from every map viewpoint. About the
-    camera's axis, not the map's z: a KITTI-layout map's frame is a camera's, y down."""
+def turned_by(T_map_cam: np.ndarray, angles_deg: np.ndarray | list[float]) -> np.ndarray:
+    """(N, 4, 4): ``T_map_cam`` turned about its camera's own vertical (the optical frame's y axis, through the
+    camera) by each signed angle (degrees). About the camera's axis, not the map's z: a KITTI-layout map's frame is a
+    camera's, y down."""
     T = np.asarray(T_map_cam, dtype=np.float64)
-    out = []
-    for angle in angles_deg:
-        for sign in (-1.0, 1.0):
-            turned = T.copy()
-            turned[:3, :3] = T[:3, :3] @ rotvec_to_matrix(np.array([0.0, sign * math.radians(angle), 0.0]))
-            out.append(turned)
+    out = np.repeat(T[None], len(angles_deg), axis=0)
+    for k, angle in enumerate(angles_deg):
+        out[k, :3, :3] = T[:3, :3] @ rotvec_to_matrix(np.array([0.0, math.radians(float(angle)), 0.0]))
     return out
+
+
+def turned_poses(T_map_cam: np.ndarray, angles_deg: tuple[float, ...]) -> list[np.ndarray]:
+    """``T_map_cam`` turned (:func:`turned_by`) by minus then plus each angle (degrees): starts for a camera that
+    turned away from every map viewpoint."""
+    return list(turned_by(T_map_cam, [sign * angle for angle in angles_deg for sign in (-1.0, 1.0)]))
 
 
 def rank_hypotheses(
