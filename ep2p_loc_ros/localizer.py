@@ -494,7 +494,7 @@ class _HypothesisChoice:
         ]
         if table is None or self.cfg.likelihood_weight <= 0:
             return support, None
-        return support, [table.mean_log_ratio(al.T_map_cam, self.cam_net) for al in poses]
+        return support, table.mean_log_ratios(np.array([al.T_map_cam for al in poses]), self.cam_net).tolist()
 
     def _ranked(
         self,
@@ -968,9 +968,9 @@ class Localizer:
         if table is not None and math.isfinite(cfg.hypothesis_margin) and viewpoints:
             # a viewpoint whose likelihood is far below the best start's is another place: not worth an alignment
             # (but the best hypothesis_keep_views retrieved are aligned whatever theirs)
-            at_start = [table.mean_log_ratio(T, cam_net) for T, _ in viewpoints]
-            floor = max(table.mean_log_ratio(res.T_map_cam, cam_net), *at_start) - cfg.hypothesis_margin
-            kept = enumerate(zip(viewpoints, at_start, strict=True))
+            at = table.mean_log_ratios(np.array([res.T_map_cam] + [T for T, _ in viewpoints]), cam_net)  # PnP's first
+            floor = float(at.max()) - cfg.hypothesis_margin
+            kept = enumerate(zip(viewpoints, at[1:], strict=True))
             viewpoints = [v for k, (v, value) in kept if value >= floor or k < cfg.hypothesis_keep_views]
         starts: list[tuple[np.ndarray, int | None]] = [] if first is not None else [(res.T_map_cam, None)]
         starts += viewpoints
