@@ -12,7 +12,10 @@ per-patch cap), and runs the localizer's PnP (upright search around the viewpoin
   in-patch refinement could do with these patches;
 - ``right patches only, centres`` / ``right patches only, true pixels``: the outliers removed by the oracle.
 
-It also prints how often the classifier is right: top-1 / top-5 patch over all visible points, top-1 within one /
+``--at camera`` takes the points visible from the true camera instead (IPR there), and the classifier's figures
+come apart for the frames turned more than ``--turned-deg`` from every viewpoint: what the matcher makes of views
+the map's viewpoints never faced (indoors, the camera turning into a room). It also prints how often the
+classifier is right: top-1 / top-5 patch over all visible points, top-1 within one /
 two patches of the truth, the right-patch share of the matches and of the 10 % most confident ones. Why: it says
 which part of the matcher limits the fine recall (R@0.5m,5°), the patch classification or the pixel inside the
 patch. And how distinct the features are: their effective dimensions (participation ratio of the PCA variances;
@@ -20,6 +23,7 @@ per frame, the in-image points' and the patches'), and the share of in-image poi
 (cosine > 0.95) more than two patches away, which no patch classifier can tell apart.
 
     python bench/match_oracle.py [--model models] [--kinds outdoor indoor] [--stride 3] [--seed outdoor=902 ...]
+        [--at viewpoint|camera] [--turned-deg 10]
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(DRIVES), choices=list(DRIVES))
     ap.add_argument("--stride", type=int, default=3, help="every n-th frame")
     ap.add_argument("--seed", nargs="+", default=[], metavar="KIND=SEED", help="another world seed for a drive")
+    ap.add_argument("--at", choices=("viewpoint", "camera"), default="viewpoint", help="where IPR sees the points from")
+    ap.add_argument("--turned-deg", type=float, default=10.0, help="with --at camera: a turned frame's least turn")
     args = ap.parse_args()
     seeds = parse_seeds(ap, args.seed)
     torch.set_grad_enabled(False)
@@ -67,14 +73,17 @@ def main() -> None:
         loc = Localizer.from_paths(map_dir, args.model, cfg)
         mcfg, head = loc.model_config, loc.head
         errors: dict[str, list[tuple[float, float]]] = {}
-        stats = []
+        stats: dict[str, list] = {}  # the drive's frames, or (--at camera) apart by whether they are turned
+        axes = np.asarray(loc.map.T_map_viewpoint)[:, :3, 2]  # the viewpoints' optical axes
         for i in range(0, len(seq), args.stride):
             T = seq.T_world_cam(i)
             sub = loc.map.submap(int(nearest_submaps(loc.map, T, 1)[0][0]))
             image, cam_net = prepare_image(seq.image(i), cam, mcfg, f"frame {i}")
             patches = torch.from_numpy(np.ascontiguousarray(loc.session.run(image)[0][0]))
-            # The localizer's own point selection: IPR at the viewpoint, thinned evenly to max_points.
-            pts, _, rows = loc._visible(sub, sub.T_map_viewpoint, cam, {"ipr": 0.0}, features=False)
+            # The localizer's own point selection: IPR at the viewpoint (or camera), thinned evenly to max_points.
+            pts, _, rows = loc._visible(
+                sub, T if args.at == "camera" else sub.T_map_viewpoint, cam, {"ipr": 0.0}, features=False
+            )
             feats = torch.from_numpy(np.asarray(sub.features[rows], np.float32))
             uv = torch.from_numpy(cam_net.project(transform_points(invert(T), pts)).uv.astype(np.float32))
             seen = torch.isfinite(uv).all(1)
@@ -93,7 +102,11 @@ def main() -> None:
             inside = feats[in_image]
             far = patch_offset(truth[in_image, None], truth[None, in_image], cols)
             twin = (inside @ inside.T).masked_fill(far <= 2, -2.0).max(1).values > 0.95 if len(inside) > 1 else None
-            stats.append(
+            group = f"{kind} ({seeds[kind]})"
+            if args.at == "camera":
+                turn = np.degrees(np.arccos(np.clip(axes @ T[:3, 2], -1.0, 1.0))).min()
+                group += f", turned {'>' if turn > args.turned_deg else '<='} {args.turned_deg:g}°"
+            stats.setdefault(group, []).append(
                 (
                     float((top5[:, 0] == truth)[in_image].float().mean()),
                     float((top5 == truth[:, None]).any(1)[in_image].float().mean()),
@@ -127,8 +140,8 @@ def main() -> None:
                 te, re = pose_errors(est.T_world_cam[None], T[None])
                 errors.setdefault(name, []).append((float(te[0]), float(re[0])))
             print(f"{kind} frame {i}: {len(idx)} matches, {int(right.sum())} in the right patch", flush=True)
-        s = np.array(stats)
-        stats_rows.append((f"{kind} ({seeds[kind]})", s))
+        stats_rows += [(group, np.array(rows)) for group, rows in sorted(stats.items())]
+        s = np.concatenate([rows for _, rows in stats_rows[-len(stats) :]])
         for name, errs in errors.items():
             e = np.nan_to_num(np.array(errs), nan=np.inf)
             t, r = e[:, 0], e[:, 1]
@@ -138,14 +151,16 @@ def main() -> None:
                 f"{np.mean((t < 5) & (r < 10)):.0%} | {np.median(t):.2f} | {np.median(r):.2f} |"
             )
     print(
-        "\n| drive | top-1 patch (visible points) | top-5 | top-1 within 1 / 2 patches | right patch (matches) "
-        "| right (10 % most confident) | effective dims: points / patches | points with a twin > 2 patches away |"
+        f"\nThe classifier, IPR at the {args.at}:\n"
+        "\n| drive | frames | top-1 patch (visible points) | top-5 | top-1 within 1 / 2 patches "
+        "| right patch (matches) | right (10 % most confident) | effective dims: points / patches "
+        "| points with a twin > 2 patches away |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind, s in stats_rows:
         m = np.nanmean(s, axis=0)
         print(
-            f"| {kind} | {m[0]:.1%} | {m[1]:.1%} | {m[2]:.1%} / {m[3]:.1%} | {m[4]:.1%} | {m[5]:.1%} "
+            f"| {kind} | {len(s)} | {m[0]:.1%} | {m[1]:.1%} | {m[2]:.1%} / {m[3]:.1%} | {m[4]:.1%} | {m[5]:.1%} "
             f"| {m[6]:.1f} / {m[7]:.1f} | {m[8]:.0%} |"
         )
 
