@@ -794,7 +794,7 @@ class Localizer:
         elif res.ok and align:
             res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
         mode = "global" if T_map_cam_prior is None else "tracking"
-        if res.ok and res.aligned:
+        if res.ok and res.aligned and math.isnan(res.support):  # (a single image's may be rated already)
             res = self._with_confidence(res, m, camera, cam_net, mode)
             timings["total"] = (time.perf_counter() - t0) * 1e3
         if res.ok and cfg.calibrated_covariance and self.calibration is not None:
@@ -995,23 +995,27 @@ class Localizer:
         found = [first] if first is not None else []  # (then PnP's hypothesis: it is finished already)
         found += align_coarse(starts)
         ok = [al for al in found if al.ok]
+        rated: LocalizationResult | None = None  # the chosen pose with its support and confidence, where rated
         if ok:
             choice = _HypothesisChoice(self, cfg, contrast, rgb, image, m, camera, cam_net, table, first, first_support)
             best = choice.best(ok)
             if (cfg.turned_starts_deg or cfg.likelihood_starts) and self.confidence_model is not None:
                 # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): starts off the viewpoints
                 chosen = replace(res, T_map_cam=best.T_map_cam, aligned=True, alignment_score=best.score)
-                if self._with_confidence(chosen, m, camera, cam_net, "global").confidence < cfg.turned_below_confidence:
+                rated = self._with_confidence(chosen, m, camera, cam_net, "global")  # (kept if the choice stands)
+                if rated.confidence < cfg.turned_below_confidence:
                     rescue = self._rescue_starts(res, retrieved, table, cam_net, cfg)
                     more = [al for al in align_coarse(rescue) if al.ok]
-                    if more:
-                        best = choice.best(ok + more)
+                    again = choice.best(ok + more) if more else best
+                    rated, best = (rated, best) if again is best else (None, again)
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         if not ok:
             logger.debug("reflectance alignment skipped: %s", found[0].message)
             return replace(res, timings_ms=timings)
+        if rated is not None:  # the pose the gate rated: its support and confidence, not computed again
+            return replace(rated, timings_ms=timings)
         return replace(res, T_map_cam=ok[0].T_map_cam, timings_ms=timings, aligned=True, alignment_score=ok[0].score)
 
     def _rescue_starts(
