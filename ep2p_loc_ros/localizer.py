@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 import torch
 
@@ -30,6 +31,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .likelihood_search import LikelihoodSearch, search_by_likelihood
+from .manhattan_headings import image_line_yaw, manhattan_turns, wall_yaw
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .memory_reuse import keep_freed_memory
 from .model.config import ModelConfig
@@ -38,7 +40,14 @@ from .model.preprocess import prepare_image
 from .pnp import PnPConfig, PoseEstimate, solve_pnp
 from .pnp import compile_kernel as compile_lm
 from .pose_confidence import CONFIDENCE_FILE, ConfidenceModel, signal_vector
-from .pose_hypotheses import PatchLikelihood, match_support, pose_agreement, rank_hypotheses, turned_poses
+from .pose_hypotheses import (
+    PatchLikelihood,
+    match_support,
+    pose_agreement,
+    rank_hypotheses,
+    turned_by,
+    turned_poses,
+)
 from .pose_hypotheses import compile_kernel as compile_likelihood
 from .reflectance_alignment import (
     AlignmentConfig,
@@ -606,6 +615,7 @@ class Localizer:
         self.alignment_mode = "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last
         self._contrast: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._walls: OrderedDict[int, float] = OrderedDict()  # each submap's wall direction from its viewpoint
         # (submap, contrast, max_points, bins) -> its points prepared for the alignment, most recently used last
         self._prepared_points: OrderedDict[tuple[int, bool, int, int], AlignmentPoints] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None  # a single image's hypotheses aligned side by side
@@ -999,12 +1009,14 @@ class Localizer:
         if ok:
             choice = _HypothesisChoice(self, cfg, contrast, rgb, image, m, camera, cam_net, table, first, first_support)
             best = choice.best(ok)
-            if (cfg.turned_starts_deg or cfg.likelihood_starts) and self.confidence_model is not None:
+            rescues = cfg.turned_starts_deg or cfg.likelihood_starts or cfg.manhattan_starts_m
+            if rescues and self.confidence_model is not None:
                 # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): starts off the viewpoints
                 chosen = replace(res, T_map_cam=best.T_map_cam, aligned=True, alignment_score=best.score)
                 rated = self._with_confidence(chosen, m, camera, cam_net, "global")  # (kept if the choice stands)
                 if rated.confidence < cfg.turned_below_confidence:
                     rescue = self._rescue_starts(res, retrieved, table, cam_net, cfg)
+                    rescue += self._manhattan_starts(rgb, camera, best.T_map_cam, retrieved, cfg)
                     more = [al for al in align_coarse(rescue) if al.ok]
                     again = choice.best(ok + more) if more else best
                     rated, best = (rated, best) if again is best else (None, again)
@@ -1058,6 +1070,54 @@ class Localizer:
             found = search_by_likelihood(table, cam_net, around, cfg.likelihood_starts, grid, score_grid)
             turns += [(T, None) for T in found]
         return turns
+
+    def _manhattan_starts(
+        self,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        chosen: np.ndarray,
+        retrieved: list[tuple[np.ndarray, int]],
+        cfg: AlignmentConfig,
+    ) -> list[tuple[np.ndarray, int | None]]:
+        """Starts for a single image whose ``chosen`` pose is unlikely right, where walls meet at right angles: the
+        best ``manhattan_views`` retrieved viewpoints turned so that the walls each sees run along the image's
+        horizontal lines (:mod:`.manhattan_headings`), each moved ``manhattan_starts_m`` along its turned axis (a
+        camera that turned into a room walks the way it faces), each on its own submap. None where the image's lines
+        or a viewpoint's walls agree on no direction, and no turn within 3 deg of the viewpoint's or the chosen
+        pose's heading (their own starts and searches have been there)."""
+        if not cfg.manhattan_starts_m or not retrieved:
+            return []
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        half = cv2.resize(grey, (round(grey.shape[1] / 2), round(grey.shape[0] / 2)), interpolation=cv2.INTER_AREA)
+        line = image_line_yaw(half, camera.scaled(0.5), min_length_px=12.5)  # half the pixels: ~4x faster
+        if line is None:
+            return []
+        starts: list[tuple[np.ndarray, int | None]] = []
+        for T, sid in retrieved[: cfg.manhattan_views]:
+            wall = self._wall_yaw(sid, T)
+            if math.isnan(wall):
+                continue
+            faced = (0.0, math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3])))
+            turns = [
+                a
+                for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg)
+                if all(abs((a - f + 180.0) % 360.0 - 180.0) >= 3.0 for f in faced)
+            ]
+            for turned in turned_by(T, turns):
+                for move in cfg.manhattan_starts_m:
+                    start = turned.copy()
+                    start[:3, 3] += move * turned[:3, 2]
+                    starts.append((start, sid))
+        return starts
+
+    def _wall_yaw(self, sid: int, T_map_viewpoint: np.ndarray) -> float:
+        """Submap ``sid``'s :func:`wall_yaw` from its viewpoint (NaN: none), computed once (~20 ms indoors) and kept."""
+
+        def make() -> float:
+            found = wall_yaw(self.map.submap(sid).points, T_map_viewpoint)
+            return math.nan if found is None else found
+
+        return _kept(self._walls, sid, self.CONTRAST_CACHE, make)
 
     CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
 

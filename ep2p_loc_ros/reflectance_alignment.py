@@ -186,6 +186,17 @@ class AlignmentConfig:
     likelihood_along_m: float = 10.0
     likelihood_lateral_m: float = 3.0
     likelihood_turn_deg: float = 30.0
+    # ... and, below the same confidence, the viewpoints of the best manhattan_views retrieved submaps turned so that
+    # the walls each sees run along the image's horizontal lines (.manhattan_headings: both give the heading modulo
+    # 90 deg, so each turn within manhattan_max_turn_deg either way), each moved these many metres along its turned
+    # axis, are starts too. Why: indoors a camera that turns into a room off the mapped corridor faces 10-90 deg away
+    # from every viewpoint, the matcher does not recognise what it sees and no start is near it, while the
+    # alignment holds the right pose from within about a metre and a few degrees (models/README.md "Session 43");
+    # (): off (outdoors: streets are not that Manhattan)
+    manhattan_starts_m: tuple[float, ...] = ()
+    contrast_manhattan_starts_m: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # ... on the contrast environments
+    manhattan_views: int = 2
+    manhattan_max_turn_deg: float = 95.0
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
@@ -242,6 +253,11 @@ class AlignmentConfig:
             if not all(np.isfinite(a) and 0 < a < 180 for a in turns):
                 raise ValueError(f"alignment.{name} must be angles in (0, 180) deg, got {list(turns)}")
             object.__setattr__(self, name, turns)
+        for name in ("manhattan_starts_m", "contrast_manhattan_starts_m"):
+            moves = _numbers(getattr(self, name))
+            if not all(np.isfinite(d) and d >= 0 for d in moves):
+                raise ValueError(f"alignment.{name} must be distances >= 0 m, got {list(moves)}")
+            object.__setattr__(self, name, moves)
         for name in ("environments", "contrast_environments", "hypothesis_environments"):
             envs = tuple(str(e) for e in getattr(self, name))  # a list from YAML or ROS parameters
             if not set(envs) <= set(ENVIRONMENTS):
@@ -264,7 +280,8 @@ class AlignmentConfig:
                 raise ValueError(f"alignment.{name} must be an integer >= 1, got {value!r}")
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
         counts += ("turned_views", "likelihood_starts", "contrast_likelihood_starts", "likelihood_views")
-        ranges += ("likelihood_along_m", "likelihood_lateral_m", "likelihood_turn_deg")
+        ranges += ("likelihood_along_m", "likelihood_lateral_m", "likelihood_turn_deg", "manhattan_max_turn_deg")
+        counts += ("manhattan_views",)
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
         weights += ("agreement_weight", "near_weight", "contrast_near_weight", "halves_weight")
         for name in (*ranges, *counts, *weights):
@@ -296,7 +313,7 @@ class AlignmentConfig:
         """The search for one frame on a map of ``environment``, tracked from a prior or not, and whether it
         compares local contrast (:func:`align_to_reflectance`'s ``local_contrast``): tracking's own forward range
         and refine rounds, and the contrast environments' shorter forward ranges and their hypotheses' gate,
-        points' and near points' weights and turned and likelihood starts."""
+        points' and near points' weights and turned, likelihood and Manhattan starts."""
         cfg = self
         if tracking:
             cfg = replace(
@@ -317,6 +334,7 @@ class AlignmentConfig:
                 near_weight=cfg.contrast_near_weight,
                 turned_starts_deg=cfg.contrast_turned_starts_deg,
                 likelihood_starts=cfg.contrast_likelihood_starts,
+                manhattan_starts_m=cfg.contrast_manhattan_starts_m,
             )
         return cfg, contrast
 

@@ -1124,6 +1124,44 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_starts_the_patch_lik
     assert min(_errors(T, T_gt)[1] for T in extra) < 2.0  # a start the alignment can climb to the truth from
 
 
+def test_an_unlikely_single_image_pose_is_chosen_again_from_viewpoints_turned_along_the_image_lines(turned_scene):
+    """``alignment.manhattan_starts_m``: as above, every start faces 20 deg away from the camera and no turned or
+    likelihood starts are asked for. The street's facades meet at right angles: the image's horizontal lines and the
+    walls the retrieved viewpoint sees give its turn toward the camera modulo 90 deg, and the viewpoint so turned (in
+    place: a move of 0 m) is a start that wins the choice made again. Off, or with a likely pose: the wrong heading,
+    and no start added."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+    from ep2p_loc_ros.upright_ransac import yaw_about_camera_y
+
+    seq, lidar_map, T_gt, desc, sid = turned_scene
+    image = seq.image(FRAME)
+    results, coarse_starts = {}, {}
+    for name, moves, confidence in (("manhattan", (0.0,), 0.1), ("off", (), 0.1), ("likely", (0.0,), 0.9)):
+        cfg = AlignmentConfig(
+            forward_range_m=3.0, turned_starts_deg=(), likelihood_starts=0, manhattan_starts_m=moves, manhattan_views=1
+        )
+        loc = _localizer(lidar_map, desc, top_k=1, alignment=cfg)
+        loc.confidence_model = _FixedConfidence(confidence)
+        starts, run = [], loc._align_on
+        loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
+        results[name] = loc.localize(image, seq.calib.camera)
+        loc.close()
+        assert results[name].ok and results[name].aligned, (name, results[name].message)
+        coarse_starts[name] = [T for T, c in starts if c.forward_range_m > 0]
+    dt, dr = _errors(results["manhattan"].T_map_cam, T_gt)
+    assert dt < 0.5 and dr < 1.0, (dt, dr)
+    for name in ("off", "likely"):
+        assert _errors(results[name].T_map_cam, T_gt)[1] > 10.0, name
+        assert len(coarse_starts[name]) == len(coarse_starts["off"])
+    # the viewpoint turned by -20 deg (toward the camera) and by +70 (the walls' other direction), in place
+    extra = coarse_starts["manhattan"][len(coarse_starts["off"]) :]
+    viewpoint = lidar_map.T_map_viewpoint[sid]
+    turns = sorted(math.degrees(yaw_about_camera_y(viewpoint[:3, :3], T[:3, :3])) for T in extra)
+    assert len(extra) == 2 and turns == pytest.approx([-20.0, 70.0], abs=1.0), turns
+    for T in extra:
+        np.testing.assert_allclose(T[:3, 3], viewpoint[:3, 3])
+
+
 def test_a_single_images_hypotheses_aligned_side_by_side_give_the_pose_aligned_one_after_another(split_scene):
     """``alignment.threads``: the hypotheses of a single image are aligned in a pool of threads (the searches are
     compiled and release the GIL). The pose, the score and the retrieved submaps are the same bit for bit as in one
