@@ -1047,7 +1047,9 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
         ("no fit", (20.0,), math.nan),  # (a confidence.json without a fit for the map's environment)
         ("no model", (20.0,), None),
     ):
-        cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=angles, turned_views=1, likelihood_starts=0)
+        cfg = AlignmentConfig(
+            forward_range_m=3.0, turned_starts_deg=angles, turned_views=1, likelihood_starts=0, manhattan_starts_m=()
+        )
         loc = _localizer(lidar_map, desc, top_k=1, alignment=cfg)
         loc.confidence_model = None if confidence is None else _FixedConfidence(confidence)
         starts, run = [], loc._align_on
@@ -1076,7 +1078,9 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
     # the best turn's are not aligned; the turn toward the true camera is, and wins.
     session = CodedSession(_CODES)
     session.descriptor = desc
-    cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=(20.0,), turned_views=1, likelihood_starts=0)
+    cfg = AlignmentConfig(
+        forward_range_m=3.0, turned_starts_deg=(20.0,), turned_views=1, likelihood_starts=0, manhattan_starts_m=()
+    )
     loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=1, alignment=cfg))
     loc.confidence_model = _FixedConfidence(0.1)
     starts, run = [], loc._align_on
@@ -1105,7 +1109,13 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_starts_the_patch_lik
     for name, count, confidence in (("search", 2, 0.1), ("off", 0, 0.1), ("likely", 2, 0.9)):
         session = CodedSession(_CODES)
         session.descriptor = desc
-        cfg = AlignmentConfig(forward_range_m=3.0, turned_starts_deg=(), likelihood_starts=count, likelihood_views=1)
+        cfg = AlignmentConfig(
+            forward_range_m=3.0,
+            turned_starts_deg=(),
+            likelihood_starts=count,
+            likelihood_views=1,
+            manhattan_starts_m=(),
+        )
         loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=1, alignment=cfg))
         loc.confidence_model = _FixedConfidence(confidence)
         starts, run = [], loc._align_on

@@ -631,10 +631,11 @@ def test_turned_starts_take_angles_as_a_list_and_are_off_on_the_contrast_environ
     assert cfg.for_frame("outdoor", tracking=False)[0].likelihood_starts == 2
     assert cfg.for_frame("indoor", tracking=False)[0].likelihood_starts == 0
     assert AlignmentConfig(contrast_likelihood_starts=3).for_frame("indoor", False)[0].likelihood_starts == 3
-    # the Manhattan starts: indoors four moves along each turned viewpoint, outdoors none unless asked
+    # the Manhattan starts: indoors four moves along each turned viewpoint, outdoors the turned viewpoint in place
     assert cfg.for_frame("indoor", tracking=False)[0].manhattan_starts_m == (0.0, 1.0, 2.0, 3.0)
-    assert cfg.for_frame("outdoor", tracking=False)[0].manhattan_starts_m == ()
-    assert AlignmentConfig(manhattan_starts_m=2).for_frame("outdoor", False)[0].manhattan_starts_m == (2.0,)
+    assert cfg.for_frame("outdoor", tracking=False)[0].manhattan_starts_m == (0.0,)
+    assert AlignmentConfig(manhattan_starts_m=[]).for_frame("outdoor", False)[0].manhattan_starts_m == ()
+    assert AlignmentConfig(contrast_manhattan_starts_m=2).for_frame("indoor", False)[0].manhattan_starts_m == (2.0,)
 
 
 def test_equal_count_bins_are_numpys_quantiles_to_the_bit():
