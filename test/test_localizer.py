@@ -1095,6 +1095,29 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
     assert min(_errors(T, T_gt)[1] for T in kept) < 1.0  # (PnP's pose turned back by 20 deg)
 
 
+def _rescued(loc, seq, confidence: float):
+    """``loc``'s result for FRAME when its chosen pose gets ``confidence``, and the poses its coarse hypotheses
+    started from (in order)."""
+    loc.confidence_model = _FixedConfidence(confidence)
+    starts, run = [], loc._align_on
+    loc._align_on = lambda T, *a, run=run, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
+    res = loc.localize(seq.image(FRAME), seq.calib.camera)
+    loc.close()
+    assert res.ok and res.aligned, res.message
+    return res, [T for T, c in starts if c.forward_range_m > 0]
+
+
+def _only_the_rescue_reaches(results, coarse_starts, rescued: str, T_gt: np.ndarray) -> list[np.ndarray]:
+    """Asserts that the ``rescued`` run ends at the true camera and the "off" and "likely" ones keep the wrong heading
+    with no start added; returns the ``rescued`` run's added starts."""
+    dt, dr = _errors(results[rescued].T_map_cam, T_gt)
+    assert dt < 0.5 and dr < 1.0, (dt, dr)
+    for name in ("off", "likely"):
+        assert _errors(results[name].T_map_cam, T_gt)[1] > 10.0, name
+        assert len(coarse_starts[name]) == len(coarse_starts["off"])
+    return coarse_starts[rescued][len(coarse_starts["off"]) :]
+
+
 def test_an_unlikely_single_image_pose_is_chosen_again_with_starts_the_patch_likelihood_finds(turned_scene):
     """``alignment.likelihood_starts``: as above, no hypothesis is right (every start faces 20 deg away from the
     camera), and no turned starts are asked for. With patch features that name the patches the true camera sees the
@@ -1104,7 +1127,6 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_starts_the_patch_lik
     from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
 
     seq, lidar_map, T_gt, desc, _ = turned_scene
-    image = seq.image(FRAME)
     results, coarse_starts = {}, {}
     for name, count, confidence in (("search", 2, 0.1), ("off", 0, 0.1), ("likely", 2, 0.9)):
         session = CodedSession(_CODES)
@@ -1117,19 +1139,8 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_starts_the_patch_lik
             manhattan_starts_m=(),
         )
         loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=1, alignment=cfg))
-        loc.confidence_model = _FixedConfidence(confidence)
-        starts, run = [], loc._align_on
-        loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
-        results[name] = loc.localize(image, seq.calib.camera)
-        loc.close()
-        assert results[name].ok and results[name].aligned, (name, results[name].message)
-        coarse_starts[name] = [T for T, c in starts if c.forward_range_m > 0]
-    dt, dr = _errors(results["search"].T_map_cam, T_gt)
-    assert dt < 0.5 and dr < 1.0, (dt, dr)
-    for name in ("off", "likely"):
-        assert _errors(results[name].T_map_cam, T_gt)[1] > 10.0, name
-        assert len(coarse_starts[name]) == len(coarse_starts["off"])
-    extra = coarse_starts["search"][len(coarse_starts["off"]) :]
+        results[name], coarse_starts[name] = _rescued(loc, seq, confidence)
+    extra = _only_the_rescue_reaches(results, coarse_starts, "search", T_gt)
     assert 1 <= len(extra) <= 2
     assert min(_errors(T, T_gt)[1] for T in extra) < 2.0  # a start the alignment can climb to the truth from
 
@@ -1144,27 +1155,16 @@ def test_an_unlikely_single_image_pose_is_chosen_again_from_viewpoints_turned_al
     from ep2p_loc_ros.upright_ransac import yaw_about_camera_y
 
     seq, lidar_map, T_gt, desc, sid = turned_scene
-    image = seq.image(FRAME)
     results, coarse_starts = {}, {}
     for name, moves, confidence in (("manhattan", (0.0,), 0.1), ("off", (), 0.1), ("likely", (0.0,), 0.9)):
         cfg = AlignmentConfig(
             forward_range_m=3.0, turned_starts_deg=(), likelihood_starts=0, manhattan_starts_m=moves, manhattan_views=1
         )
-        loc = _localizer(lidar_map, desc, top_k=1, alignment=cfg)
-        loc.confidence_model = _FixedConfidence(confidence)
-        starts, run = [], loc._align_on
-        loc._align_on = lambda T, *a, run=run, starts=starts, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
-        results[name] = loc.localize(image, seq.calib.camera)
-        loc.close()
-        assert results[name].ok and results[name].aligned, (name, results[name].message)
-        coarse_starts[name] = [T for T, c in starts if c.forward_range_m > 0]
-    dt, dr = _errors(results["manhattan"].T_map_cam, T_gt)
-    assert dt < 0.5 and dr < 1.0, (dt, dr)
-    for name in ("off", "likely"):
-        assert _errors(results[name].T_map_cam, T_gt)[1] > 10.0, name
-        assert len(coarse_starts[name]) == len(coarse_starts["off"])
+        results[name], coarse_starts[name] = _rescued(
+            _localizer(lidar_map, desc, top_k=1, alignment=cfg), seq, confidence
+        )
+    extra = _only_the_rescue_reaches(results, coarse_starts, "manhattan", T_gt)
     # the viewpoint turned by -20 deg (toward the camera) and by +70 (the walls' other direction), in place
-    extra = coarse_starts["manhattan"][len(coarse_starts["off"]) :]
     viewpoint = lidar_map.T_map_viewpoint[sid]
     turns = sorted(math.degrees(yaw_about_camera_y(viewpoint[:3, :3], T[:3, :3])) for T in extra)
     assert len(extra) == 2 and turns == pytest.approx([-20.0, 70.0], abs=1.0), turns
