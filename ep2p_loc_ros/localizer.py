@@ -950,9 +950,7 @@ class Localizer:
         reflectance score compares poses in one place, not between places, where the matcher tells them apart
         (``AlignmentConfig.retrieved_starts``). When the chosen pose is unlikely right (its confidence), PnP's pose
         and the best retrieved viewpoints turned about the vertical are starts too, and the choice is made again
-        (``AlignmentConfig.turned_starts_deg``: a camera at a corner faces away from every viewpoint), and so are the
-        best retrieved viewpoints turned so that the walls they see run along the image's lines (``manhattan_starts_m``,
-        :meth:`_manhattan_starts`)."""
+        (``AlignmentConfig.turned_starts_deg``: a camera at a corner faces away from every viewpoint)."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = self._support_radius(camera, cam_net)

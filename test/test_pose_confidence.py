@@ -183,32 +183,3 @@ def test_calibrate_confidence_on_the_demo_drive_gives_every_aligned_pose_a_confi
     (model / CONFIDENCE_FILE).write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"confidence\.json: fitted for weights 000000000000"):
         Localizer.from_paths(demo_data.map_dir, model)
-
-
-def test_a_second_pass_fits_on_the_poses_the_starts_for_unlikely_poses_make(demo_data, tmp_path, capsys, monkeypatch):
-    """``calibrate-confidence --second-pass``: the first pass localizes without a confidence, so the starts that run
-    where the chosen pose is unlikely right never run; the second localizes with the first pass's fit, as at run time,
-    and they run on the frames it calls unlikely. Without a first pass it is refused with a clear message."""
-    from ep2p_loc_ros.cli import main
-    from ep2p_loc_ros.demo_data import DEFAULT_MODEL_DIR
-    from ep2p_loc_ros.localizer import Localizer
-
-    model = tmp_path / "model"
-    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns(CONFIDENCE_FILE, "README.md"))
-    drive = ["--drive", str(demo_data.map_dir), str(demo_data.sequence_dir)]
-    # tracking from priors 3 m / 6 deg off gives the wrong poses a fit needs (single images here are mostly right)
-    args = ["calibrate-confidence", *drive, "--model", str(model), "--prior-noise", "3", "6", "--json"]
-    assert main([*args, "--second-pass"]) != 0
-    assert "fit a first pass there" in capsys.readouterr().err
-
-    calls = []
-    rescue = Localizer._manhattan_starts
-    monkeypatch.setattr(Localizer, "_manhattan_starts", lambda self, *a: (calls.append(1), rescue(self, *a))[1])
-    assert main(args) == 0
-    first = json.loads(capsys.readouterr().out)
-    assert calls == [] and first["info"]["second_pass"] is False
-    assert main([*args, "--second-pass"]) == 0
-    second = json.loads(capsys.readouterr().out)
-    assert second["info"]["second_pass"] is True
-    assert 0 < len(calls) < 40  # the frames (of 40) the first pass calls unlikely
-    assert second["environments"] and json.loads((model / CONFIDENCE_FILE).read_text()) == second

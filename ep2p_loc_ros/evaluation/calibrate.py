@@ -20,14 +20,7 @@ import numpy as np
 from ..covariance_calibration import CovarianceCalibration, ModelError, fit_model_error
 from ..errors import DataError
 from ..localizer import Localizer, LocalizerConfig
-from ..pose_confidence import (
-    CONFIDENCE_FILE,
-    ConfidenceModel,
-    LogisticFit,
-    fit_logistic,
-    right_poses,
-    signal_vector,
-)
+from ..pose_confidence import ConfidenceModel, LogisticFit, fit_logistic, right_poses, signal_vector
 from .evaluate import SequenceEvaluation, evaluate_sequence
 from .metrics import pose_errors
 
@@ -138,23 +131,13 @@ def calibrate_confidence(
     stride: int = 1,
     seed: int = 0,
     progress: bool = True,
-    second_pass: bool = False,
 ) -> ConfidenceModel:
     """Localize every drive in each mode and fit, per map environment and mode, the probability that a pose is
     within ``GOOD_LIMITS_M_DEG`` from its signals (aligned results only: the others carry no score). A pair with too
-    few right or wrong poses to fit is skipped and named in ``info``; ``DataError`` when none could be fitted.
-
-    The first pass localizes without a confidence, so without the starts that run where the chosen pose is unlikely
-    right (``AlignmentConfig.turned_starts_deg``, ``likelihood_starts``, ``manhattan_starts_m``), and its fit never
-    sees the poses they make. ``second_pass`` localizes as at run time, with ``model_dir``'s confidence.json (a first
-    pass) choosing where they run."""
+    few right or wrong poses to fit is skipped and named in ``info``; ``DataError`` when none could be fitted."""
     from ..model.network import WEIGHTS_FILE, sha256_file, verify_model_file
 
-    cfg = config or LocalizerConfig()
-    if not second_pass:
-        cfg = replace(cfg, confidence=False)
-    elif not cfg.confidence or not (Path(model_dir) / CONFIDENCE_FILE).exists():
-        raise DataError(f"a second pass localizes with {Path(model_dir) / CONFIDENCE_FILE}: fit a first pass there")
+    cfg = replace(config or LocalizerConfig(), confidence=False)
     rows: dict[tuple[str, str], list[tuple[np.ndarray, bool]]] = {}
     for environment, mode, ev in _localized_drives(drives, model_dir, cfg, modes, prior_noise, stride, seed, progress):
         right = right_poses(*pose_errors(ev.T_est, ev.T_gt))
@@ -174,7 +157,6 @@ def calibrate_confidence(
     if not fits:
         raise DataError("no confidence could be fitted: " + "; ".join(skipped.values() or ["no aligned poses"]))
     info = {**_run_info(drives, prior_noise, stride, seed), **({"skipped": skipped} if skipped else {})}
-    info["second_pass"] = second_pass
     return ConfidenceModel(sha256_file(verify_model_file(model_dir, WEIGHTS_FILE)), fits, info)
 
 

@@ -202,7 +202,6 @@ def _cmd_calibrate_confidence(args: argparse.Namespace) -> int:
         prior_noise=tuple(args.prior_noise),
         stride=args.stride,
         progress=not args.json,
-        second_pass=args.second_pass,
     )
     model.save(out)
     if args.json:
@@ -375,13 +374,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_calibration_args(p, "confidence.json")
     p.add_argument("--stride", type=int, default=1, help="every n-th frame")
-    p.add_argument(
-        "--second-pass",
-        dest="second_pass",
-        action="store_true",
-        help="localize as at run time, with MODEL/confidence.json (a first pass) choosing where the starts for "
-        "unlikely poses run (alignment.turned_starts_deg, likelihood_starts, manhattan_starts_m): without it they "
-        "never run, and the fit never sees the poses they make",
-    )
     p.add_argument("--json", action="store_true", help="print the fitted model as JSON")
     p.set_defaults(func=_cmd_calibrate_confidence)
