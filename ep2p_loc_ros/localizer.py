@@ -1083,8 +1083,9 @@ class Localizer:
         best ``manhattan_views`` retrieved viewpoints turned so that the walls each sees run along the image's
         horizontal lines (:mod:`.manhattan_headings`), each moved ``manhattan_starts_m`` along its turned axis (a
         camera that turned into a room walks the way it faces), each on its own submap. None where the image's lines
-        or a viewpoint's walls agree on no direction, and no turn within 3 deg of the viewpoint's or the chosen
-        pose's heading (their own starts and searches have been there)."""
+        or a viewpoint's walls agree on no direction or where the chosen pose already faces along the walls the
+        viewpoint sees (within 3 deg modulo 90: eight indoor drives gave the same poses without those starts), and no
+        turn within 3 deg of the viewpoint's heading (its own start and search have been there)."""
         if not cfg.manhattan_starts_m or not retrieved:
             return []
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -1097,12 +1098,10 @@ class Localizer:
             wall = self._wall_yaw(sid, T)
             if math.isnan(wall):
                 continue
-            faced = (0.0, math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3])))
-            turns = [
-                a
-                for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg)
-                if all(abs((a - f + 180.0) % 360.0 - 180.0) >= 3.0 for f in faced)
-            ]
+            faced = math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3]))
+            if abs((faced - (wall - line) + 45.0) % 90.0 - 45.0) < 3.0:
+                continue  # the chosen pose faces along the walls already: only a multiple of 90 deg is left to turn
+            turns = [a for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg) if abs(a) >= 3.0]
             for turned in turned_by(T, turns):
                 for move in cfg.manhattan_starts_m:
                     start = turned.copy()
