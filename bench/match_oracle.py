@@ -140,8 +140,9 @@ def main() -> None:
                 te, re = pose_errors(est.T_world_cam[None], T[None])
                 errors.setdefault(name, []).append((float(te[0]), float(re[0])))
             print(f"{kind} frame {i}: {len(idx)} matches, {int(right.sum())} in the right patch", flush=True)
-        stats_rows += [(group, np.array(rows)) for group, rows in sorted(stats.items())]
-        s = np.concatenate([rows for _, rows in stats_rows[-len(stats) :]])
+        groups = [(group, np.array(rows)) for group, rows in sorted(stats.items())]
+        stats_rows += groups
+        s = np.concatenate([rows for _, rows in groups])  # the drive's frames, all groups
         for name, errs in errors.items():
             e = np.nan_to_num(np.array(errs), nan=np.inf)
             t, r = e[:, 0], e[:, 1]

@@ -31,7 +31,7 @@ from .geometry import PinholeCamera, invert, transform_points
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .likelihood_search import LikelihoodSearch, search_by_likelihood
-from .manhattan_headings import image_line_yaw, manhattan_turns, wall_yaw
+from .manhattan_headings import image_line_yaw, manhattan_turns, mod90_gap, wall_yaw
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .memory_reuse import keep_freed_memory
 from .model.config import ModelConfig
@@ -1099,7 +1099,7 @@ class Localizer:
             if math.isnan(wall):
                 continue
             faced = math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3]))
-            if abs((faced - (wall - line) + 45.0) % 90.0 - 45.0) < 3.0:
+            if mod90_gap(faced, wall - line) < 3.0:
                 continue  # the chosen pose faces along the walls already: only a multiple of 90 deg is left to turn
             turns = [a for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg) if abs(a) >= 3.0]
             for turned in turned_by(T, turns):

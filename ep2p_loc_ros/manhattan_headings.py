@@ -19,9 +19,14 @@ import numpy as np
 
 from .geometry import PinholeCamera
 
-__all__ = ["image_line_yaw", "manhattan_turns", "wall_yaw"]
+__all__ = ["image_line_yaw", "manhattan_turns", "mod90_gap", "wall_yaw"]
 
 _BINS = 180  # 0.5° bins over the 90° period
+
+
+def mod90_gap(a_deg: np.ndarray | float, b_deg: np.ndarray | float) -> np.ndarray | float:
+    """How far apart two directions are modulo 90° (deg in [0, 45]): a Manhattan world cannot tell them further."""
+    return np.abs((np.asarray(a_deg) - b_deg + 45.0) % 90.0 - 45.0)
 
 
 def _dominant_mod90(angles_deg: np.ndarray, weights: np.ndarray, sigma_deg: float = 1.0) -> tuple[float, float]:
@@ -33,7 +38,7 @@ def _dominant_mod90(angles_deg: np.ndarray, weights: np.ndarray, sigma_deg: floa
     kernel = np.exp(-0.5 * (offsets * 0.5 / sigma_deg) ** 2)
     smooth = sum(k * np.roll(hist, int(o)) for o, k in zip(offsets, kernel, strict=True))
     peak = (int(np.argmax(smooth)) + 0.5) * (90.0 / _BINS)
-    near = np.abs((a - peak + 45.0) % 90.0 - 45.0) <= 2.0
+    near = mod90_gap(a, peak) <= 2.0
     total = float(weights.sum())
     return peak, float(weights[near].sum()) / total if total > 0 else 0.0
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, rotvec_to_matrix, transform_points
-from ep2p_loc_ros.manhattan_headings import image_line_yaw, manhattan_turns, wall_yaw
+from ep2p_loc_ros.manhattan_headings import image_line_yaw, manhattan_turns, mod90_gap, wall_yaw
 from ep2p_loc_ros.pose_hypotheses import turned_by
 
 CAMERA = PinholeCamera.from_params(1241, 376, 718.856, 718.856, 607.19, 185.22)
@@ -55,17 +55,13 @@ def _draw(segments: np.ndarray, T_world_cam: np.ndarray) -> np.ndarray:
     return img
 
 
-def _mod90_error(a: float, b: float) -> float:
-    return abs((a - b + 45.0) % 90.0 - 45.0)
-
-
 @pytest.mark.parametrize("room_yaw, camera_yaw", [(0.0, 0.0), (0.0, 37.0), (12.0, -61.0), (30.0, 85.0)])
 def test_image_lines_give_the_rooms_direction_from_the_optical_axis_modulo_90(room_yaw, camera_yaw):
     T = make_T(rotvec_to_matrix([0.0, math.radians(camera_yaw), 0.0]), [0.3, 0.0, -0.5])
     found = image_line_yaw(_draw(_room(room_yaw), T), CAMERA)
     assert found is not None and 0.0 <= found < 90.0
     # the room's lines run along room_yaw and room_yaw + 90; the camera is turned by camera_yaw
-    assert _mod90_error(found, room_yaw - camera_yaw) < 0.75, (found, room_yaw - camera_yaw)
+    assert mod90_gap(found, room_yaw - camera_yaw) < 0.75, (found, room_yaw - camera_yaw)
 
 
 def test_image_lines_that_agree_on_nothing_give_no_direction():
@@ -101,7 +97,7 @@ def test_the_walls_give_their_direction_from_a_viewpoints_axis_modulo_90(walls_y
     pts = _walls(walls_yaw, np.random.default_rng(0))
     T_viewpoint = make_T(rotvec_to_matrix([0.0, math.radians(viewpoint_yaw), 0.0]), [0.5, 0.0, 0.2])
     found = wall_yaw(pts, T_viewpoint)
-    assert found is not None and _mod90_error(found, walls_yaw - viewpoint_yaw) < 0.75, found
+    assert found is not None and mod90_gap(found, walls_yaw - viewpoint_yaw) < 0.75, found
     # only the floor and the pillar: no wall to tell a direction
     assert wall_yaw(pts[6000:], T_viewpoint) is None
     assert wall_yaw(pts[:5], T_viewpoint) is None
