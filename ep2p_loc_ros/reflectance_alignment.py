@@ -199,6 +199,15 @@ class AlignmentConfig:
     contrast_manhattan_starts_m: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # ... on the contrast environments
     manhattan_views: int = 2
     manhattan_max_turn_deg: float = 95.0
+    # When those starts run, the choice made again over all the hypotheses weighs the matches' support and the
+    # hypotheses' agreement by these instead of support_weight and agreement_weight. Why: the rescue runs because
+    # the matches' favourite pose is unlikely right, and a camera turned off every viewpoint sees points the matcher
+    # never classified (IPR ran at the viewpoints), so the right pose has almost no support (indoors ~130x less than
+    # the chosen one on the hypotheses the choice missed) however well the patch likelihood and the alignment rate it;
+    # and the rescue's starts come in families (one viewpoint moved 0-3 m, turned both ways) that end together
+    # wherever they end, so agreeing says little there (models/README.md "Session 44")
+    rescue_support_weight: float = 0.1
+    rescue_agreement_weight: float = 0.0
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 aligns ~1 start more a frame: outdoor single images 77.7 -> 79.3 % over 27 drives, at 1.05-1.15x the
@@ -286,6 +295,7 @@ class AlignmentConfig:
         counts += ("manhattan_views",)
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
         weights += ("agreement_weight", "near_weight", "contrast_near_weight", "halves_weight")
+        weights += ("rescue_support_weight", "rescue_agreement_weight")
         for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")

@@ -996,6 +996,18 @@ class _FixedConfidence:
         return self.value
 
 
+class _FirstThen(_FixedConfidence):
+    """The first pose rated (the one the rescue's gate rates) gets ``value``, every later one ``then``."""
+
+    def __init__(self, value: float, then: float) -> None:
+        super().__init__(value)
+        self.then, self.calls = then, 0
+
+    def confidence(self, mode, environment, signals) -> float:
+        self.calls += 1
+        return self.value if self.calls == 1 else self.then
+
+
 @pytest.fixture(scope="module")
 def turned_scene(scene):
     """The camera at a corner: every submap viewpoint and 60 % of the oracle's matches face 20 deg away from the
@@ -1095,10 +1107,10 @@ def test_an_unlikely_single_image_pose_is_chosen_again_with_pnps_pose_and_the_be
     assert min(_errors(T, T_gt)[1] for T in kept) < 1.0  # (PnP's pose turned back by 20 deg)
 
 
-def _rescued(loc, seq, confidence: float):
-    """``loc``'s result for FRAME when its chosen pose gets ``confidence``, and the poses its coarse hypotheses
-    started from (in order)."""
-    loc.confidence_model = _FixedConfidence(confidence)
+def _rescued(loc, seq, confidence: float | _FixedConfidence):
+    """``loc``'s result for FRAME when its chosen pose gets ``confidence`` (or a stand-in fit's), and the poses its
+    coarse hypotheses started from (in order)."""
+    loc.confidence_model = confidence if isinstance(confidence, _FixedConfidence) else _FixedConfidence(confidence)
     starts, run = [], loc._align_on
     loc._align_on = lambda T, *a, run=run, **k: (starts.append((T, a[2])), run(T, *a, **k))[1]
     res = loc.localize(seq.image(FRAME), seq.calib.camera)
@@ -1238,3 +1250,36 @@ def test_the_patch_likelihood_chooses_the_place_the_matchers_distributions_descr
     # ... hypothesis_keep_views: the best retrieved ones are aligned whatever their likelihood (all five: every one)
     assert aligned[0.3, 1.0, 0] <= aligned[0.3, 1.0, 1] <= aligned[0.3, 1.0, 0] + 1, aligned
     assert aligned[0.3, 1.0, 5] == aligned[0.3, math.inf, 1], aligned
+
+
+def test_the_choice_made_again_for_an_unlikely_pose_weighs_the_matches_support_by_the_rescues_weight(scene):
+    """``alignment.rescue_support_weight``: every match describes a camera 8 m behind the true one, so with no patch
+    likelihood weighed that place has all the support and wins the first choice, though the reflectance fits the true
+    camera better (the test above). When the chosen pose is unlikely right the rescue's starts run and the choice is
+    made again over all the hypotheses: weighing the support by 0 there, the true camera's pose wins; by the first
+    choice's weight, or with a likely pose (no rescue), the pose behind stays. The pose the rescue chose is rated no
+    higher than the one the gate doubted, however the fit rates it."""
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, ids = _split_map(scene, 0.0)
+    errors, confidence_of = {}, {}
+    rescued = _FirstThen(0.1, 0.9)  # (the fit would rate the rescue's choice likely)
+    for name, weight, confidence in (("rescued", 0.0, rescued), ("first's weight", 0.3, 0.1), ("likely", 0.0, 0.9)):
+        cfg = AlignmentConfig(
+            forward_range_m=3.0,
+            likelihood_weight=0.0,
+            turned_starts_deg=(20.0,),
+            turned_views=1,
+            likelihood_starts=0,
+            manhattan_starts_m=(),
+            rescue_support_weight=weight,
+        )
+        session = CodedSession(_CODES)
+        session.descriptor = desc
+        loc = Localizer(lidar_map, session, OracleHead(MC), MC, _cfg(top_k=2, alignment=cfg))
+        res, _ = _rescued(loc, seq, confidence)
+        assert set(res.retrieved) == ids
+        errors[name], confidence_of[name] = _errors(res.T_map_cam, T_gt), res.confidence
+    assert errors["rescued"][0] < 0.5 and errors["rescued"][1] < 1.0, errors
+    assert errors["first's weight"][0] > 4.0 and errors["likely"][0] > 4.0, errors
+    assert rescued.calls == 2 and confidence_of == {"rescued": 0.1, "first's weight": 0.1, "likely": 0.9}

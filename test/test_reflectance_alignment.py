@@ -218,6 +218,8 @@ def test_alignment_config_refuses_bad_values():
         {"manhattan_max_turn_deg": float("nan")},
         {"manhattan_starts_m": [0.0, -1.0]},
         {"contrast_manhattan_starts_m": [float("inf")]},
+        {"rescue_support_weight": -0.1},
+        {"rescue_agreement_weight": float("nan")},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
