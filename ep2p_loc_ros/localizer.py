@@ -956,7 +956,9 @@ class Localizer:
         reflectance score compares poses in one place, not between places, where the matcher tells them apart
         (``AlignmentConfig.retrieved_starts``). When the chosen pose is unlikely right (its confidence), PnP's pose
         and the best retrieved viewpoints turned about the vertical are starts too, and the choice is made again
-        (``AlignmentConfig.turned_starts_deg``: a camera at a corner faces away from every viewpoint)."""
+        (``AlignmentConfig.turned_starts_deg``: a camera at a corner faces away from every viewpoint), with the
+        matches' support and the hypotheses' agreement weighed as ``rescue_support_weight`` and
+        ``rescue_agreement_weight`` say; a pose that choice changes to is rated no higher than the doubted one."""
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = self._support_radius(camera, cam_net)
