@@ -1131,8 +1131,9 @@ class Localizer:
             found = wall_yaw(self.map.submap(sid).points, T_map_viewpoint)
             return math.nan if found is None else found
 
-        return _kept(self._walls, sid, self.CONTRAST_CACHE, make)
+        return _kept(self._walls, sid, self.WALLS_CACHE, make)
 
+    WALLS_CACHE = 256  # submaps whose wall direction is kept (a float each: a large map's walls are found once)
     CONTRAST_CACHE = 8  # submaps whose reflectance contrast is kept (a tracked camera stays near one or two)
 
     def _reflectance_contrast(self, sid: int, sub: Any) -> np.ndarray:
