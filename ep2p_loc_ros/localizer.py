@@ -300,6 +300,11 @@ def _failure(status: LocalizationStatus, message: str, **kw: Any) -> Localizatio
     return LocalizationResult(status, message, np.full((4, 4), np.nan), np.full((6, 6), np.nan), **kw)
 
 
+def _at_alignment(res: LocalizationResult, al: AlignmentResult, **changes: Any) -> LocalizationResult:
+    """``res`` at the pose the alignment ``al`` ended at, with its score (and ``changes``)."""
+    return replace(res, T_map_cam=al.T_map_cam, aligned=True, alignment_score=al.score, **changes)
+
+
 def result_from_pnp(
     est: PoseEstimate,
     points: np.ndarray,
@@ -864,7 +869,7 @@ class Localizer:
         if not al.ok:
             logger.debug("reflectance alignment skipped: %s", al.message)
             return replace(res, timings_ms=timings)
-        return replace(res, T_map_cam=al.T_map_cam, timings_ms=timings, aligned=True, alignment_score=al.score)
+        return _at_alignment(res, al, timings_ms=timings)
 
     def _aligned(
         self,
@@ -972,9 +977,7 @@ class Localizer:
             if first.ok and first_support >= cfg.hypotheses_below_support * len(m.X):
                 timings["alignment"] = (time.perf_counter() - ta) * 1e3
                 timings["total"] = (time.perf_counter() - t0) * 1e3
-                return replace(
-                    res, T_map_cam=first.T_map_cam, timings_ms=timings, aligned=True, alignment_score=first.score
-                )
+                return _at_alignment(res, first, timings_ms=timings)
         table = None  # the patch likelihood, to prune the starts and to weigh in the choice
         if (cfg.likelihood_weight > 0 or math.isfinite(cfg.hypothesis_margin)) and m.classified is not None:
             table = PatchLikelihood.from_features(self.head, *m.classified, patch, cfg.likelihood_points)
@@ -1020,8 +1023,7 @@ class Localizer:
             rescues = cfg.turned_starts_deg or cfg.likelihood_starts or cfg.manhattan_starts_m
             if rescues and self.confidence_model is not None:
                 # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): starts off the viewpoints
-                chosen = replace(res, T_map_cam=best.T_map_cam, aligned=True, alignment_score=best.score)
-                rated = self._with_confidence(chosen, m, camera, cam_net, "global")  # (kept if the choice stands)
+                rated = self._with_confidence(_at_alignment(res, best), m, camera, cam_net, "global")
                 if rated.confidence < cfg.turned_below_confidence:
                     rescue = self._rescue_starts(res, retrieved, table, cam_net, cfg)
                     rescue += self._manhattan_starts(rgb, camera, best.T_map_cam, retrieved, cfg)
@@ -1032,8 +1034,8 @@ class Localizer:
                         # choices only, and the rescue's choice leans on the alignment's score, which the fit trusts
                         # (uncapped, eight indoor drives' poses at >= 0.5 were right 92 -> 73 %: models/README.md
                         # "Session 44")
-                        chosen = replace(res, T_map_cam=again.T_map_cam, aligned=True, alignment_score=again.score)
-                        doubted, rated = rated.confidence, self._with_confidence(chosen, m, camera, cam_net, "global")
+                        doubted = rated.confidence
+                        rated = self._with_confidence(_at_alignment(res, again), m, camera, cam_net, "global")
                         rated, best = replace(rated, confidence=min(rated.confidence, doubted)), again
             ok = [best]
         timings["alignment"] = (time.perf_counter() - ta) * 1e3
@@ -1041,9 +1043,9 @@ class Localizer:
         if not ok:
             logger.debug("reflectance alignment skipped: %s", found[0].message)
             return replace(res, timings_ms=timings)
-        if rated is not None:  # the pose the gate rated: its support and confidence, not computed again
-            return replace(rated, timings_ms=timings)
-        return replace(res, T_map_cam=ok[0].T_map_cam, timings_ms=timings, aligned=True, alignment_score=ok[0].score)
+        if rated is not None:  # the rescue's gate ran: the pose it rated (or the rescue's choice, capped) with its
+            return replace(rated, timings_ms=timings)  # support and confidence, not computed again
+        return _at_alignment(res, ok[0], timings_ms=timings)
 
     def _rescue_starts(
         self,
@@ -1110,7 +1112,7 @@ class Localizer:
             return []
         starts: list[tuple[np.ndarray, int | None]] = []
         for T, sid in retrieved[: cfg.manhattan_views]:
-            wall = self._wall_yaw(sid, T)
+            wall = self._wall_yaw(sid)
             if math.isnan(wall):
                 continue
             faced = math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3]))
@@ -1124,11 +1126,12 @@ class Localizer:
                     starts.append((start, sid))
         return starts
 
-    def _wall_yaw(self, sid: int, T_map_viewpoint: np.ndarray) -> float:
+    def _wall_yaw(self, sid: int) -> float:
         """Submap ``sid``'s :func:`wall_yaw` from its viewpoint (NaN: none), computed once (~20 ms indoors) and kept."""
 
         def make() -> float:
-            found = wall_yaw(self.map.submap(sid).points, T_map_viewpoint)
+            sub = self.map.submap(sid, features=False)  # (its points only: the features are most of its bytes)
+            found = wall_yaw(sub.points, sub.T_map_viewpoint)
             return math.nan if found is None else found
 
         return _kept(self._walls, sid, self.WALLS_CACHE, make)
