@@ -1283,3 +1283,35 @@ def test_the_choice_made_again_for_an_unlikely_pose_weighs_the_matches_support_b
     assert errors["rescued"][0] < 0.5 and errors["rescued"][1] < 1.0, errors
     assert errors["first's weight"][0] > 4.0 and errors["likely"][0] > 4.0, errors
     assert rescued.calls == 2 and confidence_of == {"rescued": 0.1, "first's weight": 0.1, "likely": 0.9}
+
+
+def test_the_choice_made_again_weighs_the_hypotheses_agreement_by_the_rescues_weight():
+    """``alignment.rescue_agreement_weight``: two starts that ended together outrank a lone pose that scores better
+    in the first choice (``agreement_weight``), not in the choice made again after the rescue (0 by default: the
+    rescue's starts come in families that end together wherever they end); set to the first choice's weight, the
+    rescue ranks them as the first choice does."""
+    from types import SimpleNamespace
+
+    from ep2p_loc_ros.localizer import _HypothesisChoice
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, AlignmentResult
+
+    lone, pair = np.eye(4), np.eye(4)
+    pair[:3, 3] = (0.0, 0.0, 6.0)  # 6 m along the axis: another place
+    poses = [
+        AlignmentResult(True, lone, score=0.50, start_score=0.4, points=5000, evaluations=1),
+        AlignmentResult(True, pair, score=0.45, start_score=0.4, points=5000, evaluations=1),
+        AlignmentResult(True, pair.copy(), score=0.45, start_score=0.4, points=5000, evaluations=1),
+    ]
+    cfg = AlignmentConfig()
+    agree = pose_agreement([p.T_map_cam for p in poses], cfg.agreement_radius_m, cfg.agreement_deg)
+    assert agree.tolist() == [0, 1, 1]
+    votes = ([40, 40, 40], None)  # the same support: the agreement decides
+
+    def first(config: AlignmentConfig, rescue: bool) -> int:
+        stand_in = SimpleNamespace(cfg=config)
+        return int(_HypothesisChoice._ranked(stand_in, poses, votes, agree, None, rescue)[0])
+
+    assert cfg.agreement_weight > 0.05 and cfg.rescue_agreement_weight == 0.0
+    assert first(cfg, rescue=False) == 1
+    assert first(cfg, rescue=True) == 0
+    assert first(replace(cfg, rescue_agreement_weight=cfg.agreement_weight), rescue=True) == 1
