@@ -211,8 +211,8 @@ class AlignmentConfig:
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 (0.75 until session 45): outdoor single images within 0.5 m / 5 deg 85.9 -> 87.2 % over 27 drives (+26 -4
-    # frames; inf: +35 -14), indoors the same poses. The likelihood at a viewpoint is lowest exactly where the
-    # matcher mistakes the place, e.g. past the map's last viewpoint (models/README.md "Session 45")
+    # frames; inf: +35 -14), indoors the same poses. Where the matcher mistakes the place (past the map's last
+    # viewpoint) the right viewpoint's likelihood can be far below a look-alike's (models/README.md "Session 45")
     hypothesis_margin: float = 1.5
     # ... but the viewpoints of the best this many retrieved submaps are starts whatever their likelihood: the
     # likelihood at a viewpoint is a noisy gate, and the best retrieved one is often the place (1: outdoor single
