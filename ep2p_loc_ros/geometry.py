@@ -54,6 +54,18 @@ def invert(T: np.ndarray) -> np.ndarray:
     return make_T(R.T, -R.T @ t)
 
 
+def moved_in_view(T_map_cam: np.ndarray, along_m: np.ndarray, across_m: np.ndarray | None = None) -> np.ndarray:
+    """(N, 4, 4): ``T_map_cam`` moved by each ``along_m`` along its own optical axis (camera z) and ``across_m``
+    sideways (camera x), not turned. Why one function: the alignment's line search, the likelihood's grid and the
+    Manhattan starts all search where the camera looks (the misses lie along the optical axis)."""
+    T = np.asarray(T_map_cam, dtype=np.float64)
+    along = np.atleast_1d(np.asarray(along_m, dtype=np.float64))
+    across = np.broadcast_to(np.asarray(0.0 if across_m is None else across_m, dtype=np.float64), along.shape)
+    out = np.repeat(T[None], len(along), axis=0)
+    out[:, :3, 3] += along[:, None] * T[:3, 2] + across[:, None] * T[:3, 0]
+    return out
+
+
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply ``T`` (4x4) to ``points`` (N, 3)."""
     points = np.asarray(points)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import PinholeCamera
+from .geometry import PinholeCamera, moved_in_view
 from .pose_hypotheses import PatchLikelihood, turned_by
 
 __all__ = ["LikelihoodSearch", "search_by_likelihood"]
@@ -55,9 +55,7 @@ def _grid(bases: list[np.ndarray], search: LikelihoodSearch) -> np.ndarray:
     out = []
     for base in bases:
         for T in turned_by(np.asarray(base, dtype=np.float64), _offsets(search.turn_deg, search.turn_step_deg)):
-            moved = np.repeat(T[None], len(a), axis=0)
-            moved[:, :3, 3] += a[:, None] * T[:3, 2] + s[:, None] * T[:3, 0]
-            out.append(moved)
+            out.append(moved_in_view(T, a, s))
     return np.concatenate(out) if out else np.zeros((0, 4, 4))
 
 

@@ -27,7 +27,7 @@ import torch
 
 from .covariance_calibration import CALIBRATION_FILE, CovarianceCalibration
 from .errors import DataError
-from .geometry import PinholeCamera, invert, transform_points
+from .geometry import PinholeCamera, invert, moved_in_view, transform_points
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .likelihood_search import LikelihoodSearch, search_by_likelihood
@@ -1120,10 +1120,7 @@ class Localizer:
                 continue  # the chosen pose faces along the walls already: only a multiple of 90 deg is left to turn
             turns = [a for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg) if abs(a) >= 3.0]
             for turned in turned_by(T, turns):
-                for move in cfg.manhattan_starts_m:
-                    start = turned.copy()
-                    start[:3, 3] += move * turned[:3, 2]
-                    starts.append((start, sid))
+                starts += [(start, sid) for start in moved_in_view(turned, cfg.manhattan_starts_m)]
         return starts
 
     def _wall_yaw(self, sid: int) -> float:

@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .geometry import PinholeCamera, make_T, rotvec_to_matrix
+from .geometry import PinholeCamera, make_T, moved_in_view, rotvec_to_matrix
 from .ipr import IPRConfig, visible_mask
 from .map.store import ENVIRONMENTS
 from .model.preprocess import resize_camera
@@ -1105,8 +1105,7 @@ class _Search:
         cfg, scorer = self.cfg, self.scorer
         n_fwd = int(np.floor(range_m / step_m + 1e-9))
         offsets = np.arange(-n_fwd, n_fwd + 1) * step_m
-        cands = np.repeat(start[None], len(offsets), axis=0)  # start moved along its own z axis, at once
-        cands[:, :3, 3] += offsets[:, None] * start[:3, 2]
+        cands = moved_in_view(start, offsets)  # start moved along its own z axis, at once
         R_t = np.ascontiguousarray(cands[:, :3, :3].transpose(0, 2, 1))  # each candidate's inverse, in ``local``
         views = np.repeat(np.eye(4)[None], len(offsets), axis=0)
         views[:, :3, :3] = R_t

@@ -11,6 +11,7 @@ from ep2p_loc_ros.geometry import (
     make_T,
     matrix_to_quaternion,
     matrix_to_rotvec,
+    moved_in_view,
     pose_add,
     pose_difference,
     quaternion_to_matrix,
@@ -31,6 +32,17 @@ def test_geometry_invert_and_compose_roundtrip():
         np.testing.assert_allclose(T @ invert(T), np.eye(4), atol=1e-12)
         pts = rng.normal(size=(10, 3))
         np.testing.assert_allclose(transform_points(invert(T), transform_points(T, pts)), pts, atol=1e-12)
+
+
+def test_moved_in_view_moves_along_the_cameras_own_axes_without_turning_it():
+    T = _random_T(np.random.default_rng(3))
+    moved = moved_in_view(T, [2.0, -1.5, 0.0], [0.5, 0.0, -3.0])
+    assert moved.shape == (3, 4, 4)
+    for P, want in zip(moved, ([0.5, 0.0, 2.0], [0.0, 0.0, -1.5], [-3.0, 0.0, 0.0]), strict=True):
+        np.testing.assert_allclose(P[:3, :3], T[:3, :3])  # not turned
+        # the moved camera's centre, seen from the original camera: sideways (x) and along the optical axis (z)
+        np.testing.assert_allclose(transform_points(invert(T), P[None, :3, 3])[0], want, atol=1e-12)
+    np.testing.assert_allclose(moved_in_view(T, 1.0)[0][:3, 3], T[:3, 3] + T[:3, 2])  # a scalar, no sideways move
 
 
 def test_geometry_rotvec_matrix_roundtrip_including_near_pi_and_zero():
