@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "CameraError",
@@ -23,6 +24,7 @@ __all__ = [
     "make_T",
     "matrix_to_quaternion",
     "matrix_to_rotvec",
+    "moved_in_view",
     "pose_add",
     "pose_difference",
     "quaternion_to_matrix",
@@ -54,7 +56,7 @@ def invert(T: np.ndarray) -> np.ndarray:
     return make_T(R.T, -R.T @ t)
 
 
-def moved_in_view(T_map_cam: np.ndarray, along_m: np.ndarray, across_m: np.ndarray | None = None) -> np.ndarray:
+def moved_in_view(T_map_cam: np.ndarray, along_m: ArrayLike, across_m: ArrayLike | None = None) -> np.ndarray:
     """(N, 4, 4): ``T_map_cam`` moved by each ``along_m`` along its own optical axis (camera z) and ``across_m``
     sideways (camera x), not turned. Why one function: the alignment's line search, the likelihood's grid and the
     Manhattan starts all search where the camera looks (the misses lie along the optical axis)."""
