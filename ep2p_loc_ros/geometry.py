@@ -19,6 +19,7 @@ __all__ = [
     "CameraError",
     "PinholeCamera",
     "Projection",
+    "best_distinct",
     "invert",
     "lever_jacobian",
     "make_T",
@@ -31,6 +32,7 @@ __all__ = [
     "rotation_angle_deg",
     "rotvec_to_matrix",
     "se3_exp",
+    "symmetric_offsets",
     "transform_points",
 ]
 
@@ -66,6 +68,37 @@ def moved_in_view(T_map_cam: np.ndarray, along_m: ArrayLike, across_m: ArrayLike
     out = np.repeat(T[None], len(along), axis=0)
     out[:, :3, 3] += along[:, None] * T[:3, 2] + across[:, None] * T[:3, 0]
     return out
+
+
+def symmetric_offsets(reach: float, step: float) -> np.ndarray:
+    """0, ±step, ±2 step, ... up to ±reach (inclusive; just 0 when either is 0): one axis of a search grid."""
+    if reach <= 0 or step <= 0:
+        return np.zeros(1)
+    n = int(np.floor(reach / step + 1e-9))
+    return np.arange(-n, n + 1, dtype=np.float64) * step
+
+
+def best_distinct(
+    poses: np.ndarray, values: ArrayLike, count: int, distinct_m: float, distinct_deg: float
+) -> list[int]:
+    """Indices of the ``count`` best of ``poses`` (N, 4, 4) by ``values`` (higher first; NaN never), each
+    more than ``distinct_m`` or more than ``distinct_deg`` from every one kept before it. Why: a grid's best scores
+    crowd around one peak; starts for a search should be at different peaks."""
+    values = np.asarray(values, dtype=np.float64)
+    cos_max = np.cos(np.radians(distinct_deg))
+    kept: list[int] = []
+    for k in np.argsort(-values, kind="stable"):
+        if len(kept) >= count or np.isnan(values[k]):
+            break
+        T = poses[k]
+        near = [
+            np.linalg.norm(T[:3, 3] - poses[j][:3, 3]) <= distinct_m
+            and (np.trace(T[:3, :3].T @ poses[j][:3, :3]) - 1.0) / 2.0 >= cos_max
+            for j in kept
+        ]
+        if not any(near):
+            kept.append(int(k))
+    return kept
 
 
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -12,13 +12,12 @@ frames, while the starts the alignment had were 3-7 m and 10-30 deg off (models/
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import PinholeCamera, moved_in_view
+from .geometry import PinholeCamera, best_distinct, moved_in_view, symmetric_offsets
 from .pose_hypotheses import PatchLikelihood, turned_by
 
 __all__ = ["LikelihoodSearch", "search_by_likelihood"]
@@ -39,34 +38,17 @@ class LikelihoodSearch:
     climb_moves: int = 12  # at most this many moves a stage
 
 
-def _offsets(count: float, step: float) -> np.ndarray:
-    """0, ±step, ±2 step, ... up to ±count (inclusive; just 0 when either is 0)."""
-    if count <= 0 or step <= 0:
-        return np.zeros(1)
-    n = math.floor(count / step + 1e-9)
-    return np.arange(-n, n + 1, dtype=np.float64) * step
-
-
 def _grid(bases: list[np.ndarray], search: LikelihoodSearch) -> np.ndarray:
     """(N, 4, 4): each base turned by each angle, then moved along and across its (turned) axis by each offset."""
-    along = _offsets(search.along_m, search.along_step_m)
+    along = symmetric_offsets(search.along_m, search.along_step_m)
     lateral = np.array([0.0]) if search.lateral_m <= 0 else np.array([-search.lateral_m, 0.0, search.lateral_m])
     a, s = (g.ravel() for g in np.meshgrid(along, lateral, indexing="ij"))
+    turns = symmetric_offsets(search.turn_deg, search.turn_step_deg)
     out = []
     for base in bases:
-        for T in turned_by(np.asarray(base, dtype=np.float64), _offsets(search.turn_deg, search.turn_step_deg)):
+        for T in turned_by(np.asarray(base, dtype=np.float64), turns):
             out.append(moved_in_view(T, a, s))
     return np.concatenate(out) if out else np.zeros((0, 4, 4))
-
-
-def _apart(T: np.ndarray, kept: list[np.ndarray], search: LikelihoodSearch) -> bool:
-    """Whether ``T`` is more than ``distinct_m`` or ``distinct_deg`` from each kept pose."""
-    cos_max = math.cos(math.radians(search.distinct_deg))
-    for P in kept:
-        far = np.linalg.norm(T[:3, 3] - P[:3, 3]) > search.distinct_m
-        if not far and (np.trace(T[:3, :3].T @ P[:3, :3]) - 1.0) / 2.0 >= cos_max:
-            return False
-    return True
 
 
 def _climb(score: Callable[[np.ndarray], np.ndarray], T: np.ndarray, search: LikelihoodSearch) -> np.ndarray:
@@ -108,15 +90,8 @@ def search_by_likelihood(
         return table.mean_log_ratios(T, cam_net)
 
     values = (score_grid or score)(grid)
-    kept: list[np.ndarray] = []
-    for k in np.argsort(-values, kind="stable"):
-        if _apart(grid[k], kept, search):
-            kept.append(grid[k])
-            if len(kept) == count:
-                break
-    climbed: list[np.ndarray] = []
-    for T in kept:  # (two can climb to one pose: an alignment more would only vote for it again)
-        top = _climb(score, T, search)
-        if _apart(top, climbed, search):
-            climbed.append(top)
-    return climbed
+    kept = best_distinct(grid, values, count, search.distinct_m, search.distinct_deg)
+    # (two can climb to one pose: an alignment more would only vote for it again)
+    climbed = np.array([_climb(score, grid[k], search) for k in kept])
+    first = -np.arange(len(climbed), dtype=np.float64)  # (in the order climbed)
+    return [climbed[k] for k in best_distinct(climbed, first, len(climbed), search.distinct_m, search.distinct_deg)]

@@ -27,7 +27,7 @@ import torch
 
 from .covariance_calibration import CALIBRATION_FILE, CovarianceCalibration
 from .errors import DataError
-from .geometry import PinholeCamera, invert, moved_in_view, transform_points
+from .geometry import PinholeCamera, best_distinct, invert, moved_in_view, symmetric_offsets, transform_points
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .likelihood_search import LikelihoodSearch, search_by_likelihood
@@ -61,6 +61,7 @@ from .reflectance_alignment import (
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
+    scores_at,
 )
 from .upright_ransac import compile_kernel as compile_upright
 from .upright_ransac import occupied_cells, rot_y, yaw_about_camera_y
@@ -1020,13 +1021,13 @@ class Localizer:
         if ok:
             choice = _HypothesisChoice(self, cfg, contrast, rgb, image, m, camera, cam_net, table, first, first_support)
             best = choice.best(ok)
-            rescues = cfg.turned_starts_deg or cfg.likelihood_starts or cfg.manhattan_starts_m
+            rescues = cfg.turned_starts_deg or cfg.likelihood_starts or cfg.manhattan_starts_m or cfg.manhattan_grid_m
             if rescues and self.confidence_model is not None:
                 # the chosen pose unlikely right (NaN: no fit to tell, so left as it is): starts off the viewpoints
                 rated = self._with_confidence(_at_alignment(res, best), m, camera, cam_net, "global")
                 if rated.confidence < cfg.turned_below_confidence:
                     rescue = self._rescue_starts(res, retrieved, table, cam_net, cfg)
-                    rescue += self._manhattan_starts(rgb, camera, best.T_map_cam, retrieved, cfg)
+                    rescue += self._manhattan_starts(rgb, camera, best.T_map_cam, retrieved, cfg, image, contrast)
                     more = [al for al in align_coarse(rescue) if al.ok]
                     again = choice.best(ok + more, rescue=True) if more else best
                     if again is not best:
@@ -1095,15 +1096,19 @@ class Localizer:
         chosen: np.ndarray,
         retrieved: list[tuple[np.ndarray, int]],
         cfg: AlignmentConfig,
+        image: AlignmentImage,
+        contrast: bool,
     ) -> list[tuple[np.ndarray, int | None]]:
         """Starts for a single image whose ``chosen`` pose is unlikely right, where walls meet at right angles: the
         best ``manhattan_views`` retrieved viewpoints turned so that the walls each sees run along the image's
         horizontal lines (:mod:`.manhattan_headings`), each moved ``manhattan_starts_m`` along its turned axis (a
-        camera that turned into a room walks the way it faces), each on its own submap. None where the image's lines
-        or a viewpoint's walls agree on no direction or where the chosen pose already faces along the walls the
-        viewpoint sees (within 3 deg modulo 90: eight indoor drives gave the same poses without those starts), and no
-        turn within 3 deg of the viewpoint's heading (its own start and search have been there)."""
-        if not cfg.manhattan_starts_m or not retrieved:
+        camera that turned into a room walks the way it faces), each on its own submap; then the best
+        ``manhattan_grid_starts`` distinct poses of a grid around those viewpoints at all four such headings
+        (:meth:`_manhattan_grid`). None where the image's lines or a viewpoint's walls agree on no direction; no
+        moved start where the chosen pose already faces along the walls the viewpoint sees (within 3 deg modulo 90:
+        eight indoor drives gave the same poses without those starts), and no turn within 3 deg of the viewpoint's
+        heading (its own start and search have been there)."""
+        if not (cfg.manhattan_starts_m or cfg.manhattan_grid_m > 0) or not retrieved:
             return []
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         half = cv2.resize(grey, (round(grey.shape[1] / 2), round(grey.shape[0] / 2)), interpolation=cv2.INTER_AREA)
@@ -1111,17 +1116,50 @@ class Localizer:
         if line is None:
             return []
         starts: list[tuple[np.ndarray, int | None]] = []
+        grid: list[tuple[np.ndarray, np.ndarray, int]] = []  # (poses, their scores, their submap) per viewpoint
         for T, sid in retrieved[: cfg.manhattan_views]:
             wall = self._wall_yaw(sid)
             if math.isnan(wall):
                 continue
+            if cfg.manhattan_grid_m > 0:
+                grid.append(self._manhattan_grid(T, sid, line, wall, image, contrast, cfg))
             faced = math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3]))
             if mod90_gap(faced, wall - line) < 3.0:
                 continue  # the chosen pose faces along the walls already: only a multiple of 90 deg is left to turn
             turns = [a for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg) if abs(a) >= 3.0]
             for turned in turned_by(T, turns):
                 starts += [(start, sid) for start in moved_in_view(turned, cfg.manhattan_starts_m)]
+        if grid:
+            poses = np.concatenate([g[0] for g in grid])
+            sids = np.concatenate([np.full(len(g[0]), g[2]) for g in grid])
+            picked = best_distinct(poses, np.concatenate([g[1] for g in grid]), cfg.manhattan_grid_starts, 0.75, 10.0)
+            starts += [(poses[k], int(sids[k])) for k in picked]
         return starts
+
+    def _manhattan_grid(
+        self,
+        T: np.ndarray,
+        sid: int,
+        line: float,
+        wall: float,
+        image: AlignmentImage,
+        contrast: bool,
+        cfg: AlignmentConfig,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Viewpoint ``T`` (of submap ``sid``) turned to each of the four headings that put the walls it sees (at
+        ``wall`` deg) along the image's lines (at ``line`` deg), each moved on a square grid along and across its
+        turned axis (``manhattan_grid_m`` either way in ``manhattan_grid_step_m`` steps), and each pose's score on
+        the submap less its chance level (:func:`scores_at`; -inf where it sees too few points), with ``sid``. Why:
+        indoors a camera that turned into a room stands 1-2.5 m off the line through the viewpoints, where no start
+        reaches, and the alignment ends right from within about 0.6 m and a few degrees (models/README.md
+        "Session 47"); the chance level keeps a pose facing a wall up close, which fits its few points by chance,
+        from outscoring it."""
+        offsets = symmetric_offsets(cfg.manhattan_grid_m, cfg.manhattan_grid_step_m)
+        along, across = (g.ravel() for g in np.meshgrid(offsets, offsets, indexing="ij"))
+        headings = turned_by(T, manhattan_turns(line, wall, 180.0)[:4])  # (the fifth, when there is one, is -180)
+        poses = np.concatenate([moved_in_view(turned, along, across) for turned in headings])
+        prepared = self._alignment_points(T, sid, contrast, cfg)
+        return poses, scores_at(image, prepared, poses, cfg, self.config.ipr)[0], sid
 
     def _wall_yaw(self, sid: int) -> float:
         """Submap ``sid``'s :func:`wall_yaw` from its viewpoint (NaN: none), computed once (~20 ms indoors) and kept."""

@@ -45,12 +45,14 @@ __all__ = [
     "AlignmentResult",
     "align_to_reflectance",
     "best_alignment",
+    "chance_mi",
     "compile_kernels",
     "mutual_information",
     "part_scores",
     "prepare_alignment_image",
     "prepare_alignment_points",
     "reflectance_contrast",
+    "scores_at",
 ]
 
 
@@ -199,6 +201,16 @@ class AlignmentConfig:
     contrast_manhattan_starts_m: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # ... on the contrast environments
     manhattan_views: int = 2
     manhattan_max_turn_deg: float = 95.0
+    # ... and the best manhattan_grid_starts distinct poses of a square grid around each of those viewpoints (this far
+    # either way along and across its axis, in manhattan_grid_step_m steps) at all four headings that put its walls
+    # along the image's lines, scored by the MI less its chance level (scores_at) on the points each sees. Why:
+    # indoors a camera that turned into a room stands 1-2.5 m off the line through the viewpoints, where none of
+    # those starts reaches, and the alignment ends right from within about 0.6 m and a few degrees. Sixteen indoor
+    # drives' single images within 0.5 m / 5 deg: see models/README.md "Session 47"; 0: off
+    manhattan_grid_m: float = 0.0
+    contrast_manhattan_grid_m: float = 2.5  # ... on the contrast environments (indoors)
+    manhattan_grid_step_m: float = 0.5
+    manhattan_grid_starts: int = 6
     # When those starts run, the choice made again over all the hypotheses weighs the matches' support and the
     # hypotheses' agreement by these instead of support_weight and agreement_weight. Why: the rescue runs because
     # the matches' favourite pose is unlikely right, and a camera turned off every viewpoint sees points the matcher
@@ -208,6 +220,9 @@ class AlignmentConfig:
     # wherever they end, so agreeing says little there (models/README.md "Session 44")
     rescue_support_weight: float = 0.1
     rescue_agreement_weight: float = 0.0
+    # ... and on the contrast environments (indoors), where the grid's starts (manhattan_grid_m) are independent of
+    # each other and those that end together vote for a place (models/README.md "Session 47")
+    contrast_rescue_agreement_weight: float = 0.05
     hypothesis_views: int = 5  # the viewpoints of this many retrieved submaps are starts (0: the localizer's top_k) ...
     # ... each aligned only if its patch likelihood is within this many nats a point of the best start's (inf: all).
     # 1.5 (0.75 until session 45): outdoor single images within 0.5 m / 5 deg 85.9 -> 87.2 % over 27 drives (+26 -4
@@ -279,7 +294,7 @@ class AlignmentConfig:
             raise ValueError(f"alignment.contrast_neighbours must be >= 2, got {self.contrast_neighbours}")
         positive = ("forward_step_m", "step_m", "step_deg", "min_step_m", "min_step_deg", "image_scale")
         positive += ("contrast_blur_px", "support_radius_px")
-        positive += ("agreement_radius_m", "agreement_deg")
+        positive += ("agreement_radius_m", "agreement_deg", "manhattan_grid_step_m")
         for name in (*positive, "refine_step_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"alignment.{name} must be > 0, got {getattr(self, name)}")
@@ -293,10 +308,11 @@ class AlignmentConfig:
         counts = ("refine_rounds", "tracking_refine_rounds", "hypothesis_views", "hypothesis_keep_views")
         counts += ("turned_views", "likelihood_starts", "contrast_likelihood_starts", "likelihood_views")
         ranges += ("likelihood_along_m", "likelihood_lateral_m", "likelihood_turn_deg", "manhattan_max_turn_deg")
-        counts += ("manhattan_views",)
+        ranges += ("manhattan_grid_m", "contrast_manhattan_grid_m")
+        counts += ("manhattan_views", "manhattan_grid_starts")
         weights = ("support_weight", "likelihood_weight", "points_weight", "contrast_points_weight")
         weights += ("agreement_weight", "near_weight", "contrast_near_weight", "halves_weight")
-        weights += ("rescue_support_weight", "rescue_agreement_weight")
+        weights += ("rescue_support_weight", "rescue_agreement_weight", "contrast_rescue_agreement_weight")
         for name in (*ranges, *counts, *weights):
             if not getattr(self, name) >= 0:  # NaN refused too
                 raise ValueError(f"alignment.{name} must be >= 0, got {getattr(self, name)}")
@@ -348,6 +364,8 @@ class AlignmentConfig:
                 turned_starts_deg=cfg.contrast_turned_starts_deg,
                 likelihood_starts=cfg.contrast_likelihood_starts,
                 manhattan_starts_m=cfg.contrast_manhattan_starts_m,
+                manhattan_grid_m=cfg.contrast_manhattan_grid_m,
+                rescue_agreement_weight=cfg.contrast_rescue_agreement_weight,
             )
         return cfg, contrast
 
@@ -957,6 +975,37 @@ def part_scores(
     return scores
 
 
+def chance_mi(bins: int, points: np.ndarray | int) -> np.ndarray | float:
+    """The MI (nats) that ``points`` samples of two independent variables show by chance in a ``bins`` x ``bins``
+    histogram (Miller-Madow: (bins - 1)^2 / 2n). Why: a pose that sees few points (a wall up close) fits them by
+    chance as well as the right pose fits many; 16 bins and 300 points give 0.375 nats, 20,000 points 0.006."""
+    return (bins - 1) ** 2 / (2.0 * np.maximum(points, 1))
+
+
+def scores_at(
+    image: AlignmentImage, prepared: AlignmentPoints, poses: np.ndarray, config: AlignmentConfig, ipr: IPRConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The alignment's score (MI) at each of ``poses`` (B, 4, 4) over the points it sees (IPR, one batch) less its
+    chance level (:func:`chance_mi`; -inf where it sees fewer than ``min_points``), and how many points each sees:
+    to compare poses that see very different parts of a submap, as a grid of starts does. ``image`` and
+    ``prepared`` as :func:`align_to_reflectance` takes them."""
+    _check_points_settings(prepared, config)
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+    scores, counts = np.full(len(poses), -np.inf), np.zeros(len(poses), np.int64)
+    if len(poses) == 0 or len(prepared.points) < config.min_points:
+        return scores, counts
+    origin = poses[:, :3, 3].mean(axis=0)
+    scorer = _Scorer(image, origin, config)
+    rows = scorer.rows(prepared.reflectance_bins)
+    search = _Search.around(scorer, prepared.points, rows, image.camera, ipr, origin, config)
+    seen = visible_mask(search.local, search.views(poses), image.camera, ipr)
+    for k, T in enumerate(poses):
+        score, counts[k] = scorer.score(T, search.local_t, rows, seen[k])
+        if np.isfinite(score):
+            scores[k] = score - chance_mi(config.bins, counts[k])
+    return scores, counts
+
+
 def best_alignment(results: Sequence[AlignmentResult]) -> AlignmentResult:
     """The result with the best score among those that ran (the first when none beats it, or none ran): how
     :func:`align_to_reflectance` chooses between its starts, and callers that align the starts apart."""
@@ -1092,6 +1141,14 @@ class _Search:
         local = (pts - origin).astype(np.float32)
         return cls(scorer, local, np.ascontiguousarray(local.T), rows, cam, ipr, origin, cfg)
 
+    def views(self, poses: np.ndarray) -> np.ndarray:
+        """(B, 4, 4): each of ``poses`` (B, 4, 4 map from camera) as camera from ``local``, what IPR takes."""
+        R_t = np.ascontiguousarray(poses[:, :3, :3].transpose(0, 2, 1))
+        views = np.repeat(np.eye(4)[None], len(poses), axis=0)
+        views[:, :3, :3] = R_t
+        views[:, :3, 3] = -np.einsum("kij,kj->ki", R_t, poses[:, :3, 3] + self.shift[:3, 3])
+        return views
+
     def forward(self, start: np.ndarray, range_m: float, step_m: float) -> _Found | str:
         """The best of ``start`` moved along its optical axis by multiples of ``step_m`` up to ``range_m`` either
         way, each scored on the points it sees: (pose, score, points, its view's points and rows, ``start``'s
@@ -1106,10 +1163,7 @@ class _Search:
         n_fwd = int(np.floor(range_m / step_m + 1e-9))
         offsets = np.arange(-n_fwd, n_fwd + 1) * step_m
         cands = moved_in_view(start, offsets)  # start moved along its own z axis, at once
-        R_t = np.ascontiguousarray(cands[:, :3, :3].transpose(0, 2, 1))  # each candidate's inverse, in ``local``
-        views = np.repeat(np.eye(4)[None], len(offsets), axis=0)
-        views[:, :3, :3] = R_t
-        views[:, :3, 3] = -np.einsum("kij,kj->ki", R_t, cands[:, :3, 3] + self.shift[:3, 3])
+        views = self.views(cands)
         local, points = self._line_points(views[0])
         seen = visible_mask(local, views, self.cam, self.ipr)
         counts = seen.sum(1)

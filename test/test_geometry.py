@@ -6,6 +6,7 @@ import pytest
 from ep2p_loc_ros.geometry import (
     CameraError,
     PinholeCamera,
+    best_distinct,
     invert,
     lever_jacobian,
     make_T,
@@ -17,6 +18,7 @@ from ep2p_loc_ros.geometry import (
     quaternion_to_matrix,
     rotation_angle_deg,
     rotvec_to_matrix,
+    symmetric_offsets,
     transform_points,
 )
 
@@ -43,6 +45,29 @@ def test_moved_in_view_moves_along_the_cameras_own_axes_without_turning_it():
         # the moved camera's centre, seen from the original camera: sideways (x) and along the optical axis (z)
         np.testing.assert_allclose(transform_points(invert(T), P[None, :3, 3])[0], want, atol=1e-12)
     np.testing.assert_allclose(moved_in_view(T, 1.0)[0][:3, 3], T[:3, 3] + T[:3, 2])  # a scalar, no sideways move
+
+
+def test_symmetric_offsets_reach_either_way_in_whole_steps():
+    np.testing.assert_allclose(symmetric_offsets(2.5, 0.5), np.arange(-5, 6) * 0.5)
+    np.testing.assert_allclose(symmetric_offsets(1.0, 0.3), [-0.9, -0.6, -0.3, 0.0, 0.3, 0.6, 0.9])
+    np.testing.assert_allclose(symmetric_offsets(0.9, 0.3), [-0.9, -0.6, -0.3, 0.0, 0.3, 0.6, 0.9])  # (float-safe)
+    for reach, step in ((0.0, 0.5), (2.0, 0.0)):
+        np.testing.assert_array_equal(symmetric_offsets(reach, step), [0.0])
+
+
+def test_best_distinct_keeps_the_best_poses_apart_in_place_or_in_heading():
+    """Four poses crowd one peak, one is 1 m away, one turned 20 deg in place; NaN never counts."""
+    from ep2p_loc_ros.pose_hypotheses import turned_by
+
+    T = _random_T(np.random.default_rng(4))
+    near = moved_in_view(T, [0.0, 0.2, 0.0, -0.3, 1.0], [0.0, 0.0, 0.3, 0.0, 0.0])
+    poses = np.concatenate([near, turned_by(T, [20.0]), T[None]])
+    values = [5.0, 4.0, 3.5, 3.0, 2.0, 1.0, np.nan]
+    assert best_distinct(poses, values, 10, 0.5, 10.0) == [0, 4, 5]
+    assert best_distinct(poses, values, 2, 0.5, 10.0) == [0, 4]
+    assert best_distinct(poses, values, 10, 0.5, 30.0) == [0, 4]  # the turn is within 30 deg: alike
+    assert best_distinct(poses, values, 10, 0.1, 10.0) == [0, 1, 2, 3, 4, 5]
+    assert best_distinct(poses, values, 0, 0.5, 10.0) == []
 
 
 def test_geometry_rotvec_matrix_roundtrip_including_near_pi_and_zero():

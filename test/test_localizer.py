@@ -8,6 +8,7 @@ true camera pose. Statuses for bad input are checked on the same set-up.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -1315,3 +1316,41 @@ def test_the_choice_made_again_weighs_the_hypotheses_agreement_by_the_rescues_we
     assert first(cfg, rescue=False) == 1
     assert first(cfg, rescue=True) == 0
     assert first(replace(cfg, rescue_agreement_weight=cfg.agreement_weight), rescue=True) == 1
+
+
+def test_an_unlikely_single_image_pose_is_chosen_again_from_a_grid_of_poses_along_the_walls(turned_scene):
+    """``alignment.manhattan_grid_m``: as above, but every viewpoint also stands 2 m to the side of where the camera
+    stands (across its turned axis), so the viewpoint turned along the image's lines in place faces the right way
+    from the wrong place. A square grid around the viewpoint at the four headings that put its walls along the
+    image's lines, scored by the MI less its chance level, gives starts near the true camera: one of them wins the
+    choice made again. Without the grid the turned viewpoint alone ends off; with a likely pose no start is added."""
+    from ep2p_loc_ros.geometry import moved_in_view
+    from ep2p_loc_ros.reflectance_alignment import AlignmentConfig
+
+    seq, lidar_map, T_gt, desc, _ = turned_scene
+    shifted = copy.copy(lidar_map)
+    shifted.T_map_viewpoint = np.array([moved_in_view(T, 0.0, 2.0)[0] for T in lidar_map.T_map_viewpoint])
+    results, coarse_starts = {}, {}
+    for name, reach, confidence in (("grid", 2.5, 0.1), ("off", 0.0, 0.1), ("likely", 2.5, 0.9)):
+        cfg = AlignmentConfig(
+            forward_range_m=3.0,
+            turned_starts_deg=(),
+            likelihood_starts=0,
+            manhattan_starts_m=(0.0,),
+            manhattan_views=1,
+            manhattan_grid_m=reach,
+            manhattan_grid_starts=3,
+        )
+        results[name], coarse_starts[name] = _rescued(
+            _localizer(shifted, desc, top_k=1, alignment=cfg), seq, confidence
+        )
+    dt, dr = _errors(results["grid"].T_map_cam, T_gt)
+    assert dt < 0.5 and dr < 1.0, (dt, dr)
+    assert _errors(results["off"].T_map_cam, T_gt)[0] > 2.0
+    assert _errors(results["likely"].T_map_cam, T_gt)[1] > 10.0
+    # the grid's three best distinct poses are starts after the turned viewpoint's; one within 0.5 m and 3 deg
+    extra = coarse_starts["grid"][len(coarse_starts["off"]) :]
+    assert len(extra) == 3
+    np.testing.assert_array_equal(coarse_starts["grid"][: len(coarse_starts["off"])], coarse_starts["off"])
+    assert min(_errors(T, T_gt)[0] + _errors(T, T_gt)[1] / 6.0 for T in extra) < 1.0
+    assert len(coarse_starts["likely"]) < len(coarse_starts["off"])  # no rescue: neither starts

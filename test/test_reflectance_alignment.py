@@ -19,11 +19,13 @@ from ep2p_loc_ros.reflectance_alignment import (
     _Search,
     _view,
     align_to_reflectance,
+    chance_mi,
     mutual_information,
     part_scores,
     prepare_alignment_image,
     prepare_alignment_points,
     reflectance_contrast,
+    scores_at,
 )
 
 CAM = PinholeCamera.from_params(480, 180, 240.0, 240.0, 239.5, 89.5)
@@ -220,6 +222,11 @@ def test_alignment_config_refuses_bad_values():
         {"contrast_manhattan_starts_m": [float("inf")]},
         {"rescue_support_weight": -0.1},
         {"rescue_agreement_weight": float("nan")},
+        {"contrast_rescue_agreement_weight": -0.1},
+        {"manhattan_grid_m": -1.0},
+        {"contrast_manhattan_grid_m": float("nan")},
+        {"manhattan_grid_step_m": 0.0},
+        {"manhattan_grid_starts": -1},
     ):
         with pytest.raises(ValueError, match="alignment"):
             AlignmentConfig(**bad)
@@ -604,6 +611,37 @@ def test_part_scores_are_the_scores_over_parts_of_what_the_pose_sees_and_tell_pl
         part_scores(image, prepared, T, replace(cfg, bins=8), IPRConfig(), (10.0,))
 
 
+def test_scores_at_are_each_poses_mi_on_what_it_sees_less_the_chance_level_and_peak_at_the_camera(street):
+    """``scores_at``: each pose's MI over the points it sees (IPR, scored alone) less ``chance_mi`` for that many
+    points; -inf where it sees fewer than ``min_points``. On a grid of poses 0.5 m apart along and across the street,
+    the true camera scores best, and a pose facing the facade from 0.3 m (a few hundred points, which fit by chance)
+    is far below it once the chance level is taken off."""
+    points, reflectance, rgb = street
+    cfg = AlignmentConfig(max_points=10**6)
+    image = prepare_alignment_image(rgb, CAM, cfg)
+    prepared = prepare_alignment_points(points, reflectance, cfg)
+    assert chance_mi(16, 300) == pytest.approx(0.375) and chance_mi(16, np.array([20000]))[0] == pytest.approx(0.005625)
+    offsets = np.arange(-2, 3) * 0.5
+    grid = [_off(np.array([x, 0.0, z, 0.0, 0.0, 0.0])) for x in offsets for z in offsets]
+    wall = _off(np.array([4.7, 0.0, 5.0, 0.0, 90.0, 0.0]))  # facing the right facade from 0.3 m
+    poses = np.array([*grid, wall])
+    scores, counts = scores_at(image, prepared, poses, cfg, IPRConfig())
+    assert scores.shape == counts.shape == (len(poses),)
+    for k, T in enumerate(poses):
+        keep = visible_mask(prepared.points, invert(T), image.camera, IPRConfig())
+        scorer = _Scorer(image, T[:3, 3], cfg)
+        local_t = np.ascontiguousarray((prepared.points[keep] - T[:3, 3]).astype(np.float32).T)
+        mi, n = scorer.score(T, local_t, scorer.rows(prepared.reflectance_bins[keep]))
+        assert counts[k] == n == keep.sum(), k
+        assert scores[k] == pytest.approx(mi - chance_mi(cfg.bins, n), abs=1e-9), k
+    assert int(np.argmax(scores[:-1])) == len(grid) // 2  # the true camera (offsets 0, 0)
+    assert counts[-1] < 0.1 * counts[len(grid) // 2] and scores[-1] < scores[len(grid) // 2] - 0.5
+    more = replace(cfg, min_points=int(counts.max()) + 1, hypothesis_points=10**6)
+    few = scores_at(image, prepared, poses, more, IPRConfig())[0]
+    assert np.all(few == -np.inf)
+    assert scores_at(image, prepared, np.zeros((0, 4, 4)), cfg, IPRConfig())[0].shape == (0,)
+
+
 def test_near_m_takes_one_depth_or_several_and_refuses_others():
     """``alignment.near_m``: a list from YAML or ROS parameters becomes a tuple, one number a tuple of one; no
     depth, a negative one or NaN is refused with the parameter's name."""
@@ -638,6 +676,11 @@ def test_turned_starts_take_angles_as_a_list_and_are_off_on_the_contrast_environ
     assert cfg.for_frame("outdoor", tracking=False)[0].manhattan_starts_m == (0.0,)
     assert AlignmentConfig(manhattan_starts_m=[]).for_frame("outdoor", False)[0].manhattan_starts_m == ()
     assert AlignmentConfig(contrast_manhattan_starts_m=2).for_frame("indoor", False)[0].manhattan_starts_m == (2.0,)
+    # ... and their grid, with the agreement weighed in the choice made again: indoors only unless asked
+    indoor, outdoor = cfg.for_frame("indoor", tracking=False)[0], cfg.for_frame("outdoor", tracking=False)[0]
+    assert (indoor.manhattan_grid_m, indoor.rescue_agreement_weight) == (2.5, 0.05)
+    assert (outdoor.manhattan_grid_m, outdoor.rescue_agreement_weight) == (0.0, 0.0)
+    assert AlignmentConfig(contrast_manhattan_grid_m=0).for_frame("indoor", False)[0].manhattan_grid_m == 0.0
 
 
 def test_equal_count_bins_are_numpys_quantiles_to_the_bit():
