@@ -31,7 +31,7 @@ from .geometry import PinholeCamera, best_distinct, invert, moved_in_view, symme
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .likelihood_search import LikelihoodSearch, search_by_likelihood
-from .manhattan_headings import image_line_yaw, manhattan_turns, mod90_gap, wall_yaw
+from .manhattan_headings import image_line_yaw, manhattan_turns, wall_yaw
 from .map import LidarMap, load_map, nearest_submaps, top_k_by_descriptor
 from .memory_reuse import keep_freed_memory
 from .model.config import ModelConfig
@@ -887,6 +887,11 @@ class Localizer:
         prepared = self._alignment_points(T_map_cam, sid, contrast, cfg)
         return self._align_on(T_map_cam, rgb, camera, cfg, contrast, prepared, image)
 
+    # IPR for the Manhattan grid's 243 poses a viewpoint: 4x4-pixel depth cells, a 3-cell window (12 px against the
+    # alignment's 10: 2x2 cells, 5 of them), 11.5 against 12.5 ms a viewpoint; with three headings instead of all
+    # four, sixteen indoor drives 64.8 -> 67.3 % within 0.5 m / 5 deg at 2.5 m (each alone not measured;
+    # models/README.md "Session 47")
+    GRID_IPR = IPRConfig(kernel_size=3, downsample=4)
     POINTS_CACHE = 16  # submaps prepared for the alignment (a frame's hypotheses use up to six, tracking one or two)
 
     def _alignment_points(
@@ -1027,7 +1032,7 @@ class Localizer:
                 rated = self._with_confidence(_at_alignment(res, best), m, camera, cam_net, "global")
                 if rated.confidence < cfg.turned_below_confidence:
                     rescue = self._rescue_starts(res, retrieved, table, cam_net, cfg)
-                    rescue += self._manhattan_starts(rgb, camera, best.T_map_cam, retrieved, cfg, image, contrast)
+                    rescue += self._manhattan_starts(rgb, camera, retrieved, cfg, image, contrast)
                     more = [al for al in align_coarse(rescue) if al.ok]
                     again = choice.best(ok + more, rescue=True) if more else best
                     if again is not best:
@@ -1093,21 +1098,20 @@ class Localizer:
         self,
         rgb: np.ndarray,
         camera: PinholeCamera,
-        chosen: np.ndarray,
         retrieved: list[tuple[np.ndarray, int]],
         cfg: AlignmentConfig,
         image: AlignmentImage,
         contrast: bool,
     ) -> list[tuple[np.ndarray, int | None]]:
-        """Starts for a single image whose ``chosen`` pose is unlikely right, where walls meet at right angles: the
+        """Starts for a single image whose chosen pose is unlikely right, where walls meet at right angles: the
         best ``manhattan_views`` retrieved viewpoints turned so that the walls each sees run along the image's
         horizontal lines (:mod:`.manhattan_headings`), each moved ``manhattan_starts_m`` along its turned axis (a
         camera that turned into a room walks the way it faces), each on its own submap; then the best
         ``manhattan_grid_starts`` distinct poses of a grid around those viewpoints at all four such headings
-        (:meth:`_manhattan_grid`). None where the image's lines or a viewpoint's walls agree on no direction; no
-        moved start where the chosen pose already faces along the walls the viewpoint sees (within 3 deg modulo 90:
-        eight indoor drives gave the same poses without those starts), and no turn within 3 deg of the viewpoint's
-        heading (its own start and search have been there)."""
+        (:meth:`_manhattan_grid`). None where the image's lines or a viewpoint's walls agree on no direction, and no
+        turn within 3 deg of the viewpoint's heading (its own start and search have been there). Until session 47 no
+        moved start was made where the chosen pose already faced along the walls (within 3 deg modulo 90): with the
+        grid, sixteen indoor drives gain 5 frames without that rule (models/README.md "Session 47")."""
         if not (cfg.manhattan_starts_m or cfg.manhattan_grid_m > 0) or not retrieved:
             return []
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -1123,9 +1127,6 @@ class Localizer:
                 continue
             if cfg.manhattan_grid_m > 0:
                 grid.append(self._manhattan_grid(T, sid, line, wall, image, contrast, cfg))
-            faced = math.degrees(yaw_about_camera_y(T[:3, :3], np.asarray(chosen)[:3, :3]))
-            if mod90_gap(faced, wall - line) < 3.0:
-                continue  # the chosen pose faces along the walls already: only a multiple of 90 deg is left to turn
             turns = [a for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg) if abs(a) >= 3.0]
             for turned in turned_by(T, turns):
                 starts += [(start, sid) for start in moved_in_view(turned, cfg.manhattan_starts_m)]
@@ -1146,20 +1147,22 @@ class Localizer:
         contrast: bool,
         cfg: AlignmentConfig,
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Viewpoint ``T`` (of submap ``sid``) turned to each of the four headings that put the walls it sees (at
-        ``wall`` deg) along the image's lines (at ``line`` deg), each moved on a square grid along and across its
-        turned axis (``manhattan_grid_m`` either way in ``manhattan_grid_step_m`` steps), and each pose's score on
-        the submap less its chance level (:func:`scores_at`; -inf where it sees too few points), with ``sid``. Why:
+        """Viewpoint ``T`` (of submap ``sid``) turned to each of the three headings nearest its own that put the
+        walls it sees (at ``wall`` deg) along the image's lines (at ``line`` deg; the fourth faces back along the
+        mapped path), each moved on a square grid along and across its turned axis (``manhattan_grid_m`` either way
+        in ``manhattan_grid_step_m`` steps), and each pose's score on the submap less its chance level
+        (:func:`scores_at`, with IPR on a coarser depth image, ``GRID_IPR``; -inf where it sees too few points),
+        with ``sid``. Why:
         indoors a camera that turned into a room stands 1-2.5 m off the line through the viewpoints, where no start
         reaches, and the alignment ends right from within about 0.6 m and a few degrees (models/README.md
         "Session 47"); the chance level keeps a pose facing a wall up close, which fits its few points by chance,
         from outscoring it."""
         offsets = symmetric_offsets(cfg.manhattan_grid_m, cfg.manhattan_grid_step_m)
         along, across = (g.ravel() for g in np.meshgrid(offsets, offsets, indexing="ij"))
-        headings = turned_by(T, manhattan_turns(line, wall, 180.0)[:4])  # (the fifth, when there is one, is -180)
+        headings = turned_by(T, manhattan_turns(line, wall, 180.0)[:3])
         poses = np.concatenate([moved_in_view(turned, along, across) for turned in headings])
         prepared = self._alignment_points(T, sid, contrast, cfg)
-        return poses, scores_at(image, prepared, poses, cfg, self.config.ipr)[0], sid
+        return poses, scores_at(image, prepared, poses, cfg, self.GRID_IPR)[0], sid
 
     def _wall_yaw(self, sid: int) -> float:
         """Submap ``sid``'s :func:`wall_yaw` from its viewpoint (NaN: none), computed once (~20 ms indoors) and kept."""

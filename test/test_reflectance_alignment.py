@@ -678,7 +678,7 @@ def test_turned_starts_take_angles_as_a_list_and_are_off_on_the_contrast_environ
     assert AlignmentConfig(contrast_manhattan_starts_m=2).for_frame("indoor", False)[0].manhattan_starts_m == (2.0,)
     # ... and their grid, with the agreement weighed in the choice made again: indoors only unless asked
     indoor, outdoor = cfg.for_frame("indoor", tracking=False)[0], cfg.for_frame("outdoor", tracking=False)[0]
-    assert (indoor.manhattan_grid_m, indoor.rescue_agreement_weight) == (2.5, 0.05)
+    assert (indoor.manhattan_grid_m, indoor.rescue_agreement_weight) == (2.0, 0.05)
     assert (outdoor.manhattan_grid_m, outdoor.rescue_agreement_weight) == (0.0, 0.0)
     assert AlignmentConfig(contrast_manhattan_grid_m=0).for_frame("indoor", False)[0].manhattan_grid_m == 0.0
 
