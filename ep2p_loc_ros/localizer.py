@@ -1107,7 +1107,7 @@ class Localizer:
         best ``manhattan_views`` retrieved viewpoints turned so that the walls each sees run along the image's
         horizontal lines (:mod:`.manhattan_headings`), each moved ``manhattan_starts_m`` along its turned axis (a
         camera that turned into a room walks the way it faces), each on its own submap; then the best
-        ``manhattan_grid_starts`` distinct poses of a grid around those viewpoints at all four such headings
+        ``manhattan_grid_starts`` distinct poses of a grid around those viewpoints at such headings
         (:meth:`_manhattan_grid`). None where the image's lines or a viewpoint's walls agree on no direction, and no
         turn within 3 deg of the viewpoint's heading (its own start and search have been there). Until session 47 no
         moved start was made where the chosen pose already faced along the walls (within 3 deg modulo 90): with the
@@ -1152,11 +1152,10 @@ class Localizer:
         mapped path), each moved on a square grid along and across its turned axis (``manhattan_grid_m`` either way
         in ``manhattan_grid_step_m`` steps), and each pose's score on the submap less its chance level
         (:func:`scores_at`, with IPR on a coarser depth image, ``GRID_IPR``; -inf where it sees too few points),
-        with ``sid``. Why:
-        indoors a camera that turned into a room stands 1-2.5 m off the line through the viewpoints, where no start
-        reaches, and the alignment ends right from within about 0.6 m and a few degrees (models/README.md
-        "Session 47"); the chance level keeps a pose facing a wall up close, which fits its few points by chance,
-        from outscoring it."""
+        with ``sid``. Why: indoors a camera that turned into a room stands 1-2.5 m off the line through the
+        viewpoints, where no start reaches, and the alignment ends right from within about 0.6 m and a few degrees
+        (models/README.md "Session 47"); the chance level keeps a pose facing a wall up close, which fits its few
+        points by chance, from outscoring it."""
         offsets = symmetric_offsets(cfg.manhattan_grid_m, cfg.manhattan_grid_step_m)
         along, across = (g.ravel() for g in np.meshgrid(offsets, offsets, indexing="ij"))
         headings = turned_by(T, manhattan_turns(line, wall, 180.0)[:3])
