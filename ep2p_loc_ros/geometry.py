@@ -79,15 +79,19 @@ def symmetric_offsets(reach: float, step: float) -> np.ndarray:
 
 
 def best_distinct(
-    poses: np.ndarray, values: ArrayLike, count: int, distinct_m: float, distinct_deg: float
+    poses: np.ndarray, values: ArrayLike | None, count: int, distinct_m: float, distinct_deg: float
 ) -> list[int]:
-    """Indices of the ``count`` best of ``poses`` (N, 4, 4) by ``values`` (higher first; NaN never), each
-    more than ``distinct_m`` or more than ``distinct_deg`` from every one kept before it. Why: a grid's best scores
-    crowd around one peak; starts for a search should be at different peaks."""
-    values = np.asarray(values, dtype=np.float64)
+    """Indices of the ``count`` best of ``poses`` (N, 4, 4) by ``values`` (higher first; NaN never; None: in the
+    order given), each more than ``distinct_m`` or more than ``distinct_deg`` from every one kept before it. Why: a
+    grid's best scores crowd around one peak; starts for a search should be at different peaks."""
+    if values is None:
+        order, values = np.arange(len(poses)), np.zeros(len(poses))
+    else:
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(-values, kind="stable")
     cos_max = np.cos(np.radians(distinct_deg))
     kept: list[int] = []
-    for k in np.argsort(-values, kind="stable"):
+    for k in order:
         if len(kept) >= count or np.isnan(values[k]):
             break
         T = poses[k]

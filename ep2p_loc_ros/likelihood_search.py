@@ -93,5 +93,4 @@ def search_by_likelihood(
     kept = best_distinct(grid, values, count, search.distinct_m, search.distinct_deg)
     # (two can climb to one pose: an alignment more would only vote for it again)
     climbed = np.array([_climb(score, grid[k], search) for k in kept])
-    first = -np.arange(len(climbed), dtype=np.float64)  # (in the order climbed)
-    return [climbed[k] for k in best_distinct(climbed, first, len(climbed), search.distinct_m, search.distinct_deg)]
+    return [climbed[k] for k in best_distinct(climbed, None, len(climbed), search.distinct_m, search.distinct_deg)]

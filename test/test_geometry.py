@@ -68,6 +68,8 @@ def test_best_distinct_keeps_the_best_poses_apart_in_place_or_in_heading():
     assert best_distinct(poses, values, 10, 0.5, 30.0) == [0, 4]  # the turn is within 30 deg: alike
     assert best_distinct(poses, values, 10, 0.1, 10.0) == [0, 1, 2, 3, 4, 5]
     assert best_distinct(poses, values, 0, 0.5, 10.0) == []
+    assert best_distinct(poses, None, 10, 0.5, 10.0) == [0, 4, 5]  # in the order given
+    assert best_distinct(poses[::-1], None, 10, 0.5, 10.0) == [0, 1, 2]  # T, its turn, the pose 1 m away
 
 
 def test_geometry_rotvec_matrix_roundtrip_including_near_pi_and_zero():
