@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .geometry import PinholeCamera, make_T, moved_in_view, rotvec_to_matrix
+from .geometry import PinholeCamera, make_T, moved_in_view, rotvec_to_matrix, symmetric_offsets
 from .ipr import IPRConfig, visible_mask
 from .map.store import ENVIRONMENTS
 from .model.preprocess import resize_camera
@@ -1161,8 +1161,8 @@ class _Search:
         """``start`` moved along its optical axis by multiples of ``step_m`` up to ``range_m`` either way, each
         scored on the points it sees (-inf: it sees too few), or why not (too few points in view from ``start``)."""
         cfg, scorer = self.cfg, self.scorer
-        n_fwd = int(np.floor(range_m / step_m + 1e-9))
-        offsets = np.arange(-n_fwd, n_fwd + 1) * step_m
+        offsets = symmetric_offsets(range_m, step_m)
+        n_fwd = len(offsets) // 2  # (the start itself)
         cands = moved_in_view(start, offsets)  # start moved along its own z axis, at once
         views = self.views(cands)
         local, points = self._line_points(views[0])
