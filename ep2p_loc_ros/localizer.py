@@ -544,11 +544,19 @@ class _HypothesisChoice:
         agree = pose_agreement([al.T_map_cam for al in ok], cfg.agreement_radius_m, cfg.agreement_deg)
         parts = None
         if (cfg.near_weight > 0 or cfg.halves_weight > 0) and len(ok) > 1:
-            for al in ok[len(self.parts) :]:
-                prepared = loc._alignment_points(al.T_map_cam, None, self.contrast, self.finish)
-                self.parts.append(
-                    part_scores(self.image, prepared, al.T_map_cam, self.finish, loc.config.ipr, cfg.near_m)
+            jobs = [  # (side by side, the points prepared here, in one thread)
+                functools.partial(
+                    part_scores,
+                    self.image,
+                    loc._alignment_points(al.T_map_cam, None, self.contrast, self.finish),
+                    al.T_map_cam,
+                    self.finish,
+                    loc.config.ipr,
+                    cfg.near_m,
                 )
+                for al in ok[len(self.parts) :]
+            ]
+            self.parts += loc._side_by_side(cfg.threads, jobs)
             parts = np.array(self.parts[: len(ok)])
         # the best hypothesis_finish coarse ones get the fine steps and the refine round(s) from where they ended
         support, likelihood = self._votes(ok[len(self.support) :])
@@ -1120,48 +1128,43 @@ class Localizer:
         if line is None:
             return []
         starts: list[tuple[np.ndarray, int | None]] = []
-        grid: list[tuple[np.ndarray, np.ndarray, int]] = []  # (poses, their scores, their submap) per viewpoint
+        grid: list[tuple[np.ndarray, int]] = []  # (poses, their submap) per viewpoint ...
+        jobs: list[Callable[[], tuple[np.ndarray, np.ndarray]]] = []  # ... and their scoring (the points prepared here)
         for T, sid in retrieved[: cfg.manhattan_views]:
             wall = self._wall_yaw(sid)
             if math.isnan(wall):
                 continue
             if cfg.manhattan_grid_m > 0:
-                grid.append(self._manhattan_grid(T, sid, line, wall, image, contrast, cfg))
+                poses = self._manhattan_grid(T, line, wall, cfg)
+                prepared = self._alignment_points(T, sid, contrast, cfg)
+                grid.append((poses, sid))
+                jobs.append(functools.partial(scores_at, image, prepared, poses, cfg, self.GRID_IPR))
             turns = [a for a in manhattan_turns(line, wall, cfg.manhattan_max_turn_deg) if abs(a) >= 3.0]
             for turned in turned_by(T, turns):
                 starts += [(start, sid) for start in moved_in_view(turned, cfg.manhattan_starts_m)]
-        if grid:
+        if grid:  # each viewpoint's grid scored in its own thread (~20 ms each, compiled: the GIL released)
+            scores = np.concatenate([s for s, _ in self._side_by_side(cfg.threads, jobs)])
             poses = np.concatenate([g[0] for g in grid])
-            sids = np.concatenate([np.full(len(g[0]), g[2]) for g in grid])
-            picked = best_distinct(poses, np.concatenate([g[1] for g in grid]), cfg.manhattan_grid_starts, 0.75, 10.0)
+            sids = np.concatenate([np.full(len(g[0]), g[1]) for g in grid])
+            picked = best_distinct(poses, scores, cfg.manhattan_grid_starts, 0.75, 10.0)
             starts += [(poses[k], int(sids[k])) for k in picked]
         return starts
 
-    def _manhattan_grid(
-        self,
-        T: np.ndarray,
-        sid: int,
-        line: float,
-        wall: float,
-        image: AlignmentImage,
-        contrast: bool,
-        cfg: AlignmentConfig,
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Viewpoint ``T`` (of submap ``sid``) turned to each of the three headings nearest its own that put the
-        walls it sees (at ``wall`` deg) along the image's lines (at ``line`` deg; the fourth faces back along the
-        mapped path), each moved on a square grid along and across its turned axis (``manhattan_grid_m`` either way
-        in ``manhattan_grid_step_m`` steps), and each pose's score on the submap less its chance level
-        (:func:`scores_at`, with IPR on a coarser depth image, ``GRID_IPR``; -inf where it sees too few points),
-        with ``sid``. Why: indoors a camera that turned into a room stands 1-2.5 m off the line through the
+    @staticmethod
+    def _manhattan_grid(T: np.ndarray, line: float, wall: float, cfg: AlignmentConfig) -> np.ndarray:
+        """Viewpoint ``T`` turned to each of the three headings nearest its own that put the walls it sees (at
+        ``wall`` deg) along the image's lines (at ``line`` deg; the fourth faces back along the mapped path), each
+        moved on a square grid along and across its turned axis (``manhattan_grid_m`` either way in
+        ``manhattan_grid_step_m`` steps). :meth:`_manhattan_starts` scores each pose on the viewpoint's submap less
+        its chance level (:func:`scores_at`, with IPR on a coarser depth image, ``GRID_IPR``; -inf where it sees too
+        few points). Why: indoors a camera that turned into a room stands 1-2.5 m off the line through the
         viewpoints, where no start reaches, and the alignment ends right from within about 0.6 m and a few degrees
         (models/README.md "Session 47"); the chance level keeps a pose facing a wall up close, which fits its few
         points by chance, from outscoring it."""
         offsets = symmetric_offsets(cfg.manhattan_grid_m, cfg.manhattan_grid_step_m)
         along, across = (g.ravel() for g in np.meshgrid(offsets, offsets, indexing="ij"))
         headings = turned_by(T, manhattan_turns(line, wall, 180.0)[:3])
-        poses = np.concatenate([moved_in_view(turned, along, across) for turned in headings])
-        prepared = self._alignment_points(T, sid, contrast, cfg)
-        return poses, scores_at(image, prepared, poses, cfg, self.GRID_IPR)[0], sid
+        return np.concatenate([moved_in_view(turned, along, across) for turned in headings])
 
     def _wall_yaw(self, sid: int) -> float:
         """Submap ``sid``'s :func:`wall_yaw` from its viewpoint (NaN: none), computed once (~20 ms indoors) and kept."""
