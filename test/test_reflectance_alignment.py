@@ -7,7 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, matrix_to_rotvec, rotvec_to_matrix, transform_points
+from ep2p_loc_ros.geometry import (
+    PinholeCamera,
+    invert,
+    make_T,
+    matrix_to_rotvec,
+    moved_in_view,
+    rotvec_to_matrix,
+    transform_points,
+)
 from ep2p_loc_ros.ipr import IPRConfig, visible_mask
 from ep2p_loc_ros.reflectance_alignment import (
     AlignmentConfig,
@@ -370,6 +378,45 @@ def test_a_line_of_candidates_sees_and_scores_as_over_all_points(street, cx):
     for k in range(len(line.poses)):
         for a, b in zip(line.view(k), full.view(k), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cx", [239.5, 600.0])
+def test_a_grid_at_one_heading_sees_and_scores_as_over_all_points(street, cx, monkeypatch):
+    """``scores_at`` scores each heading of a grid (poses that share a rotation, moved along and across their axis)
+    on the points one of its poses may see: the scores and counts are those over every point of the map (here also
+    points behind the camera and beside it), bit for bit, for a fraction of the points. A camera whose principal
+    point is outside its image, or poses that do not share a rotation, keep them all."""
+    points, reflectance, rgb = street
+    points = np.concatenate([points, points * [1, 1, -1], points[::7] * [3, 1, 0.3]])  # behind, far to the sides
+    reflectance = np.concatenate([reflectance, reflectance, reflectance[::7]])
+    cam = PinholeCamera.from_params(CAM.width, CAM.height, CAM.fx, CAM.fy, cx, CAM.cy)
+    cfg = AlignmentConfig(max_points=10**6)
+    image = prepare_alignment_image(rgb, cam, cfg)
+    prepared = prepare_alignment_points(points, reflectance, cfg)
+    offsets = np.arange(-4, 5) * 0.5
+    along, across = (g.ravel() for g in np.meshgrid(offsets, offsets, indexing="ij"))
+    headings = [_off(np.array([0.3, -0.1, 0.4, 0.5, yaw, 0.2])) for yaw in (-0.8, 30.0)]
+    poses = np.concatenate([moved_in_view(T, along, across) for T in headings])
+    kept: list[int] = []
+    box_points = _Search.box_points
+
+    def counted(self, views):
+        found = box_points(self, views)
+        kept.append(len(found[0]))
+        return found
+
+    monkeypatch.setattr(_Search, "box_points", counted)
+    scores, counts = scores_at(image, prepared, poses, cfg, IPRConfig())
+    monkeypatch.setattr(_Search, "box_points", lambda self, views: (self.local, (self.local_t, self.rows)))
+    full_scores, full_counts = scores_at(image, prepared, poses, cfg, IPRConfig())
+    np.testing.assert_array_equal(scores, full_scores)
+    np.testing.assert_array_equal(counts, full_counts)
+    assert np.isfinite(scores).sum() > 100 and len(kept) == 2  # (one call a heading)
+    assert all(k < 0.6 * len(points) for k in kept) if cx < CAM.width else kept == [len(points)] * 2
+    scorer = _Scorer(image, poses[:, :3, 3].mean(0), cfg)
+    rows = scorer.rows(prepared.reflectance_bins)
+    search = _Search.around(scorer, prepared.points, rows, cam, IPRConfig(), poses[:, :3, 3].mean(0), cfg)
+    assert len(box_points(search, search.views(poses))[0]) == len(points)  # two rotations: every point
 
 
 def _surface(p: np.ndarray) -> np.ndarray:
