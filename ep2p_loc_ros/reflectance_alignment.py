@@ -866,7 +866,7 @@ def compile_kernels() -> None:
     search = _Search(scorer, np.ascontiguousarray(pts.T), pts, rows, cam, IPRConfig(), np.zeros(3), cfg)
     search.ascend(np.eye(4), score, n, (pts, rows), coarse=True)
     _cells_joint(np.zeros(1, np.int32), np.zeros(1, np.int32), scorer.bins, scorer.joint)
-    _in_frustum(pts, np.eye(3), np.zeros(3), np.asarray(cam.K, np.float64), cam.width, cam.height, 0.0)
+    _in_frustum(pts, np.eye(3), np.zeros(3), np.zeros(6), np.asarray(cam.K, np.float64), cam.width, cam.height, 0.0)
 
 
 def _ascent_directions(step_m: float, step_rad: float, pivot_depths_m: tuple[float, ...]) -> list[np.ndarray]:
@@ -1091,29 +1091,6 @@ def _view(local_t: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> tuple[np.n
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _in_frustum(
-    local_t: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, width: int, height: int, margin: float
-) -> np.ndarray:  # pragma: no cover (compiled)
-    """Mask of the (3, N) points that the camera ``R``, ``t`` (camera from points, float64) with intrinsics ``K``
-    has in front of it and within ``margin`` pixels of its (``height``, ``width``) image (pixel centres at
-    integers: ``PinholeCamera.project``'s convention). Points within a centimetre of the camera's plane are kept
-    whatever their pixel: float32 projections of them (IPR's) are too rough to rule them out."""
-    X, Y, Z = local_t[0], local_t[1], local_t[2]
-    fx, fy, cx, cy, skew = K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1]
-    lo, hi_u, hi_v = -0.5 - margin, width - 0.5 + margin, height - 0.5 + margin
-    out = np.empty(X.shape[0], np.bool_)
-    for i in range(X.shape[0]):
-        x, y, z = np.float64(X[i]), np.float64(Y[i]), np.float64(Z[i])
-        c0 = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
-        c1 = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
-        d = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
-        u = (fx * c0 + skew * c1) / d + cx
-        v = fy * c1 / d + cy
-        out[i] = (d > -0.01) & ((d < 0.01) | ((u >= lo) & (u < hi_u) & (v >= lo) & (v < hi_v)))
-    return out
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _in_box_frustum(
     local_t: np.ndarray,
     R: np.ndarray,
     t: np.ndarray,
@@ -1123,13 +1100,16 @@ def _in_box_frustum(
     height: int,
     margin: float,
 ) -> np.ndarray:  # pragma: no cover (compiled)
-    """:func:`_in_frustum` for every camera ``R``, ``t + o`` with ``o`` in ``box`` (lower x, y, z, then upper, in
-    the camera's frame): the (3, N) points one of them has in front and within ``margin`` pixels of its image
-    (intrinsics ``K`` without skew, its principal point in the image). Each test is made at the deepest the point
-    can be (``z + upper z``), where the image's window, seen from the point, is widest; the sideways offsets slide
-    that window, so a point is kept where its interval of positions meets it."""
+    """Mask of the (3, N) points that one of the cameras ``R``, ``t + o`` (camera from points, float64), ``o`` in
+    ``box`` (lower x, y, z, then upper, in the camera's frame; zeros: the one camera), with intrinsics ``K`` (its
+    principal point in the image) has in front of it and within ``margin`` pixels of its (``height``, ``width``)
+    image (pixel centres at integers: ``PinholeCamera.project``'s convention). Each test is made at the deepest the
+    point can be (``z`` + upper z), where the image's window, seen from the point, is widest; the offsets across
+    and up slide that window, so a point is kept where its interval of positions meets it. Points within a
+    centimetre of the camera's plane are kept whatever their pixel: float32 projections of them (IPR's) are too
+    rough to rule them out."""
     X, Y, Z = local_t[0], local_t[1], local_t[2]
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    fx, fy, cx, cy, skew = K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1]
     lo, hi_u, hi_v = -0.5 - margin, width - 0.5 + margin, height - 0.5 + margin
     out = np.empty(X.shape[0], np.bool_)
     for i in range(X.shape[0]):
@@ -1137,8 +1117,10 @@ def _in_box_frustum(
         c0 = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
         c1 = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
         d = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2] + box[5]
-        across = (c0 + box[3] >= d * (lo - cx) / fx) & (c0 + box[0] < d * (hi_u - cx) / fx)
-        up = (c1 + box[4] >= d * (lo - cy) / fy) & (c1 + box[1] < d * (hi_v - cy) / fy)
+        sheared = (skew * (c1 + box[1]), skew * (c1 + box[4]))  # (u = (fx x + skew y) / d + cx)
+        across_hi, across_lo = fx * (c0 + box[3]) + max(sheared), fx * (c0 + box[0]) + min(sheared)
+        across = (across_hi >= d * (lo - cx)) & (across_lo < d * (hi_u - cx))
+        up = (fy * (c1 + box[4]) >= d * (lo - cy)) & (fy * (c1 + box[1]) < d * (hi_v - cy))
         out[i] = (d > -0.01) & ((d < 0.01) | (across & up))
     return out
 
@@ -1225,33 +1207,27 @@ class _Search:
         the image). The others are in no candidate's depth image: IPR and the scores over the rest are the same, bit
         for bit, for half the points
         (profile of drive 900's single images: IPR 3.0 -> 2.1 ms a line, a candidate's score 70 -> 43 µs)."""
-        cam, K = self.cam, self.cam.K
-        if cam.has_distortion or not (-0.5 <= K[0, 2] < cam.width - 0.5 and -0.5 <= K[1, 2] < cam.height - 0.5):
-            return self.local, (self.local_t, self.rows)
-        R, t = np.ascontiguousarray(rear[:3, :3]), np.ascontiguousarray(rear[:3, 3])
-        keep = _in_frustum(self.local_t, R, t, np.asarray(K, np.float64), cam.width, cam.height, self.LINE_MARGIN_PX)
-        if keep.all():
-            return self.local, (self.local_t, self.rows)
-        return self.local[keep], _view(self.local_t, self.rows, keep)
+        return self.box_points(rear[None])
 
     def box_points(self, views: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """:meth:`_line_points` for ``views`` (B, 4, 4, camera from ``local``) that share a rotation and differ in
         position only (a grid's poses at one heading): the points any of them has in front and in its image.
-        All of them where the rotations differ (beyond 1e-12) or the camera is one the test does not cover.
+        All of them where the rotations differ (beyond 1e-12) or the test does not hold (a camera with distortion, or
+        its principal point outside the image).
 
         Why: the 81 positions of the indoor Manhattan grid at one heading may see 35 % of the submap's points on
         average (4-84 %); the rest enter no depth image and no score, so IPR and the scores over the points kept are
         the same, bit for bit (a viewpoint's grid, 243 poses: 17.3 -> 11.5 ms, drive 901)."""
         cam, K = self.cam, self.cam.K
         R = views[:, :3, :3]
-        usable = not cam.has_distortion and K[0, 1] == 0 and np.abs(R - R[0]).max() <= 1e-12
-        if not usable or not (-0.5 <= K[0, 2] < cam.width - 0.5 and -0.5 <= K[1, 2] < cam.height - 0.5):
+        in_image = -0.5 <= K[0, 2] < cam.width - 0.5 and -0.5 <= K[1, 2] < cam.height - 0.5
+        if cam.has_distortion or not in_image or np.abs(R - R[0]).max() > 1e-12:
             return self.local, (self.local_t, self.rows)
         offsets = views[:, :3, 3] - views[0, :3, 3]  # each camera's frame less the first's (the same axes)
         box = np.concatenate([offsets.min(axis=0), offsets.max(axis=0)])
         R0, t0 = np.ascontiguousarray(R[0]), np.ascontiguousarray(views[0, :3, 3])
         K64 = np.asarray(K, np.float64)
-        keep = _in_box_frustum(self.local_t, R0, t0, box, K64, cam.width, cam.height, self.LINE_MARGIN_PX)
+        keep = _in_frustum(self.local_t, R0, t0, box, K64, cam.width, cam.height, self.LINE_MARGIN_PX)
         if keep.all():
             return self.local, (self.local_t, self.rows)
         return self.local[keep], _view(self.local_t, self.rows, keep)

@@ -345,17 +345,23 @@ def test_the_joint_histogram_counts_the_points_in_view_in_any_order_and_layout(n
     assert score == scorer.score(T, search.local_t, rows, seen)  # the points selected, or all with a mask
 
 
+def _street_all_around(street, cx: float) -> tuple[np.ndarray, np.ndarray, AlignmentConfig, object]:
+    """The street's map with points behind the camera and far to its sides too, a camera with principal point
+    column ``cx`` (outside the image when past its width), every point kept, and the street's image for it."""
+    points, reflectance, rgb = street
+    points = np.concatenate([points, points * [1, 1, -1], points[::7] * [3, 1, 0.3]])
+    reflectance = np.concatenate([reflectance, reflectance, reflectance[::7]])
+    cam = PinholeCamera.from_params(CAM.width, CAM.height, CAM.fx, CAM.fy, cx, CAM.cy)
+    cfg = AlignmentConfig(max_points=10**6)
+    return points, reflectance, cfg, prepare_alignment_image(rgb, cam, cfg)
+
+
 @pytest.mark.parametrize("cx", [239.5, 600.0])
 def test_a_line_of_candidates_sees_and_scores_as_over_all_points(street, cx):
     """A line along the optical axis works on the points its rearmost candidate may see: the masks, scores and views
     are the same as over every point of the map (here also points behind the camera and beside it). A camera whose
     principal point is outside its image keeps them all."""
-    points, reflectance, rgb = street
-    points = np.concatenate([points, points * [1, 1, -1], points[::7] * [3, 1, 0.3]])  # behind, far to the sides
-    reflectance = np.concatenate([reflectance, reflectance, reflectance[::7]])
-    cam = PinholeCamera.from_params(CAM.width, CAM.height, CAM.fx, CAM.fy, cx, CAM.cy)
-    cfg = AlignmentConfig(max_points=10**6)
-    image = prepare_alignment_image(rgb, cam, cfg)
+    points, reflectance, cfg, image = _street_all_around(street, cx)
     start = _off(np.array([0.3, -0.1, 0.4, 0.5, -0.8, 0.2]))
     scorer = _Scorer(image, start[:3, 3], cfg)
     prepared = prepare_alignment_points(points, reflectance, cfg)
@@ -386,12 +392,7 @@ def test_a_grid_at_one_heading_sees_and_scores_as_over_all_points(street, cx, mo
     on the points one of its poses may see: the scores and counts are those over every point of the map (here also
     points behind the camera and beside it), bit for bit, for a fraction of the points. A camera whose principal
     point is outside its image, or poses that do not share a rotation, keep them all."""
-    points, reflectance, rgb = street
-    points = np.concatenate([points, points * [1, 1, -1], points[::7] * [3, 1, 0.3]])  # behind, far to the sides
-    reflectance = np.concatenate([reflectance, reflectance, reflectance[::7]])
-    cam = PinholeCamera.from_params(CAM.width, CAM.height, CAM.fx, CAM.fy, cx, CAM.cy)
-    cfg = AlignmentConfig(max_points=10**6)
-    image = prepare_alignment_image(rgb, cam, cfg)
+    points, reflectance, cfg, image = _street_all_around(street, cx)
     prepared = prepare_alignment_points(points, reflectance, cfg)
     offsets = np.arange(-4, 5) * 0.5
     along, across = (g.ravel() for g in np.meshgrid(offsets, offsets, indexing="ij"))
@@ -415,7 +416,7 @@ def test_a_grid_at_one_heading_sees_and_scores_as_over_all_points(street, cx, mo
     assert all(k < 0.6 * len(points) for k in kept) if cx < CAM.width else kept == [len(points)] * 2
     scorer = _Scorer(image, poses[:, :3, 3].mean(0), cfg)
     rows = scorer.rows(prepared.reflectance_bins)
-    search = _Search.around(scorer, prepared.points, rows, cam, IPRConfig(), poses[:, :3, 3].mean(0), cfg)
+    search = _Search.around(scorer, prepared.points, rows, image.camera, IPRConfig(), poses[:, :3, 3].mean(0), cfg)
     assert len(box_points(search, search.views(poses))[0]) == len(points)  # two rotations: every point
 
 
