@@ -35,7 +35,7 @@ import torch
 
 from .geometry import PinholeCamera
 
-__all__ = ["IPRConfig", "compile_kernel", "visible_mask"]
+__all__ = ["IPRConfig", "compile_kernel", "visible_mask", "visible_mask_t"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -154,6 +154,29 @@ def visible_mask(
     return vis.to(points.device)
 
 
+def visible_mask_t(
+    points_t: np.ndarray, T_cam_map: np.ndarray, camera: PinholeCamera, config: IPRConfig | None = None
+) -> np.ndarray:
+    """:func:`visible_mask` of numpy points laid out (3, N), float32 or float64, for (B, 4, 4) poses: (B, N).
+
+    Why: the reflectance alignment keeps its points so (each coordinate contiguous, as its scoring kernel takes
+    them) and asks for a mask ~30 times a frame; :func:`visible_mask` would take them back to (N, 3), through
+    torch, and copy them to (3, N) again for the compiled kernel. The same mask, bit for bit."""
+    cfg = IPRConfig() if config is None else config
+    if not isinstance(points_t, np.ndarray) or points_t.ndim != 2 or points_t.shape[0] != 3:
+        raise ValueError(f"points_t must be a (3, N) numpy array, got {getattr(points_t, 'shape', type(points_t))}")
+    if points_t.dtype not in (np.float32, np.float64):
+        raise ValueError(f"points_t must be float32 or float64, got {points_t.dtype}")
+    T = np.asarray(T_cam_map, dtype=np.float64)
+    if T.ndim != 3 or T.shape[1:] != (4, 4):
+        raise ValueError(f"T_cam_map must have shape (B, 4, 4), got {T.shape}")
+    if not np.isfinite(T).all():
+        raise ValueError("T_cam_map contains NaN/Inf")
+    if camera.has_distortion or points_t.shape[1] == 0 or len(T) == 0:
+        return visible_mask(points_t.T, T, camera, cfg).reshape(len(T), points_t.shape[1])
+    return _visible_compiled_t(np.ascontiguousarray(points_t), T.astype(points_t.dtype), camera, cfg)
+
+
 def _visible(P: torch.Tensor, T: torch.Tensor, camera: PinholeCamera, cfg: IPRConfig) -> torch.Tensor:
     """(B, N) visibility; ``P`` (N, 3) and ``T`` (B, 4, 4) already on the compute device and dtype."""
     B = T.shape[0]
@@ -222,12 +245,17 @@ def _visible_compiled(P: np.ndarray, T: np.ndarray, camera: PinholeCamera, cfg: 
     a scatter and a gather; the reflectance alignment asks for 25 poses of 30,000 points per frame (10-12 ms in
     torch, 4.6 ms here; session 24). The compiled loop keeps each point's projection in registers.
     """
+    return _visible_compiled_t(np.ascontiguousarray(P.T), T, camera, cfg)
+
+
+def _visible_compiled_t(Pt: np.ndarray, T: np.ndarray, camera: PinholeCamera, cfg: IPRConfig) -> np.ndarray:
+    """:func:`_visible_compiled` of the (3, N) C-contiguous points ``Pt``, ``T`` (B, 4, 4) in their float type."""
     K = camera.K
-    intr = np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1], _MIN_DEPTH, 1.0 + cfg.rel_threshold], P.dtype)
-    out = np.empty((T.shape[0], P.shape[0]), bool)
+    intr = np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1], _MIN_DEPTH, 1.0 + cfg.rel_threshold], Pt.dtype)
+    out = np.empty((T.shape[0], Pt.shape[1]), bool)
     R, t = np.ascontiguousarray(T[:, :3, :3]), np.ascontiguousarray(T[:, :3, 3])
     args = (camera.width, camera.height, cfg.downsample, cfg.kernel_size, bool(K[0, 1] != 0))
-    _visible_kernel(np.ascontiguousarray(P.T), R, t, intr, *args, out)
+    _visible_kernel(Pt, R, t, intr, *args, out)
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .geometry import PinholeCamera, make_T, moved_in_view, rotvec_to_matrix, symmetric_offsets
-from .ipr import IPRConfig, visible_mask
+from .ipr import IPRConfig, visible_mask_t
 from .map.store import ENVIRONMENTS
 from .model.preprocess import resize_camera
 
@@ -863,7 +863,7 @@ def compile_kernels() -> None:
     )
     pts, rows = np.array([[0.0], [0.0], [1.0]], np.float32), scorer.rows(np.zeros(1, np.int64))
     score, n = scorer.score(np.eye(4), pts, rows)
-    search = _Search(scorer, np.ascontiguousarray(pts.T), pts, rows, cam, IPRConfig(), np.zeros(3), cfg)
+    search = _Search(scorer, pts, rows, cam, IPRConfig(), np.zeros(3), cfg)
     search.ascend(np.eye(4), score, n, (pts, rows), coarse=True)
     _cells_joint(np.zeros(1, np.int32), np.zeros(1, np.int32), scorer.bins, scorer.joint)
     _in_frustum(pts, np.eye(3), np.zeros(3), np.zeros(6), np.asarray(cam.K, np.float64), cam.width, cam.height, 0.0)
@@ -1003,8 +1003,8 @@ def scores_at(
     # poses that share a rotation (a grid's heading) on the points that any of them can see, as a line's candidates
     _, group_of = np.unique(np.round(views[:, :3, :3], 12).reshape(len(poses), 9), axis=0, return_inverse=True)
     for group in (np.flatnonzero(group_of.ravel() == g) for g in range(int(group_of.max()) + 1)):
-        local, (local_t, group_rows) = search.box_points(views[group])
-        seen = visible_mask(local, views[group], image.camera, ipr)
+        local_t, group_rows = search.box_points(views[group])
+        seen = visible_mask_t(local_t, views[group], image.camera, ipr)
         for k, vis in zip(group, seen, strict=True):
             score, counts[k] = scorer.score(poses[k], local_t, group_rows, vis)
             if np.isfinite(score):
@@ -1132,7 +1132,6 @@ class _Search:
     def __init__(
         self,
         scorer: _Scorer,
-        local: np.ndarray,
         local_t: np.ndarray,
         rows: np.ndarray,
         cam: PinholeCamera,
@@ -1141,8 +1140,8 @@ class _Search:
         cfg: AlignmentConfig,
     ) -> None:
         self.scorer, self.cfg, self.cam, self.ipr = scorer, cfg, cam, ipr
-        self.local, self.local_t, self.rows = local, local_t, rows  # (N, 3), (3, N) float32; the rows of each
-        self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local``
+        self.local_t, self.rows = local_t, rows  # (3, N) float32, each coordinate contiguous; the rows of each
+        self.shift = make_T(np.eye(3), -origin)  # map -> the frame of ``local_t``
 
     @classmethod
     def around(
@@ -1156,9 +1155,12 @@ class _Search:
         cfg: AlignmentConfig,
     ) -> _Search:
         """A search over the map points ``pts`` (N, 3 float64) and their ``rows``, kept in float32 relative to
-        ``origin`` (the scorer's), both as (N, 3) and as (3, N) with each coordinate contiguous for the scorer."""
-        local = (pts - origin).astype(np.float32)
-        return cls(scorer, local, np.ascontiguousarray(local.T), rows, cam, ipr, origin, cfg)
+        ``origin`` (the scorer's) as (3, N), each coordinate contiguous, as the scorer and IPR take them (each
+        coordinate's difference in float64, then rounded, as ``(pts - origin).astype(np.float32)`` rounds it)."""
+        local_t = np.empty((3, len(pts)), np.float32)
+        for c in range(3):
+            np.subtract(pts[:, c], origin[c], out=local_t[c], casting="same_kind")
+        return cls(scorer, local_t, rows, cam, ipr, origin, cfg)
 
     def views(self, poses: np.ndarray) -> np.ndarray:
         """(B, 4, 4): each of ``poses`` (B, 4, 4 map from camera) as camera from ``local``, what IPR takes."""
@@ -1183,8 +1185,8 @@ class _Search:
         n_fwd = len(offsets) // 2  # (the start itself)
         cands = moved_in_view(start, offsets)  # start moved along its own z axis, at once
         views = self.views(cands)
-        local, points = self._line_points(views[0])
-        seen = visible_mask(local, views, self.cam, self.ipr)
+        points = self._line_points(views[0])
+        seen = visible_mask_t(points[0], views, self.cam, self.ipr)
         counts = seen.sum(1)
         base = int(counts[n_fwd])
         if base < cfg.min_points:
@@ -1222,15 +1224,15 @@ class _Search:
         R = views[:, :3, :3]
         in_image = -0.5 <= K[0, 2] < cam.width - 0.5 and -0.5 <= K[1, 2] < cam.height - 0.5
         if cam.has_distortion or not in_image or np.abs(R - R[0]).max() > 1e-12:
-            return self.local, (self.local_t, self.rows)
+            return self.local_t, self.rows
         offsets = views[:, :3, 3] - views[0, :3, 3]  # each camera's frame less the first's (the same axes)
         box = np.concatenate([offsets.min(axis=0), offsets.max(axis=0)])
         R0, t0 = np.ascontiguousarray(R[0]), np.ascontiguousarray(views[0, :3, 3])
         K64 = np.asarray(K, np.float64)
         keep = _in_frustum(self.local_t, R0, t0, box, K64, cam.width, cam.height, self.LINE_MARGIN_PX)
         if keep.all():
-            return self.local, (self.local_t, self.rows)
-        return self.local[keep], _view(self.local_t, self.rows, keep)
+            return self.local_t, self.rows
+        return _view(self.local_t, self.rows, keep)
 
     def best_of(self, line: _Line) -> _Found | str:
         """:meth:`forward`'s answer from a :meth:`line` (the start wins ties)."""

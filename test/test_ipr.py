@@ -12,7 +12,7 @@ from torch.nn.functional import max_pool2d
 
 from ep2p_loc_ros.calib import read_kitti_object_calib, read_velodyne_bin
 from ep2p_loc_ros.geometry import PinholeCamera, invert, make_T, rotvec_to_matrix, transform_points
-from ep2p_loc_ros.ipr import IPRConfig, _min_max_filter, _window_filter, visible_mask
+from ep2p_loc_ros.ipr import IPRConfig, _min_max_filter, _window_filter, visible_mask, visible_mask_t
 
 KITTI = Path(__file__).parent / "data" / "kitti_object"
 CAM = PinholeCamera.from_params(320, 240, 300.0, 300.0, 159.5, 119.5)
@@ -203,6 +203,29 @@ def test_ipr_numpy_and_torch_agree() -> None:
     # float32 and float64 may differ only for points right at a cell border or at the threshold.
     diff = visible_mask(pts, Ts, CAM) != visible_mask(pts.astype(np.float32), Ts, CAM)
     assert diff.mean() < 1e-3
+
+
+def test_ipr_of_points_laid_out_by_coordinate_is_the_same_mask() -> None:
+    """``visible_mask_t`` ((3, N) points, as the alignment keeps them) gives ``visible_mask``'s mask bit for bit:
+    float32 and float64 (the poses rounded to the points' type, as there), contiguous or not, a camera with
+    distortion (the torch path) too; bad input raises."""
+    pts, Ts = _to_map(_scene()), _poses()
+    distorted = PinholeCamera(320, 240, CAM.K, np.array([-0.3, 0.1, 0.001, -0.002, 0.0]))
+    cfg = IPRConfig(kernel_size=3, downsample=4)
+    for p in (pts, pts.astype(np.float32)):
+        for cam, config in ((CAM, None), (CAM, cfg), (distorted, None)):
+            expected = visible_mask(p, Ts, cam, config)
+            assert 0.1 < expected.mean() < 0.9  # (walls hide points: the window and threshold matter)
+            for p_t in (p.T, np.ascontiguousarray(p.T)):
+                np.testing.assert_array_equal(visible_mask_t(p_t, Ts, cam, config), expected)
+    assert visible_mask_t(np.zeros((3, 0)), Ts, CAM).shape == (len(Ts), 0)
+    for bad, match in ((pts, "must be a \\(3, N\\)"), (pts.T.astype(np.int64), "float32 or float64")):
+        with pytest.raises(ValueError, match=match):
+            visible_mask_t(bad, Ts, CAM)
+    with pytest.raises(ValueError, match="NaN"):
+        visible_mask_t(pts.T, np.full((1, 4, 4), np.nan), CAM)
+    with pytest.raises(ValueError, match="shape"):
+        visible_mask_t(pts.T, T_CAM_MAP, CAM)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")

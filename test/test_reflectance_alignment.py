@@ -335,7 +335,7 @@ def test_the_joint_histogram_counts_the_points_in_view_in_any_order_and_layout(n
     scorer = _Scorer(prepare_alignment_image(grey, CAM, cfg), np.zeros(3), cfg)
     local = np.c_[rng.uniform(-20, 20, 3000), rng.uniform(-5, 5, 3000), rng.uniform(1, 40, 3000)].astype(np.float32)
     rows = scorer.rows(rng.integers(0, cfg.bins, len(local)))
-    search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, CAM, IPRConfig(), np.zeros(3), cfg)
+    search = _Search(scorer, np.ascontiguousarray(local.T), rows, CAM, IPRConfig(), np.zeros(3), cfg)
     seen = rng.random(len(local)) < 0.7
     pts_t, view_rows = _view(search.local_t, search.rows, seen)
     assert pts_t.flags.c_contiguous  # each coordinate's row contiguous: the kernel vectorises over them
@@ -366,14 +366,15 @@ def test_a_line_of_candidates_sees_and_scores_as_over_all_points(street, cx):
     scorer = _Scorer(image, start[:3, 3], cfg)
     prepared = prepare_alignment_points(points, reflectance, cfg)
     rows = scorer.rows(prepared.reflectance_bins)
+    search = _Search.around(scorer, prepared.points, rows, image.camera, IPRConfig(), start[:3, 3], cfg)
     local = (prepared.points - start[:3, 3]).astype(np.float32)
-    search = _Search(scorer, local, np.ascontiguousarray(local.T), rows, image.camera, IPRConfig(), start[:3, 3], cfg)
+    assert search.local_t.flags.c_contiguous and np.array_equal(search.local_t, local.T)  # (bit for bit)
 
     class _AllPoints(_Search):
         def _line_points(self, rear):
-            return self.local, (self.local_t, self.rows)
+            return self.local_t, self.rows
 
-    every = _AllPoints(scorer, local, search.local_t, rows, image.camera, IPRConfig(), start[:3, 3], cfg)
+    every = _AllPoints(scorer, search.local_t, rows, image.camera, IPRConfig(), start[:3, 3], cfg)
     line, full = search.line(start, 6.0, 0.5), every.line(start, 6.0, 0.5)
     kept = line.points[0].shape[1]
     assert kept < 0.6 * len(local) if cx < CAM.width else kept == len(local)
@@ -403,12 +404,12 @@ def test_a_grid_at_one_heading_sees_and_scores_as_over_all_points(street, cx, mo
 
     def counted(self, views):
         found = box_points(self, views)
-        kept.append(len(found[0]))
+        kept.append(found[0].shape[1])
         return found
 
     monkeypatch.setattr(_Search, "box_points", counted)
     scores, counts = scores_at(image, prepared, poses, cfg, IPRConfig())
-    monkeypatch.setattr(_Search, "box_points", lambda self, views: (self.local, (self.local_t, self.rows)))
+    monkeypatch.setattr(_Search, "box_points", lambda self, views: (self.local_t, self.rows))
     full_scores, full_counts = scores_at(image, prepared, poses, cfg, IPRConfig())
     np.testing.assert_array_equal(scores, full_scores)
     np.testing.assert_array_equal(counts, full_counts)
@@ -417,7 +418,7 @@ def test_a_grid_at_one_heading_sees_and_scores_as_over_all_points(street, cx, mo
     scorer = _Scorer(image, poses[:, :3, 3].mean(0), cfg)
     rows = scorer.rows(prepared.reflectance_bins)
     search = _Search.around(scorer, prepared.points, rows, image.camera, IPRConfig(), poses[:, :3, 3].mean(0), cfg)
-    assert len(box_points(search, search.views(poses))[0]) == len(points)  # two rotations: every point
+    assert box_points(search, search.views(poses))[0].shape[1] == len(points)  # two rotations: every point
 
 
 def _surface(p: np.ndarray) -> np.ndarray:
@@ -571,10 +572,7 @@ def test_the_compiled_ascent_makes_the_python_sweeps_pose_for_pose(street, coars
         start = _off(np.array(offset))
         scorer = _Scorer(image, start[:3, 3], cfg)
         rows = scorer.rows(prepared.reflectance_bins)
-        local = (prepared.points - start[:3, 3]).astype(np.float32)
-        search = _Search(
-            scorer, local, np.ascontiguousarray(local.T), rows, image.camera, IPRConfig(), start[:3, 3], cfg
-        )
+        search = _Search.around(scorer, prepared.points, rows, image.camera, IPRConfig(), start[:3, 3], cfg)
         view = _view(search.local_t, search.rows, np.ones(len(rows), bool))
         score, n = scorer.score(start, *view)
         compiled = search.ascend(start, score, n, view, coarse=coarse)
