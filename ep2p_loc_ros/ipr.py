@@ -330,10 +330,14 @@ def _visible_kernel(
 def _min_max_filter(src: np.ndarray, dst: np.ndarray, r: int, is_min: bool) -> None:  # pragma: no cover
     """``dst`` = the (2r+1)-square min (or max) filter of ``src``, windows cut at the border, as
     :func:`_window_filter` computes it: by shifted rows and columns, so that the inner loops vectorise.
-    The default window (r = 2) takes :func:`_min_max_filter_5`: the same values at ~0.4x the time."""
+    The default window (r = 2) takes :func:`_min_max_filter_5`: the same values at ~0.4x the time; r = 1 (the
+    Manhattan grid's IPR) :func:`_min_max_filter_3`."""
     h, w = src.shape
     if r == 2 and h >= 4 and w >= 4:
         _min_max_filter_5(src, dst, is_min)
+        return
+    if r == 1 and h >= 2 and w >= 2:
+        _min_max_filter_3(src, dst, is_min)
         return
     tmp = src.copy()
     for s in range(1, min(r, w - 1) + 1):  # along each row
@@ -404,6 +408,48 @@ def _min_max_filter_5(src: np.ndarray, dst: np.ndarray, is_min: bool) -> None:  
             else:
                 for j in range(w):
                     out[j] = max(out[j], t[j])
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _min_max_filter_3(src: np.ndarray, dst: np.ndarray, is_min: bool) -> None:  # pragma: no cover (compiled)
+    """:func:`_min_max_filter` for a 3 x 3 window (h, w >= 2), as :func:`_min_max_filter_5` does a 5 x 5 one: each
+    row's window in one pass, then the columns over three rows. Why: the Manhattan grid's IPR (4x4-pixel cells, a
+    3-cell window) filters ~500 depth images a rescued indoor frame, and the general path copied the image and
+    passed over it four times (155 x 47 cells: ~10 µs of a pose's ~28)."""
+    h, w = src.shape
+    if h < 2 or w < 2:
+        raise ValueError("a 3 x 3 filter here needs an image of at least 2 x 2")
+    tmp = np.empty_like(src)
+    for i in range(h):
+        s, o = src[i], tmp[i]
+        if is_min:
+            o[0] = min(s[0], s[1])
+            for j in range(1, w - 1):
+                o[j] = min(min(s[j - 1], s[j]), s[j + 1])
+            o[w - 1] = min(s[w - 2], s[w - 1])
+        else:
+            o[0] = max(s[0], s[1])
+            for j in range(1, w - 1):
+                o[j] = max(max(s[j - 1], s[j]), s[j + 1])
+            o[w - 1] = max(s[w - 2], s[w - 1])
+    for i in range(h):
+        out = dst[i]
+        lo, hi = max(i - 1, 0), min(i + 1, h - 1)
+        a, c = tmp[lo], tmp[hi]
+        if hi - lo == 2:
+            b = tmp[i]
+            if is_min:
+                for j in range(w):
+                    out[j] = min(min(a[j], b[j]), c[j])
+            else:
+                for j in range(w):
+                    out[j] = max(max(a[j], b[j]), c[j])
+        elif is_min:  # a border row: its window is cut to two rows
+            for j in range(w):
+                out[j] = min(a[j], c[j])
+        else:
+            for j in range(w):
+                out[j] = max(a[j], c[j])
 
 
 def _window_filter(img: torch.Tensor, k: int, op: Callable[..., torch.Tensor]) -> torch.Tensor:

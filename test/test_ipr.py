@@ -157,10 +157,12 @@ def test_ipr_window_filter_equals_max_pool2d() -> None:
 
 
 def test_the_compiled_window_filter_is_the_torch_one() -> None:
-    """The CPU kernel's min / max filters (the 5 x 5 one with its whole-window rows, and the general one) give the
-    torch filter's values on images from the smallest the 5 x 5 path takes to a depth image's size."""
+    """The CPU kernel's min / max filters (the 5 x 5 and 3 x 3 ones with their whole-window rows, and the general
+    one) give the torch filter's values on images from the smallest each path takes to a depth image's size."""
     g = torch.Generator().manual_seed(1)
-    for h, w, k in ((4, 4, 5), (5, 7, 5), (6, 9, 5), (9, 5, 5), (94, 310, 5), (7, 9, 3), (12, 11, 7)):
+    fives = ((4, 4, 5), (5, 7, 5), (6, 9, 5), (9, 5, 5), (94, 310, 5))
+    threes = ((2, 2, 3), (2, 5, 3), (3, 3, 3), (7, 9, 3), (47, 155, 3))
+    for h, w, k in fives + threes + ((1, 6, 3), (6, 1, 3), (3, 3, 5), (12, 11, 7)):
         d = torch.rand(h, w, generator=g)
         d[d < 0.6] = torch.inf
         for op, is_min in ((torch.minimum, True), (torch.maximum, False)):
