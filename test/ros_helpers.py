@@ -236,6 +236,16 @@ class Collector:
         return None
 
 
+def wait_connected(ros: Any, img_pub: Any, diags: Collector, timeout: float = 10.0) -> bool:
+    """True once the node subscribes to ``img_pub``'s topic and its /diagnostics have reached ``diags``, then a
+    moment more. Why: DDS matches each pair of endpoints on its own, so seeing the node's subscription does not
+    mean the node has matched our publisher yet: a best-effort image sent at once can be dropped on its side (a
+    fault test then waited 20 s for the reply to a frame the node never got, CI in session 50)."""
+    ok = ros.wait_for(lambda: img_pub.get_subscription_count() > 0 and diags.messages(), timeout)
+    time.sleep(0.3)
+    return bool(ok)
+
+
 def send_frame(
     ros: Any,
     img_pub: Any,

@@ -73,7 +73,7 @@ def oracle(demo_data, tmp_path_factory):
     proc = h.proc
     try:
         assert h.lc.configure() and h.lc.activate(), proc.log()
-        assert h.ros.wait_for(lambda: h.img_pub.get_subscription_count() > 0, 10)
+        assert rh.wait_connected(h.ros, h.img_pub, h.diags), proc.log()
         yield h
     finally:
         h.close()

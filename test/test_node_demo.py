@@ -118,7 +118,7 @@ def test_node_localizes_demo_sequence_over_dds(h, demo, demo_data):
     from ep2p_loc_ros.localizer import LocalizerConfig
 
     h.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
-    assert h.ros.wait_for(lambda: h.img_pub.get_subscription_count() > 0, 10)
+    assert rh.wait_connected(h.ros, h.img_pub, h.diags)
     oracle = rh.OracleLocalizer(demo_data.map_dir, demo_data.sequence_dir, LocalizerConfig())
     for i in FRAMES:
         stamp = _stamp(i, demo)
