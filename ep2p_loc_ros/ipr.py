@@ -230,11 +230,12 @@ def _visible(P: torch.Tensor, T: torch.Tensor, camera: PinholeCamera, cfg: IPRCo
 
 
 def compile_kernel() -> None:
-    """Compile the CPU kernel now, for float32 and float64 points (numba: ~2 s the first time on a host, well
-    under a second from its on-disk cache), so that a node's first frame does not pay."""
+    """Compile the CPU kernel now, for float32 and float64 points and the 5 x 5 and 3 x 3 windows (numba: ~2 s the
+    first time on a host, well under a second from its on-disk cache), so that a node's first frame does not pay."""
     cam = PinholeCamera.from_params(8, 8, 4.0, 4.0, 4.0, 4.0)
     for dtype in (np.float32, np.float64):
         visible_mask(np.array([[0.0, 0.0, 1.0]], dtype), np.eye(4), cam)
+    visible_mask(np.array([[0.0, 0.0, 1.0]], np.float32), np.eye(4), cam, IPRConfig(kernel_size=3, downsample=4))
 
 
 def _visible_compiled(P: np.ndarray, T: np.ndarray, camera: PinholeCamera, cfg: IPRConfig) -> np.ndarray:

@@ -1163,7 +1163,8 @@ class _Search:
         return cls(scorer, local_t, rows, cam, ipr, origin, cfg)
 
     def views(self, poses: np.ndarray) -> np.ndarray:
-        """(B, 4, 4): each of ``poses`` (B, 4, 4 map from camera) as camera from ``local``, what IPR takes."""
+        """(B, 4, 4): each of ``poses`` (B, 4, 4 map from camera) as camera from the points' frame, what IPR
+        takes."""
         R_t = np.ascontiguousarray(poses[:, :3, :3].transpose(0, 2, 1))
         views = np.repeat(np.eye(4)[None], len(poses), axis=0)
         views[:, :3, :3] = R_t
@@ -1200,9 +1201,9 @@ class _Search:
 
     LINE_MARGIN_PX = 4.0  # (float32 rounding in IPR moves a point by ~1e-3 px)
 
-    def _line_points(self, rear: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """The points (N, 3), and (3, N) with their rows, that a line of candidates can see, given the view
-        (camera from ``local``) of the one farthest back.
+    def _line_points(self, rear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The points ((3, N), relative to the origin) and their rows that a line of candidates can see, given the
+        view (camera from the points' frame) of the one farthest back.
 
         Why: the candidates differ only along their common optical axis, so a point any of them has in front and
         in its image, the one farthest back has there too (nearer the image centre, when the principal point is in
@@ -1211,11 +1212,11 @@ class _Search:
         (profile of drive 900's single images: IPR 3.0 -> 2.1 ms a line, a candidate's score 70 -> 43 µs)."""
         return self.box_points(rear[None])
 
-    def box_points(self, views: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """:meth:`_line_points` for ``views`` (B, 4, 4, camera from ``local``) that share a rotation and differ in
-        position only (a grid's poses at one heading): the points any of them has in front and in its image.
-        All of them where the rotations differ (beyond 1e-12) or the test does not hold (a camera with distortion, or
-        its principal point outside the image).
+    def box_points(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_line_points` for ``views`` (B, 4, 4, camera from the points' frame) that share a rotation and
+        differ in position only (a grid's poses at one heading): the points any of them has in front and in its
+        image. All of them where the rotations differ (beyond 1e-12) or the test does not hold (a camera with
+        distortion, or its principal point outside the image).
 
         Why: the 81 positions of the indoor Manhattan grid at one heading may see 35 % of the submap's points on
         average (4-84 %); the rest enter no depth image and no score, so IPR and the scores over the points kept are
