@@ -144,7 +144,7 @@ def visible_mask(
     if not (N and B):
         vis = torch.zeros((B, N), dtype=torch.bool, device=device)
     elif isinstance(points, np.ndarray) and device.type == "cpu" and not camera.has_distortion:
-        vis = torch.from_numpy(_visible_compiled(P.numpy(), T.numpy(), camera, cfg))
+        vis = torch.from_numpy(_visible_compiled(np.ascontiguousarray(P.numpy().T), T.numpy(), camera, cfg))
     else:
         vis = _visible(P, T, camera, cfg)
     if single:
@@ -174,7 +174,7 @@ def visible_mask_t(
         raise ValueError("T_cam_map contains NaN/Inf")
     if camera.has_distortion or points_t.shape[1] == 0 or len(T) == 0:
         return visible_mask(points_t.T, T, camera, cfg).reshape(len(T), points_t.shape[1])
-    return _visible_compiled_t(np.ascontiguousarray(points_t), T.astype(points_t.dtype), camera, cfg)
+    return _visible_compiled(np.ascontiguousarray(points_t), T.astype(points_t.dtype), camera, cfg)
 
 
 def _visible(P: torch.Tensor, T: torch.Tensor, camera: PinholeCamera, cfg: IPRConfig) -> torch.Tensor:
@@ -238,19 +238,15 @@ def compile_kernel() -> None:
     visible_mask(np.array([[0.0, 0.0, 1.0]], np.float32), np.eye(4), cam, IPRConfig(kernel_size=3, downsample=4))
 
 
-def _visible_compiled(P: np.ndarray, T: np.ndarray, camera: PinholeCamera, cfg: IPRConfig) -> np.ndarray:
-    """:func:`_visible` for numpy points on the CPU and an undistorted camera, compiled (numba): the same steps
-    in the same float operations, so the same mask bit for bit (``test_ipr_numpy_and_torch_agree``).
+def _visible_compiled(Pt: np.ndarray, T: np.ndarray, camera: PinholeCamera, cfg: IPRConfig) -> np.ndarray:
+    """:func:`_visible` for numpy points on the CPU, laid out (3, N) C-contiguous (``Pt``), ``T`` (B, 4, 4) in
+    their float type, and an undistorted camera, compiled (numba): the same steps in the same float operations, so
+    the same mask bit for bit (``test_ipr_numpy_and_torch_agree``).
 
     Why: torch runs each step as a pass over all (B, N) point-poses with a (B, N) temporary, then a ``nonzero``,
     a scatter and a gather; the reflectance alignment asks for 25 poses of 30,000 points per frame (10-12 ms in
     torch, 4.6 ms here; session 24). The compiled loop keeps each point's projection in registers.
     """
-    return _visible_compiled_t(np.ascontiguousarray(P.T), T, camera, cfg)
-
-
-def _visible_compiled_t(Pt: np.ndarray, T: np.ndarray, camera: PinholeCamera, cfg: IPRConfig) -> np.ndarray:
-    """:func:`_visible_compiled` of the (3, N) C-contiguous points ``Pt``, ``T`` (B, 4, 4) in their float type."""
     K = camera.K
     intr = np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1], _MIN_DEPTH, 1.0 + cfg.rel_threshold], Pt.dtype)
     out = np.empty((T.shape[0], Pt.shape[1]), bool)
