@@ -28,6 +28,7 @@ import torch
 from .covariance_calibration import CALIBRATION_FILE, CovarianceCalibration
 from .errors import DataError
 from .geometry import PinholeCamera, best_distinct, invert, moved_in_view, symmetric_offsets, transform_points
+from .gravity import GravityPrior
 from .ipr import IPRConfig, visible_mask
 from .ipr import compile_kernel as compile_ipr
 from .likelihood_search import LikelihoodSearch, search_by_likelihood
@@ -727,14 +728,25 @@ class Localizer:
         return loc
 
     def localize(
-        self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None = None, source: str = "image"
+        self,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        T_map_cam_prior: np.ndarray | None = None,
+        source: str = "image",
+        gravity: GravityPrior | None = None,
     ) -> LocalizationResult:
-        """Localize one RGB image (H, W, 3) taken by ``camera``; with ``T_map_cam_prior``, track from that pose."""
+        """Localize one RGB image (H, W, 3) taken by ``camera``; with ``T_map_cam_prior``, track from that pose;
+        with ``gravity`` (an IMU's, at the image's time; the map's z up), the alignment keeps near that tilt."""
         with torch_threads(self.config.threads):
-            return self._localize(rgb, camera, T_map_cam_prior, source)
+            return self._localize(rgb, camera, T_map_cam_prior, source, gravity)
 
     def _localize(
-        self, rgb: np.ndarray, camera: PinholeCamera, T_map_cam_prior: np.ndarray | None, source: str
+        self,
+        rgb: np.ndarray,
+        camera: PinholeCamera,
+        T_map_cam_prior: np.ndarray | None,
+        source: str,
+        gravity: GravityPrior | None = None,
     ) -> LocalizationResult:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -820,9 +832,9 @@ class Localizer:
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
         if res.ok and align and not near and self.single_image_hypotheses:
-            res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0)
+            res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0, gravity)
         elif res.ok and align:
-            res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior)
+            res = self._align(res, rgb, camera, timings, t0, T_map_cam_prior, gravity)
         mode = "global" if T_map_cam_prior is None else "tracking"
         if res.ok and res.aligned and math.isnan(res.support):  # (a single image's may be rated already)
             res = self._with_confidence(res, m, camera, cam_net, mode)
@@ -858,6 +870,7 @@ class Localizer:
         timings: dict[str, float],
         t0: float,
         prior: np.ndarray | None,
+        gravity: GravityPrior | None = None,
     ) -> LocalizationResult:
         """``res`` with its pose aligned to the map's reflectance (:func:`align_to_reflectance`), on the submap
         nearest that pose; unchanged (and logged) when the alignment cannot run. A tracked pose is searched for
@@ -866,10 +879,10 @@ class Localizer:
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, prior is not None)
         starts = [res.T_map_cam] + ([prior] if prior is not None and cfg.tracking_from_prior else [])
+        image = prepare_alignment_image(rgb, camera, cfg, contrast, gravity)
         if len(starts) == 1:
-            al = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast)
+            al = self._aligned(res.T_map_cam, rgb, camera, cfg, contrast, image=image)
         else:  # both on the submap nearest PnP's pose, side by side; the better score wins
-            image = prepare_alignment_image(rgb, camera, cfg, contrast)
             prepared = self._alignment_points(res.T_map_cam, None, contrast, cfg)
             jobs = [functools.partial(self._align_on, T, rgb, camera, cfg, contrast, prepared, image) for T in starts]
             al = best_alignment(self._side_by_side(cfg.threads, jobs))
@@ -964,6 +977,7 @@ class Localizer:
         cam_net: PinholeCamera,
         timings: dict[str, float],
         t0: float,
+        gravity: GravityPrior | None = None,
     ) -> LocalizationResult:
         """A single image's pose aligned from PnP's pose and from the viewpoints of the ``hypothesis_views`` best
         retrieved submaps whose patch likelihood is within ``hypothesis_margin`` of the best start's (each on its
@@ -981,7 +995,7 @@ class Localizer:
         ta = time.perf_counter()
         cfg, contrast = self.config.alignment.for_frame(self.map_environment, tracking=False)
         radius = self._support_radius(camera, cam_net)
-        image = prepare_alignment_image(rgb, camera, cfg, contrast)  # once for all the frame's alignments
+        image = prepare_alignment_image(rgb, camera, cfg, contrast, gravity)  # once for all the frame's alignments
         first: AlignmentResult | None = None  # PnP's pose aligned in full, as without hypotheses
         first_support = 0  # ... its matches' support (counted once: it is a hypothesis too)
         if cfg.hypotheses_below_support < 1:  # ... and kept if well supported

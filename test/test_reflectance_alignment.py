@@ -16,6 +16,7 @@ from ep2p_loc_ros.geometry import (
     rotvec_to_matrix,
     transform_points,
 )
+from ep2p_loc_ros.gravity import GravityPrior, down_in_camera
 from ep2p_loc_ros.ipr import IPRConfig, visible_mask
 from ep2p_loc_ros.reflectance_alignment import (
     AlignmentConfig,
@@ -556,14 +557,16 @@ def test_an_image_prepared_once_aligns_as_the_image_itself_and_refuses_other_set
             )
 
 
-@pytest.mark.parametrize("coarse", [False, True])
-def test_the_compiled_ascent_makes_the_python_sweeps_pose_for_pose(street, coarse):
+@pytest.mark.parametrize("coarse,gravity", [(False, False), (True, False), (False, True)])
+def test_the_compiled_ascent_makes_the_python_sweeps_pose_for_pose(street, coarse, gravity):
     """The coordinate ascent in one compiled call (:func:`_ascent_kernel`) against its Python sweeps (kept for
     cameras with distortion), from poses off in every parameter: the same end pose bit for bit, the same score and
-    points, and as many poses scored. Its moves halve level by level as the ascent's steps do."""
+    points, and as many poses scored, with a tilt prior too. Its moves halve level by level as the ascent's steps
+    do."""
     points, reflectance, rgb = street
     cfg = AlignmentConfig()
-    image = prepare_alignment_image(rgb, CAM, cfg)
+    prior = GravityPrior(down_in_camera(_off(np.array([0, 0, 0, 0.3, 0, 0.2]))), np.radians(0.1)) if gravity else None
+    image = prepare_alignment_image(rgb, CAM, cfg, gravity=prior)
     prepared = prepare_alignment_points(points, reflectance, cfg)
     levels = _ascent_move_levels(cfg.step_m, cfg.step_deg, cfg.pivot_depths_m, cfg.min_step_m, cfg.min_step_deg)
     assert levels.shape == (3, 10, 2, 4, 4) and not levels.flags.writeable  # 0.2, 0.1, 0.05 m; 0.4, 0.2, 0.1 deg
@@ -584,6 +587,8 @@ def test_the_compiled_ascent_makes_the_python_sweeps_pose_for_pose(street, coars
         python = search.ascend_python(start, score, n, view, moves)
         np.testing.assert_array_equal(compiled[0], python[0])
         assert compiled[1:] == python[1:] and evaluations == scorer.evaluations + 1  # (+ the start's score)
+        if prior is not None:  # the score is the MI less the prior's penalty
+            assert scorer.tilt_weight > 0 and compiled[1] < scorer.score(compiled[0], *view)[0]
         assert compiled[1] > score and np.linalg.norm(compiled[0][:3, 3]) < np.linalg.norm(offset[:3])
 
 
