@@ -548,7 +548,7 @@ class OracleLocalizer:
 
         return self._index.get(hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest())
 
-    def localize(self, rgb, camera, T_map_cam_prior=None, source: str = "image"):
+    def localize(self, rgb, camera, T_map_cam_prior=None, source: str = "image", gravity=None):
         from ep2p_loc_ros.geometry import invert, transform_points
         from ep2p_loc_ros.localizer import LocalizationStatus, _failure, result_from_pnp
         from ep2p_loc_ros.map import nearest_submaps

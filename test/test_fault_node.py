@@ -2,7 +2,8 @@
 /diagnostics says what is wrong.
 
 - With :class:`ros_helpers.OracleLocalizer` (the node's own behaviour, independent of the model): camera_info
-  never arrives; the TF of the camera mount is missing (then arrives); the camera stops and resumes.
+  never arrives; the TF of the camera mount is missing (then arrives); the camera stops and resumes; the IMU's
+  gravity is used, late, or without an orientation.
 
 The real Localizer's faults (CUDA failing, leaving the map, an empty submap) are in test_fault_model_node.py.
 """
@@ -20,7 +21,7 @@ import ros_helpers as rh
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, Imu
 from tf2_msgs.msg import TFMessage
 
 T0 = 5000.0
@@ -38,6 +39,7 @@ class Harness:
             TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         )
         self.init_pub = n.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
+        self.imu_pub = n.create_publisher(Imu, "/vehicle/imu", qos_profile_sensor_data)
 
     def send(self, image_msg, info_msg=None, timeout: float = 20.0):
         """(diagnostics values of this frame, pose msg or None)."""
@@ -53,7 +55,7 @@ class Harness:
         assert rc == 0 and "Traceback" not in log, log
 
 
-REMAPS = {"image": "/cam/image_raw", "camera_info": "/cam/camera_info"}
+REMAPS = {"image": "/cam/image_raw", "camera_info": "/cam/camera_info", "imu": "/vehicle/imu"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,12 @@ def oracle(demo_data, tmp_path_factory):
     h = Harness(
         *rh.connect_node(
             lambda: rh.start_node(
-                {"map_path": str(demo_data.map_dir), "image_timeout_s": 0.5, "diagnostics_period": 0.2},
+                {
+                    "map_path": str(demo_data.map_dir),
+                    "image_timeout_s": 0.5,
+                    "diagnostics_period": 0.2,
+                    "imu.enabled": True,
+                },
                 remaps=REMAPS,
                 oracle_sequence=demo_data.sequence_dir,
                 log_dir=log_dir,
@@ -133,3 +140,40 @@ def test_fault_camera_stops_and_resumes(oracle, demo):
     late = [v for m in oracle.diags.messages()[n:] if (v := rh.diag_values(m)) and v.get("result") == "stale"]
     assert all(float(v["image_age_s"]) <= since_resumed + 0.05 for v in late), (since_resumed, late)
     assert oracle.proc.alive
+
+
+def test_the_imus_gravity_goes_with_each_image_and_is_left_out_when_late_or_without_orientation(oracle, demo):
+    """An IMU on base_link (the mount on /tf_static): a message at the image's stamp gives the localizer gravity
+    (its std from imu.sigma_deg where the covariance is unknown); one 0.5 s off, or one whose orientation_covariance
+    says it has no orientation, gives none, and /diagnostics says why. The frame is localized either way."""
+    from ep2p_loc_ros.geometry import matrix_to_quaternion
+
+    oracle.static_pub.publish(TFMessage(transforms=[demo.mount_tf(rh.stamp_msg(0.0))]))
+
+    def imu(i: int, offset: float = 0.0, no_orientation: bool = False) -> Imu:
+        msg = Imu()
+        msg.header.stamp, msg.header.frame_id = _stamp(demo, i, offset), "base_link"
+        x, y, z, w = matrix_to_quaternion(demo.T_map_base(i)[:3, :3])
+        msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = (
+            float(x),
+            float(y),
+            float(z),
+            float(w),
+        )
+        if no_orientation:
+            msg.orientation_covariance[0] = -1.0
+        return msg
+
+    # frames a second apart, so that the nearest message to each image is the one sent with it
+    expected = {
+        12: "imu, 0.05 deg (base_link)",
+        22: "none: imu: orientation_covariance[0] is -1: the IMU gives no orientation",
+        32: "none: the nearest IMU message is 0.500 s from the image (> imu.max_age_s)",
+    }
+    for i, msg in ((12, imu(12)), (22, imu(22, no_orientation=True)), (32, imu(32, offset=-0.5))):
+        oracle.imu_pub.publish(msg)
+        time.sleep(0.2)
+        diag, pose = oracle.send(demo.image_msg(i, _stamp(demo, i)), demo.camera_info_msg())
+        assert diag["result"] == "localized" and pose is not None, diag
+        assert diag["gravity"] == expected[i], diag
+    assert oracle.proc.alive and oracle.lc.get_state() == "active"

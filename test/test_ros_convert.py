@@ -5,13 +5,15 @@ import pytest
 
 pytest.importorskip("rclpy")
 from rclpy.serialization import deserialize_message, serialize_message
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
 
-from ep2p_loc_ros.geometry import rotvec_to_matrix
+from ep2p_loc_ros.geometry import matrix_to_quaternion, rotvec_to_matrix
+from ep2p_loc_ros.gravity import down_in_camera
 from ep2p_loc_ros.ros.convert import (
     ConversionError,
     camera_info_to_camera,
     image_to_rgb,
+    imu_to_gravity,
     matrix_to_pose,
     matrix_to_transform,
     pointcloud2_to_xyz,
@@ -189,3 +191,44 @@ def test_ros_convert_compressed_image_png_jpeg_and_bad_data():
     msg.data = b""
     with pytest.raises(ConversionError, match="no data"):
         compressed_image_to_rgb(_wire(msg))
+
+
+def _imu(R_world_imu: np.ndarray, cov: list[float] | None = None) -> Imu:
+    msg = Imu()
+    q = matrix_to_quaternion(R_world_imu)
+    msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = (float(c) for c in q)
+    if cov is not None:
+        msg.orientation_covariance = [float(c) for c in cov]
+    return msg
+
+
+def test_an_imu_message_gives_gravity_in_the_camera_with_its_covariance_or_the_default():
+    """The IMU's orientation through the mount is the map's down in the camera; the std is the root of the larger of
+    the roll and pitch variances, or the default where the covariance is unknown (zeros)."""
+    R_world_imu = rotvec_to_matrix(np.radians([1.5, -2.0, 70.0]))
+    R_imu_cam = rotvec_to_matrix(np.radians([-90.0, 0.0, 0.0])) @ rotvec_to_matrix(np.radians([0.0, 90.0, 0.0]))
+    T = np.eye(4)
+    T[:3, :3] = R_world_imu @ R_imu_cam
+    g = imu_to_gravity(_imu(R_world_imu), R_imu_cam.T, 0.001)
+    np.testing.assert_allclose(g.down_cam, down_in_camera(T), atol=1e-9)
+    assert g.sigma_rad == 0.001
+    cov = [4e-6, 0, 0, 0, 9e-6, 0, 0, 0, 1.0]  # roll 0.002 rad, pitch 0.003 rad, yaw poorly known
+    assert imu_to_gravity(_imu(R_world_imu, cov), R_imu_cam.T, 0.001).sigma_rad == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize(
+    "cov,quat,match",
+    [
+        ([-1.0] + [0.0] * 8, None, "gives no orientation"),
+        ([np.nan] + [0.0] * 8, None, "finite with variances >= 0"),
+        ([0.0] * 4 + [-1e-6] + [0.0] * 4, None, "finite with variances >= 0"),
+        (None, (0.0, 0.0, 0.0, 0.0), "quaternion"),
+        (None, (np.nan, 0.0, 0.0, 1.0), "quaternion"),
+    ],
+)
+def test_an_imu_message_without_a_usable_orientation_is_refused_by_name(cov, quat, match):
+    msg = _imu(np.eye(3), cov)
+    if quat is not None:
+        msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = quat
+    with pytest.raises(ConversionError, match=f"imu: .*{match}"):
+        imu_to_gravity(msg, np.eye(3), 0.001)

@@ -1,4 +1,4 @@
-"""Message <-> array conversions: Image, CameraInfo, PointCloud2, poses.
+"""Message <-> array conversions: Image, CameraInfo, PointCloud2, Imu, poses.
 
 Every function either returns a correct array/message or raises :class:`ConversionError` naming the field and
 the fault, so the node can drop one bad frame, say why in diagnostics, and keep running.
@@ -10,10 +10,11 @@ import math
 
 import numpy as np
 from geometry_msgs.msg import Pose, Transform
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2, PointField
 
 from ..errors import DataError
 from ..geometry import CameraError, PinholeCamera, make_T, matrix_to_quaternion, quaternion_to_matrix
+from ..gravity import GravityPrior
 from .compat import has_ros2_cv_bridge, has_sensor_msgs_py
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "camera_info_to_camera",
     "compressed_image_to_rgb",
     "image_to_rgb",
+    "imu_to_gravity",
     "matrix_to_pose",
     "matrix_to_transform",
     "pointcloud2_to_xyz",
@@ -146,6 +148,23 @@ def camera_info_to_camera(msg: CameraInfo, rectified: bool = True) -> PinholeCam
 
 
 _XYZI = ("x", "y", "z", "intensity")
+
+
+def imu_to_gravity(msg: Imu, R_cam_imu: np.ndarray, default_sigma_rad: float) -> GravityPrior:
+    """Gravity in the camera's optical frame from an IMU's orientation (REP-145: the IMU frame in a gravity-aligned
+    frame) and the rotation from the IMU's frame to the camera's; its std the larger of the roll and pitch variances'
+    roots, or ``default_sigma_rad`` when the covariance is unknown (all zeros)."""
+    cov = np.asarray(msg.orientation_covariance, dtype=np.float64)
+    if cov.shape != (9,) or cov[0] == -1.0:
+        raise ConversionError("imu: orientation_covariance[0] is -1: the IMU gives no orientation")
+    if not np.isfinite(cov).all() or cov[0] < 0 or cov[4] < 0:
+        raise ConversionError(f"imu: orientation_covariance must be finite with variances >= 0, got {cov.tolist()}")
+    q = msg.orientation
+    sigma = math.sqrt(max(cov[0], cov[4])) if cov.any() else default_sigma_rad
+    try:
+        return GravityPrior.from_imu(np.array([q.x, q.y, q.z, q.w]), R_cam_imu, sigma or default_sigma_rad)
+    except ValueError as exc:
+        raise ConversionError(f"imu: {exc}") from None
 
 
 def xyz_to_pointcloud2(

@@ -16,6 +16,7 @@ Lifecycle
 
 Topics (relative names: namespaces and remaps apply)
     in   image (sensor_msgs/Image; or image/compressed with image_transport:=compressed), camera_info,
+         imu (sensor_msgs/Imu, with imu.enabled: gravity at the image's time keeps the alignment near that tilt),
          /initialpose (PoseWithCovarianceStamped of base_frame in map_frame, as RViz's "2D Pose Estimate")
     out  ~/pose (PoseWithCovarianceStamped, header.stamp = image stamp, header.frame_id = map_frame; the pose
          is of base_frame when the base->camera mount is known, else of the camera's optical frame:
@@ -44,6 +45,7 @@ stderr and the node runs on (to see where a stuck node waits).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import threading
@@ -58,10 +60,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
 from std_srvs.srv import Trigger
 
 from ..geometry import invert, make_T, quaternion_to_matrix
+from ..gravity import GravityPrior
 from ..localizer import Localizer
 from ..map_odom_filter import MapOdomFilter
 from ..pose_gate import PoseGate, fusion_refusal, rebase_pose
@@ -71,6 +74,7 @@ from .convert import (
     camera_info_to_camera,
     compressed_image_to_rgb,
     image_to_rgb,
+    imu_to_gravity,
     matrix_to_pose,
     pose_to_matrix,
     rgb_to_image,
@@ -84,6 +88,7 @@ from .tf_listener import TransformCache
 __all__ = ["NODE_NAME", "LocalizationNode"]
 
 NODE_NAME = "ep2p_loc"
+IMU_KEPT = 200  # IMU messages kept to find the one nearest an image's stamp (1 s at 200 Hz)
 
 
 def _stamp_s(stamp) -> float:
@@ -128,6 +133,7 @@ class LocalizationNode(LifecycleNode):
         self._cond = threading.Condition()
         self._pending: _Frame | None = None
         self._camera_info: CameraInfo | None = None
+        self._imu: collections.deque[Imu] = collections.deque(maxlen=IMU_KEPT)  # the newest IMU messages
         self._camera_cache: tuple[int, Any] | None = None
         self._reset_counters()
         self._reset_tracking()
@@ -230,6 +236,11 @@ class LocalizationNode(LifecycleNode):
             else:
                 self._subs.append(self.create_subscription(Image, "image", self._on_image, qos))
             self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos))
+            if p.imu_enabled:  # sensor data: best effort, a second of history at a fast IMU's rate
+                imu_qos = QoSProfile(
+                    history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT
+                )
+                self._subs.append(self.create_subscription(Imu, "imu", self._on_imu, imu_qos))
             self._subs.append(
                 self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initial_pose, 1)
             )
@@ -308,6 +319,7 @@ class LocalizationNode(LifecycleNode):
         self._degraded = ""
         self._camera_info = None
         self._camera_cache = None
+        self._imu.clear()
 
     # ------------------------------------------------------------------------------------------------------
     # callbacks (executor thread): keep the newest frame, never block
@@ -323,6 +335,9 @@ class LocalizationNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
+
+    def _on_imu(self, msg: Imu) -> None:
+        self._imu.append(msg)
 
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
         try:
@@ -434,11 +449,13 @@ class LocalizationNode(LifecycleNode):
         T_base_cam = self._mount(cam_frame)
         prior, mode = self._prior(T_base_cam, stamp)
         outside = self._outside_map(prior)
+        gravity, gravity_note = self._gravity(cam_frame, T_base_cam, stamp)
         t0 = time.perf_counter()
-        result = self.localizer.localize(rgb, camera, prior, source=f"image {_stamp_str(stamp)}")
+        result = self.localizer.localize(rgb, camera, prior, source=f"image {_stamp_str(stamp)}", gravity=gravity)
         localize_ms = (time.perf_counter() - t0) * 1e3
         extra = {
             "mode": mode,
+            "gravity": gravity_note,
             "localize_ms": localize_ms,
             "inliers": result.num_inliers,
             "matches": result.num_matches,
@@ -617,6 +634,35 @@ class LocalizationNode(LifecycleNode):
         if self._tf is None or cam_frame == p.base_frame:
             return None
         return self._tf.lookup(p.base_frame, cam_frame, 0, 0.0)
+
+    def _gravity(self, cam_frame: str, T_base_cam: np.ndarray | None, stamp) -> tuple[GravityPrior | None, str]:
+        """Gravity in the camera from the IMU message nearest ``stamp`` (``imu.enabled``), and what /diagnostics says
+        of it: where it came from, or why there is none (the frame is localized without it)."""
+        p = self.params
+        if not p.imu_enabled:
+            return None, "off"
+        t = _stamp_s(stamp)
+        msgs = list(self._imu)  # (appended from the executor's thread)
+        if not msgs:
+            return None, f"none: no message on {self.resolve_topic_name('imu')} yet"
+        msg = min(msgs, key=lambda m: abs(_stamp_s(m.header.stamp) - t))
+        age = abs(_stamp_s(msg.header.stamp) - t)
+        if age > p.imu_max_age_s:
+            return None, f"none: the nearest IMU message is {age:.3f} s from the image (> imu.max_age_s)"
+        imu_frame = msg.header.frame_id.lstrip("/") or p.base_frame
+        if imu_frame == p.base_frame and T_base_cam is not None:
+            T_cam_imu = invert(T_base_cam)
+        else:
+            T_cam_imu = np.eye(4) if imu_frame == cam_frame else None
+            if T_cam_imu is None and self._tf is not None:
+                T_cam_imu = self._tf.lookup(cam_frame, imu_frame, 0, 0.0)
+        if T_cam_imu is None:
+            return None, f"none: the transform {imu_frame}->{cam_frame} is not on /tf_static"
+        try:
+            gravity = imu_to_gravity(msg, T_cam_imu[:3, :3], math.radians(p.imu_sigma_deg))
+        except ConversionError as exc:
+            return None, f"none: {exc}"
+        return gravity, f"imu, {math.degrees(gravity.sigma_rad):.3g} deg ({imu_frame})"
 
     def _odom_T(self, stamp) -> np.ndarray | None:
         """``T_odom_base`` at ``stamp`` or None."""

@@ -159,6 +159,22 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         max=3600.0,
     ),
     ParamSpec("diagnostics_period", 1.0, "s: period of /diagnostics between frames", min=0.05, max=60.0),
+    ParamSpec(
+        "imu.enabled",
+        False,
+        "subscribe 'imu' (sensor_msgs/Imu, orientation in a gravity-aligned frame, REP-145) and give the localizer "
+        "gravity in the camera at each image's time (the map's z up): its alignment keeps near that roll and pitch",
+    ),
+    ParamSpec(
+        "imu.max_age_s", 0.05, "s: the IMU message nearest the image stamp is used if this close", min=0.0, max=10.0
+    ),
+    ParamSpec(
+        "imu.sigma_deg",
+        0.05,
+        "deg: roll and pitch std when the message's orientation_covariance is unknown (all zeros)",
+        min=1e-4,
+        max=90.0,
+    ),
 )
 
 _GATE_DESCRIPTIONS = {
@@ -244,6 +260,9 @@ class NodeParams:
     time_jump_reset_s: float
     diagnostics_period: float
     image_timeout_s: float
+    imu_enabled: bool = False
+    imu_max_age_s: float = 0.05
+    imu_sigma_deg: float = 0.05
     gate: GateConfig = field(default_factory=GateConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
@@ -366,6 +385,9 @@ def params_from_values(values: dict[str, Any]) -> NodeParams:
         time_jump_reset_s=v["time_jump_reset_s"],
         diagnostics_period=v["diagnostics_period"],
         image_timeout_s=v["image_timeout_s"],
+        imu_enabled=v["imu.enabled"],
+        imu_max_age_s=v["imu.max_age_s"],
+        imu_sigma_deg=v["imu.sigma_deg"],
         gate=gate,
         fusion=fusion,
         localizer=localizer,
