@@ -2,6 +2,7 @@
 
     ros2 launch ep2p_loc_ros ep2p_loc.launch.py map_path:=/data/map image:=/camera/image_rect \
         camera_info:=/camera/camera_info [params_file:=my.yaml] [namespace:=car1] [use_sim_time:=true] [rviz:=true]
+        [imu:=/vehicle/imu (read with imu.enabled: true in params_file)]
 
 With ``autostart:=true`` (the default) the node is configured once it starts and activated once it is inactive,
 through lifecycle events (as nav2's lifecycle manager would do with services). Without launch (PyPI wheels):
@@ -54,7 +55,7 @@ def _setup(context, *args, **kwargs):
         namespace=get("namespace"),
         output="screen",
         parameters=[get("params_file"), overrides],
-        remappings=[("image", get("image")), ("camera_info", get("camera_info"))],
+        remappings=[("image", get("image")), ("camera_info", get("camera_info")), ("imu", get("imu"))],
     )
     actions = [node]
     if _truthy(get("autostart")):
@@ -101,6 +102,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("image", default_value="image", description="image topic (remaps `image`)"),
             DeclareLaunchArgument(
                 "camera_info", default_value="camera_info", description="camera_info topic (remaps `camera_info`)"
+            ),
+            DeclareLaunchArgument(
+                "imu", default_value="imu", description="IMU topic (remaps `imu`; read with imu.enabled: true)"
             ),
             DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
             DeclareLaunchArgument("autostart", default_value="true", description="configure and activate at start"),

@@ -14,6 +14,7 @@ ARGUMENTS = {
     "namespace",
     "image",
     "camera_info",
+    "imu",
     "use_sim_time",
     "autostart",
     "rviz",
