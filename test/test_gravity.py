@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_reflectance_alignment import CAM, _corridor_hits, _paint  # the street the alignment's tests see
 
-from ep2p_loc_ros.geometry import PinholeCamera, make_T, matrix_to_rotvec, rotvec_to_matrix, transform_points
+from ep2p_loc_ros.geometry import make_T, matrix_to_rotvec, rotvec_to_matrix, transform_points
 from ep2p_loc_ros.gravity import GravityPrior, down_in_camera
 from ep2p_loc_ros.reflectance_alignment import AlignmentConfig, align_to_reflectance, prepare_alignment_image
 
@@ -65,19 +66,10 @@ def test_an_imu_orientation_must_be_a_quaternion():
         GravityPrior.from_imu(np.array([0, 0, 0, 1.0]), np.full((3, 3), np.nan), 0.01)
 
 
-CAM = PinholeCamera.from_params(480, 180, 240.0, 240.0, 239.5, 89.5)
-
-
-def _paint(p: np.ndarray) -> np.ndarray:
-    cell = np.floor(p / 0.5).astype(np.int64)
-    h = (cell[..., 0] * 73856093) ^ (cell[..., 1] * 19349663) ^ (cell[..., 2] * 83492791)
-    return (h % 997) / 996.0
-
-
 @pytest.fixture(scope="module")
 def street():
-    """A street in a map with z up (road 1.6 m below the camera, facades 5 m either side, a wall 40 m ahead, painted
-    in 0.5 m cells) and the image the camera at ``truth`` takes, rendered by ray casting in its own frame."""
+    """test_reflectance_alignment's street in a map with z up (road 1.6 m below the camera, facades 5 m either side,
+    painted in 0.5 m cells) and the image the camera at ``truth`` takes, rendered by ray casting in its own frame."""
     rng = np.random.default_rng(3)
     truth = make_T(R_MAP_OPT, [0.0, 0.0, 1.6])
     g = np.arange(0.05, 40.0, 0.1)
@@ -86,17 +78,8 @@ def street():
     local = np.concatenate([road, side, side * [-1, 1, 1]])
     reflectance = 0.1 + 0.8 * _paint(local)
     v, u = np.mgrid[0 : CAM.height, 0 : CAM.width]
-    d = np.stack([(u - CAM.cx) / CAM.fx, (v - CAM.cy) / CAM.fy, np.ones(u.shape)], -1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ts = np.stack(
-            [
-                np.where(d[..., 1] > 0, 1.6 / d[..., 1], np.inf),
-                np.where(d[..., 0] > 0, 5.0 / d[..., 0], np.inf),
-                np.where(d[..., 0] < 0, -5.0 / d[..., 0], np.inf),
-                np.where(d[..., 2] > 0, 40.0 / d[..., 2], np.inf),
-            ]
-        )
-    grey = 255 * (0.2 + 0.7 * _paint(d * ts.min(0)[..., None])) + rng.normal(0, 3, u.shape)
+    dirs = np.stack([(u - CAM.cx) / CAM.fx, (v - CAM.cy) / CAM.fy, np.ones(u.shape)], -1)
+    grey = 255 * (0.2 + 0.7 * _paint(_corridor_hits(dirs))) + rng.normal(0, 3, u.shape)
     rgb = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     return transform_points(truth, local), reflectance, rgb, truth
 
