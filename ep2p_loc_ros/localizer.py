@@ -831,6 +831,8 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
+        if self.map_environment not in cfg.alignment.gravity_environments:
+            gravity = None  # (indoors it loses: AlignmentConfig.gravity_environments)
         if res.ok and align and not near and self.single_image_hypotheses:
             res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0, gravity)
         elif res.ok and align:

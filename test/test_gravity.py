@@ -119,13 +119,17 @@ def test_the_alignment_keeps_near_the_tilt_an_imu_measured_as_firmly_as_it_says(
 
 def test_the_localizer_gives_its_alignment_the_imus_gravity(demo_data):
     """The real Localizer on the demo drive's single images: given gravity 0.5 deg off the truth with a std of
-    0.005 deg, every aligned pose keeps that tilt (the frame's hypotheses and rescue all get it); without gravity the
-    image puts them near the true tilt, far from that one."""
+    0.005 deg, every aligned pose keeps that tilt (the frame's hypotheses and rescue all get it); without gravity, or
+    on a map whose environment is not among ``gravity_environments``, the image puts them near the true tilt, far from
+    that one."""
     from ep2p_loc_ros.datasets.kitti_odometry import KittiOdometrySequence
-    from ep2p_loc_ros.localizer import Localizer
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
 
     seq = KittiOdometrySequence(demo_data.sequence_dir)
     loc = Localizer.from_paths(demo_data.map_dir, demo_data.model_dir)
+    config = LocalizerConfig.from_dict({"alignment": {"gravity_environments": ["indoor"]}})
+    indoor_only = Localizer.from_paths(demo_data.map_dir, demo_data.model_dir, config)
+    assert loc.map_environment == "outdoor"
     try:
         for i in (5, 20):
             truth = seq.T_world_cam(i)
@@ -135,5 +139,8 @@ def test_the_localizer_gives_its_alignment_the_imus_gravity(demo_data):
             assert alone.ok and alone.aligned and kept.ok and kept.aligned, (alone.message, kept.message)
             assert np.degrees(wrong.tilt_error(alone.T_map_cam)) > 0.3
             assert np.degrees(wrong.tilt_error(kept.T_map_cam)) < 0.05
+            ignored = indoor_only.localize(seq.image(i), seq.calib.camera, gravity=wrong)
+            np.testing.assert_array_equal(ignored.T_map_cam, alone.T_map_cam)
     finally:
         loc.close()
+        indoor_only.close()

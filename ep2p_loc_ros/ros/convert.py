@@ -155,9 +155,9 @@ def imu_to_gravity(msg: Imu, R_cam_imu: np.ndarray, default_sigma_rad: float) ->
     frame) and the rotation from the IMU's frame to the camera's; its std the larger of the roll and pitch variances'
     roots, or ``default_sigma_rad`` when the covariance is unknown (all zeros)."""
     cov = np.asarray(msg.orientation_covariance, dtype=np.float64)
-    if cov.shape != (9,) or cov[0] == -1.0:
+    if cov.shape == (9,) and cov[0] == -1.0:
         raise ConversionError("imu: orientation_covariance[0] is -1: the IMU gives no orientation")
-    if not np.isfinite(cov).all() or cov[0] < 0 or cov[4] < 0:
+    if cov.shape != (9,) or not np.isfinite(cov).all() or cov[0] < 0 or cov[4] < 0:
         raise ConversionError(f"imu: orientation_covariance must be finite with variances >= 0, got {cov.tolist()}")
     q = msg.orientation
     sigma = math.sqrt(max(cov[0], cov[4])) if cov.any() else default_sigma_rad
