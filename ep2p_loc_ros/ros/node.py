@@ -10,7 +10,7 @@ cancels what varies between frames (``bench/fusion.py``).
 Lifecycle
     configure   declare + validate parameters, load the model and the (memory-mapped) map, create publishers.
                 A bad parameter or file fails the transition; the log names it. The node stays unconfigured.
-    activate    subscriptions (image, camera_info, /initialpose, /tf, /tf_static), ~/relocalize, the worker thread.
+    activate    subscriptions (image, camera_info, imu, /initialpose, /tf, /tf_static), ~/relocalize, the worker thread.
     deactivate  subscriptions and worker go; cleanup: publishers and the localizer go; shutdown: everything.
     Out-of-order transitions are refused by the lifecycle state machine; the node keeps running.
 
