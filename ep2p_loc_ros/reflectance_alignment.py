@@ -271,8 +271,8 @@ class AlignmentConfig:
     # it and the ascent's score is less this weight times half the squared tilt error in its standard deviations (a
     # Gaussian prior, nats). Outdoor single images within 0.5 m / 5 deg over 27 drives, the IMU simulated as the true
     # roll and pitch with 0.05 deg of noise: 87.3 -> 89.6 % (+89 -52 frames; bench/gravity_prior.py). Weights tried in
-    # a first version (starts at the viewpoint's height, turned about the vertical): 0.0001 / 0.001 / 0.01: 88.7 / 89.0
-    # / 88.2 %; the exact tilt held fixed, an ascent over sideways, forward and yaw only: 90.7 % (models/README.md
+    # a first version (starts at the viewpoint's height, turned about the vertical): 0.0001 / 0.001 / 0.01: 88.8 / 89.1
+    # / 88.3 %; the exact tilt held fixed, an ascent over sideways, forward and yaw only: 90.7 % (models/README.md
     # "Session 51")
     gravity_weight: float = 0.001
     # ... on maps of these environments; on others the gravity is not used. Eight indoor drives' single images with
