@@ -7,7 +7,7 @@ std of ``--sigma-deg`` (default: the noise). Prints per drive and in all the rec
 0.25 m / 2 deg, 5 m / 10 deg), the frames gained and lost, and the median tilt error of the poses.
 
     python bench/gravity_prior.py [--kind outdoor] [--seeds 900 902 ...] [--noise-deg 0.05] [--sigma-deg S]
-        [--jobs 2]
+        [--weight W] [--jobs 2]
 
 The drives run in ``--jobs`` processes (each aligns its hypotheses in two threads, as the localizer does).
 """
@@ -28,7 +28,9 @@ OUTDOOR_SEEDS = [*range(900, 917, 2), *range(920, 937, 2), *range(940, 957, 2)] 
 FRAMES = {"outdoor": 60, "indoor": 40}
 
 
-def _drive(kind: str, seed: int, noise_deg: float, sigma_deg: float, model: Path, cache: Path) -> dict:
+def _drive(
+    kind: str, seed: int, noise_deg: float, sigma_deg: float, weight: float | None, model: Path, cache: Path
+) -> dict:
     """One drive's frames, each without and with gravity: position and rotation errors and tilt errors."""
     sys.path.insert(0, str(ROOT / "bench"))
     from eval_model import prepare_drive
@@ -37,14 +39,15 @@ def _drive(kind: str, seed: int, noise_deg: float, sigma_deg: float, model: Path
     from ep2p_loc_ros.evaluation.metrics import pose_errors
     from ep2p_loc_ros.geometry import make_T, rotvec_to_matrix
     from ep2p_loc_ros.gravity import GravityPrior, down_in_camera
-    from ep2p_loc_ros.localizer import Localizer
+    from ep2p_loc_ros.localizer import Localizer, LocalizerConfig
 
     frames = FRAMES[kind]
     seq_dir, map_dir = cache / f"{kind}-seed{seed}-{frames}f", cache / f"map-{kind}-seed{seed}-{frames}f"
     if not (map_dir.exists() and (seq_dir / "sim.json").exists()):
         seq_dir, map_dir = prepare_drive(kind, cache, model, seed=seed, frames=frames)
     seq = KittiOdometrySequence(seq_dir)
-    loc = Localizer.from_paths(map_dir, model)
+    config = LocalizerConfig.from_dict({"alignment": {} if weight is None else {"gravity_weight": weight}})
+    loc = Localizer.from_paths(map_dir, model, config)
     rows = []
     try:
         for i in range(len(seq)):
@@ -73,6 +76,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="world seeds (default: the 27 outdoor drives)")
     ap.add_argument("--noise-deg", type=float, default=0.05, help="the simulated IMU's roll and pitch noise (std)")
     ap.add_argument("--sigma-deg", type=float, default=None, help="the std the localizer is told (default: the noise)")
+    ap.add_argument("--weight", type=float, default=None, help="alignment.gravity_weight (default: the localizer's)")
     ap.add_argument("--jobs", type=int, default=2, help="processes, one drive each at a time")
     ap.add_argument("--model", type=Path, default=ROOT / "models")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "eval")
@@ -83,12 +87,14 @@ def main() -> None:
         ap.error("--noise-deg must be >= 0 and --sigma-deg > 0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
-    print(f"{args.kind}: {len(seeds)} drives, IMU tilt noise {args.noise_deg} deg, told {sigma} deg", flush=True)
+    weight = "default" if args.weight is None else args.weight
+    print(f"{args.kind}: {len(seeds)} drives, IMU tilt noise {args.noise_deg} deg, told {sigma} deg, weight {weight}")
     header = "| drive | frames | 0.5 m / 5 deg: without -> with | gained · lost | tilt p50 (deg): without -> with |"
     lines = [header, "|---|---|---|---|---|"]
     every = []
     with ProcessPoolExecutor(args.jobs) as pool:
-        jobs = [pool.submit(_drive, args.kind, s, args.noise_deg, sigma, args.model, args.cache) for s in seeds]
+        run = (args.noise_deg, sigma, args.weight, args.model, args.cache)
+        jobs = [pool.submit(_drive, args.kind, s, *run) for s in seeds]
         for k, job in enumerate(jobs):
             out = job.result()
             e = out["errors"]
