@@ -177,3 +177,38 @@ def test_the_imus_gravity_goes_with_each_image_and_is_left_out_when_late_or_with
         assert diag["result"] == "localized" and pose is not None, diag
         assert diag["gravity"] == expected[i], diag
     assert oracle.proc.alive and oracle.lc.get_state() == "active"
+
+
+def test_the_nodes_gravity_is_off_left_out_on_maps_without_it_or_the_imus_own():
+    """The node's choice of gravity for a frame, without DDS: off unless imu.enabled; not used on a map whose
+    environment the localizer leaves it out on (indoors), and /diagnostics says so; else the message's own."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ep2p_loc_ros.ros.node import LocalizationNode
+    from ep2p_loc_ros.ros.params import params_from_values
+
+    stamp = rh.stamp_msg(7.0)
+    on = params_from_values({"map_path": "/m", "imu.enabled": True})
+    node = SimpleNamespace(
+        params=params_from_values({"map_path": "/m"}),
+        localizer=SimpleNamespace(map_environment="indoor"),
+        _imu=[],
+        _tf=None,
+        resolve_topic_name=lambda name: "/" + name,
+    )
+    assert LocalizationNode._gravity(node, "cam", None, stamp) == (None, "off")
+    node.params = on
+    expected = (None, "not used on indoor maps (localizer.alignment.gravity_environments)")
+    assert LocalizationNode._gravity(node, "cam", None, stamp) == expected
+    node.localizer.map_environment = "outdoor"
+    assert LocalizationNode._gravity(node, "cam", None, stamp) == (None, "none: no message on /imu yet")
+    msg = Imu()
+    msg.header.stamp, msg.header.frame_id = rh.stamp_msg(7.01), "cam"
+    msg.orientation.w = 1.0  # the IMU's (here the camera's) axes are the world's: its down is -z
+    node._imu = [msg]
+    gravity, note = LocalizationNode._gravity(node, "cam", None, stamp)
+    assert note == "imu, 0.05 deg (cam)"
+    np.testing.assert_allclose(gravity.down_cam, [0.0, 0.0, -1.0])
+    assert gravity.sigma_rad == np.radians(0.05)

@@ -641,6 +641,9 @@ class LocalizationNode(LifecycleNode):
         p = self.params
         if not p.imu_enabled:
             return None, "off"
+        environment = getattr(self.localizer, "map_environment", "unknown")
+        if environment not in p.localizer.alignment.gravity_environments:
+            return None, f"not used on {environment} maps (localizer.alignment.gravity_environments)"
         t = _stamp_s(stamp)
         msgs = list(self._imu)  # (appended from the executor's thread)
         if not msgs:
