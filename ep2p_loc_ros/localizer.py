@@ -632,6 +632,8 @@ class Localizer:
         contrast = self.map_environment in align.contrast_environments
         # single images (no prior) aligned from several hypotheses here (AlignmentConfig.retrieved_starts)
         self.single_image_hypotheses = align.hypotheses_on(self.map_environment)
+        # an IMU's gravity, given to localize, reaches the alignment here (indoors it loses: gravity_environments)
+        self.takes_gravity = self.map_environment in align.gravity_environments
         # how poses are refined to the map's reflectance here (the node says it at configure)
         self.alignment_mode = "off"
         # (submap, neighbours) -> its reflectance contrast, most recently used last
@@ -831,8 +833,8 @@ class Localizer:
             )
         est, sid, m = best
         res = result_from_pnp(est, m.X, m.px, timings, cfg.min_inlier_cells, submap_id=sid, retrieved=retrieved)
-        if self.map_environment not in cfg.alignment.gravity_environments:
-            gravity = None  # (indoors it loses: AlignmentConfig.gravity_environments)
+        if not self.takes_gravity:
+            gravity = None
         if res.ok and align and not near and self.single_image_hypotheses:
             res = self._align_hypotheses(res, m, patch, rgb, camera, cam_net, timings, t0, gravity)
         elif res.ok and align:

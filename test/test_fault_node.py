@@ -193,7 +193,7 @@ def test_the_nodes_gravity_is_off_left_out_on_maps_without_it_or_the_imus_own():
     on = params_from_values({"map_path": "/m", "imu.enabled": True})
     node = SimpleNamespace(
         params=params_from_values({"map_path": "/m"}),
-        localizer=SimpleNamespace(map_environment="indoor"),
+        localizer=SimpleNamespace(map_environment="indoor", takes_gravity=False),
         _imu=[],
         _tf=None,
         resolve_topic_name=lambda name: "/" + name,
@@ -202,7 +202,7 @@ def test_the_nodes_gravity_is_off_left_out_on_maps_without_it_or_the_imus_own():
     node.params = on
     expected = (None, "not used on indoor maps (localizer.alignment.gravity_environments)")
     assert LocalizationNode._gravity(node, "cam", None, stamp) == expected
-    node.localizer.map_environment = "outdoor"
+    node.localizer.map_environment, node.localizer.takes_gravity = "outdoor", True
     assert LocalizationNode._gravity(node, "cam", None, stamp) == (None, "none: no message on /imu yet")
     msg = Imu()
     msg.header.stamp, msg.header.frame_id = rh.stamp_msg(7.01), "cam"

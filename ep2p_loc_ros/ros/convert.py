@@ -153,16 +153,16 @@ _XYZI = ("x", "y", "z", "intensity")
 def imu_to_gravity(msg: Imu, R_cam_imu: np.ndarray, default_sigma_rad: float) -> GravityPrior:
     """Gravity in the camera's optical frame from an IMU's orientation (REP-145: the IMU frame in a gravity-aligned
     frame) and the rotation from the IMU's frame to the camera's; its std the larger of the roll and pitch variances'
-    roots, or ``default_sigma_rad`` when the covariance is unknown (all zeros)."""
+    roots, or ``default_sigma_rad`` where those are unknown (zeros)."""
     cov = np.asarray(msg.orientation_covariance, dtype=np.float64)
     if cov.shape == (9,) and cov[0] == -1.0:
         raise ConversionError("imu: orientation_covariance[0] is -1: the IMU gives no orientation")
     if cov.shape != (9,) or not np.isfinite(cov).all() or cov[0] < 0 or cov[4] < 0:
         raise ConversionError(f"imu: orientation_covariance must be finite with variances >= 0, got {cov.tolist()}")
     q = msg.orientation
-    sigma = math.sqrt(max(cov[0], cov[4])) if cov.any() else default_sigma_rad
+    sigma = math.sqrt(max(cov[0], cov[4])) or default_sigma_rad  # (0: roll and pitch variances unknown)
     try:
-        return GravityPrior.from_imu(np.array([q.x, q.y, q.z, q.w]), R_cam_imu, sigma or default_sigma_rad)
+        return GravityPrior.from_imu(np.array([q.x, q.y, q.z, q.w]), R_cam_imu, sigma)
     except ValueError as exc:
         raise ConversionError(f"imu: {exc}") from None
 

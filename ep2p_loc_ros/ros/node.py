@@ -641,8 +641,8 @@ class LocalizationNode(LifecycleNode):
         p = self.params
         if not p.imu_enabled:
             return None, "off"
-        environment = getattr(self.localizer, "map_environment", "unknown")
-        if environment not in p.localizer.alignment.gravity_environments:
+        if not getattr(self.localizer, "takes_gravity", True):
+            environment = getattr(self.localizer, "map_environment", "unknown")
             return None, f"not used on {environment} maps (localizer.alignment.gravity_environments)"
         t = _stamp_s(stamp)
         msgs = list(self._imu)  # (appended from the executor's thread)
@@ -655,10 +655,10 @@ class LocalizationNode(LifecycleNode):
         imu_frame = msg.header.frame_id.lstrip("/") or p.base_frame
         if imu_frame == p.base_frame and T_base_cam is not None:
             T_cam_imu = invert(T_base_cam)
+        elif imu_frame == cam_frame:
+            T_cam_imu = np.eye(4)
         else:
-            T_cam_imu = np.eye(4) if imu_frame == cam_frame else None
-            if T_cam_imu is None and self._tf is not None:
-                T_cam_imu = self._tf.lookup(cam_frame, imu_frame, 0, 0.0)
+            T_cam_imu = self._tf.lookup(cam_frame, imu_frame, 0, 0.0) if self._tf is not None else None
         if T_cam_imu is None:
             return None, f"none: the transform {imu_frame}->{cam_frame} is not on /tf_static"
         try:
